@@ -1,0 +1,33 @@
+# Set-up and entry points. `make demo` and `make test` each install what they need first
+# (Debian packages with apt-get, then a virtual environment with pip) on a fresh machine.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := python3-venv libsndfile1 espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck
+
+$(STAMP): pyproject.toml
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/conformer-prune demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest

@@ -1,0 +1,358 @@
+"""The `conformer-prune` command line: one subcommand, one function.
+
+Usage:
+    conformer-prune demo
+    conformer-prune synth corpus --hours 0.5
+    conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher
+    conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json
+    conformer-prune transcribe runs/teacher/model.pt corpus/test/*/*/*.flac
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from conformer_prune.config import ConfigError
+from conformer_prune.prune.config import PruneConfig
+
+__all__ = ["main"]
+
+RECIPES = ("teacher", "demo", "tiny", "demo-prune")
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A YAML file path, or the name of a recipe shipped with the package."""
+    if name_or_path in RECIPES:
+        return Path(str(resources.files("conformer_prune") / "recipes" / f"{name_or_path}.yaml"))
+    return Path(name_or_path)
+
+
+def _corpora(sources: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after its directory or file stem)."""
+    out = {}
+    for item in sources:
+        name, _, path = item.rpartition("=")
+        out[name or Path(path).stem] = path
+    return out
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from conformer_prune.data.synth import synthesize
+
+    snr = tuple(args.snr) if args.snr else None
+    stats = synthesize(args.out, args.hours, seed=args.seed, snr_db=snr, workers=args.workers)
+    print(json.dumps(stats, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from conformer_prune.config import load_config
+    from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.train import TrainConfig, run_training
+
+    config = recipe_path(args.config) if args.config else None
+    if args.resume and config is None:
+        config = Path(args.out) / "config.yaml"  # continue with the run's own resolved config
+    cfg = load_config(TrainConfig, config, args.set)
+    best = run_training(cfg, read_corpus(args.data), read_corpus(args.dev), args.out, resume=args.resume)
+    print(f"best model: {best}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from conformer_prune.evaluate import evaluate_recognizer
+    from conformer_prune.model import load_recognizer
+    from conformer_prune.utils import resolve_device, write_json
+
+    rec = load_recognizer(args.model)
+    json_path = Path(args.json) if args.json else None
+    results = evaluate_recognizer(
+        rec,
+        _corpora(args.data),
+        device=resolve_device(args.device),
+        threads=args.threads,
+        recogs_dir=json_path.parent if json_path else None,
+    )
+    results["model"] = str(args.model)
+    if json_path:
+        write_json(json_path, results)
+    print(format_results(results))
+
+
+def format_results(results: dict[str, object]) -> str:
+    """A two-column table of an evaluation."""
+    rows = []
+    for key, value in results.items():
+        if isinstance(value, float):
+            shown = f"{value:.4f}" if key.startswith(("wer", "cer", "rtf", "hours")) else f"{value:,.1f}"
+        elif isinstance(value, int):
+            shown = f"{value:,}"
+        else:
+            shown = str(value)
+        rows.append(f"  {key:<22} {shown}")
+    return "\n".join(rows)
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    from conformer_prune.data.audio import load_audio
+    from conformer_prune.model import load_recognizer
+    from conformer_prune.utils import resolve_device
+
+    rec = load_recognizer(args.model)
+    device = resolve_device(args.device)
+    for path in args.files:
+        audio = load_audio(path, rec.features.config.sample_rate)
+        print(f"{path}\t{rec.transcribe([audio], device=device)[0]}")
+
+
+def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
+    """Teacher and pruned model side by side, with the pruned/teacher ratio."""
+    rows = [f"  {'':<18} {'teacher':>14} {'pruned':>14} {'ratio':>8}"]
+    for key, value in teacher.items():
+        other = pruned.get(key)
+        if not isinstance(value, int | float) or not isinstance(other, int | float):
+            continue
+        if key == "threads" or key.startswith(("utterances", "hours")):
+            continue
+        percent = key.startswith(("wer", "cer"))
+        shown = [f"{100 * v:.2f}%" if percent else f"{v:,.1f}" for v in (value, other)]
+        ratio = f"{other / value:.3f}" if value else "-"
+        rows.append(f"  {key:<18} {shown[0]:>14} {shown[1]:>14} {ratio:>8}")
+    return "\n".join(rows)
+
+
+def prune_and_report(
+    cfg: PruneConfig,
+    teacher: Path,
+    train: Path,
+    dev: Path,
+    evaluated: dict[str, Path],
+    out: Path,
+    resume: bool,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
+    and write eval.json, layers.md and layers.png into `out`."""
+    from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
+    from conformer_prune.model import load_recognizer
+    from conformer_prune.prune.report import layers_markdown, plot_layers
+    from conformer_prune.prune.run import run_pruning
+    from conformer_prune.utils import write_json
+
+    start = time.perf_counter()
+    result = run_pruning(cfg, teacher, read_corpus(train), read_corpus(dev), out, resume=resume)
+    prune_seconds = time.perf_counter() - start
+    teacher_rec = load_recognizer(teacher)
+    teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
+    pruned_rec = load_recognizer(result.model_path)
+    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
+    report = {
+        "target": {cfg.metric: cfg.ratio},
+        "method": cfg.method,
+        "teacher": teacher_eval,
+        "pruned": pruned_eval,
+        "wall_seconds": prune_seconds,
+    }
+    # latencies measured interleaved in one loop, so their ratio is fair on a shared machine
+    teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
+    for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
+        result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
+    write_json(out / "eval.json", report)
+    table = layers_markdown(teacher_rec.model.config, result.masks)
+    (out / "layers.md").write_text(table + "\n", encoding="utf-8")
+    plot_layers(
+        teacher_rec.model.config,
+        result.masks,
+        out / "layers.png",
+        f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})",
+    )
+    print(table)
+    print(format_comparison(teacher_eval, pruned_eval))
+    print(f"compact model: {result.model_path}; report: {out / 'eval.json'}, {out / 'layers.png'}")
+    return report
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from conformer_prune.config import load_config
+
+    overrides = list(args.set)
+    if args.target_macs is not None:
+        overrides += ["target_params=null", f"target_macs={args.target_macs}"]
+    elif args.target_params is not None:
+        overrides += [f"target_params={args.target_params}"]
+    if args.method:
+        overrides.append(f"method={args.method}")
+    config = Path(args.config) if args.config else None
+    if args.resume and config is None:
+        config = Path(args.out) / "prune_config.yaml"
+    cfg = load_config(PruneConfig, config, overrides)
+    evaluated = {"dev": Path(args.dev)} | ({"test": Path(args.test)} if args.test else {})
+    prune_and_report(
+        cfg,
+        Path(args.teacher),
+        Path(args.data),
+        Path(args.dev),
+        evaluated,
+        Path(args.out),
+        args.resume,
+        args.threads,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from conformer_prune.config import load_config
+    from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.data.synth import synthesize
+    from conformer_prune.train import TrainConfig, run_training
+
+    work = Path(args.work)
+    start = time.perf_counter()
+    corpus = work / "corpus"
+    print(f"[1/3] synthetic corpus ({args.hours} h) in {corpus}")
+    synthesize(corpus, args.hours, seed=args.seed, workers=args.workers)
+    run = work / "teacher"
+    print(f"[2/3] training a small Conformer-CTC teacher in {run}")
+    cfg = load_config(TrainConfig, recipe_path("demo"), args.set)
+    resume = (run / "train_state.pt").exists()
+    run_training(cfg, read_corpus(corpus / "train"), read_corpus(corpus / "dev"), run, resume=resume)
+    evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
+    pruned = work / "pruned-50"
+    print(f"[3/3] pruning to 50% of the parameters with layerwise distillation in {pruned}")
+    prune_cfg = load_config(PruneConfig, recipe_path("demo-prune"), args.prune_set)
+    resume = (pruned / "prune_state.pt").exists()
+    prune_and_report(prune_cfg, run / "model.pt", corpus / "train", corpus / "dev", evaluated, pruned, resume)
+    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results in {work}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conformer-prune",
+        description="Make Conformer-CTC speech recognizers smaller and faster.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `conformer-prune demo` for the whole job on embedded defaults.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: object, help_: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add(
+        "synth",
+        cmd_synth,
+        "Synthesise an English speech corpus in LibriSpeech layout.",
+        "conformer-prune synth corpus --hours 0.5 --seed 0",
+    )
+    p.add_argument("out", help="output directory (train/, dev/, test/ inside)")
+    p.add_argument("--hours", type=float, default=0.5, help="total hours of audio (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--snr",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="add noise at an SNR (dB) drawn in [LO, HI]",
+    )
+    p.add_argument("--workers", type=int, default=2)
+
+    p = add(
+        "train",
+        cmd_train,
+        "Train a Conformer-CTC recognizer.",
+        "conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher",
+    )
+    p.add_argument("--data", required=True, help="training corpus: LibriSpeech-layout directory or manifest")
+    p.add_argument("--dev", required=True, help="dev corpus for validation and model selection")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help=f"YAML file or a shipped recipe: {', '.join(RECIPES)}")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. optim.lr=1e-3")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "WER/CER, parameters, MACs and CPU latency of a model.",
+        "conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json",
+    )
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("--data", nargs="+", required=True, help="corpora, as PATH or NAME=PATH")
+    p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
+    p.add_argument("--device", default="auto")
+
+    p = add(
+        "transcribe",
+        cmd_transcribe,
+        "Print greedy transcripts of audio files.",
+        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav",
+    )
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("files", nargs="+", help="audio files (any rate, mono or stereo)")
+    p.add_argument("--device", default="auto")
+
+    p = add(
+        "prune",
+        cmd_prune,
+        "Prune a teacher with L0 gates and layerwise distillation, then slice it.",
+        "conformer-prune prune --teacher runs/teacher/model.pt --data corpus/train --dev corpus/dev "
+        "--test corpus/test --target-params 0.5 --out runs/pruned-50",
+    )
+    p.add_argument("--teacher", required=True, help="the trained model to compress (.pt)")
+    p.add_argument("--data", required=True, help="training corpus")
+    p.add_argument("--dev", required=True, help="dev corpus (validation)")
+    p.add_argument("--test", help="test corpus, evaluated at the end")
+    p.add_argument("--out", required=True, help="run directory")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
+    target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
+    p.add_argument(
+        "--method", choices=["l0-distill", "l0"], help="l0-distill (default) or l0 (no distillation)"
+    )
+    p.add_argument("--config", help="YAML file with PruneConfig fields")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_epochs=20"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figures")
+
+    p = add(
+        "demo",
+        cmd_demo,
+        "The main job on embedded defaults: corpus, teacher, evaluation.",
+        "conformer-prune demo --work runs/demo",
+    )
+    p.add_argument("--work", default="runs/demo", help="working directory (stages are cached here)")
+    p.add_argument("--hours", type=float, default=0.3, help="hours of synthetic audio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher training overrides")
+    p.add_argument("--prune-set", nargs="*", default=[], metavar="KEY=VALUE", help="pruning overrides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as err:
+        print(f"conformer-prune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Utterances to padded feature batches: dataset, length-bucketed batch sampler and collation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from conformer_prune.data.audio import load_audio
+from conformer_prune.data.corpus import Utterance
+from conformer_prune.data.features import LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer
+
+__all__ = ["Batch", "BucketBatchSampler", "SpeechDataset", "collate", "subsampled_length"]
+
+log = logging.getLogger(__name__)
+
+
+def subsampled_length(frames: int) -> int:
+    """Encoder frames after the two stride-2 convolutions (kernel 3, padding 1)."""
+    for _ in range(2):
+        frames = (frames - 1) // 2 + 1
+    return frames
+
+
+@dataclass
+class Batch:
+    """A padded batch. Shapes: feats (B, T, F), feat_lengths (B,), targets (B, U),
+    target_lengths (B,), indices (B,) into the dataset."""
+
+    feats: Tensor
+    feat_lengths: Tensor
+    targets: Tensor
+    target_lengths: Tensor
+    indices: Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (
+                    self.feats,
+                    self.feat_lengths,
+                    self.targets,
+                    self.target_lengths,
+                    self.indices,
+                )
+            )
+        )
+
+
+class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
+    """Features and token ids of a list of utterances.
+
+    Transcripts are tokenised up front, so a character the tokenizer cannot encode fails at once,
+    naming the utterance. Features are computed on first access and kept in memory when `cache`
+    is set (about 32 MB per hour of audio), so later epochs skip decoding and the STFT.
+
+    Args:
+        utts: the utterances.
+        tokenizer: encodes transcripts.
+        features: the shared front end.
+        cache: keep features in memory.
+        skip_too_short: drop (with one counted warning) utterances whose encoder output is shorter
+            than their token sequence, which CTC cannot align; otherwise raise.
+    """
+
+    def __init__(
+        self,
+        utts: list[Utterance],
+        tokenizer: Tokenizer,
+        features: LogMelFeatures,
+        cache: bool = True,
+        skip_too_short: bool = True,
+    ) -> None:
+        self.features = features.eval()
+        self.sample_rate = features.config.sample_rate
+        hop = features.config.hop_length
+        kept, tokens, too_short = [], [], []
+        for utt in utts:
+            ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
+            frames = int(utt.duration * self.sample_rate) // hop + 1
+            if subsampled_length(frames) < len(ids):
+                if not skip_too_short:
+                    raise ValueError(
+                        f"utterance {utt.utt_id} ({utt.audio_path}): {utt.duration:.2f} s is too "
+                        f"short for its {len(ids)} tokens"
+                    )
+                too_short.append(utt.utt_id)
+                continue
+            kept.append(utt)
+            tokens.append(torch.tensor(ids, dtype=torch.long))
+        if too_short:
+            log.warning(
+                "skipped %d utterances too short for their transcripts (e.g. %s)",
+                len(too_short),
+                too_short[0],
+            )
+        if not kept:
+            raise ValueError("no usable utterances in the corpus")
+        self.utts = kept
+        self.tokens = tokens
+        self.frames = [int(u.duration * self.sample_rate) // hop + 1 for u in kept]
+        self._cache: dict[int, Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def load_features(self, index: int) -> Tensor:
+        """(T, F) features of utterance `index`; errors name the utterance."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        utt = self.utts[index]
+        try:
+            audio = torch.from_numpy(load_audio(utt.audio_path, self.sample_rate))
+        except (OSError, ValueError) as err:
+            raise type(err)(f"utterance {utt.utt_id}: {err}") from err
+        with torch.no_grad():
+            feats, _ = self.features(audio[None], torch.tensor([audio.numel()]))
+        feats = feats[0]
+        if self._cache is not None:
+            self._cache[index] = feats
+        return feats
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        return self.load_features(index), self.tokens[index], index
+
+
+def collate(samples: list[tuple[Tensor, Tensor, int]]) -> Batch:
+    """Pad features with zeros and targets with zeros (ignored beyond target_lengths)."""
+    feats = [s[0] for s in samples]
+    targets = [s[1] for s in samples]
+    feat_lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+    target_lengths = torch.tensor([t.numel() for t in targets], dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    padded_targets = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True)
+    indices = torch.tensor([s[2] for s in samples], dtype=torch.long)
+    return Batch(padded, feat_lengths, padded_targets, target_lengths, indices)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of utterances of similar length, each with at most `max_frames` padded frames.
+
+    Utterances are sorted by length (ties broken at random per epoch), cut greedily into batches,
+    and the batch order is shuffled per epoch with a generator seeded by ``seed + epoch``, so an
+    interrupted run that resumes at an epoch boundary sees the same batches. With several
+    replicas each rank takes every `num_replicas`-th batch of the same list.
+
+    Args:
+        lengths: feature frames per utterance.
+        max_frames: budget of padded frames (batch size x longest utterance) per batch.
+        shuffle: randomise ties and batch order per epoch.
+        seed: base seed.
+        num_replicas: data-parallel world size.
+        rank: this process's rank.
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        max_frames: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if max_frames < max(lengths):
+            raise ValueError(
+                f"max_frames {max_frames} is smaller than the longest utterance ({max(lengths)} frames)"
+            )
+        self.lengths = lengths
+        self.max_frames = max_frames
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = len(self.lengths)
+        tie = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        order = sorted(range(n), key=lambda i: (self.lengths[i], tie[i]))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            if current and (len(current) + 1) * self.lengths[i] > self.max_frames:
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[p] for p in perm]
+        usable = len(batches) - len(batches) % self.num_replicas if self.num_replicas > 1 else len(batches)
+        return batches[self.rank : usable : self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

@@ -1,0 +1,201 @@
+"""Log-mel filterbank features and SpecAugment.
+
+One module, `LogMelFeatures`, turns padded 16 kHz waveforms into normalised 80-dimensional log-mel
+frames (25 ms window, 10 ms hop). The same module serves training, evaluation, transcription and
+the export checks, so features never drift between them. Its steps follow NeMo's
+`FilterbankFeatures` (pre-emphasis, centred STFT with zero padding, power spectrum, Slaney mel
+filters, log with a small guard, per-utterance per-bin normalisation) so that imported NeMo models
+see the features they were trained on.
+
+Padding never leaks into real frames: the waveform is zeroed past each length after pre-emphasis,
+and statistics are taken over real frames only, so a batch gives the same frames as one-by-one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FeatureConfig", "LogMelFeatures", "SpecAugment", "SpecAugmentConfig", "mel_filterbank"]
+
+
+@dataclass
+class FeatureConfig:
+    """Front-end settings. Defaults are NeMo's for its English Conformer-CTC models.
+
+    Args:
+        sample_rate: expected audio rate in Hz; other rates are resampled on load.
+        n_mels: mel bins.
+        win_length: analysis window in samples (400 = 25 ms at 16 kHz).
+        hop_length: hop in samples (160 = 10 ms at 16 kHz).
+        n_fft: FFT size (the window is zero-padded to it).
+        preemph: pre-emphasis coefficient, 0 to disable.
+        log_guard: added to the mel power before the log (NeMo: 2**-24).
+        normalize: "per_feature" standardises each mel bin over an utterance's real frames.
+        dither: Gaussian noise amplitude added in training only.
+    """
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    win_length: int = 400
+    hop_length: int = 160
+    n_fft: int = 512
+    preemph: float = 0.97
+    log_guard: float = 2.0**-24
+    normalize: Literal["per_feature", "none"] = "per_feature"
+    dither: float = 0.0
+
+
+def _hz_to_mel(freq: Tensor) -> Tensor:
+    # Slaney's auditory-toolbox scale: linear below 1 kHz, logarithmic above (as librosa's default).
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    linear = freq / f_sp
+    log = min_log_mel + torch.log(torch.clamp(freq, min=min_log_hz) / min_log_hz) / logstep
+    return torch.where(freq >= min_log_hz, log, linear)
+
+
+def _mel_to_hz(mel: Tensor) -> Tensor:
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = math.log(6.4) / 27.0
+    linear = f_sp * mel
+    log = min_log_hz * torch.exp(logstep * (mel - min_log_mel))
+    return torch.where(mel >= min_log_mel, log, linear)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> Tensor:
+    """Slaney-normalised triangular mel filters, shape (n_mels, n_fft // 2 + 1), float64."""
+    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    mel_min = _hz_to_mel(torch.tensor(0.0, dtype=torch.float64))
+    mel_max = _hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))
+    mel_points = _mel_to_hz(torch.linspace(float(mel_min), float(mel_max), n_mels + 2, dtype=torch.float64))
+    fdiff = mel_points[1:] - mel_points[:-1]  # (n_mels + 1,)
+    ramps = mel_points[:, None] - fft_freqs[None, :]  # (n_mels + 2, n_freqs)
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = torch.clamp(torch.minimum(lower, upper), min=0.0)
+    enorm = 2.0 / (mel_points[2:] - mel_points[:-2])  # equal area per filter
+    return weights * enorm[:, None]
+
+
+class LogMelFeatures(nn.Module):
+    """Waveforms to normalised log-mel frames.
+
+    Args:
+        config: the front-end settings.
+
+    Shapes:
+        waveforms (B, N) float, lengths (B,) samples -> features (B, T, n_mels), lengths (B,)
+        with T = N // hop_length + 1 and each length = samples // hop_length + 1.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.win_length > config.n_fft:
+            raise ValueError(f"win_length {config.win_length} must not exceed n_fft {config.n_fft}")
+        self.window: Tensor
+        self.fbank: Tensor
+        window = torch.hann_window(config.win_length, periodic=False, dtype=torch.float32)
+        self.register_buffer("window", window, persistent=False)
+        fbank = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels).float()
+        self.register_buffer("fbank", fbank, persistent=False)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return torch.div(lengths, self.config.hop_length, rounding_mode="floor") + 1
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(waveforms.shape)}")
+        x = waveforms.float()
+        n = x.shape[1]
+        sample_mask = torch.arange(n, device=x.device)[None, :] < lengths[:, None]  # (B, N)
+        if self.training and cfg.dither > 0:
+            x = x + cfg.dither * torch.randn_like(x)
+        if cfg.preemph > 0:
+            x = torch.cat([x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]], dim=1)
+        x = x.masked_fill(~sample_mask, 0.0)
+        spec = torch.stft(
+            x,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )  # (B, n_freqs, T)
+        power = spec.real.pow(2) + spec.imag.pow(2)
+        mel = torch.matmul(self.fbank, power)  # (B, n_mels, T)
+        feats = torch.log(mel + cfg.log_guard)
+        out_lengths = self.output_lengths(lengths)
+        frame_mask = torch.arange(feats.shape[-1], device=x.device)[None, :] < out_lengths[:, None]
+        if cfg.normalize == "per_feature":
+            feats = _normalize_per_feature(feats, frame_mask, out_lengths)
+        feats = feats.masked_fill(~frame_mask[:, None, :], 0.0)
+        return feats.transpose(1, 2), out_lengths  # (B, T, n_mels)
+
+
+def _normalize_per_feature(feats: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+    """Standardise each bin over real frames (unbiased std, +1e-5, as NeMo)."""
+    m = mask[:, None, :].to(feats.dtype)  # (B, 1, T)
+    n = lengths.to(feats.dtype)[:, None]  # (B, 1)
+    mean = (feats * m).sum(-1) / n  # (B, F)
+    var = (((feats - mean[..., None]) * m) ** 2).sum(-1) / torch.clamp(n - 1, min=1)
+    std = torch.sqrt(var) + 1e-5
+    return (feats - mean[..., None]) / std[..., None]
+
+
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment (Park et al. 2019) with the masks NeMo's Conformer recipes use.
+
+    Args:
+        freq_masks: number of frequency masks.
+        freq_width: largest frequency mask in bins.
+        time_masks: number of time masks.
+        time_width: largest time mask as a fraction of the utterance.
+    """
+
+    freq_masks: int = 2
+    freq_width: int = 27
+    time_masks: int = 10
+    time_width: float = 0.05
+
+
+class SpecAugment(nn.Module):
+    """Zero random frequency and time bands of (B, T, F) features; identity in eval mode."""
+
+    def __init__(self, config: SpecAugmentConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, feats: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if not self.training:
+            return feats
+        cfg = self.config
+        b, t, f = feats.shape
+        keep = torch.ones(b, t, f, dtype=torch.bool)
+        time_idx = torch.arange(t)
+        freq_idx = torch.arange(f)
+        for i in range(b):
+            for _ in range(cfg.freq_masks):
+                width = int(torch.randint(0, cfg.freq_width + 1, (1,), generator=generator))
+                start = int(torch.randint(0, max(1, f - width), (1,), generator=generator))
+                keep[i] &= ~((freq_idx >= start) & (freq_idx < start + width))[None, :]
+            length = int(lengths[i])
+            max_width = max(1, int(cfg.time_width * length))
+            for _ in range(cfg.time_masks):
+                width = int(torch.randint(0, max_width + 1, (1,), generator=generator))
+                start = int(torch.randint(0, max(1, length - width), (1,), generator=generator))
+                keep[i] &= ~((time_idx >= start) & (time_idx < start + width))[:, None]
+        return feats * keep.to(feats.device, feats.dtype)

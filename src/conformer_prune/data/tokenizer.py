@@ -1,0 +1,88 @@
+"""SentencePiece tokenizer trained on the training transcripts and stored inside checkpoints."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import sentencepiece as spm
+
+__all__ = ["Tokenizer", "TokenizerConfig", "TokenizerError"]
+
+
+class TokenizerError(ValueError):
+    """A transcript holds a character the tokenizer cannot encode."""
+
+
+@dataclass
+class TokenizerConfig:
+    """Args:
+    vocab_size: number of pieces (the CTC blank comes on top, as the last index).
+    model_type: SentencePiece algorithm.
+    """
+
+    vocab_size: int = 128
+    model_type: Literal["unigram", "bpe"] = "unigram"
+
+
+class Tokenizer:
+    """A SentencePiece model with an unknown-character check.
+
+    Piece 0 is `<unk>`; no BOS/EOS/PAD pieces. Encoding a text with a character outside the
+    training alphabet raises `TokenizerError` instead of silently emitting `<unk>`.
+    """
+
+    def __init__(self, model_proto: bytes) -> None:
+        self._proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.alphabet = {
+            ch
+            for i in range(self._sp.get_piece_size())
+            if not self._sp.is_unknown(i)
+            for ch in self._sp.id_to_piece(i)
+        }
+        self.alphabet.discard("▁")  # SentencePiece's word-boundary marker stands for a space
+
+    @classmethod
+    def train(cls, texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+        """Train on transcripts. A small corpus may yield fewer pieces than asked for."""
+        buffer = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(list(texts)),
+            model_writer=buffer,
+            vocab_size=config.vocab_size,
+            model_type=config.model_type,
+            character_coverage=1.0,
+            unk_id=0,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+        return cls(buffer.getvalue())
+
+    def to_bytes(self) -> bytes:
+        return self._proto
+
+    @property
+    def vocab_size(self) -> int:
+        """Pieces, without the CTC blank."""
+        return int(self._sp.get_piece_size())
+
+    def encode(self, text: str, where: str = "transcript") -> list[int]:
+        """Token ids of `text`; `where` names the utterance in errors."""
+        if not text.strip():
+            raise TokenizerError(f"{where}: empty transcript; expected at least one word")
+        unknown = sorted({ch for ch in text if ch != " " and ch not in self.alphabet})
+        if unknown:
+            raise TokenizerError(
+                f"{where}: characters {unknown} are not in the tokenizer's alphabet "
+                f"({''.join(sorted(self.alphabet))})"
+            )
+        return list(self._sp.encode(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return str(self._sp.decode([int(i) for i in ids]))

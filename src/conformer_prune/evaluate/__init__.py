@@ -1,0 +1,21 @@
+"""Measurements: error rates, parameters, MACs, latency."""
+
+from conformer_prune.evaluate.metrics import (
+    count_params,
+    cpu_latency_ms,
+    error_rates,
+    interleaved_latency_ms,
+    macs_per_second,
+)
+from conformer_prune.evaluate.run import cost_report, evaluate_recognizer, recognize_dataset
+
+__all__ = [
+    "cost_report",
+    "count_params",
+    "cpu_latency_ms",
+    "error_rates",
+    "evaluate_recognizer",
+    "interleaved_latency_ms",
+    "macs_per_second",
+    "recognize_dataset",
+]

@@ -1,0 +1,108 @@
+"""Quality and cost measurements: WER/CER, parameters, MACs per second of audio, CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jiwer
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from conformer_prune.model.conformer import ConformerCTC
+
+__all__ = ["count_params", "cpu_latency_ms", "error_rates", "interleaved_latency_ms", "macs_per_second"]
+
+FRAMES_PER_SECOND = 100  # 10 ms hop
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus-level WER and CER (fractions) with `jiwer`; an empty hypothesis counts as deletions."""
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(
+            f"expected as many hypotheses as references (at least one), found {len(hyps)} and {len(refs)}"
+        )
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _dummy(model: ConformerCTC, seconds: float, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    n_mels = model.config.n_mels
+    frames = int(seconds * FRAMES_PER_SECOND) + 1
+    feats = torch.randn(batch, frames, n_mels, generator=torch.Generator().manual_seed(0))
+    return feats, torch.full((batch,), frames, dtype=torch.long)
+
+
+@torch.no_grad()
+def macs_per_second(model: ConformerCTC, seconds: float = 10.0) -> float:
+    """Multiply-accumulates per second of audio for one utterance of `seconds` (the attention
+    scores grow with length, so the reference length matters: 10 s by default).
+
+    Counted by `torch.utils.flop_counter` (matmuls and convolutions; FLOPs / 2).
+    """
+    model.eval()
+    feats, lengths = _dummy(model, seconds)
+    with FlopCounterMode(display=False) as counter:
+        model(feats.to(_device(model)), lengths.to(_device(model)))
+    return counter.get_total_flops() / 2 / seconds
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def cpu_latency_ms(
+    model: ConformerCTC,
+    seconds: float = 10.0,
+    threads: int = 2,
+    runs: int = 10,
+    warmup: int = 2,
+    batch: int = 1,
+) -> float:
+    """Median wall time (ms) of one forward pass on the CPU over a `seconds`-long utterance, with
+    `threads` intra-op threads (restored afterwards)."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model.eval().cpu()
+        feats, lengths = _dummy(model, seconds, batch)
+        for _ in range(warmup):
+            model(feats, lengths)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(feats, lengths)
+            times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+@torch.no_grad()
+def interleaved_latency_ms(
+    models: list[ConformerCTC], seconds: float = 10.0, threads: int = 2, rounds: int = 10, batch: int = 1
+) -> list[float]:
+    """Median CPU latency of each model, measured in alternation (A, B, A, B, ...) so that a noisy,
+    shared machine slows all of them alike; compare the results as ratios."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = []
+        for model in models:
+            model.eval().cpu()
+            inputs.append(_dummy(model, seconds, batch))
+            model(*inputs[-1])  # warm-up
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(rounds):
+            for k, model in enumerate(models):
+                start = time.perf_counter()
+                model(*inputs[k])
+                times[k].append((time.perf_counter() - start) * 1000)
+        return [statistics.median(t) for t in times]
+    finally:
+        torch.set_num_threads(old_threads)

@@ -1,0 +1,103 @@
+"""Checkpoints as ``{config, state_dict, meta}``: the architecture travels with the weights.
+
+A `Recognizer` bundles what transcription needs: the model, the feature front end and the
+tokenizer. Loading rebuilds the model from its config and loads weights with ``strict=True``;
+nothing is inferred from parameter names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conformer_prune import __version__
+from conformer_prune.config import from_dict, to_dict
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer
+from conformer_prune.model.conformer import ConformerConfig, ConformerCTC, build_model
+from conformer_prune.utils import atomic_save
+
+__all__ = ["Recognizer", "greedy_decode", "load_recognizer", "save_recognizer"]
+
+FORMAT_VERSION = 1
+
+
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
+    """Best path CTC decoding: argmax per frame, merge repeats, drop blanks.
+
+    Shapes: log_probs (B, T, V), lengths (B,) -> B token-id lists.
+    """
+    best = log_probs.argmax(dim=-1).cpu()
+    out = []
+    for row, n in zip(best, lengths.cpu().tolist(), strict=True):
+        ids = torch.unique_consecutive(row[:n])
+        out.append([int(i) for i in ids if int(i) != blank])
+    return out
+
+
+@dataclass
+class Recognizer:
+    """A Conformer-CTC model with its front end and tokenizer."""
+
+    model: ConformerCTC
+    features: LogMelFeatures
+    tokenizer: Tokenizer
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def transcribe(self, waveforms: list[np.ndarray], device: torch.device | str = "cpu") -> list[str]:
+        """Greedy transcripts of 1-D float waveforms at the front end's sample rate."""
+        self.model.eval().to(device)
+        self.features.eval().to(device)
+        tensors = [torch.as_tensor(w, dtype=torch.float32) for w in waveforms]
+        lengths = torch.tensor([t.numel() for t in tensors], device=device)
+        batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True).to(device)
+        feats, feat_lengths = self.features(batch, lengths)
+        log_probs, out_lengths = self.model(feats, feat_lengths)
+        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, self.model.blank)]
+
+
+def save_recognizer(path: str | Path, rec: Recognizer, **meta: Any) -> None:
+    """Write ``{config, state_dict, meta}`` atomically; `meta` adds to the recognizer's meta."""
+    ckpt = {
+        "config": {"model": to_dict(rec.model.config), "features": to_dict(rec.features.config)},
+        "state_dict": {k: v.detach().cpu() for k, v in rec.model.state_dict().items()},
+        "meta": {
+            **rec.meta,
+            **meta,
+            "tokenizer": rec.tokenizer.to_bytes(),
+            "format_version": FORMAT_VERSION,
+            "conformer_prune_version": __version__,
+        },
+    }
+    atomic_save(ckpt, path)
+
+
+def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") -> Recognizer:
+    """Rebuild a recognizer from a checkpoint written by `save_recognizer`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a conformer-prune checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} could not be read ({err})") from err
+    if not isinstance(ckpt, dict) or not {"config", "state_dict", "meta"} <= set(ckpt):
+        raise ValueError(
+            f"{path} is not a conformer-prune checkpoint; expected keys config, state_dict, meta"
+        )
+    model = build_model(from_dict(ConformerConfig, ckpt["config"]["model"], "model"))
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    features = LogMelFeatures(from_dict(FeatureConfig, ckpt["config"]["features"], "features"))
+    meta = dict(ckpt["meta"])
+    tokenizer = Tokenizer(meta.pop("tokenizer"))
+    return Recognizer(model.eval(), features.eval(), tokenizer, meta)

@@ -1,0 +1,81 @@
+"""Typed configuration of a pruning run (YAML + dotted overrides, see `conformer_prune.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from conformer_prune.data.features import SpecAugmentConfig
+from conformer_prune.distill.layerwise import DistillConfig
+
+__all__ = ["PruneConfig"]
+
+
+@dataclass
+class PruneConfig:
+    """L0 pruning with a Lagrangian budget and layerwise distillation, then fine-tuning.
+
+    Args:
+        method: "l0-distill" (the method) or "l0" (the same gates and budget, CTC loss only).
+        target_params: kept fraction of the teacher's parameters (exclusive with target_macs).
+        target_macs: kept fraction of the teacher's MACs per second of audio.
+        structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
+        prune_epochs: epochs with learned gates and the budget.
+        finetune_epochs: epochs with fixed masks afterwards.
+        target_warmup: fraction of the pruning steps over which the target ramps up from 0.
+        lr: peak learning rate of the weights (and distillation projections).
+        gate_lr: learning rate of the gates' log_alpha (no weight decay).
+        lambda_lr: learning rate of the Lagrange multipliers (gradient ascent).
+        weight_decay: on weight matrices only.
+        warmup_steps: linear learning-rate warm-up of the weights.
+        grad_clip: max norm of the weights' gradient.
+        init_unit_log_alpha: initial log_alpha of head, neuron and channel gates.
+        init_module_log_alpha: initial log_alpha of module and layer gates.
+        distill: loss weights (method "l0" sets the distillation weights to zero).
+        specaug: SpecAugment of the shared input of teacher and student.
+        max_frames: padded feature frames per batch.
+        seed: seeds batching, augmentation, dropout and gate sampling.
+        device: "auto", "cpu" or "cuda[:N]".
+        precision: "bf16" autocast or "fp32".
+        threads: CPU threads (0 keeps PyTorch's default).
+    """
+
+    method: Literal["l0-distill", "l0"] = "l0-distill"
+    target_params: float | None = 0.5
+    target_macs: float | None = None
+    structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])
+    prune_epochs: int = 10
+    finetune_epochs: int = 5
+    target_warmup: float = 0.3
+    lr: float = 5e-4
+    gate_lr: float = 0.05
+    lambda_lr: float = 0.05
+    weight_decay: float = 1e-3
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    init_unit_log_alpha: float = 3.0
+    init_module_log_alpha: float = 5.0
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    max_frames: int = 10000
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.target_params, self.target_macs) if x is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of target_params and target_macs")
+        if not 0 < given[0] < 1:
+            raise ValueError(f"the target is a kept fraction in (0, 1), found {given[0]}")
+
+    @property
+    def metric(self) -> Literal["params", "macs"]:
+        return "params" if self.target_params is not None else "macs"
+
+    @property
+    def ratio(self) -> float:
+        value = self.target_params if self.target_params is not None else self.target_macs
+        assert value is not None
+        return value

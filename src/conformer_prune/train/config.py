@@ -1,0 +1,68 @@
+"""Typed training configuration (YAML + dotted overrides, see `conformer_prune.config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from conformer_prune.data.features import FeatureConfig, SpecAugmentConfig
+from conformer_prune.data.tokenizer import TokenizerConfig
+from conformer_prune.model.conformer import ConformerConfig
+
+__all__ = ["OptimConfig", "TrainConfig"]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (not applied to biases and norms).
+        betas: Adam betas.
+        warmup_steps: linear warm-up length in optimizer steps.
+        min_lr_ratio: the cosine decays to lr * min_lr_ratio at the last step.
+        grad_clip: maximum global gradient norm.
+    """
+
+    lr: float = 2e-3
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.02
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides its data.
+
+    Args:
+        model: the architecture; `vocab_size` is set from the trained tokenizer.
+        features: the front end (stored in the checkpoint).
+        specaug: SpecAugment, training only.
+        tokenizer: SentencePiece settings.
+        optim: optimizer and schedule.
+        epochs: passes over the training data (the schedule spans all of them).
+        max_frames: padded feature frames per batch (100 frames = 1 s of audio).
+        seed: seeds batching, SpecAugment, dropout and initialisation.
+        device: "auto" (CUDA when present), "cpu" or "cuda[:N]".
+        precision: "bf16" runs forward passes under bfloat16 autocast.
+        time_budget_minutes: stop after the epoch that would overrun this wall time (0 = none).
+        threads: CPU intra-op threads (0 keeps PyTorch's default).
+        cache_features: keep training features in memory after the first epoch.
+    """
+
+    model: ConformerConfig = field(default_factory=ConformerConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 30
+    max_frames: int = 20000
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    time_budget_minutes: float = 0.0
+    threads: int = 0
+    cache_features: bool = True

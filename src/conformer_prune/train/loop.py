@@ -1,0 +1,296 @@
+"""The training engine: plain PyTorch, resumable at every epoch boundary.
+
+Usage:
+    conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher \
+        --config recipes/teacher.yaml [--resume]
+
+A run directory holds ``config.yaml`` (resolved), ``train_state.pt`` (model, optimizer, scheduler,
+epoch; written atomically every epoch), ``model.pt`` (the best recognizer on dev so far) and
+``log.jsonl`` (one line per epoch). Each epoch seeds batching, SpecAugment and dropout from
+``seed + epoch``, so a run resumed at a boundary follows exactly the path of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from conformer_prune.config import to_dict
+from conformer_prune.data.corpus import Utterance
+from conformer_prune.data.dataset import Batch, BucketBatchSampler, SpeechDataset, collate
+from conformer_prune.data.features import LogMelFeatures, SpecAugment
+from conformer_prune.data.tokenizer import Tokenizer
+from conformer_prune.evaluate.metrics import error_rates
+from conformer_prune.evaluate.run import recognize_dataset
+from conformer_prune.model.checkpoint import Recognizer, save_recognizer
+from conformer_prune.model.conformer import ConformerCTC, build_model
+from conformer_prune.train.config import TrainConfig
+from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
+
+__all__ = [
+    "autocast",
+    "ctc_loss",
+    "lr_schedule",
+    "make_optimizer",
+    "run_training",
+    "train_one_epoch",
+    "validate",
+]
+
+LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainData:
+    """The training loader (its sampler reshuffles per epoch) and the dev set."""
+
+    sampler: BucketBatchSampler
+    loader: DataLoader[Any]
+    dev: SpeechDataset
+
+
+def make_data(
+    train_utts: list[Utterance],
+    dev_utts: list[Utterance],
+    tokenizer: Tokenizer,
+    features: LogMelFeatures,
+    max_frames: int,
+    seed: int,
+    cache: bool = True,
+) -> TrainData:
+    train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache)
+    dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, skip_too_short=False)
+    sampler = BucketBatchSampler(train_set.frames, max(max_frames, max(train_set.frames)), seed=seed)
+    return TrainData(sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=collate), dev_set)
+
+
+def seed_epoch(seed: int, epoch: int, sampler: BucketBatchSampler, generator: torch.Generator) -> None:
+    """Seed dropout, batching and augmentation of `epoch`, so a resumed run repeats it exactly."""
+    torch.manual_seed(seed * 100003 + epoch)
+    generator.manual_seed(seed * 100003 + epoch)
+    sampler.set_epoch(epoch)
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Print an epoch's record and append it to a JSON-lines log."""
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+    with open(path, "a", encoding="utf-8") as log_file:
+        log_file.write(json.dumps(record) + "\n")
+
+
+def ctc_loss(model: ConformerCTC, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    """CTC loss averaged over utterances (each normalised by its target length)."""
+    log_probs, lengths = model(batch.feats, batch.feat_lengths)
+    loss = F.ctc_loss(
+        log_probs.transpose(0, 1),  # (T, B, V)
+        batch.targets,
+        lengths,
+        batch.target_lengths,
+        blank=model.blank,
+        reduction="mean",
+        zero_infinity=True,
+    )
+    return loss, {"ctc": float(loss.detach())}
+
+
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and convolution kernels only (not biases or norms)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": "weights"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "biases_norms"},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_schedule(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_one_epoch(
+    loss_fn: LossFn,
+    params: Sequence[Tensor],
+    loader: Iterator[Batch] | DataLoader[Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    precision: str,
+    grad_clip: float,
+    desc: str,
+    total: int | None = None,
+) -> dict[str, float]:
+    """One pass; returns the mean of every logged loss part and the audio seconds seen."""
+    sums: dict[str, float] = {}
+    steps, audio_frames = 0, 0
+    bar = tqdm(loader, desc=desc, total=total, dynamic_ncols=True, mininterval=1.0)
+    for batch in bar:
+        batch = batch.to(device)
+        with autocast(device, precision):
+            loss, parts = loss_fn(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {float(loss)} on utterances {batch.indices.tolist()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        audio_frames += int(batch.feat_lengths.sum())
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    means = {k: v / max(1, steps) for k, v in sums.items()}
+    return {**means, "steps": steps, "audio_seconds": audio_frames / 100.0}
+
+
+def validate(rec: Recognizer, dataset: SpeechDataset, device: torch.device) -> dict[str, float]:
+    recs = recognize_dataset(rec, dataset, device=device, desc="validate")
+    return error_rates([r.ref for r in recs], [r.hyp for r in recs])
+
+
+def run_training(
+    cfg: TrainConfig,
+    train_utts: list[Utterance],
+    dev_utts: list[Utterance],
+    out_dir: str | Path,
+    resume: bool = False,
+) -> Path:
+    """Train a Conformer-CTC recognizer; returns the path of the best model (``model.pt``)."""
+    out = Path(out_dir)
+    state_path = out / "train_state.pt"
+    if state_path.exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a training run; pass --resume to continue it or pick another --out"
+        )
+    if resume and not state_path.exists():
+        raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume else None
+    tokenizer = (
+        Tokenizer(state["tokenizer"])
+        if state
+        else Tokenizer.train((u.text for u in train_utts), cfg.tokenizer)
+    )
+    cfg.model.vocab_size = tokenizer.vocab_size
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    features = LogMelFeatures(cfg.features)
+    data = make_data(train_utts, dev_utts, tokenizer, features, cfg.max_frames, cfg.seed, cfg.cache_features)
+    sampler, loader, dev_set = data.sampler, data.loader, data.dev
+
+    model = build_model(cfg.model).to(device)
+    specaug = SpecAugment(cfg.specaug)
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
+    total_steps = cfg.epochs * len(sampler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
+    )
+    start_epoch, best_wer, elapsed = 0, math.inf, 0.0
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_wer, elapsed = state["epoch"], state["best_wer"], state["elapsed"]
+    rec = Recognizer(model, features, tokenizer)
+    specaug_gen = torch.Generator()
+
+    def loss_fn(batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
+        return ctc_loss(model, batch)
+
+    last_epoch_seconds = 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        budget = cfg.time_budget_minutes * 60
+        if budget and elapsed + last_epoch_seconds > budget:
+            print(f"time budget of {cfg.time_budget_minutes} min reached after {epoch} epochs")
+            break
+        seed_epoch(cfg.seed, epoch, sampler, specaug_gen)
+        model.train()
+        specaug.train()
+        t0 = time.perf_counter()
+        stats = train_one_epoch(
+            loss_fn,
+            list(model.parameters()),
+            loader,
+            optimizer,
+            scheduler,
+            device,
+            cfg.precision,
+            cfg.optim.grad_clip,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            total=len(sampler),
+        )
+        train_seconds = time.perf_counter() - t0
+        model.eval()
+        dev = validate(rec, dev_set, device)
+        last_epoch_seconds = time.perf_counter() - t0
+        elapsed += last_epoch_seconds
+        record = {
+            "epoch": epoch + 1,
+            **stats,
+            "lr": scheduler.get_last_lr()[0],
+            "dev_wer": dev["wer"],
+            "dev_cer": dev["cer"],
+            "train_seconds": train_seconds,
+            "audio_seconds_per_second": stats["audio_seconds"] / train_seconds,
+            "elapsed_seconds": elapsed,
+        }
+        append_log(out / "log.jsonl", record)
+        if dev["wer"] < best_wer:
+            best_wer = dev["wer"]
+            save_recognizer(
+                out / "model.pt",
+                rec,
+                epoch=epoch + 1,
+                dev_wer=dev["wer"],
+                train_config=to_dict(cfg),
+            )
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "best_wer": best_wer,
+                "elapsed": elapsed,
+                "tokenizer": tokenizer.to_bytes(),
+                "config": to_dict(cfg),
+            },
+            state_path,
+        )
+    return out / "model.pt"

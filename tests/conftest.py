@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny synthetic corpus and a tiny trained run, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conformer_prune.model import ConformerConfig
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About a minute and a half of synthetic speech in LibriSpeech layout (train/dev/test)."""
+    from conformer_prune.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize(out, 0.025, seed=1, dev_fraction=0.2, test_fraction=0.2, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for two epochs with the `tiny` recipe; returns its run directory."""
+    from conformer_prune.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    argv = [
+        "train",
+        "--data",
+        str(tiny_corpus / "train"),
+        "--dev",
+        str(tiny_corpus / "dev"),
+        "--out",
+        str(out),
+        "--config",
+        "tiny",
+    ]
+    assert main(argv) == 0
+    return out
+
+
+def hetero_config(**overrides: object) -> ConformerConfig:
+    """A small config with different sizes in every layer and absent modules."""
+    fields: dict[str, object] = dict(
+        n_mels=80,
+        vocab_size=20,
+        d_model=32,
+        n_layers=3,
+        head_dim=8,
+        heads=[4, 0, 1],
+        ffn1=[64, 16, 0],
+        ffn2=[0, 32, 8],
+        conv_channels=[32, 8, 0],
+        conv_kernel=7,
+        subsampling_channels=[8, 6],
+        dropout=0.0,
+        dropout_att=0.0,
+    )
+    fields.update(overrides)
+    return ConformerConfig.create(**fields)

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conformer_prune.data.audio import AudioError, load_audio
+from conformer_prune.data.corpus import read_corpus, read_librispeech, read_manifest, write_manifest
+from conformer_prune.data.dataset import BucketBatchSampler, SpeechDataset, collate
+from conformer_prune.data.features import (
+    FeatureConfig,
+    LogMelFeatures,
+    SpecAugment,
+    SpecAugmentConfig,
+)
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig, TokenizerError
+
+
+def _tone(seconds: float, rate: int = 16000, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _libri(root: Path, texts: dict[str, str]) -> Path:
+    chapter = root / "19" / "198"
+    chapter.mkdir(parents=True)
+    lines = []
+    for utt, text in texts.items():
+        sf.write(chapter / f"{utt}.flac", _tone(1.0 + len(lines) * 0.25), 16000)
+        lines.append(f"{utt} {text}")
+    (chapter / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_feature_frames_and_batched_equals_single() -> None:
+    feats = LogMelFeatures(FeatureConfig()).eval()
+    a, b = torch.from_numpy(_tone(1.0)), torch.from_numpy(_tone(0.4, freq=1000.0))
+    batch = torch.nn.utils.rnn.pad_sequence([a, b], batch_first=True)
+    out, lengths = feats(batch, torch.tensor([a.numel(), b.numel()]))
+    assert out.shape == (2, 16000 // 160 + 1, 80)
+    assert lengths.tolist() == [101, 41]
+    single, _ = feats(b[None], torch.tensor([b.numel()]))
+    torch.testing.assert_close(out[1, :41], single[0], atol=1e-4, rtol=1e-4)
+    assert torch.all(out[1, 41:] == 0)
+    real = out[0, :101]
+    torch.testing.assert_close(real.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+
+
+def test_mel_filters_peak_on_a_tone() -> None:
+    out, _ = LogMelFeatures(FeatureConfig(normalize="none")).eval()(
+        torch.from_numpy(_tone(0.5, freq=1000.0))[None], torch.tensor([8000])
+    )
+    peak = int(out[0, 10:-10].mean(0).argmax())
+    assert 25 <= peak <= 35  # 1 kHz sits near mel bin 30 of 80 (Slaney scale, 8 kHz top)
+
+
+def test_specaugment_masks_only_in_training() -> None:
+    aug = SpecAugment(SpecAugmentConfig(freq_masks=2, freq_width=10, time_masks=2, time_width=0.2))
+    x = torch.ones(2, 100, 80)
+    lengths = torch.tensor([100, 50])
+    assert torch.equal(aug.eval()(x, lengths), x)
+    y = aug.train()(x, lengths, generator=torch.Generator().manual_seed(0))
+    assert (y == 0).any() and (y == 1).any()
+
+
+def test_audio_resampled_and_downmixed(tmp_path: Path) -> None:
+    stereo = np.stack([_tone(1.0, 8000), _tone(1.0, 8000)], axis=1)
+    sf.write(tmp_path / "s.wav", stereo, 8000)
+    audio = load_audio(tmp_path / "s.wav", 16000)
+    assert audio.ndim == 1 and abs(audio.shape[0] - 16000) <= 1
+    np.testing.assert_allclose(audio[2000:2100], _tone(1.0)[2000:2100], atol=0.02)
+
+
+def test_librispeech_and_manifest_readers(tmp_path: Path) -> None:
+    root = _libri(tmp_path / "dev", {"19-198-0000": "HELLO WORLD", "19-198-0001": "IT'S  A CAT"})
+    utts = read_librispeech(root)
+    assert [u.utt_id for u in utts] == ["19-198-0000", "19-198-0001"]
+    assert utts[1].text == "IT'S A CAT" and abs(utts[1].duration - 1.25) < 1e-6
+    write_manifest(tmp_path / "m.jsonl", utts)
+    assert read_manifest(tmp_path / "m.jsonl") == utts
+    assert read_corpus(tmp_path / "m.jsonl") == read_corpus(root)
+
+
+def test_reader_on_a_generated_corpus(tiny_corpus: Path) -> None:
+    for split in ("train", "dev", "test"):
+        utts = read_librispeech(tiny_corpus / split)
+        assert utts and all(u.text and u.duration > 0 for u in utts)
+    train = {u.text for u in read_librispeech(tiny_corpus / "train")}
+    assert not train & {u.text for u in read_librispeech(tiny_corpus / "test")}
+
+
+def test_missing_audio_names_the_file(tmp_path: Path) -> None:
+    root = _libri(tmp_path / "c", {"19-198-0000": "HELLO"})
+    (root / "19" / "198" / "19-198-0000.flac").unlink()
+    with pytest.raises(FileNotFoundError, match=r"19-198-0000"):
+        read_librispeech(root)
+    with pytest.raises(FileNotFoundError, match=r"nope\.flac"):
+        load_audio(tmp_path / "nope.flac")
+
+
+def test_corrupt_flac_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(b"fLaC" + b"\x00garbage" * 10)
+    with pytest.raises(AudioError, match=r"bad\.flac"):
+        load_audio(bad)
+
+
+def test_empty_transcript_names_the_line(tmp_path: Path) -> None:
+    root = _libri(tmp_path / "c", {"19-198-0000": "HELLO"})
+    trans = root / "19" / "198" / "19-198.trans.txt"
+    trans.write_text("19-198-0000 \n")
+    with pytest.raises(ValueError, match=r"19-198.trans.txt:1: empty transcript"):
+        read_librispeech(root)
+
+
+def test_manifest_missing_key_names_the_line(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.flac", _tone(1.0), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "a.flac", "text": "HI"}) + "\n")
+    with pytest.raises(ValueError, match=r"m.jsonl:1: missing key\(s\) \['duration'\]"):
+        read_manifest(manifest)
+
+
+def test_unknown_character_names_the_utterance(tmp_path: Path) -> None:
+    tok = Tokenizer.train(["HELLO WORLD", "IT'S A CAT"], TokenizerConfig(vocab_size=16))
+    assert tok.decode(tok.encode("HELLO CAT")) == "HELLO CAT"
+    root = _libri(tmp_path / "c", {"19-198-0000": "HELLO WORLD", "19-198-0001": "ÉCOLE"})
+    with pytest.raises(TokenizerError, match=r"19-198-0001.*'É'"):
+        SpeechDataset(read_librispeech(root), tok, LogMelFeatures(FeatureConfig()))
+
+
+def test_bucketed_batches_cover_everything_within_budget() -> None:
+    lengths = [100, 900, 300, 310, 50, 700, 120, 880]
+    sampler = BucketBatchSampler(lengths, max_frames=1000, seed=3)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 1000 for b in batches)
+    sampler.set_epoch(1)
+    assert list(sampler) == batches
+    halves = [list(BucketBatchSampler(lengths, 1000, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert not {i for b in halves[0] for i in b} & {i for b in halves[1] for i in b}
+
+
+def test_collate_pads_with_zeros() -> None:
+    batch = collate([(torch.ones(5, 80), torch.tensor([1, 2]), 0), (torch.ones(3, 80), torch.tensor([3]), 1)])
+    assert batch.feats.shape == (2, 5, 80) and torch.all(batch.feats[1, 3:] == 0)
+    assert batch.target_lengths.tolist() == [2, 1] and batch.feat_lengths.tolist() == [5, 3]

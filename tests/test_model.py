@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformer_prune.config import ConfigError, from_dict, load_config
+from conformer_prune.data.dataset import subsampled_length
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
+from conformer_prune.model import (
+    ConformerConfig,
+    Recognizer,
+    build_model,
+    load_recognizer,
+    save_recognizer,
+)
+from conformer_prune.model.conformer import ConvSubsampling
+from conformer_prune.train import TrainConfig
+from tests.conftest import hetero_config
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 4, 5, 7, 8, 99, 100, 101, 1001])
+def test_subsampling_length_arithmetic(frames: int) -> None:
+    sub = ConvSubsampling(80, [4, 4], 16)
+    y, lengths = sub(torch.randn(1, frames, 80), torch.tensor([frames]))
+    assert y.shape == (1, subsampled_length(frames), 16)
+    assert int(lengths[0]) == y.shape[1] == math.ceil(math.ceil(frames / 2) / 2)
+
+
+def test_encoder_shapes() -> None:
+    cfg = hetero_config()
+    model = build_model(cfg).eval()
+    log_probs, lengths = model(torch.randn(2, 57, 80), torch.tensor([57, 30]))
+    assert log_probs.shape == (2, subsampled_length(57), cfg.vocab_size + 1)
+    assert lengths.tolist() == [subsampled_length(57), subsampled_length(30)]
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, log_probs.shape[1]), atol=1e-5)
+
+
+def test_padding_does_not_change_real_frames() -> None:
+    torch.manual_seed(0)
+    model = build_model(hetero_config()).eval()
+    lengths = torch.tensor([101, 64, 37, 5])
+    feats = torch.randn(4, 101, 80) * (torch.arange(101)[None, :, None] < lengths[:, None, None])
+    batched, out_lengths = model(feats, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        single, single_len = model(feats[i : i + 1, :n], lengths[i : i + 1])
+        assert int(single_len[0]) == int(out_lengths[i])
+        torch.testing.assert_close(batched[i, : int(single_len[0])], single[0], atol=1e-5, rtol=1e-5)
+
+
+def _recognizer(cfg: ConformerConfig) -> Recognizer:
+    tokenizer = Tokenizer.train(
+        ["HELLO WORLD", "A CAT SAT ON THE MAT", "IT'S FINE"], TokenizerConfig(vocab_size=20)
+    )
+    cfg.vocab_size = tokenizer.vocab_size
+    return Recognizer(build_model(cfg), LogMelFeatures(FeatureConfig()), tokenizer)
+
+
+def test_save_load_round_trip_is_strict_and_exact(tmp_path: Path) -> None:
+    rec = _recognizer(hetero_config())
+    save_recognizer(tmp_path / "m.pt", rec, note="x")
+    loaded = load_recognizer(tmp_path / "m.pt")
+    assert loaded.model.config == rec.model.config
+    assert loaded.meta["note"] == "x"
+    for (k, a), (k2, b) in zip(
+        rec.model.state_dict().items(), loaded.model.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(a, b)
+    feats, lengths = torch.randn(1, 40, 80), torch.tensor([40])
+    torch.testing.assert_close(rec.model.eval()(feats, lengths)[0], loaded.model(feats, lengths)[0])
+    assert loaded.tokenizer.encode("HELLO") == rec.tokenizer.encode("HELLO")
+
+
+def test_heterogeneous_model_trains_one_step_and_round_trips(tmp_path: Path) -> None:
+    rec = _recognizer(hetero_config())
+    model = rec.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log_probs, lengths = model(torch.randn(2, 80, 80), torch.tensor([80, 60]))
+    loss = F.ctc_loss(
+        log_probs.transpose(0, 1),
+        torch.tensor([[1, 2, 3], [4, 5, 0]]),
+        lengths,
+        torch.tensor([3, 2]),
+        blank=model.blank,
+    )
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.encoder.layers[1].self_attn is None and model.encoder.layers[2].conv is None
+    assert model.encoder.layers[0].self_attn.linear_q.out_features == 4 * 8
+    save_recognizer(tmp_path / "h.pt", rec)
+    assert load_recognizer(tmp_path / "h.pt").model.config.heads == [4, 0, 1]
+
+
+def test_config_broadcasts_and_rejects_bad_values(tmp_path: Path) -> None:
+    cfg = ConformerConfig.create(n_layers=3, heads=2)
+    assert cfg.heads == [2, 2, 2] and cfg.ffn1 == [576, 576, 576]
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.n_head'"):
+        from_dict(TrainConfig, {"model": {"n_head": 4}})
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number"):
+        from_dict(TrainConfig, {"optim": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="heads has 2 entries; expected n_layers = 3"):
+        ConformerConfig.create(n_layers=3, heads=[1, 2])
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("epochs: 3\nmodel:\n  n_layers: 2\n")
+    cfg2 = load_config(TrainConfig, yaml_file, ["optim.lr=0.01", "model.heads=[1,3]"])
+    assert (cfg2.epochs, cfg2.optim.lr, cfg2.model.heads) == (3, 0.01, [1, 3])
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.learning_rate'"):
+        load_config(TrainConfig, yaml_file, ["optim.learning_rate=1"])

@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conformer_prune.cli import main
+from conformer_prune.evaluate.metrics import count_params, macs_per_second
+from conformer_prune.model import ConformerCTC, build_model, load_recognizer
+from conformer_prune.prune import run as prune_run
+from conformer_prune.prune.budget import Lagrangian, target_sparsity
+from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
+from conformer_prune.prune.gates import STRUCTURES, ConformerGates
+from conformer_prune.prune.hardconcrete import HardConcrete
+from conformer_prune.prune.physical import physically_prune
+from tests.conftest import hetero_config
+
+ALL = list(STRUCTURES)
+
+
+def _model(seed: int = 0, **overrides: Any) -> ConformerCTC:
+    torch.manual_seed(seed)
+    fields: dict[str, Any] = dict(
+        n_layers=4,
+        heads=[4, 2, 3, 4],
+        ffn1=[64, 16, 32, 8],
+        ffn2=[32, 32, 8, 8],
+        conv_channels=[32, 8, 16, 4],
+    )
+    fields.update(overrides)
+    model = build_model(hetero_config(**fields))
+    for m in model.modules():  # non-trivial BatchNorm statistics, so slicing them is checked
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([83, 61, 24])
+    feats = torch.randn(3, 83, 80, generator=torch.Generator().manual_seed(1))
+    return feats * (torch.arange(83)[None, :, None] < lengths[:, None, None]), lengths
+
+
+@torch.no_grad()
+def _assert_same_real_frames(a: ConformerCTC, b: ConformerCTC, atol: float = 1e-4) -> None:
+    feats, lengths = _inputs()
+    ya, la = a(feats, lengths)
+    yb, lb = b(feats, lengths)
+    assert torch.equal(la, lb)
+    for i, n in enumerate(la.tolist()):
+        assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol
+
+
+def test_all_one_gates_equal_the_ungated_model() -> None:
+    dense = _model()
+    gated = _model()
+    gates = ConformerGates.attach(gated, ALL)
+    gates.freeze({name: torch.ones(g.n) for name, g in gates})
+    _assert_same_real_frames(dense, gated, atol=1e-6)  # multiplying by 1 may change kernel paths
+    sampled = _model()
+    ConformerGates.attach(sampled, ALL, init_unit=50.0, init_module=50.0)  # P(z = 1) -> 1 in training too
+    sampled.train()
+    for m in sampled.modules():
+        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.Dropout):
+            m.eval()
+    _assert_same_real_frames(dense, sampled, atol=1e-6)
+
+
+def _random_masks(gates: ConformerGates, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: (torch.rand(gate.n, generator=g) < 0.6).float() for name, gate in gates}
+
+
+@pytest.mark.parametrize(
+    "case", ["random", "no_heads", "one_head", "no_ffn", "no_conv", "no_layer", "all_edges"]
+)
+def test_gated_model_equals_physically_pruned_model(case: str) -> None:
+    model = _model(seed=2)
+    gates = ConformerGates.attach(model, ALL)
+    masks = {name: torch.ones(g.n) for name, g in gates} if case != "random" else _random_masks(gates, 3)
+    if case in ("no_heads", "all_edges"):
+        masks["layers.0.attn.units"] = torch.zeros(4)  # every head removed, module gate still open
+    if case in ("one_head", "all_edges"):
+        masks["layers.3.attn.units"] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    if case in ("no_ffn", "all_edges"):
+        masks["layers.1.ffn2"] = torch.zeros(1)
+    if case in ("no_conv", "all_edges"):
+        masks["layers.2.conv"] = torch.zeros(1)
+    if case in ("no_layer", "all_edges"):
+        masks["layers.1"] = torch.zeros(1)
+    gates.freeze(masks)
+    pruned = physically_prune(model, gates.current_masks())
+    _assert_same_real_frames(model, pruned)
+    assert not any(".gate" in k for k in pruned.state_dict())
+    cost = gates.mask_cost(gates.current_masks())
+    assert as_float(cost.params) == count_params(pruned)
+    assert as_float(cost.macs_per_second) == pytest.approx(macs_per_second(pruned), rel=1e-9)
+    if case == "all_edges":
+        assert pruned.config.n_layers == 3
+        assert pruned.config.heads[0] == 0 and pruned.encoder.layers[0].self_attn is None
+        assert pruned.config.heads[2] == 1 and pruned.encoder.layers[2].self_attn.linear_q.weight.shape == (
+            8,
+            32,
+        )
+        assert pruned.config.conv_channels[1] == 0 and pruned.encoder.layers[1].conv is None
+
+
+def test_glu_pairs_and_position_biases_are_sliced_together() -> None:
+    model = _model(seed=4)
+    gates = ConformerGates.attach(model, ["heads", "conv"])
+    masks = gates.current_masks()
+    masks["layers.0.conv.units"] = torch.zeros(32)
+    masks["layers.0.conv.units"][[3, 17, 30]] = 1.0
+    masks["layers.0.attn.units"] = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    gates.freeze(masks)
+    pruned = physically_prune(model, gates.current_masks())
+    conv, new_conv = model.encoder.layers[0].conv, pruned.encoder.layers[0].conv
+    keep = torch.tensor([3, 17, 30])
+    w, new_w = conv.pointwise_conv1.weight, new_conv.pointwise_conv1.weight  # (2C, D, 1)
+    assert new_w.shape == (6, 32, 1)
+    assert torch.equal(new_w[:3], w[keep]) and torch.equal(new_w[3:], w[32 + keep])
+    assert torch.equal(new_conv.batch_norm.running_var, conv.batch_norm.running_var[keep])
+    attn, new_attn = model.encoder.layers[0].self_attn, pruned.encoder.layers[0].self_attn
+    assert torch.equal(new_attn.pos_bias_u, attn.pos_bias_u[[1, 3]])
+    assert torch.equal(
+        new_attn.linear_pos.weight, attn.linear_pos.weight.view(4, 8, 32)[[1, 3]].reshape(16, 32)
+    )
+    assert pruned.config.heads[0] == 2 and pruned.config.conv_channels[0] == 3
+
+
+def test_expected_cost_is_exact_for_the_dense_model_and_differentiable() -> None:
+    model = _model()
+    assert as_float(conformer_cost(model.config, dense_counts(model.config)).params) == count_params(model)
+    gates = ConformerGates.attach(model, ALL)
+    cost = gates.expected_cost()
+    cost.params.backward()  # type: ignore[union-attr]
+    assert all(la.grad is not None and torch.all(la.grad > 0) for la in gates.log_alphas())
+
+
+@pytest.mark.parametrize(("metric", "ratio"), [("params", 0.5), ("params", 0.3), ("macs", 0.6)])
+def test_deterministic_masks_meet_the_target_within_one_percent(metric: str, ratio: float) -> None:
+    model = _model(seed=5, d_model=64, head_dim=16)
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
+    for _, gate in gates:
+        gate.log_alpha.data = torch.randn(gate.n, generator=torch.Generator().manual_seed(gate.n)) * 2 + 1
+    dense = conformer_cost(model.config, dense_counts(model.config))
+    full = as_float(dense.params if metric == "params" else dense.macs_per_second)
+    masks = gates.deterministic_masks(target=ratio * full, metric=metric)  # type: ignore[arg-type]
+    gates.freeze(masks)
+    pruned = physically_prune(model, gates.current_masks())
+    achieved = count_params(pruned) if metric == "params" else macs_per_second(pruned)
+    assert abs(achieved / (ratio * full) - 1) <= 0.01
+
+
+def test_lagrangian_drives_expected_sparsity_to_the_target() -> None:
+    torch.manual_seed(0)
+    model = _model()
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv"])
+    lagrangian = Lagrangian()
+    opt = torch.optim.AdamW(
+        [
+            {"params": gates.log_alphas(), "lr": 0.05, "weight_decay": 0.0},
+            {"params": list(lagrangian.parameters()), "lr": 0.05, "weight_decay": 0.0, "maximize": True},
+        ]
+    )
+    full = count_params(model) - sum(la.numel() for la in gates.log_alphas())
+    for step in range(400):
+        sparsity = 1 - gates.expected_cost().params / full
+        loss = lagrangian(torch.as_tensor(sparsity), target_sparsity(step, 100, 0.4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    final = 1 - as_float(gates.expected_cost().params) / full
+    assert abs(final - 0.4) < 0.03, final
+
+
+def test_hard_concrete_sampling_is_seeded_per_step() -> None:
+    a, b = HardConcrete(16, init_log_alpha=0.0), HardConcrete(16, init_log_alpha=0.0)
+    b.log_alpha.data.copy_(a.log_alpha.data)
+    a.generator = torch.Generator().manual_seed(7)
+    b.generator = torch.Generator().manual_seed(7)
+    za, zb = a.train()(), b.train()()
+    assert torch.equal(za, zb) and float(za.detach().min()) >= 0 and float(za.detach().max()) <= 1
+    assert float(a.prob_nonzero().detach()[0]) == pytest.approx(
+        torch.sigmoid(a.log_alpha[0] + 2 / 3 * 2.3979).item(), 1e-4
+    )
+
+
+def _prune_argv(tiny_corpus: Path, tiny_run: Path, out: Path) -> list[str]:
+    return [
+        "prune",
+        "--teacher",
+        str(tiny_run / "model.pt"),
+        "--data",
+        str(tiny_corpus / "train"),
+        "--dev",
+        str(tiny_corpus / "dev"),
+        "--test",
+        str(tiny_corpus / "test"),
+        "--target-params",
+        "0.5",
+        "--out",
+        str(out),
+        "--set",
+        "prune_epochs=2",
+        "finetune_epochs=1",
+        "max_frames=4000",
+        "device=cpu",
+    ]
+
+
+def test_prune_command_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    assert main(_prune_argv(tiny_corpus, tiny_run, out)) == 0
+    report = json.loads((out / "eval.json").read_text())
+    teacher, pruned = report["teacher"], report["pruned"]
+    assert abs(pruned["params"] / (0.5 * teacher["params"]) - 1) <= 0.01
+    assert pruned["macs_per_second"] < teacher["macs_per_second"]
+    assert {"wer_dev", "wer_test", "latency_ms_10s"} <= set(pruned)
+    rec = load_recognizer(out / "model.pt")  # loads on its own, without the teacher
+    assert count_params(rec.model) == pruned["params"]
+    assert (out / "layers.png").stat().st_size > 0 and "| layer |" in (out / "layers.md").read_text()
+
+
+def test_prune_resume_continues_from_the_same_step(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_epoch = prune_run.train_one_epoch
+    calls: list[int] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> dict[str, float]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(prune_run, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_prune_argv(tiny_corpus, tiny_run, tmp_path / "a"))
+    state = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and "lambda1" in str(state["lagrangian"].keys())
+    assert any("log_alpha" in k for k in state["student"]) and len(state["optimizer"]["param_groups"]) == 4
+    monkeypatch.setattr(prune_run, "train_one_epoch", real_epoch)
+    assert main([*_prune_argv(tiny_corpus, tiny_run, tmp_path / "a"), "--resume"]) == 0
+    assert main(_prune_argv(tiny_corpus, tiny_run, tmp_path / "b")) == 0
+    resumed = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
+    straight = torch.load(tmp_path / "b" / "prune_state.pt", weights_only=True)
+    for key, value in straight["student"].items():
+        torch.testing.assert_close(resumed["student"][key], value, rtol=0, atol=0, msg=key)
