@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conformer_prune.data import synth
+from conformer_prune.data.synth import SPLITS, Voice, normalize_text, synthesize, voices
+
+_TINY = {"hours": 0.01, "seed": 5, "dev_fraction": 0.1, "test_fraction": 0.1}
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _transcripts(split_dir: Path) -> dict[str, str]:
+    out = {}
+    for trans in split_dir.rglob("*.trans.txt"):
+        for line in trans.read_text().splitlines():
+            utt_id, text = line.split(" ", 1)
+            out[utt_id] = text
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, float]]]:
+    """About 36 s of synthetic speech over train/dev/test."""
+    out = tmp_path_factory.mktemp("synth")
+    return out, synthesize(out, **_TINY, workers=2, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Hello, world!", "HELLO WORLD"),
+        ("  Don't   stop-believing...  ", "DON'T STOP BELIEVING"),
+        ("'Tis the dogs' bone, isn't it?", "TIS THE DOGS BONE ISN'T IT"),
+        ("\u201cIt\u2019s fine,\u201d she said \u2014 quietly.", "IT'S FINE SHE SAID QUIETLY"),
+        ("Café naïve résumé", "CAFE NAIVE RESUME"),
+        ("Mr. Smith met Dr. Jones", "MISTER SMITH MET DOCTOR JONES"),
+        ("I have 3 cats", None),
+        ("It costs $5", None),
+        ("mail me at a@b", None),
+        ("see e.g. this", None),
+        ("Привет мир", None),
+        (" ... ", None),
+    ],
+)
+def test_normalize_text(raw: str, expected: str | None) -> None:
+    assert normalize_text(raw) == expected
+
+
+def test_voices_cover_every_accent_variant_and_voice() -> None:
+    vs = voices(seed=3)
+    assert len({v.speaker for v in vs}) == len(vs)
+    espeak = [v.voice for v in vs if v.engine == "espeak-ng"]
+    assert {e.split("+")[0] for e in espeak} == set(synth._ESPEAK_ACCENTS)
+    assert {e.split("+")[1] for e in espeak} == set(synth._ESPEAK_VARIANTS)
+    assert {v.voice for v in vs if v.engine == "flite"} == {"kal16", "awb", "rms"}
+    assert {v.voice for v in vs if v.engine == "festival"} == {"kal_diphone", "cmu_us_slt_arctic_hts"}
+    assert voices(seed=3) == vs and voices(seed=4) != vs
+    # A voice's setting does not depend on which other engines were chosen.
+    assert voices(seed=3, engines=["flite"]) == [v for v in vs if v.engine == "flite"]
+
+
+@pytest.mark.parametrize("engine", synth.ENGINES)
+def test_every_voice_renders_16k_mono(engine: str) -> None:
+    for voice in voices(seed=0, engines=[engine]):
+        job = synth._Job("train", voice, "THE CAT SAT ON THE MAT", 1000, 0, -3.0, 20.0, "pink", 7)
+        samples = synth._render(job)
+        assert samples.dtype == np.int16 and samples.ndim == 1
+        assert 0.5 < samples.shape[0] / synth.SAMPLE_RATE < 5.0, voice
+        assert np.abs(samples).max() > 1000, voice
+
+
+def test_tiny_corpus_is_librispeech_layout(tiny: tuple[Path, dict[str, dict[str, float]]]) -> None:
+    root, stats = tiny
+    meta = json.loads((root / "corpus.json").read_text())
+    assert meta["splits"] == stats and meta["seed"] == _TINY["seed"]
+    sentences: dict[str, set[str]] = {}
+    for split in SPLITS:
+        texts = _transcripts(root / split)
+        flacs = sorted((root / split).rglob("*.flac"))
+        assert sorted(texts) == [p.stem for p in flacs]
+        seconds = 0.0
+        for flac in flacs:
+            speaker, chapter, _ = flac.stem.split("-")
+            assert re.fullmatch(r"\d+-\d+-\d{4}", flac.stem)
+            assert flac.parent == root / split / speaker / chapter
+            info = sf.info(str(flac))
+            assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+            seconds += info.frames / info.samplerate
+        for trans in (root / split).rglob("*.trans.txt"):
+            lines = trans.read_text().splitlines()
+            assert lines == sorted(lines)
+            assert trans.name == f"{trans.parent.parent.name}-{trans.parent.name}.trans.txt"
+        for text in texts.values():
+            assert text and normalize_text(text) == text
+        target = _TINY["hours"] * 3600 * {"train": 0.8, "dev": 0.1, "test": 0.1}[split]
+        assert stats[split]["utterances"] == len(flacs) > 0
+        assert stats[split]["seconds"] == pytest.approx(seconds, abs=1e-2)
+        assert seconds >= target
+        sentences[split] = set(texts.values())
+    assert not sentences["train"] & sentences["dev"]
+    assert not sentences["train"] & sentences["test"]
+    assert not sentences["dev"] & sentences["test"]
+
+
+def test_same_seed_same_bytes_and_resume(
+    tiny: tuple[Path, dict[str, dict[str, float]]], tmp_path: Path
+) -> None:
+    root, stats = tiny
+    again = tmp_path / "again"
+    assert synthesize(again, **_TINY, workers=1, progress=False) == stats
+    assert _tree(again) == _tree(root)
+
+    # An interrupted run: a missing utterance, a missing transcript, a stray temp file.
+    flac = next((again / "train").rglob("*.flac"))
+    flac.unlink()
+    next((again / "dev").rglob("*.trans.txt")).unlink()
+    (flac.parent / f".{flac.name}.123.tmp").write_bytes(b"partial")
+    synthesize(again, **_TINY, workers=2, progress=False)
+    assert _tree(again) == _tree(root)
+
+
+def test_noise_keeps_the_utterances(tmp_path: Path) -> None:
+    args = {"hours": 0.003, "seed": 2, "progress": False, "engines": ["espeak-ng"]}
+    clean = synthesize(tmp_path / "clean", **args)
+    noisy = synthesize(tmp_path / "noisy", **args, snr_db=(5.0, 10.0))
+    assert {s: v["utterances"] for s, v in clean.items()} == {s: v["utterances"] for s, v in noisy.items()}
+    for split in SPLITS:
+        assert _transcripts(tmp_path / "clean" / split) == _transcripts(tmp_path / "noisy" / split)
+    a = next((tmp_path / "clean").rglob("*.flac"))
+    b = tmp_path / "noisy" / a.relative_to(tmp_path / "clean")
+    assert a.read_bytes() != b.read_bytes()
+
+
+def test_other_settings_in_same_directory_are_refused(
+    tiny: tuple[Path, dict[str, dict[str, float]]],
+) -> None:
+    root, _ = tiny
+    with pytest.raises(ValueError, match="seed: 5 there, 6 asked"):
+        synthesize(root, **{**_TINY, "seed": 6}, progress=False)
+
+
+def test_missing_engine_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None if name == "text2wave" else "/bin/x")
+    with pytest.raises(RuntimeError, match="apt-get install festival"):
+        synthesize(tmp_path, 0.001, progress=False)
+    monkeypatch.undo()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+        synthesize(tmp_path, 0.001, progress=False)
+
+
+def test_engine_failure_names_text_and_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(synth, "_engine_command", lambda *_: ["sh", "-c", "echo boom >&2; exit 3"])
+    voice = Voice(1001, "espeak-ng", "en-us+m1", 1.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"(?s)exit 3.*HELLO THERE.*command: sh -c.*boom"):
+        synth._run_engine(voice, "HELLO THERE")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"hours": 0.0},
+        {"hours": 1.0, "dev_fraction": 0.6, "test_fraction": 0.5},
+        {"hours": 1.0, "dev_fraction": -0.1},
+        {"hours": 1.0, "snr_db": (20.0, 10.0)},
+        {"hours": 1.0, "engines": ["say"]},
+        {"hours": 1.0, "workers": 0},
+    ],
+)
+def test_bad_arguments(kwargs: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        synthesize(tmp_path, **kwargs)
