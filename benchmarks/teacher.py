@@ -35,11 +35,11 @@ from common import (
     save_result,
     update_doc_section,
 )
-from conformer_prune.data.synth import synthesize
 
 from conformer_prune.cli import recipe_path
 from conformer_prune.config import load_config
 from conformer_prune.data.corpus import read_corpus
+from conformer_prune.data.synth import synthesize
 from conformer_prune.evaluate import evaluate_recognizer
 from conformer_prune.model import load_recognizer
 from conformer_prune.train import TrainConfig, run_training
