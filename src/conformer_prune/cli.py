@@ -24,7 +24,7 @@ from conformer_prune.prune.config import PruneConfig
 
 __all__ = ["main"]
 
-RECIPES = ("teacher", "demo", "tiny", "demo-prune")
+RECIPES = ("teacher", "demo", "tiny", "prune", "demo-prune")
 
 
 def recipe_path(name_or_path: str) -> Path:
