@@ -108,7 +108,7 @@ def test_config_broadcasts_and_rejects_bad_values(tmp_path: Path) -> None:
         ConformerConfig.create(n_layers=3, heads=[1, 2])
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("epochs: 3\nmodel:\n  n_layers: 2\n")
-    cfg2 = load_config(TrainConfig, yaml_file, ["optim.lr=0.01", "model.heads=[1,3]"])
-    assert (cfg2.epochs, cfg2.optim.lr, cfg2.model.heads) == (3, 0.01, [1, 3])
+    cfg2 = load_config(TrainConfig, yaml_file, ["optim.lr=1e-3", "model.heads=[1,3]"])
+    assert (cfg2.epochs, cfg2.optim.lr, cfg2.model.heads) == (3, 0.001, [1, 3])
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.learning_rate'"):
         load_config(TrainConfig, yaml_file, ["optim.learning_rate=1"])

@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "demo",
         cmd_demo,
-        "The main job on embedded defaults: corpus, teacher, evaluation.",
+        "The main job on embedded defaults: corpus, teacher, 50% pruning, evaluation.",
         "conformer-prune demo --work runs/demo",
     )
     p.add_argument("--work", default="runs/demo", help="working directory (stages are cached here)")
