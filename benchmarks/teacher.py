@@ -65,9 +65,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small corpus and few epochs (smoke test)")
     parser.add_argument("--hours", type=float, default=3.0)
-    parser.add_argument(
-        "--minutes", type=float, default=75.0, help="training wall-time budget for this call"
-    )
+    parser.add_argument("--minutes", type=float, default=75.0, help="training wall-time budget for this call")
     parser.add_argument("--set", nargs="*", default=[], help="training overrides")
     args = parser.parse_args()
     tag = "quick" if args.quick else "reference"
