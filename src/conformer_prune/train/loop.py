@@ -2,7 +2,7 @@
 
 Usage:
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher \
-        --config recipes/teacher.yaml [--resume]
+        --config teacher [--resume]
 
 A run directory holds ``config.yaml`` (resolved), ``train_state.pt`` (model, optimizer, scheduler,
 epoch; written atomically every epoch), ``model.pt`` (the best recognizer on dev so far) and
@@ -41,11 +41,15 @@ from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
 
 __all__ = [
+    "TrainData",
+    "append_log",
     "autocast",
     "ctc_loss",
     "lr_schedule",
+    "make_data",
     "make_optimizer",
     "run_training",
+    "seed_epoch",
     "train_one_epoch",
     "validate",
 ]
@@ -158,7 +162,15 @@ def train_one_epoch(
         with autocast(device, precision):
             loss, parts = loss_fn(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)} on utterances {batch.indices.tolist()}")
+            dataset = getattr(loader, "dataset", None)
+            names = (
+                [dataset.utts[i].utt_id for i in batch.indices.tolist()]
+                if isinstance(dataset, SpeechDataset)
+                else []
+            )
+            raise FloatingPointError(
+                f"non-finite loss {float(loss)} on utterances {names or batch.indices.tolist()}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
