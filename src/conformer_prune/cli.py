@@ -110,6 +110,13 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         print(f"{path}\t{rec.transcribe([audio], device=device)[0]}")
 
 
+def _number(value: float) -> str:
+    """Integers with thousands separators; other values with four significant digits."""
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
     """Teacher and pruned model side by side, with the pruned/teacher ratio."""
     rows = [f"  {'':<18} {'teacher':>14} {'pruned':>14} {'ratio':>8}"]
@@ -120,7 +127,7 @@ def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
         if key == "threads" or key.startswith(("utterances", "hours")):
             continue
         percent = key.startswith(("wer", "cer"))
-        shown = [f"{100 * v:.2f}%" if percent else f"{v:,.1f}" for v in (value, other)]
+        shown = [f"{100 * v:.2f}%" if percent else _number(v) for v in (value, other)]
         ratio = f"{other / value:.3f}" if value else "-"
         rows.append(f"  {key:<18} {shown[0]:>14} {shown[1]:>14} {ratio:>8}")
     return "\n".join(rows)
@@ -335,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         "conformer-prune demo --work runs/demo",
     )
     p.add_argument("--work", default="runs/demo", help="working directory (stages are cached here)")
-    p.add_argument("--hours", type=float, default=0.3, help="hours of synthetic audio")
+    p.add_argument("--hours", type=float, default=0.5, help="hours of synthetic audio")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher training overrides")
