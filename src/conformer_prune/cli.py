@@ -6,6 +6,11 @@ Usage:
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher
     conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json
     conformer-prune transcribe runs/teacher/model.pt corpus/test/*/*/*.flac
+    conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test
+    conformer-prune transcribe --onnx pruned.onnx corpus/test/*/*/*.flac   # no PyTorch needed
+
+Only the standard library and the config module are imported at start-up: each subcommand imports
+what it needs, so that `transcribe --onnx` runs where PyTorch is not installed.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conformer_prune.config import ConfigError
-from conformer_prune.prune.config import PruneConfig
+
+if TYPE_CHECKING:
+    from conformer_prune.prune.config import PruneConfig
 
 __all__ = ["main"]
 
@@ -100,14 +107,41 @@ def format_results(results: dict[str, object]) -> str:
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
     from conformer_prune.data.audio import load_audio
+
+    if args.onnx:  # ONNX Runtime alone: PyTorch is not imported on this path
+        from conformer_prune.export.runtime import OnnxRecognizer
+
+        files = args.inputs
+        onnx_rec = OnnxRecognizer(args.onnx, threads=args.threads)
+        for path in files:
+            print(f"{path}\t{onnx_rec.transcribe([load_audio(path, onnx_rec.sample_rate)])[0]}")
+        return
     from conformer_prune.model import load_recognizer
     from conformer_prune.utils import resolve_device
 
-    rec = load_recognizer(args.model)
+    if len(args.inputs) < 2:
+        raise ValueError("expected a checkpoint and at least one audio file (or --onnx FILE.onnx)")
+    model, *files = args.inputs
+    rec = load_recognizer(model)
     device = resolve_device(args.device)
-    for path in args.files:
+    for path in files:
         audio = load_audio(path, rec.features.config.sample_rate)
         print(f"{path}\t{rec.transcribe([audio], device=device)[0]}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from conformer_prune.export import export_with_report
+
+    report = export_with_report(
+        Path(args.model),
+        Path(args.onnx),
+        frontend=not args.no_frontend,
+        int8=args.int8,
+        data=Path(args.data) if args.data else None,
+        threads=args.threads,
+        teacher=Path(args.teacher) if args.teacher else None,
+    )
+    print(json.dumps(report, indent=2))
 
 
 def _number(value: float) -> str:
@@ -187,6 +221,7 @@ def prune_and_report(
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from conformer_prune.config import load_config
+    from conformer_prune.prune.config import PruneConfig
 
     overrides = list(args.set)
     if args.target_macs is not None:
@@ -216,6 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from conformer_prune.config import load_config
     from conformer_prune.data.corpus import read_corpus
     from conformer_prune.data.synth import synthesize
+    from conformer_prune.prune.config import PruneConfig
     from conformer_prune.train import TrainConfig, run_training
 
     work = Path(args.work)
@@ -304,11 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
         "transcribe",
         cmd_transcribe,
         "Print greedy transcripts of audio files.",
-        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav",
+        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav   # or: --onnx model.onnx a.flac",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="MODEL FILE", help="checkpoint (.pt) then audio files (any rate)"
+    )
+    p.add_argument("--onnx", help="an exported .onnx file: transcribe with ONNX Runtime, no checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+
+    p = add(
+        "export",
+        cmd_export,
+        "Export a model to ONNX (waveforms to CTC log-probabilities) and verify it against PyTorch.",
+        "conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test",
     )
     p.add_argument("model", help="checkpoint (.pt)")
-    p.add_argument("files", nargs="+", help="audio files (any rate, mono or stereo)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--onnx", required=True, help="output file; --int8 also writes NAME.int8.onnx")
+    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
+    p.add_argument(
+        "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
+    )
+    p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
+    p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
 
     p = add(
         "prune",

@@ -10,10 +10,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_text", "resolve_device", "write_json"]
+__all__ = [
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "resolve_device",
+    "write_json",
+]
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -27,11 +35,15 @@ def _atomic(path: Path, write: Any) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """`torch.save` that never leaves a half-written file behind."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_json(path: str | Path, data: Any) -> None:

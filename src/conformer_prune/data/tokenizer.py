@@ -68,6 +68,11 @@ class Tokenizer:
         return self._proto
 
     @property
+    def pieces(self) -> list[str]:
+        """The vocabulary: piece of each token id."""
+        return [str(self._sp.id_to_piece(i)) for i in range(self.vocab_size)]
+
+    @property
     def vocab_size(self) -> int:
         """Pieces, without the CTC blank."""
         return int(self._sp.get_piece_size())

@@ -16,6 +16,7 @@ import torch
 
 from conformer_prune import __version__
 from conformer_prune.config import from_dict, to_dict
+from conformer_prune.ctc import best_path
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer
 from conformer_prune.model.conformer import ConformerConfig, ConformerCTC, build_model
@@ -31,12 +32,8 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int) ->
 
     Shapes: log_probs (B, T, V), lengths (B,) -> B token-id lists.
     """
-    best = log_probs.argmax(dim=-1).cpu()
-    out = []
-    for row, n in zip(best, lengths.cpu().tolist(), strict=True):
-        ids = torch.unique_consecutive(row[:n])
-        out.append([int(i) for i in ids if int(i) != blank])
-    return out
+    best = log_probs.argmax(dim=-1).cpu().numpy()
+    return [best_path(row, n, blank) for row, n in zip(best, lengths.cpu().tolist(), strict=True)]
 
 
 @dataclass

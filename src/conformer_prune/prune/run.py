@@ -237,6 +237,7 @@ def run_pruning(
         model_path,
         Recognizer(pruned, teacher_rec.features, teacher_rec.tokenizer),
         teacher=str(teacher_path),
+        teacher_params=int(as_float(teacher_cost.params)),
         prune_config=to_dict(cfg),
         masks={k: v.cpu().tolist() for k, v in masks.items()},
     )

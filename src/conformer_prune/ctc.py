@@ -1,0 +1,23 @@
+"""Best-path CTC decoding on plain arrays, shared by the PyTorch and the ONNX Runtime paths.
+
+Kept free of PyTorch so that `conformer-prune transcribe --onnx` runs without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["best_path"]
+
+
+def best_path(best: np.ndarray, length: int, blank: int) -> list[int]:
+    """Token ids of one utterance from its per-frame argmax: merge repeats, drop blanks.
+
+    Shapes: best (T,) integer ids, of which the first `length` frames are real.
+    """
+    frames = np.asarray(best)[:length]
+    if frames.size == 0:
+        return []
+    keep = np.ones(frames.shape[0], dtype=bool)
+    keep[1:] = frames[1:] != frames[:-1]
+    return [int(i) for i in frames[keep] if int(i) != blank]

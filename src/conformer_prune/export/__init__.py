@@ -1,0 +1,51 @@
+"""Deployment: ONNX export with verification, int8 quantization, and the ONNX Runtime recognizer.
+
+`conformer_prune.export.runtime` imports no PyTorch; names are imported lazily (PEP 562) so that
+importing it does not pull in the PyTorch side.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conformer_prune.export.onnx import (
+        ExportCheck,
+        export_onnx,
+        onnx_metadata,
+        quantize_int8,
+        verify_onnx,
+    )
+    from conformer_prune.export.run import export_with_report, int8_path, onnx_error_rates
+    from conformer_prune.export.runtime import OnnxRecognizer
+
+_HOME = {
+    "ExportCheck": "onnx",
+    "export_onnx": "onnx",
+    "onnx_metadata": "onnx",
+    "quantize_int8": "onnx",
+    "verify_onnx": "onnx",
+    "export_with_report": "run",
+    "int8_path": "run",
+    "onnx_error_rates": "run",
+    "OnnxRecognizer": "runtime",
+}
+
+__all__ = [
+    "ExportCheck",
+    "OnnxRecognizer",
+    "export_onnx",
+    "export_with_report",
+    "int8_path",
+    "onnx_error_rates",
+    "onnx_metadata",
+    "quantize_int8",
+    "verify_onnx",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -1,0 +1,105 @@
+"""The `conformer-prune export` job: export, verify, optionally quantize, and measure WER.
+
+Usage:
+    report = export_with_report(Path("model.pt"), Path("model.onnx"), int8=True, data=Path("corpus/test"))
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformer_prune.data.audio import load_audio
+from conformer_prune.data.corpus import Utterance, read_corpus
+from conformer_prune.evaluate.metrics import count_params, error_rates
+from conformer_prune.export.onnx import export_onnx, quantize_int8, verify_onnx
+from conformer_prune.export.runtime import OnnxRecognizer
+from conformer_prune.model.checkpoint import Recognizer, load_recognizer
+
+__all__ = ["export_with_report", "int8_path", "onnx_error_rates"]
+
+BATCH = 8
+
+
+def int8_path(path: Path) -> Path:
+    """`model.onnx` -> `model.int8.onnx`."""
+    return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
+
+
+def _batches(utts: list[Utterance], sample_rate: int) -> list[tuple[list[str], list[np.ndarray]]]:
+    ordered = sorted(utts, key=lambda u: u.duration)
+    out = []
+    for i in range(0, len(ordered), BATCH):
+        chunk = ordered[i : i + BATCH]
+        out.append(([u.text for u in chunk], [load_audio(u.audio_path, sample_rate) for u in chunk]))
+    return out
+
+
+def onnx_error_rates(rec: OnnxRecognizer, utts: list[Utterance]) -> dict[str, float]:
+    """WER and CER of an ONNX model (with its front end) on a corpus, batches of 8."""
+    refs, hyps = [], []
+    for texts, audio in _batches(utts, rec.sample_rate):
+        refs += texts
+        hyps += rec.transcribe(audio)
+    return error_rates(refs, hyps)
+
+
+def _torch_error_rates(rec: Recognizer, utts: list[Utterance]) -> dict[str, float]:
+    refs, hyps = [], []
+    for texts, audio in _batches(utts, rec.features.config.sample_rate):
+        refs += texts
+        hyps += rec.transcribe(audio)
+    return error_rates(refs, hyps)
+
+
+def export_with_report(
+    model: Path,
+    onnx_path: Path,
+    frontend: bool = True,
+    int8: bool = False,
+    data: Path | None = None,
+    threads: int | None = 2,
+    teacher: Path | None = None,
+) -> dict[str, Any]:
+    """Export `model`, check ONNX Runtime against PyTorch (random inputs, and the first 8
+    utterances of `data`), quantize when asked, and report WER of each runtime on `data`.
+
+    Raises:
+        ValueError: the export differs from PyTorch by more than 1e-4 (the file is kept for
+            inspection) or the inputs are unusable.
+    """
+    rec = load_recognizer(model)
+    teacher_params = count_params(load_recognizer(teacher).model) if teacher else None
+    utts = read_corpus(data) if data else []
+    start = time.perf_counter()
+    export_onnx(rec, onnx_path, frontend=frontend, teacher_params=teacher_params)
+    report: dict[str, Any] = {
+        "model": str(model),
+        "onnx": str(onnx_path),
+        "input": "waveforms" if frontend else "features",
+        "export_seconds": round(time.perf_counter() - start, 1),
+    }
+    sr = rec.features.config.sample_rate
+    real = [load_audio(u.audio_path, sr) for u in utts[:BATCH]] or None
+    check = verify_onnx(rec, onnx_path, real, threads=threads)
+    report["max_abs_diff"] = check.max_abs_diff
+    if not check.passed():
+        raise ValueError(
+            f"ONNX Runtime output of {onnx_path} differs from PyTorch: max abs diff "
+            f"{check.max_abs_diff}, lengths equal {check.lengths_equal}; expected at most 1e-4"
+        )
+    if utts and frontend:
+        report["wer_torch"] = _torch_error_rates(rec, utts)["wer"]
+        report["wer_ort_fp32"] = onnx_error_rates(OnnxRecognizer(onnx_path, threads), utts)["wer"]
+    if int8:
+        q_path = quantize_int8(onnx_path, int8_path(onnx_path))
+        report["onnx_int8"] = str(q_path)
+        if utts and frontend:
+            wer = onnx_error_rates(OnnxRecognizer(q_path, threads), utts)["wer"]
+            report["wer_ort_int8"] = wer
+            base = report["wer_ort_fp32"]
+            report["int8_wer_change_relative"] = (wer - base) / base if base else None
+    return report

@@ -1,0 +1,96 @@
+"""Transcription with ONNX Runtime alone: no PyTorch is imported on this path.
+
+An exported file (see `conformer_prune.export.onnx`) carries everything needed in its metadata:
+the SentencePiece tokenizer, the blank id, the sample rate and which input the graph takes
+(``waveforms`` when the feature front end is inside the graph, ``features`` otherwise; only the
+first can transcribe audio without PyTorch).
+
+Usage:
+    rec = OnnxRecognizer("model.onnx", threads=2)
+    rec.transcribe([load_audio("a.flac", rec.sample_rate)])
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformer_prune.ctc import best_path
+from conformer_prune.data.tokenizer import Tokenizer
+
+__all__ = ["OnnxRecognizer", "read_metadata"]
+
+
+def read_metadata(session: Any) -> dict[str, str]:
+    """The conformer-prune metadata of an ONNX Runtime session (custom metadata map)."""
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+class OnnxRecognizer:
+    """An exported Conformer-CTC model in an ONNX Runtime session, with its tokenizer.
+
+    Args:
+        path: a file written by `conformer-prune export`.
+        threads: intra-op threads (None: ONNX Runtime's default).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a conformer-prune export.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.meta = read_metadata(self.session)
+        missing = {"tokenizer", "blank", "input", "sample_rate"} - set(self.meta)
+        if missing:
+            raise ValueError(
+                f"{path} has no conformer-prune metadata {sorted(missing)}; "
+                "expected a file written by `conformer-prune export`"
+            )
+        self.tokenizer = Tokenizer(base64.b64decode(self.meta["tokenizer"]))
+        self.blank = int(self.meta["blank"])
+        self.input = self.meta["input"]
+        self.sample_rate = int(self.meta["sample_rate"])
+        self.config: dict[str, Any] = json.loads(self.meta.get("config", "{}"))
+
+    def log_probs(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Run the graph on a padded batch of waveforms (N,) or feature matrices (T, n_mels).
+
+        Returns log-probabilities (B, T', V) and output lengths (B,).
+        """
+        lengths = np.array([len(x) for x in inputs], dtype=np.int64)
+        shape = (len(inputs), int(lengths.max()), *np.asarray(inputs[0]).shape[1:])
+        batch = np.zeros(shape, dtype=np.float32)
+        for i, x in enumerate(inputs):
+            batch[i, : len(x)] = x
+        log_probs, out_lengths = self.session.run(None, {self.input: batch, "lengths": lengths})
+        return log_probs, out_lengths
+
+    def decode(self, log_probs: np.ndarray, lengths: np.ndarray) -> list[str]:
+        best = log_probs.argmax(axis=-1)
+        return [
+            self.tokenizer.decode(best_path(row, int(n), self.blank))
+            for row, n in zip(best, lengths, strict=True)
+        ]
+
+    def transcribe(self, waveforms: list[np.ndarray]) -> list[str]:
+        """Greedy transcripts of 1-D float waveforms at `sample_rate`."""
+        if self.input != "waveforms":
+            raise ValueError(
+                "this ONNX file takes log-mel features, not audio; export it with the front end "
+                "(`conformer-prune export MODEL --onnx OUT.onnx`, without --no-frontend)"
+            )
+        return self.decode(*self.log_probs(waveforms))

@@ -1,0 +1,188 @@
+"""ONNX export: parity with PyTorch, metadata, int8, and transcription with ONNX Runtime alone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conformer_prune.cli import main
+from conformer_prune.data.audio import load_audio
+from conformer_prune.data.corpus import read_corpus
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
+from conformer_prune.evaluate.metrics import count_params
+from conformer_prune.export import OnnxRecognizer, export_onnx, quantize_int8, verify_onnx
+from conformer_prune.model import Recognizer, build_model, load_recognizer
+from tests.conftest import hetero_config
+
+# A physically pruned shape: layer 0 has no second feed-forward, layer 1 no attention, layer 2
+# one head and neither convolution nor first feed-forward; every width differs per layer.
+PRUNED = dict(heads=[4, 0, 1], ffn1=[64, 16, 0], ffn2=[0, 32, 8], conv_channels=[32, 8, 0])
+DENSE = dict(heads=4, ffn1=64, ffn2=64, conv_channels=32)
+
+
+def _recognizer(shape: dict[str, object]) -> Recognizer:
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(["HELLO WORLD", "A CAT SAT ON THE MAT"], TokenizerConfig(vocab_size=20))
+    model = build_model(hetero_config(vocab_size=tokenizer.vocab_size, **shape))
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    return Recognizer(model.eval(), LogMelFeatures(FeatureConfig()).eval(), tokenizer)
+
+
+def _check_parity(rec: Recognizer, path: Path, frontend: bool) -> None:
+    gen = np.random.default_rng(0)
+    real = [0.1 * gen.standard_normal(n).astype(np.float32) for n in (16000, 23456, 9000)]
+    check = verify_onnx(rec, path, real)
+    assert check.lengths_equal
+    assert set(check.max_abs_diff) == {"random_b1", "random_b3", "real"}
+    assert max(check.max_abs_diff.values()) <= 1e-4, check.max_abs_diff
+    meta = OnnxRecognizer(path).meta
+    assert meta["input"] == ("waveforms" if frontend else "features")
+    assert float(meta["sparsity"]) == pytest.approx(1 - count_params(rec.model) / 10**6, abs=1e-6)
+    assert json.loads(meta["config"])["model"]["heads"] == list(rec.model.config.heads)
+    assert len(json.loads(meta["vocabulary"])) == rec.tokenizer.vocab_size
+
+
+@pytest.mark.parametrize("shape", [DENSE, PRUNED], ids=["dense", "pruned"])
+def test_onnx_runtime_matches_pytorch_from_waveforms(shape: dict[str, object], tmp_path: Path) -> None:
+    rec = _recognizer(shape)
+    _check_parity(rec, export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6), frontend=True)
+
+
+@pytest.fixture(scope="module")
+def features_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recognizer, Path]:
+    """The pruned shape exported without its front end (features to log-probabilities)."""
+    rec = _recognizer(PRUNED)
+    path = tmp_path_factory.mktemp("onnx") / "features.onnx"
+    return rec, export_onnx(rec, path, frontend=False, teacher_params=10**6)
+
+
+def test_onnx_runtime_matches_pytorch_from_features(features_export: tuple[Recognizer, Path]) -> None:
+    _check_parity(*features_export, frontend=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_corpus: Path, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`conformer-prune export --int8 --data` on the tiny trained model; returns the fp32 file
+    (its printed report is saved beside it as report.json)."""
+    onnx_path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    argv = ["export", str(tiny_run / "model.pt"), "--onnx", str(onnx_path), "--int8"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--data", str(tiny_corpus / "test")]) == 0
+    (onnx_path.parent / "report.json").write_text(out.getvalue())
+    return onnx_path
+
+
+def test_export_command_int8_and_onnx_transcription(
+    tiny_corpus: Path, tiny_run: Path, tiny_export: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, onnx_path = tiny_run / "model.pt", tiny_export
+    report = json.loads((onnx_path.parent / "report.json").read_text())
+    assert max(report["max_abs_diff"].values()) <= 1e-4 and "real" in report["max_abs_diff"]
+    assert {"wer_torch", "wer_ort_fp32", "wer_ort_int8", "int8_wer_change_relative"} <= set(report)
+    assert report["wer_ort_fp32"] == report["wer_torch"]
+    int8_file = onnx_path.with_name("tiny.int8.onnx")
+    assert int8_file.stat().st_size < onnx_path.stat().st_size
+
+    # int8 keeps almost every frame's best token (this barely trained model's transcripts are
+    # near-ties, so their equality is checked on the reference teacher below)
+    utts = read_corpus(tiny_corpus / "test")[:4]
+    fp32, int8 = OnnxRecognizer(onnx_path), OnnxRecognizer(int8_file)
+    audio = [load_audio(u.audio_path, fp32.sample_rate) for u in utts]
+    lp32, n32 = fp32.log_probs(audio)
+    lp8, n8 = int8.log_probs(audio)
+    assert np.array_equal(n32, n8)
+    real = np.arange(lp32.shape[1])[None, :] < n32[:, None]
+    agreement = (lp32.argmax(-1) == lp8.argmax(-1))[real].mean()
+    assert agreement >= 0.95, agreement
+
+    # transcribe via ONNX Runtime gives the text PyTorch gives
+    files = [str(u.audio_path) for u in utts]
+    assert main(["transcribe", str(model), *files]) == 0
+    via_torch = capsys.readouterr().out
+    assert main(["transcribe", "--onnx", str(onnx_path), *files]) == 0
+    assert capsys.readouterr().out == via_torch
+    rec = load_recognizer(model)
+    assert via_torch.splitlines()[0].split("\t")[1] == rec.transcribe([audio[0]])[0]
+
+
+def test_onnx_transcription_runs_without_pytorch(tiny_corpus: Path, tiny_export: Path) -> None:
+    path = tiny_export
+    wav = str(read_corpus(tiny_corpus / "test")[0].audio_path)
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('PyTorch is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from conformer_prune.cli import main\n"
+        f"code = main(['transcribe', '--onnx', {str(path)!r}, {wav!r}])\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(wav + "\t")
+
+
+def test_quantized_features_model_runs(features_export: tuple[Recognizer, Path], tmp_path: Path) -> None:
+    rec, path = features_export
+    q = quantize_int8(path, tmp_path / "m.int8.onnx")
+    feats = [np.random.default_rng(1).standard_normal((120, 80)).astype(np.float32)]
+    log_probs, lengths = OnnxRecognizer(q).log_probs(feats)
+    assert log_probs.shape == (1, 30, rec.model.config.vocab_size + 1) and lengths.tolist() == [30]
+    assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-3)
+
+
+def test_transcribing_audio_with_a_features_model_is_a_clear_error(
+    features_export: tuple[Recognizer, Path],
+) -> None:
+    with pytest.raises(ValueError, match="takes log-mel features"):
+        OnnxRecognizer(features_export[1]).transcribe([np.zeros(16000, dtype=np.float32)])
+
+
+def test_a_foreign_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    with pytest.raises(ValueError, match="no conformer-prune metadata"):
+        OnnxRecognizer(tmp_path / "other.onnx")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        OnnxRecognizer(tmp_path / "missing.onnx")
+
+
+REFERENCE_TEACHER = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "teacher.pt"
+
+
+def test_int8_keeps_the_reference_teachers_transcripts(tiny_corpus: Path, tmp_path: Path) -> None:
+    """On the trained 12-layer reference teacher, int8 gives the fp32 greedy transcripts."""
+    rec = load_recognizer(REFERENCE_TEACHER)
+    path = export_onnx(rec, tmp_path / "teacher.onnx")
+    fp32 = OnnxRecognizer(path)
+    int8 = OnnxRecognizer(quantize_int8(path, tmp_path / "teacher.int8.onnx"))
+    audio = [load_audio(u.audio_path, 16000) for u in read_corpus(tiny_corpus / "test")[:4]]
+    expected = fp32.transcribe(audio)
+    assert any(len(t.split()) >= 3 for t in expected), expected  # real words, not blanks
+    assert int8.transcribe(audio) == expected
+    assert expected == rec.transcribe(audio)
