@@ -18,7 +18,6 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -196,4 +195,3 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
         ),
     )
     return dst
-
