@@ -7,8 +7,8 @@ Usage:
 Stages are cached under benchmarks/cache/ and resume where they stopped: the reference corpus
 (rebuilt deterministically by `synthesize` if missing), the pruning run (resumable at every epoch),
 then the evaluation of teacher and pruned model in the same process (CPU latencies measured
-interleaved). Writes benchmarks/results/prune-50.json, the prune section of docs/benchmark.md and
-docs/prune-50-layers.png.
+interleaved). Writes benchmarks/results/prune-50.json, the prune section of docs/benchmark.md,
+docs/prune-50-layers.png and the compact model benchmarks/models/pruned-50.pt (for latency.py).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def main() -> None:
     if args.quick:
         return
     shutil.copyfile(run / "layers.png", DOCS / "prune-50-layers.png")
+    shutil.copyfile(run / "model.pt", ROOT / "benchmarks" / "models" / "pruned-50.pt")  # for latency.py
     t, p = record["teacher"], record["pruned"]
     rows = []
     for name, r in (("teacher", t), ("pruned (l0-distill, 50% params)", p)):

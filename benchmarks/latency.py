@@ -1,0 +1,243 @@
+"""Deployment latency: PyTorch eager against ONNX Runtime fp32 and int8, and against the machine's limit.
+
+Usage:
+    python benchmarks/latency.py                     # reference teacher and the 50% pruned model
+    python benchmarks/latency.py --models a=x.pt b=y.pt --rounds 5
+
+For every model: export to ONNX (features to log-probabilities, the graph that `latency_ms_10s`
+times in PyTorch) and quantize it to int8; then, for 1 and 2 threads and batches 1 and 8, time a
+10 s utterance in every (model, runtime) pair, interleaved round by round, and keep the medians.
+The peak is the median rate of a 2048^3 fp32 matmul with the same threads, measured in the same
+run; achieved GFLOP/s count 2 x the model's MACs (also for int8, whose work is the same).
+WER on the test split compares PyTorch, ONNX Runtime fp32 and int8 (waveform graphs, front end
+inside). Writes benchmarks/results/latency.json, the latency section of docs/benchmark.md and
+docs/latency.png. Run it on a quiet machine: nothing else should share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    CACHE,
+    DOCS,
+    ROOT,
+    command_line,
+    git_commit,
+    markdown_table,
+    save_result,
+    update_doc_section,
+)
+
+from conformer_prune.data.corpus import read_corpus
+from conformer_prune.evaluate.metrics import macs_per_second
+from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
+from conformer_prune.model import load_recognizer
+from conformer_prune.model.checkpoint import Recognizer
+
+SECONDS = 10.0
+RUNTIMES = ("torch", "ort-fp32", "ort-int8")
+
+
+def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int, batch: int) -> Any:
+    """A zero-argument callable that runs one batch of 10 s feature sequences."""
+    frames = int(SECONDS * 100)
+    feats = torch.randn(batch, frames, rec.model.config.n_mels, generator=torch.Generator().manual_seed(0))
+    lengths = torch.full((batch,), frames)
+    if runtime == "torch":
+        model = rec.model.eval()
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                model(feats, lengths)
+
+        return run_torch
+    session = OnnxRecognizer(files[runtime], threads=threads).session
+    inputs = {"features": feats.numpy(), "lengths": lengths.numpy()}
+    return lambda: session.run(None, inputs)
+
+
+def time_interleaved(
+    runners: dict[tuple[str, str], Any], threads: int, rounds: int
+) -> dict[tuple[str, str], float]:
+    torch.set_num_threads(threads)
+    for run in runners.values():  # warm-up
+        run()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="*", help="NAME=checkpoint (default: teacher and pruned-50)")
+    parser.add_argument("--test", default=str(CACHE / "corpus-reference" / "test"), help="corpus for WER")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    models = (
+        dict(m.split("=", 1) for m in args.models)
+        if args.models
+        else {
+            "teacher": str(ROOT / "benchmarks" / "models" / "teacher.pt"),
+            "pruned-50": str(ROOT / "benchmarks" / "models" / "pruned-50.pt"),
+        }
+    )
+    work = CACHE / "latency"
+    recs = {name: load_recognizer(path) for name, path in models.items()}
+    files: dict[str, dict[str, Path]] = {}
+    wer: dict[str, dict[str, float]] = {}
+    utts = read_corpus(args.test) if Path(args.test).exists() else []
+    for name, rec in recs.items():
+        feats_fp32 = export_onnx(rec, work / f"{name}.features.onnx", frontend=False)
+        feats_int8 = quantize_int8(feats_fp32, work / f"{name}.features.int8.onnx")
+        files[name] = {"ort-fp32": feats_fp32, "ort-int8": feats_int8}
+        if utts:
+            wave_fp32 = export_onnx(rec, work / f"{name}.onnx")
+            wave_int8 = quantize_int8(wave_fp32, work / f"{name}.int8.onnx")
+            torch.set_num_threads(2)
+            wer[name] = {
+                "ort-fp32": onnx_error_rates(OnnxRecognizer(wave_fp32, 2), utts)["wer"],
+                "ort-int8": onnx_error_rates(OnnxRecognizer(wave_int8, 2), utts)["wer"],
+            }
+            print(f"{name}: test WER {wer[name]}", flush=True)
+    macs = {name: macs_per_second(rec.model, SECONDS) * SECONDS for name, rec in recs.items()}
+
+    peaks = {threads: peak_matmul_gflops(threads) for threads in (1, 2)}
+    rows = []
+    for threads in (1, 2):
+        for batch in (1, 8):
+            runners = {
+                (name, runtime): _runner(rec, runtime, files[name], threads, batch)
+                for name, rec in recs.items()
+                for runtime in RUNTIMES
+            }
+            medians = time_interleaved(runners, threads, args.rounds)
+            for (name, runtime), ms in medians.items():
+                gflops = 2 * macs[name] * batch / (ms / 1000) / 1e9
+                rows.append(
+                    {
+                        "model": name,
+                        "runtime": runtime,
+                        "threads": threads,
+                        "batch": batch,
+                        "latency_ms": ms,
+                        "gflops": gflops,
+                        "fraction_of_peak": gflops / peaks[threads],
+                    }
+                )
+                print(rows[-1], flush=True)
+    record = {
+        "peak_matmul_gflops": peaks[2],
+        "peak_matmul_gflops_by_threads": {str(k): v for k, v in peaks.items()},
+        "seconds_of_audio": SECONDS,
+        "rows": rows,
+        "wer_test": wer,
+        "torch_version": torch.__version__,
+        "commit": git_commit(),
+        "command": command_line(),
+    }
+    save_result("latency", record)
+    write_docs(record)
+
+
+def write_docs(record: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = record["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lookup = {(r["model"], r["runtime"], r["threads"], r["batch"]): r for r in rows}
+    base = "teacher" if "teacher" in models else models[0]
+    table_rows = []
+    for threads in (1, 2):
+        for batch in (1, 8):
+            for model in models:
+                for runtime in RUNTIMES:
+                    r = lookup[(model, runtime, threads, batch)]
+                    ref = lookup[(base, "ort-fp32", threads, batch)]["latency_ms"]
+                    wer = record["wer_test"].get(model, {}).get(runtime)
+                    table_rows.append(
+                        [
+                            model,
+                            runtime,
+                            str(threads),
+                            str(batch),
+                            f"{r['latency_ms']:.1f}",
+                            f"{ref / r['latency_ms']:.2f}x",
+                            f"{r['gflops']:.1f}",
+                            f"{100 * r['fraction_of_peak']:.0f}%",
+                            f"{100 * wer:.2f}%" if wer is not None else "-",
+                        ]
+                    )
+    table = markdown_table(
+        [
+            "model",
+            "runtime",
+            "threads",
+            "batch",
+            "latency (ms)",
+            f"speed-up vs {base} ort-fp32",
+            "GFLOP/s",
+            "of peak",
+            "test WER",
+        ],
+        table_rows,
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for ax, batch in zip(axes, (1, 8), strict=True):
+        width = 0.8 / len(models)
+        x = np.arange(len(RUNTIMES))
+        for k, model in enumerate(models):
+            values = [lookup[(model, rt, 2, batch)]["latency_ms"] for rt in RUNTIMES]
+            ax.bar(x + k * width, values, width, label=model)
+        ax.set_xticks(x + width * (len(models) - 1) / 2, RUNTIMES)
+        ax.set_ylabel("latency of a 10 s utterance (ms)")
+        ax.set_title(f"batch {batch}, 2 threads")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "latency.png", dpi=120)
+    peaks = record["peak_matmul_gflops_by_threads"]
+    update_doc_section(
+        "latency",
+        "## Deployment latency (`benchmarks/latency.py`)\n\n"
+        f"10 s of audio (features to log-probabilities), medians of interleaved runs in one process, "
+        f"PyTorch {record['torch_version']} eager against ONNX Runtime fp32 and int8 (dynamic "
+        f"quantization of the Linear layers). Peak: a 2048^3 fp32 matmul in the same run, "
+        f"{peaks['1']:.1f} GFLOP/s with 1 thread and {peaks['2']:.1f} with 2. Test WER through the "
+        f"exported waveform graphs. Commit `{record['commit']}`.\n\n{table}\n\n"
+        "![latency](latency.png)\n\n"
+        f"Reproduce: `{record['command']}`.",
+    )
+
+
+if __name__ == "__main__":
+    main()
