@@ -15,6 +15,7 @@ from conformer_prune.prune.budget import Lagrangian, target_sparsity
 from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
 from conformer_prune.prune.gates import STRUCTURES, ConformerGates
 from conformer_prune.prune.hardconcrete import HardConcrete
+from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.physical import physically_prune
 from tests.conftest import hetero_config
 
@@ -253,3 +254,41 @@ def test_prune_resume_continues_from_the_same_step(
     straight = torch.load(tmp_path / "b" / "prune_state.pt", weights_only=True)
     for key, value in straight["student"].items():
         torch.testing.assert_close(resumed["student"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_magnitude_masks_keep_each_gates_largest_units_and_meet_the_target() -> None:
+    model = _model()
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
+    teacher = as_float(conformer_cost(model.config, dense_counts(model.config)).params)
+    masks = magnitude_masks(gates, 0.5 * teacher, "params")
+    achieved = as_float(gates.mask_cost(masks).params)
+    assert 0.98 * 0.5 * teacher <= achieved <= 0.5 * teacher
+    scores = unit_scores(model)
+    for name, score in scores.items():
+        kept, removed = score[masks[name] == 1], score[masks[name] == 0]
+        assert kept.numel() >= 1, name
+        if removed.numel():
+            assert kept.min() >= removed.max(), name  # a top-k set in every gate
+    # the scores are the L1 norms of the unit's weights: check one FFN neuron by hand
+    ffn = model.encoder.layers[0].feed_forward1
+    by_hand = (
+        ffn.linear1.weight[3].abs().sum() + ffn.linear1.bias[3].abs() + ffn.linear2.weight[:, 3].abs().sum()
+    )
+    torch.testing.assert_close(scores["layers.0.ffn1.units"][3], by_hand.detach())
+
+
+@pytest.mark.parametrize("method", ["magnitude", "magnitude-distill"])
+def test_magnitude_baselines_end_to_end(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, method: str
+) -> None:
+    out = tmp_path / method
+    assert main([*_prune_argv(tiny_corpus, tiny_run, out), "--method", method]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.02
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "masks_frozen"  # one shot, before any training
+    epochs = [r for r in records if "epoch" in r]
+    assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)  # same steps as l0
+    assert ("layer_mse" in epochs[0]) == (method == "magnitude-distill")  # distillation or CTC only
+    rec = load_recognizer(out / "model.pt")
+    assert count_params(rec.model) == report["pruned"]["params"]

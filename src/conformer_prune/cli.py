@@ -381,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
     target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
     p.add_argument(
-        "--method", choices=["l0-distill", "l0"], help="l0-distill (default) or l0 (no distillation)"
+        "--method",
+        choices=["l0-distill", "l0", "magnitude", "magnitude-distill"],
+        help="l0-distill (the method, default), l0 (no distillation), or the one-shot L1 baselines "
+        "magnitude (fine-tuned with CTC) and magnitude-distill (fine-tuned with distillation)",
     )
     p.add_argument("--config", help="YAML file with PruneConfig fields")
     p.add_argument(

@@ -37,6 +37,7 @@ from conformer_prune.prune.budget import Lagrangian, target_sparsity
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import Cost, as_float, conformer_cost, dense_counts
 from conformer_prune.prune.gates import ConformerGates
+from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.train.loop import (
     append_log,
@@ -116,7 +117,7 @@ def run_pruning(
     student = copy.deepcopy(teacher)
     gates = ConformerGates.attach(student, cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha)
     distill_cfg = copy.deepcopy(cfg.distill)
-    if cfg.method == "l0":
+    if cfg.method in ("l0", "magnitude"):  # CTC loss only
         distill_cfg.layer_weight = distill_cfg.kl_weight = 0.0
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
@@ -124,6 +125,11 @@ def run_pruning(
     lagrangian = Lagrangian().to(device)
     teacher_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
     target_abs = cfg.ratio * as_float(_cost_value(teacher_cost, cfg.metric))
+    # one-shot baselines: masks fixed before training, every epoch fine-tunes (same total steps)
+    one_shot = cfg.method.startswith("magnitude")
+    prune_epochs = 0 if one_shot else cfg.prune_epochs
+    if one_shot and not resume:
+        _freeze(gates, target_abs, cfg, out, magnitude_masks(gates, target_abs, cfg.metric))
 
     data = make_data(
         train_utts, dev_utts, teacher_rec.tokenizer, teacher_rec.features, cfg.max_frames, cfg.seed
@@ -136,7 +142,7 @@ def run_pruning(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [weight_schedule, weight_schedule, lambda _: 1.0, lambda _: 1.0]
     )
-    ramp_steps = int(cfg.target_warmup * cfg.prune_epochs * steps_per_epoch)
+    ramp_steps = int(cfg.target_warmup * prune_epochs * steps_per_epoch)
     final_sparsity = 1.0 - cfg.ratio
     start_epoch, elapsed = 0, 0.0
     if resume:
@@ -161,7 +167,7 @@ def run_pruning(
         loss, parts = distiller.loss(student, batch)
         expected = gates.expected_cost()
         sparsity = 1.0 - _cost_value(expected, cfg.metric) / _cost_value(teacher_cost, cfg.metric)
-        if step < cfg.prune_epochs * steps_per_epoch:
+        if step < prune_epochs * steps_per_epoch:
             target = target_sparsity(step, ramp_steps, final_sparsity)
             lagr = lagrangian(torch.as_tensor(sparsity), target)
             loss = loss + lagr
@@ -176,7 +182,7 @@ def run_pruning(
 
     rec = Recognizer(student, teacher_rec.features, teacher_rec.tokenizer)
     for epoch in range(start_epoch, total_epochs):
-        stage = "prune" if epoch < cfg.prune_epochs else "finetune"
+        stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
             _freeze(gates, target_abs, cfg, out)
         seed_epoch(cfg.seed, epoch, data.sampler, specaug_gen)
@@ -244,8 +250,17 @@ def run_pruning(
     return PruneResult(model_path, masks, teacher_cost, pruned_cost)
 
 
-def _freeze(gates: ConformerGates, target_abs: float, cfg: PruneConfig, out: Path) -> None:
-    masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
+def _freeze(
+    gates: ConformerGates,
+    target_abs: float,
+    cfg: PruneConfig,
+    out: Path,
+    masks: dict[str, Tensor] | None = None,
+) -> None:
+    """Fix the masks (the learned gates' deterministic ones unless `masks` is given) and log how
+    close they come to the target."""
+    if masks is None:
+        masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
     gates.freeze(masks)
     achieved = as_float(_cost_value(gates.mask_cost(masks), cfg.metric))
     append_log(
