@@ -93,6 +93,7 @@ def test_export_command_int8_and_onnx_transcription(
     assert max(report["max_abs_diff"].values()) <= 1e-4 and "real" in report["max_abs_diff"]
     assert {"wer_torch", "wer_ort_fp32", "wer_ort_int8", "int8_wer_change_relative"} <= set(report)
     assert report["wer_ort_fp32"] == report["wer_torch"]
+    assert report["latency_ms_10s_ort_fp32"] > 0 and report["latency_ms_10s_ort_int8"] > 0
     int8_file = onnx_path.with_name("tiny.int8.onnx")
     assert int8_file.stat().st_size < onnx_path.stat().st_size
 

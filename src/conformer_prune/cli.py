@@ -257,19 +257,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
     work = Path(args.work)
     start = time.perf_counter()
     corpus = work / "corpus"
-    print(f"[1/3] synthetic corpus ({args.hours} h) in {corpus}")
+    print(f"[1/4] synthetic corpus ({args.hours} h) in {corpus}")
     synthesize(corpus, args.hours, seed=args.seed, workers=args.workers)
     run = work / "teacher"
-    print(f"[2/3] training a small Conformer-CTC teacher in {run}")
+    print(f"[2/4] training a small Conformer-CTC teacher in {run}")
     cfg = load_config(TrainConfig, recipe_path("demo"), args.set)
     resume = (run / "train_state.pt").exists()
     run_training(cfg, read_corpus(corpus / "train"), read_corpus(corpus / "dev"), run, resume=resume)
     evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
     pruned = work / "pruned-50"
-    print(f"[3/3] pruning to 50% of the parameters with layerwise distillation in {pruned}")
+    print(f"[3/4] pruning to 50% of the parameters with layerwise distillation in {pruned}")
     prune_cfg = load_config(PruneConfig, recipe_path("demo-prune"), args.prune_set)
     resume = (pruned / "prune_state.pt").exists()
     prune_and_report(prune_cfg, run / "model.pt", corpus / "train", corpus / "dev", evaluated, pruned, resume)
+    onnx_path = work / "pruned-50.onnx"
+    print(f"[4/4] exporting the pruned model to ONNX (fp32 and int8) in {onnx_path}")
+    from conformer_prune.export.run import export_with_report
+
+    report = export_with_report(
+        pruned / "model.pt", onnx_path, int8=True, data=corpus / "test", teacher=run / "model.pt"
+    )
+    print(json.dumps(report, indent=2))
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results in {work}")
 
 

@@ -17,7 +17,12 @@ if TYPE_CHECKING:
         quantize_int8,
         verify_onnx,
     )
-    from conformer_prune.export.run import export_with_report, int8_path, onnx_error_rates
+    from conformer_prune.export.run import (
+        export_with_report,
+        int8_path,
+        onnx_error_rates,
+        onnx_latency_ms,
+    )
     from conformer_prune.export.runtime import OnnxRecognizer
 
 _HOME = {
@@ -29,6 +34,7 @@ _HOME = {
     "export_with_report": "run",
     "int8_path": "run",
     "onnx_error_rates": "run",
+    "onnx_latency_ms": "run",
     "OnnxRecognizer": "runtime",
 }
 
@@ -39,6 +45,7 @@ __all__ = [
     "export_with_report",
     "int8_path",
     "onnx_error_rates",
+    "onnx_latency_ms",
     "onnx_metadata",
     "quantize_int8",
     "verify_onnx",

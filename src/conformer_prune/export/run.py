@@ -6,6 +6,7 @@ Usage:
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from conformer_prune.export.onnx import export_onnx, quantize_int8, verify_onnx
 from conformer_prune.export.runtime import OnnxRecognizer
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer
 
-__all__ = ["export_with_report", "int8_path", "onnx_error_rates"]
+__all__ = ["export_with_report", "int8_path", "onnx_error_rates", "onnx_latency_ms"]
 
 BATCH = 8
 
@@ -55,6 +56,30 @@ def _torch_error_rates(rec: Recognizer, utts: list[Utterance]) -> dict[str, floa
     return error_rates(refs, hyps)
 
 
+def onnx_latency_ms(
+    paths: dict[str, Path], threads: int | None, seconds: float = 10.0, rounds: int = 5
+) -> dict[str, float]:
+    """Median latency (ms) of each ONNX file on one `seconds`-long input (audio or features),
+    measured in alternation so that a noisy machine slows them alike."""
+    recs = {name: OnnxRecognizer(path, threads=threads) for name, path in paths.items()}
+    gen = np.random.default_rng(0)
+    inputs = {}
+    for name, rec in recs.items():
+        if rec.input == "waveforms":
+            inputs[name] = [0.1 * gen.standard_normal(int(seconds * rec.sample_rate)).astype(np.float32)]
+        else:
+            n_mels = int(rec.config["model"]["n_mels"])
+            inputs[name] = [gen.standard_normal((int(seconds * 100), n_mels)).astype(np.float32)]
+        rec.log_probs(inputs[name])  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in recs}
+    for _ in range(rounds):
+        for name, rec in recs.items():
+            start = time.perf_counter()
+            rec.log_probs(inputs[name])
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def export_with_report(
     model: Path,
     onnx_path: Path,
@@ -65,7 +90,8 @@ def export_with_report(
     teacher: Path | None = None,
 ) -> dict[str, Any]:
     """Export `model`, check ONNX Runtime against PyTorch (random inputs, and the first 8
-    utterances of `data`), quantize when asked, and report WER of each runtime on `data`.
+    utterances of `data`), quantize when asked, and report WER of each runtime on `data` and the
+    latency of each ONNX file on a 10 s input with `threads` threads.
 
     Raises:
         ValueError: the export differs from PyTorch by more than 1e-4 (the file is kept for
@@ -102,4 +128,8 @@ def export_with_report(
             report["wer_ort_int8"] = wer
             base = report["wer_ort_fp32"]
             report["int8_wer_change_relative"] = (wer - base) / base if base else None
+    files = {"ort_fp32": onnx_path} | ({"ort_int8": Path(report["onnx_int8"])} if int8 else {})
+    latency = onnx_latency_ms(files, threads)
+    report |= {f"latency_ms_10s_{name}": ms for name, ms in latency.items()}
+    report["threads"] = threads
     return report
