@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--test", default=str(CACHE / "corpus-reference" / "test"), help="corpus for WER")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     models = (
         dict(m.split("=", 1) for m in args.models)
         if args.models
@@ -160,7 +161,7 @@ def main() -> None:
         "rows": rows,
         "wer_test": wer,
         "torch_version": torch.__version__,
-        "commit": git_commit(),
+        "commit": commit,
         "command": command_line(),
     }
     save_result("latency", record)

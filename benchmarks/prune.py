@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick teacher and corpus, two epochs")
     parser.add_argument("--set", nargs="*", default=[], help="PruneConfig overrides")
     args = parser.parse_args()
+    commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     if args.quick:
         corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
         overrides = ["prune_epochs=1", "finetune_epochs=1", *args.set]
@@ -86,7 +87,7 @@ def main() -> None:
         "prune_wall_seconds": prune_wall,
         "finetune_wall_seconds": finetune_wall,
         "epochs": {"prune": cfg.prune_epochs, "finetune": cfg.finetune_epochs},
-        "commit": git_commit(),
+        "commit": commit,
         "command": command_line(),
     }
     print(json.dumps(record, indent=2))

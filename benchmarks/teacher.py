@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=75.0, help="training wall-time budget for this call")
     parser.add_argument("--set", nargs="*", default=[], help="training overrides")
     args = parser.parse_args()
+    commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     tag = "quick" if args.quick else "reference"
     hours = 0.2 if args.quick else args.hours
     corpus = CACHE / f"corpus-{tag}"
@@ -105,7 +106,7 @@ def main() -> None:
         "corpus_hours": sum(s["seconds"] for s in stats.values()) / 3600,
         "corpus": stats,
         "precision": cfg.precision,
-        "commit": git_commit(),
+        "commit": commit,
         "command": command_line(),
     }
     name = "teacher" if not args.quick else "teacher-quick"
