@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,8 @@ def export_onnx(
         {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("time", min=min_time)},
         {0: torch.export.Dim("batch", min=1, max=1024)},
     )
+    # the exporter logs one line per torchvision operator it cannot register; we need none
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
