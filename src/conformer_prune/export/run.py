@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from conformer_prune.data.corpus import Utterance, read_corpus
 from conformer_prune.evaluate.metrics import count_params, error_rates
 from conformer_prune.export.onnx import export_onnx, quantize_int8, verify_onnx
 from conformer_prune.export.runtime import OnnxRecognizer
-from conformer_prune.model.checkpoint import Recognizer, load_recognizer
+from conformer_prune.model.checkpoint import load_recognizer
 
 __all__ = ["export_with_report", "int8_path", "onnx_error_rates", "onnx_latency_ms"]
 
@@ -39,21 +40,19 @@ def _batches(utts: list[Utterance], sample_rate: int) -> list[tuple[list[str], l
     return out
 
 
+def _error_rates(
+    transcribe: Callable[[list[np.ndarray]], list[str]], utts: list[Utterance], sample_rate: int
+) -> dict[str, float]:
+    refs, hyps = [], []
+    for texts, audio in _batches(utts, sample_rate):
+        refs += texts
+        hyps += transcribe(audio)
+    return error_rates(refs, hyps)
+
+
 def onnx_error_rates(rec: OnnxRecognizer, utts: list[Utterance]) -> dict[str, float]:
     """WER and CER of an ONNX model (with its front end) on a corpus, batches of 8."""
-    refs, hyps = [], []
-    for texts, audio in _batches(utts, rec.sample_rate):
-        refs += texts
-        hyps += rec.transcribe(audio)
-    return error_rates(refs, hyps)
-
-
-def _torch_error_rates(rec: Recognizer, utts: list[Utterance]) -> dict[str, float]:
-    refs, hyps = [], []
-    for texts, audio in _batches(utts, rec.features.config.sample_rate):
-        refs += texts
-        hyps += rec.transcribe(audio)
-    return error_rates(refs, hyps)
+    return _error_rates(rec.transcribe, utts, rec.sample_rate)
 
 
 def onnx_latency_ms(
@@ -118,7 +117,7 @@ def export_with_report(
             f"{check.max_abs_diff}, lengths equal {check.lengths_equal}; expected at most 1e-4"
         )
     if utts and frontend:
-        report["wer_torch"] = _torch_error_rates(rec, utts)["wer"]
+        report["wer_torch"] = _error_rates(rec.transcribe, utts, sr)["wer"]
         report["wer_ort_fp32"] = onnx_error_rates(OnnxRecognizer(onnx_path, threads), utts)["wer"]
     if int8:
         q_path = quantize_int8(onnx_path, int8_path(onnx_path))
