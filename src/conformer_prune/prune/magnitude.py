@@ -87,7 +87,8 @@ def magnitude_masks(
     """0/1 masks for every gate: the same kept fraction of units everywhere (at least one per
     gate), best first by L1 score, at or just under `target` (an absolute count)."""
     all_scores = unit_scores(gates.model)
-    fixed = {name: gate.fixed.clone() if gate.frozen else torch.ones(gate.n) for name, gate in gates}
+    # masks live on the gates' device (CPU here, CUDA when the student is there), like learned ones
+    fixed = {name: gate.fixed.clone() if gate.frozen else torch.ones_like(gate.fixed) for name, gate in gates}
     pruned = {name: s for name, s in all_scores.items() if name in fixed and gates.slots[name].learned}
     order = {name: torch.argsort(s, descending=True) for name, s in pruned.items()}
 
@@ -95,8 +96,8 @@ def magnitude_masks(
         masks = {k: v.clone() for k, v in fixed.items()}
         for name, idx in order.items():
             keep = max(1, round(fraction * idx.numel()))
-            masks[name] = torch.zeros(idx.numel())
-            masks[name][idx[:keep]] = 1.0
+            masks[name] = torch.zeros_like(fixed[name])
+            masks[name][idx[:keep].to(fixed[name].device)] = 1.0
         return masks
 
     def cost(masks: dict[str, Tensor]) -> float:
