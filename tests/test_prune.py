@@ -9,10 +9,11 @@ import torch
 
 from conformer_prune.cli import main
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
-from conformer_prune.model import ConformerCTC, build_model, load_recognizer
+from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
 from conformer_prune.prune import run as prune_run
 from conformer_prune.prune.budget import Lagrangian, target_sparsity
 from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
+from conformer_prune.prune.dense import dense_config_like, dense_params
 from conformer_prune.prune.gates import STRUCTURES, ConformerGates
 from conformer_prune.prune.hardconcrete import HardConcrete
 from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
@@ -291,4 +292,30 @@ def test_magnitude_baselines_end_to_end(
     assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)  # same steps as l0
     assert ("layer_mse" in epochs[0]) == (method == "magnitude-distill")  # distillation or CTC only
     rec = load_recognizer(out / "model.pt")
+    assert count_params(rec.model) == report["pruned"]["params"]
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_dense_baseline_shape_meets_the_parameter_target(ratio: float) -> None:
+    teacher = ConformerConfig()  # Conformer-S
+    target = ratio * dense_params(teacher)
+    cfg = dense_config_like(teacher, target)
+    assert 0.99 * target <= dense_params(cfg) <= target
+    assert cfg.n_layers == teacher.n_layers and cfg.d_model < teacher.d_model
+    assert len(set(cfg.ffn1)) == 1 and cfg.ffn1 == cfg.ffn2  # uniform: a plain dense model
+    assert count_params(build_model(cfg)) == dense_params(cfg)
+
+
+@pytest.mark.parametrize("method", ["scratch", "dense-distill"])
+def test_dense_baselines_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
+    assert main([*_prune_argv(tiny_corpus, tiny_run, out), "--method", method]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.02
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)
+    assert ("layer_mse" in epochs[0]) == (method == "dense-distill")
+    rec = load_recognizer(out / "model.pt")
+    teacher = load_recognizer(tiny_run / "model.pt")
+    assert rec.model.config.d_model < teacher.model.config.d_model
     assert count_params(rec.model) == report["pruned"]["params"]

@@ -390,9 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
     p.add_argument(
         "--method",
-        choices=["l0-distill", "l0", "magnitude", "magnitude-distill"],
-        help="l0-distill (the method, default), l0 (no distillation), or the one-shot L1 baselines "
-        "magnitude (fine-tuned with CTC) and magnitude-distill (fine-tuned with distillation)",
+        choices=["l0-distill", "l0", "magnitude", "magnitude-distill", "scratch", "dense-distill"],
+        help="l0-distill (the method, default), l0 (no distillation), the one-shot L1 baselines "
+        "magnitude (fine-tuned with CTC) and magnitude-distill (with distillation), or a narrower "
+        "dense model of the target size trained from scratch (scratch: CTC; dense-distill)",
     )
     p.add_argument("--config", help="YAML file with PruneConfig fields")
     p.add_argument(

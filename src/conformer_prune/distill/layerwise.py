@@ -45,7 +45,7 @@ class LayerwiseDistiller(nn.Module):
         teacher: the unpruned model; put in eval mode and frozen here.
         n_layers: student blocks (one projection each, paired with the teacher's block of the
             same index).
-        d_model: model dimension of both.
+        d_model: model dimension of the student (the teacher's may be larger: dense-distill).
         config: loss weights.
     """
 
@@ -57,7 +57,8 @@ class LayerwiseDistiller(nn.Module):
             )
         self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not saved
         self.config = config
-        projections = [nn.Linear(d_model, d_model) for _ in range(n_layers)]
+        # student width -> teacher width (identity on the shared leading dimensions when they differ)
+        projections = [nn.Linear(d_model, teacher.config.d_model) for _ in range(n_layers)]
         for p in projections:
             nn.init.eye_(p.weight)
             nn.init.zeros_(p.bias)

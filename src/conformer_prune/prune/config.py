@@ -19,7 +19,10 @@ class PruneConfig:
         method: "l0-distill" (the method), "l0" (the same gates and budget, CTC loss only),
             "magnitude" (one-shot L1 structured pruning, the same kept fraction in every gate,
             then fine-tuning with CTC for all prune_epochs + finetune_epochs) or
-            "magnitude-distill" (the same, fine-tuned with the method's distillation).
+            "magnitude-distill" (the same, fine-tuned with the method's distillation),
+            "scratch" (a dense model of the teacher's depth, narrower to the parameter target,
+            trained from random weights with CTC for all epochs; `prune.dense`) or
+            "dense-distill" (the same model trained with the method's distillation).
         target_params: kept fraction of the teacher's parameters (exclusive with target_macs).
         target_macs: kept fraction of the teacher's MACs per second of audio.
         structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
@@ -43,7 +46,9 @@ class PruneConfig:
         threads: CPU threads (0 keeps PyTorch's default).
     """
 
-    method: Literal["l0-distill", "l0", "magnitude", "magnitude-distill"] = "l0-distill"
+    method: Literal["l0-distill", "l0", "magnitude", "magnitude-distill", "scratch", "dense-distill"] = (
+        "l0-distill"
+    )
     target_params: float | None = 0.5
     target_macs: float | None = None
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])

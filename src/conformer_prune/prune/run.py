@@ -33,9 +33,11 @@ from conformer_prune.data.dataset import Batch
 from conformer_prune.data.features import SpecAugment
 from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_recognizer
+from conformer_prune.model.conformer import build_model
 from conformer_prune.prune.budget import Lagrangian, target_sparsity
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import Cost, as_float, conformer_cost, dense_counts
+from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.physical import physically_prune
@@ -114,20 +116,29 @@ def run_pruning(
 
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
-    student = copy.deepcopy(teacher)
-    gates = ConformerGates.attach(student, cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha)
+    teacher_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
+    target_abs = cfg.ratio * as_float(_cost_value(teacher_cost, cfg.metric))
+    dense = cfg.method in ("scratch", "dense-distill")
+    if dense:  # a narrower dense model of the target size, from random weights, without gates
+        if cfg.metric != "params":
+            raise ValueError(f"method {cfg.method} takes a parameter target (--target-params)")
+        student = build_model(dense_config_like(teacher.config, target_abs)).to(device)
+    else:
+        student = copy.deepcopy(teacher)
+    gates = ConformerGates.attach(
+        student, [] if dense else cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha
+    )
     distill_cfg = copy.deepcopy(cfg.distill)
-    if cfg.method in ("l0", "magnitude"):  # CTC loss only
+    if cfg.method in ("l0", "magnitude", "scratch"):  # CTC loss only
         distill_cfg.layer_weight = distill_cfg.kl_weight = 0.0
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
     )
     lagrangian = Lagrangian().to(device)
-    teacher_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
-    target_abs = cfg.ratio * as_float(_cost_value(teacher_cost, cfg.metric))
-    # one-shot baselines: masks fixed before training, every epoch fine-tunes (same total steps)
+    # one-shot and dense baselines: nothing is learned about the shape, every epoch fine-tunes
+    # with a fixed one (the same total number of steps as the method)
     one_shot = cfg.method.startswith("magnitude")
-    prune_epochs = 0 if one_shot else cfg.prune_epochs
+    prune_epochs = 0 if one_shot or dense else cfg.prune_epochs
     if one_shot and not resume:
         _freeze(gates, target_abs, cfg, out, magnitude_masks(gates, target_abs, cfg.metric))
 
