@@ -18,6 +18,7 @@ from conformer_prune.prune.gates import STRUCTURES, ConformerGates
 from conformer_prune.prune.hardconcrete import HardConcrete
 from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.physical import physically_prune
+from conformer_prune.prune.report import kept_per_layer
 from tests.conftest import hetero_config
 
 ALL = list(STRUCTURES)
@@ -103,6 +104,12 @@ def test_gated_model_equals_physically_pruned_model(case: str) -> None:
     cost = gates.mask_cost(gates.current_masks())
     assert as_float(cost.params) == count_params(pruned)
     assert as_float(cost.macs_per_second) == pytest.approx(macs_per_second(pruned), rel=1e-9)
+    final = gates.current_masks()  # the per-layer report agrees with the masks
+    for row in kept_per_layer(model.config, pruned.config, final):
+        i = row["layer"]
+        assert row["kept"] == (final[f"layers.{i}"].sum() > 0)
+        attn_open = row["kept"] and final[f"layers.{i}.attn"].sum() > 0
+        assert row["attn"][0] == (int(final[f"layers.{i}.attn.units"].sum()) if attn_open else 0)
     if case == "all_edges":
         assert pruned.config.n_layers == 3
         assert pruned.config.heads[0] == 0 and pruned.encoder.layers[0].self_attn is None
@@ -318,4 +325,5 @@ def test_dense_baselines_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path:
     rec = load_recognizer(out / "model.pt")
     teacher = load_recognizer(tiny_run / "model.pt")
     assert rec.model.config.d_model < teacher.model.config.d_model
+    assert f"Model dimension {rec.model.config.d_model}/" in (out / "layers.md").read_text()
     assert count_params(rec.model) == report["pruned"]["params"]

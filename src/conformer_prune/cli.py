@@ -205,10 +205,11 @@ def prune_and_report(
     for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
         result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
     write_json(out / "eval.json", report)
-    table = layers_markdown(teacher_rec.model.config, result.masks)
+    table = layers_markdown(teacher_rec.model.config, pruned_rec.model.config, result.masks)
     (out / "layers.md").write_text(table + "\n", encoding="utf-8")
     plot_layers(
         teacher_rec.model.config,
+        pruned_rec.model.config,
         result.masks,
         out / "layers.png",
         f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})",

@@ -23,43 +23,53 @@ _BRANCHES = (
 )
 
 
-def kept_per_layer(teacher: ConformerConfig, masks: dict[str, Tensor]) -> list[dict[str, Any]]:
+def kept_per_layer(
+    teacher: ConformerConfig, pruned: ConformerConfig, masks: dict[str, Tensor]
+) -> list[dict[str, Any]]:
     """For each teacher layer: kept and total units of every branch (0 kept if the module or the
-    layer is removed), and whether the layer survives."""
+    layer is removed), and whether the layer survives. The kept widths are read from the pruned
+    model's config; `masks` only tells which teacher layers were removed (none for dense
+    baselines, which have no masks)."""
+    survivors = [
+        i for i in range(teacher.n_layers) if f"layers.{i}" not in masks or masks[f"layers.{i}"].sum() > 0
+    ]
+    if len(survivors) != pruned.n_layers:
+        raise ValueError(f"{pruned.n_layers} pruned layers, but the masks keep {len(survivors)}")
     rows = []
     for i in range(teacher.n_layers):
-        layer_kept = f"layers.{i}" not in masks or bool(masks[f"layers.{i}"].sum() > 0)
+        layer_kept = i in survivors
         row: dict[str, Any] = {"layer": i, "kept": layer_kept}
         for branch, field, _ in _BRANCHES:
             total = getattr(teacher, field)[i]
-            module = masks.get(f"layers.{i}.{branch}")
-            units = masks.get(f"layers.{i}.{branch}.units")
-            kept = int(units.sum()) if units is not None else total
-            if not layer_kept or (module is not None and module.sum() == 0):
-                kept = 0
+            kept = getattr(pruned, field)[survivors.index(i)] if layer_kept else 0
             row[branch] = (kept, total)
         rows.append(row)
     return rows
 
 
-def layers_markdown(teacher: ConformerConfig, masks: dict[str, Tensor]) -> str:
+def layers_markdown(teacher: ConformerConfig, pruned: ConformerConfig, masks: dict[str, Tensor]) -> str:
     lines = ["| layer | " + " | ".join(label for *_, label in _BRANCHES) + " |", "|---" * 5 + "|"]
-    for row in kept_per_layer(teacher, masks):
+    for row in kept_per_layer(teacher, pruned, masks):
         cells = []
         for branch, *_ in _BRANCHES:
             kept, total = row[branch]
             cells.append("removed" if kept == 0 and total else f"{kept}/{total}")
         lines.append(f"| {row['layer']}{'' if row['kept'] else ' (removed)'} | " + " | ".join(cells) + " |")
-    if "frontend.0" in masks and "frontend.1" in masks:
-        kept = [int(masks[f"frontend.{j}"].sum()) for j in (0, 1)]
-        c1, c2 = teacher.subsampling_channels
-        lines.append(f"\nFront end: conv1 {kept[0]}/{c1} channels, conv2 {kept[1]}/{c2} channels.")
+    (k1, k2), (c1, c2) = pruned.subsampling_channels, teacher.subsampling_channels
+    lines.append(f"\nFront end: conv1 {k1}/{c1} channels, conv2 {k2}/{c2} channels.")
+    if pruned.d_model != teacher.d_model:
+        lines.append(
+            f"Model dimension {pruned.d_model}/{teacher.d_model}, head dimension "
+            f"{pruned.head_dim}/{teacher.head_dim}."
+        )
     return "\n".join(lines)
 
 
-def plot_layers(teacher: ConformerConfig, masks: dict[str, Tensor], path: Path, title: str) -> None:
+def plot_layers(
+    teacher: ConformerConfig, pruned: ConformerConfig, masks: dict[str, Tensor], path: Path, title: str
+) -> None:
     """Grouped bars: fraction of each branch kept, per layer."""
-    rows = kept_per_layer(teacher, masks)
+    rows = kept_per_layer(teacher, pruned, masks)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 3.6))
     width = 0.2
     for k, (branch, _, label) in enumerate(_BRANCHES):
