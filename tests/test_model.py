@@ -106,6 +106,8 @@ def test_config_broadcasts_and_rejects_bad_values(tmp_path: Path) -> None:
         from_dict(TrainConfig, {"optim": {"lr": "fast"}})
     with pytest.raises(ConfigError, match="heads has 2 entries; expected n_layers = 3"):
         ConformerConfig.create(n_layers=3, heads=[1, 2])
+    with pytest.raises(ConfigError, match="d_model must be even"):
+        ConformerConfig.create(d_model=101)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("epochs: 3\nmodel:\n  n_layers: 2\n")
     cfg2 = load_config(TrainConfig, yaml_file, ["optim.lr=1e-3", "model.heads=[1,3]"])

@@ -310,7 +310,10 @@ def test_dense_baseline_shape_meets_the_parameter_target(ratio: float) -> None:
     assert 0.99 * target <= dense_params(cfg) <= target
     assert cfg.n_layers == teacher.n_layers and cfg.d_model < teacher.d_model
     assert len(set(cfg.ffn1)) == 1 and cfg.ffn1 == cfg.ffn2  # uniform: a plain dense model
-    assert count_params(build_model(cfg)) == dense_params(cfg)
+    model = build_model(cfg).eval()
+    assert count_params(model) == dense_params(cfg)
+    log_probs, _ = model(torch.randn(1, 40, 80), torch.tensor([40]))  # it runs
+    assert log_probs.shape == (1, 10, cfg.vocab_size + 1)
 
 
 @pytest.mark.parametrize("method", ["scratch", "dense-distill"])

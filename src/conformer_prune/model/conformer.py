@@ -88,6 +88,8 @@ class ConformerConfig:
                 raise ValueError(f"{name} has {len(values)} entries; expected n_layers = {self.n_layers}")
             if any(v < 0 for v in values):
                 raise ValueError(f"{name} must be non-negative, found {values}")
+        if self.d_model % 2:
+            raise ValueError(f"d_model must be even (sinusoidal position embeddings), found {self.d_model}")
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, found {self.conv_kernel}")
         if len(self.subsampling_channels) != 2 or min(self.subsampling_channels) < 1:

@@ -28,7 +28,7 @@ def _scaled(teacher: ConformerConfig, scale: float, ffn: int | None = None) -> C
 
     return dataclasses.replace(
         teacher,
-        d_model=width(teacher.d_model, 4),
+        d_model=2 * width(teacher.d_model // 2, 2),  # even: sinusoidal position embeddings
         head_dim=width(teacher.head_dim, 2),
         heads=[max(teacher.heads)] * n,
         ffn1=[ffn if ffn is not None else width(max(teacher.ffn1))] * n,

@@ -1,0 +1,214 @@
+"""Every method at the same size on the reference teacher: does the method beat the alternatives?
+
+Usage:
+    nohup python benchmarks/compare.py > benchmarks/cache/compare.log 2>&1 &
+    python benchmarks/compare.py --quick     # same code path on the quick teacher, minutes
+
+Each (method, target) is a cached, resumable stage in benchmarks/cache/compare[-quick]/: the
+pruning engine's own run directory, skipped once its eval.json exists. All methods at 50% of the
+teacher's parameters; l0-distill and magnitude-distill also at 30% and 70%. Every method trains
+for the method's prune_epochs + finetune_epochs after the teacher exists, except `scratch`, which
+gets the teacher's own number of epochs. The dense methods start from random weights and use the
+teacher recipe's learning rate and warm-up (2e-3, 400 steps) instead of the pruning one (chosen
+a priori, not tuned; nothing is tuned on test). Finally every model's CPU latency is measured in
+one process, interleaved. Writes benchmarks/results/compare.json, the compare section of
+docs/benchmark.md and docs/compare.png.
+
+Not run yet: the `torch-pruning` baseline (issue 5 lists it; not built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    CACHE,
+    DOCS,
+    ROOT,
+    command_line,
+    git_commit,
+    markdown_table,
+    save_result,
+    update_doc_section,
+)
+
+from conformer_prune.cli import prune_and_report, recipe_path
+from conformer_prune.config import load_config
+from conformer_prune.data.synth import synthesize
+from conformer_prune.evaluate import interleaved_latency_ms
+from conformer_prune.model import load_recognizer
+from conformer_prune.prune.config import PruneConfig
+
+RUNS = [(m, 0.5) for m in ("l0-distill", "l0", "magnitude", "magnitude-distill", "scratch", "dense-distill")]
+RUNS += [(m, r) for r in (0.3, 0.7) for m in ("l0-distill", "magnitude-distill")]
+NOT_BUILT = ["torch-pruning"]
+KEYS = ("wer_dev", "wer_test", "cer_test", "params", "macs_per_second")
+
+
+def overrides_for(method: str, ratio: float, teacher_epochs: int, quick: bool) -> list[str]:
+    out = [f"method={method}", f"target_params={ratio}"]
+    if quick:
+        out += ["prune_epochs=1", "finetune_epochs=1"]
+    if method == "scratch":
+        out += ["prune_epochs=0", f"finetune_epochs={teacher_epochs}"]
+    if method in ("scratch", "dense-distill"):
+        out += ["lr=2e-3", "warmup_steps=400"]
+    return out
+
+
+def wall_seconds(run: Path) -> float:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return max(r.get("elapsed_seconds", 0.0) for r in records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="quick teacher and corpus, 1 + 1 epochs")
+    args = parser.parse_args()
+    commit = git_commit()  # the code this run starts with
+    if args.quick:
+        corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
+        if not teacher.exists():
+            raise SystemExit("run `python benchmarks/teacher.py --quick` first")
+        teacher_epochs = 2
+    else:
+        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
+        synthesize(corpus, 3.0, seed=0, workers=2)  # no-op when cached
+        teacher_epochs = int(
+            json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
+        )
+    work = CACHE / ("compare-quick" if args.quick else "compare")
+    evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
+    reports: dict[tuple[str, float], dict[str, Any]] = {}
+    for method, ratio in RUNS:
+        run = work / f"{method}-{round(100 * ratio)}"
+        if (run / "eval.json").exists():
+            reports[(method, ratio)] = json.loads((run / "eval.json").read_text())
+            continue
+        print(f"[{method} at {ratio:.0%}] {run}", flush=True)
+        cfg = load_config(
+            PruneConfig, recipe_path("prune"), overrides_for(method, ratio, teacher_epochs, args.quick)
+        )
+        reports[(method, ratio)] = prune_and_report(
+            cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, (run / "prune_state.pt").exists()
+        )
+
+    # every model's latency in one process, interleaved, so the column compares like with like
+    names = ["teacher", *[f"{m}-{round(100 * r)}" for m, r in RUNS]]
+    models = [load_recognizer(teacher).model] + [
+        load_recognizer(work / name / "model.pt").model for name in names[1:]
+    ]
+    latency = dict(zip(names, interleaved_latency_ms(models, threads=2), strict=True))
+    first = next(iter(reports.values()))
+    teacher_row = {k: first["teacher"][k] for k in KEYS} | {"latency_ms_10s": latency["teacher"]}
+    results = []
+    for (method, ratio), report in reports.items():
+        name = f"{method}-{round(100 * ratio)}"
+        row = {"method": method, "target_params": ratio, **{k: report["pruned"][k] for k in KEYS}}
+        row |= {"latency_ms_10s": latency[name], "wall_seconds": wall_seconds(work / name)}
+        results.append(row)
+        print(row, flush=True)
+    record = {
+        "teacher": teacher_row,
+        "results": results,
+        "not_run": NOT_BUILT,
+        "threads": 2,
+        "commit": commit,
+        "command": command_line(),
+    }
+    save_result("compare-quick" if args.quick else "compare", record)
+    write_docs(record, "compare-quick" if args.quick else "compare")
+
+
+def write_docs(record: dict[str, Any], name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = record["teacher"]
+    rows = sorted(record["results"], key=lambda r: (-r["target_params"], r["wer_dev"]))
+    table = markdown_table(
+        [
+            "method",
+            "target",
+            "params",
+            "MACs / s",
+            "latency (ms)",
+            "speed-up",
+            "dev WER",
+            "test WER",
+            "wall (min)",
+        ],
+        [
+            [
+                "teacher",
+                "-",
+                f"{t['params']:,}",
+                f"{t['macs_per_second'] / 1e6:.1f} M",
+                f"{t['latency_ms_10s']:.0f}",
+                "1.00x",
+                f"{100 * t['wer_dev']:.2f}%",
+                f"{100 * t['wer_test']:.2f}%",
+                "-",
+            ]
+        ]
+        + [
+            [
+                r["method"],
+                f"{r['target_params']:.0%}",
+                f"{r['params']:,}",
+                f"{r['macs_per_second'] / 1e6:.1f} M",
+                f"{r['latency_ms_10s']:.0f}",
+                f"{t['latency_ms_10s'] / r['latency_ms_10s']:.2f}x",
+                f"{100 * r['wer_dev']:.2f}%",
+                f"{100 * r['wer_test']:.2f}%",
+                f"{r['wall_seconds'] / 60:.0f}",
+            ]
+            for r in rows
+        ],
+    )
+    at_half = [r for r in record["results"] if r["target_params"] == 0.5]
+    best = min(at_half, key=lambda r: r["wer_test"])["method"] if at_half else "-"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in (
+        (axes[0], "params", "parameters"),
+        (axes[1], "latency_ms_10s", "CPU latency, 10 s (ms)"),
+    ):
+        for method in dict.fromkeys(r["method"] for r in record["results"]):
+            pts = sorted((r[key], 100 * r["wer_test"]) for r in record["results"] if r["method"] == method)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+        ax.plot(
+            [t[key]],
+            [100 * t["wer_test"]],
+            marker="*",
+            markersize=12,
+            color="black",
+            linestyle="",
+            label="teacher",
+        )
+        ax.set(xlabel=label, ylabel="test WER (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    png = f"{name}.png"
+    fig.savefig(DOCS / png, dpi=120)
+    update_doc_section(
+        name,
+        f"## Methods compared (`benchmarks/compare.py`{' --quick' if 'quick' in name else ''})\n\n"
+        f"Lowest test WER at 50% parameters: **{best}**. Not run: {', '.join(record['not_run'])} "
+        f"(not built yet). Latency: 2 threads, batch 1, 10 s, all models interleaved in one process. "
+        f"Commit `{record['commit']}`.\n\n{table}\n\n![WER against size and latency]({png})\n\n"
+        f"Reproduce: `{record['command']}`.",
+    )
+
+
+if __name__ == "__main__":
+    main()
