@@ -12,7 +12,8 @@ gets the teacher's own number of epochs. The dense methods start from random wei
 teacher recipe's learning rate and warm-up (2e-3, 400 steps) instead of the pruning one (chosen
 a priori, not tuned; nothing is tuned on test). Finally every model's CPU latency is measured in
 one process, interleaved. Writes benchmarks/results/compare.json, the compare section of
-docs/benchmark.md and docs/compare.png.
+docs/benchmark.md and docs/compare.png (with --quick: compare-quick.json and the table and plot in
+benchmarks/cache/compare-quick/, not in docs/).
 
 Not run yet: the `torch-pruning` baseline (issue 5 lists it; not built).
 """
@@ -124,10 +125,12 @@ def main() -> None:
         "command": command_line(),
     }
     save_result("compare-quick" if args.quick else "compare", record)
-    write_docs(record, "compare-quick" if args.quick else "compare")
+    write_docs(record, quick=args.quick)
 
 
-def write_docs(record: dict[str, Any], name: str) -> None:
+def write_docs(record: dict[str, Any], quick: bool) -> None:
+    """The table and plot: into docs/ for the full run, beside the quick run's cache otherwise
+    (a smoke test's numbers do not belong in the published comparison)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,16 +201,20 @@ def write_docs(record: dict[str, Any], name: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    png = f"{name}.png"
-    fig.savefig(DOCS / png, dpi=120)
-    update_doc_section(
-        name,
-        f"## Methods compared (`benchmarks/compare.py`{' --quick' if 'quick' in name else ''})\n\n"
+    png = "compare.png"
+    out = CACHE / "compare-quick" if quick else DOCS
+    fig.savefig(out / png, dpi=120)
+    section = (
+        "## Methods compared (`benchmarks/compare.py`)\n\n"
         f"Lowest test WER at 50% parameters: **{best}**. Not run: {', '.join(record['not_run'])} "
         f"(not built yet). Latency: 2 threads, batch 1, 10 s, all models interleaved in one process. "
         f"Commit `{record['commit']}`.\n\n{table}\n\n![WER against size and latency]({png})\n\n"
-        f"Reproduce: `{record['command']}`.",
+        f"Reproduce: `{record['command']}`."
     )
+    if quick:
+        (out / "compare.md").write_text(section + "\n", encoding="utf-8")
+    else:
+        update_doc_section("compare", section)
 
 
 if __name__ == "__main__":
