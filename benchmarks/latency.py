@@ -39,7 +39,7 @@ from common import (
 )
 
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.evaluate.metrics import macs_per_second
+from conformer_prune.evaluate.metrics import FRAMES_PER_SECOND, interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.checkpoint import Recognizer
@@ -62,7 +62,7 @@ def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
 
 def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int, batch: int) -> Any:
     """A zero-argument callable that runs one batch of 10 s feature sequences."""
-    frames = int(SECONDS * 100)
+    frames = int(SECONDS * FRAMES_PER_SECOND)
     feats = torch.randn(batch, frames, rec.model.config.n_mels, generator=torch.Generator().manual_seed(0))
     lengths = torch.full((batch,), frames)
     if runtime == "torch":
@@ -82,15 +82,7 @@ def time_interleaved(
     runners: dict[tuple[str, str], Any], threads: int, rounds: int
 ) -> dict[tuple[str, str], float]:
     torch.set_num_threads(threads)
-    for run in runners.values():  # warm-up
-        run()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[key].append((time.perf_counter() - start) * 1000)
-    return {key: statistics.median(t) for key, t in times.items()}
+    return interleaved_medians_ms(runners, rounds)
 
 
 def main() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import jiwer
 import torch
@@ -12,7 +15,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conformer_prune.model.conformer import ConformerCTC
 
-__all__ = ["count_params", "cpu_latency_ms", "error_rates", "interleaved_latency_ms", "macs_per_second"]
+__all__ = [
+    "FRAMES_PER_SECOND",
+    "count_params",
+    "cpu_latency_ms",
+    "error_rates",
+    "interleaved_latency_ms",
+    "interleaved_medians_ms",
+    "macs_per_second",
+]
+
+K = TypeVar("K")
 
 FRAMES_PER_SECOND = 100  # 10 ms hop
 
@@ -83,26 +96,34 @@ def cpu_latency_ms(
         torch.set_num_threads(old_threads)
 
 
+def interleaved_medians_ms(runs: Mapping[K, Callable[[], object]], rounds: int) -> dict[K, float]:
+    """Median wall time (ms) of each zero-argument call, after one warm-up call each, measured in
+    alternation (A, B, A, B, ...) so that a noisy, shared machine slows all of them alike."""
+    for run in runs.values():
+        run()
+    times: dict[K, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 @torch.no_grad()
 def interleaved_latency_ms(
     models: list[ConformerCTC], seconds: float = 10.0, threads: int = 2, rounds: int = 10, batch: int = 1
 ) -> list[float]:
-    """Median CPU latency of each model, measured in alternation (A, B, A, B, ...) so that a noisy,
-    shared machine slows all of them alike; compare the results as ratios."""
+    """Median CPU latency of each model, measured interleaved (`interleaved_medians_ms`); compare
+    the results as ratios."""
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        inputs = []
-        for model in models:
-            model.eval().cpu()
-            inputs.append(_dummy(model, seconds, batch))
-            model(*inputs[-1])  # warm-up
-        times: list[list[float]] = [[] for _ in models]
-        for _ in range(rounds):
-            for k, model in enumerate(models):
-                start = time.perf_counter()
-                model(*inputs[k])
-                times[k].append((time.perf_counter() - start) * 1000)
-        return [statistics.median(t) for t in times]
+        runs = {}
+        for k, model in enumerate(models):
+            inputs = _dummy(model.eval().cpu(), seconds, batch)
+            runs[k] = functools.partial(model, *inputs)
+        medians = interleaved_medians_ms(runs, rounds)
+        return [medians[k] for k in range(len(models))]
     finally:
         torch.set_num_threads(old_threads)

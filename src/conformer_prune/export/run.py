@@ -6,7 +6,7 @@ Usage:
 
 from __future__ import annotations
 
-import statistics
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +16,12 @@ import numpy as np
 
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance, read_corpus
-from conformer_prune.evaluate.metrics import count_params, error_rates
+from conformer_prune.evaluate.metrics import (
+    FRAMES_PER_SECOND,
+    count_params,
+    error_rates,
+    interleaved_medians_ms,
+)
 from conformer_prune.export.onnx import export_onnx, quantize_int8, verify_onnx
 from conformer_prune.export.runtime import OnnxRecognizer
 from conformer_prune.model.checkpoint import load_recognizer
@@ -68,15 +73,10 @@ def onnx_latency_ms(
             inputs[name] = [0.1 * gen.standard_normal(int(seconds * rec.sample_rate)).astype(np.float32)]
         else:
             n_mels = int(rec.config["model"]["n_mels"])
-            inputs[name] = [gen.standard_normal((int(seconds * 100), n_mels)).astype(np.float32)]
-        rec.log_probs(inputs[name])  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in recs}
-    for _ in range(rounds):
-        for name, rec in recs.items():
-            start = time.perf_counter()
-            rec.log_probs(inputs[name])
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+            frames = int(seconds * FRAMES_PER_SECOND)
+            inputs[name] = [gen.standard_normal((frames, n_mels)).astype(np.float32)]
+    runs = {name: functools.partial(rec.log_probs, inputs[name]) for name, rec in recs.items()}
+    return interleaved_medians_ms(runs, rounds)
 
 
 def export_with_report(
