@@ -19,6 +19,7 @@ from conformer_prune.prune.hardconcrete import HardConcrete
 from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
+from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from tests.conftest import hetero_config
 
 ALL = list(STRUCTURES)
@@ -298,6 +299,67 @@ def test_magnitude_baselines_end_to_end(
     epochs = [r for r in records if "epoch" in r]
     assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)  # same steps as l0
     assert ("layer_mse" in epochs[0]) == (method == "magnitude-distill")  # distillation or CTC only
+    rec = load_recognizer(out / "model.pt")
+    assert count_params(rec.model) == report["pruned"]["params"]
+
+
+def _kept_rows(pruned: torch.Tensor, full: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """0/1 mask over `full`'s blocks of `block` rows: which of them reappear in `pruned`."""
+    full_blocks = full.reshape(-1, block, *full.shape[1:])
+    mask = torch.zeros(full_blocks.shape[0])
+    for rows in pruned.reshape(-1, block, *pruned.shape[1:]):
+        (match,) = [i for i, w in enumerate(full_blocks) if torch.equal(w, rows)]
+        mask[match] = 1
+    return mask
+
+
+@pytest.mark.parametrize(("metric", "ratio"), [("params", 0.5), ("params", 0.7), ("macs", 0.6)])
+def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
+    metric: str, ratio: float
+) -> None:
+    teacher = _model().eval()  # (at 30% of parameters this tiny model's unprunable parts weigh more)
+    full = count_params(teacher)
+    full_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
+    total = as_float(full_cost.params if metric == "params" else full_cost.macs_per_second)
+    pruned = torch_pruning_prune(teacher, ratio * total, "params" if metric == "params" else "macs")
+    cost = conformer_cost(pruned.config, dense_counts(pruned.config))
+    achieved = as_float(cost.params if metric == "params" else cost.macs_per_second)
+    assert 0.98 * ratio * total <= achieved <= ratio * total
+    assert pruned.config.d_model == teacher.config.d_model
+    assert pruned.config.subsampling_channels == teacher.config.subsampling_channels
+    # the library's choice, read back as masks over our units: slicing the teacher by them with
+    # our own physical pruning must give exactly the library's model (whole heads with their
+    # position biases, GLU pairs, BatchNorm statistics)
+    masks: dict[str, torch.Tensor] = {}
+    for i, (t, p) in enumerate(zip(teacher.encoder.layers, pruned.encoder.layers, strict=True)):
+        if t.self_attn is not None:
+            hd = t.self_attn.head_dim
+            masks[f"layers.{i}.attn.units"] = _kept_rows(
+                p.self_attn.linear_q.weight, t.self_attn.linear_q.weight, hd
+            )
+        for name in ("feed_forward1", "feed_forward2"):
+            if getattr(t, name) is not None:
+                unit = f"layers.{i}.ffn{name[-1]}.units"
+                masks[unit] = _kept_rows(getattr(p, name).linear1.weight, getattr(t, name).linear1.weight)
+        if t.conv is not None:
+            masks[f"layers.{i}.conv.units"] = _kept_rows(
+                p.conv.depthwise_conv.weight, t.conv.depthwise_conv.weight
+            )
+    expected = physically_prune(teacher, masks)
+    assert expected.config == pruned.config
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(pruned.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert count_params(teacher) == full  # the teacher is untouched
+
+
+def test_torch_pruning_baseline_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tp"
+    assert main([*_prune_argv(tiny_corpus, tiny_run, out), "--method", "torch-pruning"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.02
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)  # same steps as l0
+    assert "layer_mse" not in epochs[0]  # fine-tuned with CTC, as the library's users would
     rec = load_recognizer(out / "model.pt")
     assert count_params(rec.model) == report["pruned"]["params"]
 

@@ -391,9 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
     p.add_argument(
         "--method",
-        choices=["l0-distill", "l0", "magnitude", "magnitude-distill", "scratch", "dense-distill"],
+        choices=[
+            "l0-distill",
+            "l0",
+            "magnitude",
+            "magnitude-distill",
+            "torch-pruning",
+            "scratch",
+            "dense-distill",
+        ],
         help="l0-distill (the method, default), l0 (no distillation), the one-shot L1 baselines "
-        "magnitude (fine-tuned with CTC) and magnitude-distill (with distillation), or a narrower "
+        "magnitude (fine-tuned with CTC) and magnitude-distill (with distillation), torch-pruning "
+        "(the Torch-Pruning library's global group-L2 pruning, fine-tuned with CTC), or a narrower "
         "dense model of the target size trained from scratch (scratch: CTC; dense-distill)",
     )
     p.add_argument("--config", help="YAML file with PruneConfig fields")

@@ -298,9 +298,13 @@ class ConvolutionModule(nn.Module):
         self.gate: Gate | None = None  # (C,) channels
 
     def glu(self, x: Tensor, frame_mask: Tensor) -> Tensor:
-        """GLU output with padded frames zeroed, (B, C, T)."""
-        x = F.glu(self.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (B, C, T)
-        return x * frame_mask[:, None, :].to(x.dtype)
+        """GLU output with padded frames zeroed, (B, C, T).
+
+        Written as chunk + sigmoid (what `F.glu` computes) so that dependency-graph pruners such
+        as Torch-Pruning see that channel c pairs rows c and C + c of pointwise_conv1.
+        """
+        a, b = self.pointwise_conv1(x.transpose(1, 2)).chunk(2, dim=1)  # (B, C, T) each
+        return a * torch.sigmoid(b) * frame_mask[:, None, :].to(a.dtype)
 
     def forward(self, x: Tensor, frame_mask: Tensor) -> Tensor:
         return self.tail(self.glu(x, frame_mask))

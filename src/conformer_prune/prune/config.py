@@ -20,6 +20,8 @@ class PruneConfig:
             "magnitude" (one-shot L1 structured pruning, the same kept fraction in every gate,
             then fine-tuning with CTC for all prune_epochs + finetune_epochs) or
             "magnitude-distill" (the same, fine-tuned with the method's distillation),
+            "torch-pruning" (the Torch-Pruning library's one-shot group-L2 global pruning of heads,
+            neurons and channels; `prune.torch_pruning`; then CTC fine-tuning for all epochs),
             "scratch" (a dense model of the teacher's depth, narrower to the parameter target,
             trained from random weights with CTC for all epochs; `prune.dense`) or
             "dense-distill" (the same model trained with the method's distillation).
@@ -46,9 +48,9 @@ class PruneConfig:
         threads: CPU threads (0 keeps PyTorch's default).
     """
 
-    method: Literal["l0-distill", "l0", "magnitude", "magnitude-distill", "scratch", "dense-distill"] = (
-        "l0-distill"
-    )
+    method: Literal[
+        "l0-distill", "l0", "magnitude", "magnitude-distill", "torch-pruning", "scratch", "dense-distill"
+    ] = "l0-distill"
     target_params: float | None = 0.5
     target_macs: float | None = None
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])

@@ -41,6 +41,7 @@ from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.physical import physically_prune
+from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train.loop import (
     append_log,
     lr_schedule,
@@ -123,13 +124,16 @@ def run_pruning(
         if cfg.metric != "params":
             raise ValueError(f"method {cfg.method} takes a parameter target (--target-params)")
         student = build_model(dense_config_like(teacher.config, target_abs)).to(device)
+    elif cfg.method == "torch-pruning":  # pruned by the library before training, without gates
+        student = torch_pruning_prune(teacher, target_abs, cfg.metric).to(device)
     else:
         student = copy.deepcopy(teacher)
+    no_gates = dense or cfg.method == "torch-pruning"
     gates = ConformerGates.attach(
-        student, [] if dense else cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha
+        student, [] if no_gates else cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha
     )
     distill_cfg = copy.deepcopy(cfg.distill)
-    if cfg.method in ("l0", "magnitude", "scratch"):  # CTC loss only
+    if cfg.method in ("l0", "magnitude", "scratch", "torch-pruning"):  # CTC loss only
         distill_cfg.layer_weight = distill_cfg.kl_weight = 0.0
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
@@ -138,7 +142,7 @@ def run_pruning(
     # one-shot and dense baselines: nothing is learned about the shape, every epoch fine-tunes
     # with a fixed one (the same total number of steps as the method)
     one_shot = cfg.method.startswith("magnitude")
-    prune_epochs = 0 if one_shot or dense else cfg.prune_epochs
+    prune_epochs = 0 if one_shot or no_gates else cfg.prune_epochs
     if one_shot and not resume:
         _freeze(gates, target_abs, cfg, out, magnitude_masks(gates, target_abs, cfg.metric))
 

@@ -1,0 +1,174 @@
+"""The `torch-pruning` baseline: Torch-Pruning's MetaPruner (Fang et al., "DepGraph", CVPR 2023),
+run the way its users run it, then fine-tuned like the other one-shot baselines.
+
+Torch-Pruning traces the model into a dependency graph, groups every coupled set of channels,
+scores each group by its L2 norm (`GroupMagnitudeImportance`, the library's default criterion)
+and removes the lowest-scoring channels and whole attention heads by one global ranking over all
+layers (`global_pruning=True`, `prune_num_heads=True`). The residual stream (d_model) is kept, as
+in every other method here: the layers that write it (feed-forward `linear2`, convolution
+`pointwise_conv2`, the subsampling projection) and the decoder are `ignored_layers`. One pruning
+ratio, shared by channels and heads, is found by bisection so that the pruned model meets the
+parameter (or MAC) target.
+
+What a user must add around the library for this model, and does here:
+- the per-head position biases `pos_bias_u/v` (heads x head_dim) are hidden from the tracer (as
+  plain tensors) and sliced to the kept heads afterwards: as unwrapped parameters the tracer
+  cannot map head-major channel indices onto their two dimensions and refuses the attention
+  group;
+- the modules' `heads` attribute is updated after pruning;
+- the subsampling front end is not pruned: the tracer maps the channel-major flatten in front of
+  `pre_encode.out` onto the wrong columns (measured: 3 columns removed where 3 x 20 belong to
+  the pruned channels), so it is an ignored layer;
+- the GLU of the convolution module is written as `chunk` + `sigmoid` in the model, so the
+  tracer pairs channel c with C + c (with `F.glu` it prunes only the first half).
+
+Usage:
+    student = torch_pruning_prune(teacher, target=0.5 * teacher_params, metric="params")
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from conformer_prune.model.conformer import (
+    ConformerBlock,
+    ConformerCTC,
+    RelPositionMultiHeadAttention,
+    build_model,
+)
+from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
+
+__all__ = ["torch_pruning_prune"]
+
+
+def _attentions(model: ConformerCTC) -> dict[str, RelPositionMultiHeadAttention]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, RelPositionMultiHeadAttention)}
+
+
+def _kept_heads(pruned_q: Tensor, teacher_q: Tensor, head_dim: int) -> Tensor:
+    """Indices of the teacher's heads whose linear_q rows the pruned layer kept, in order."""
+    teacher_heads = teacher_q.view(-1, head_dim, teacher_q.shape[1])
+    kept = []
+    for rows in pruned_q.view(-1, head_dim, pruned_q.shape[1]):
+        matches = [i for i, w in enumerate(teacher_heads) if torch.equal(w, rows)]
+        if len(matches) != 1:
+            raise RuntimeError("Torch-Pruning changed a head's weights instead of removing whole heads")
+        kept.append(matches[0])
+    return torch.tensor(kept)
+
+
+def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCTC:
+    """Torch-Pruning at one global ratio; returns a plain model built from its own config.
+
+    `teacher` (a CPU fp32 copy in eval mode) is not modified."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(teacher)
+    attns = _attentions(model)
+    for attn in attns.values():  # hidden from the tracer (see the module docstring)
+        u, v = attn.pos_bias_u.detach().clone(), attn.pos_bias_v.detach().clone()
+        del attn.pos_bias_u, attn.pos_bias_v
+        attn.pos_bias_u, attn.pos_bias_v = u, v  # type: ignore[assignment]
+
+    pre = model.encoder.pre_encode
+    ignored: list[nn.Module] = [model.decoder, pre.out, pre.conv[0], pre.conv[2]]
+    for block in model.encoder.layers:
+        assert isinstance(block, ConformerBlock)
+        ignored += [ffn.linear2 for ffn in (block.feed_forward1, block.feed_forward2) if ffn is not None]
+        if block.conv is not None:
+            ignored.append(block.conv.pointwise_conv2)
+    num_heads: dict[nn.Module, int] = {
+        lin: attn.heads
+        for attn in attns.values()
+        for lin in (attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_pos)
+    }
+    example = (torch.randn(1, frames, model.config.n_mels), torch.tensor([frames]))
+    with torch.enable_grad():
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs=example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+            num_heads=num_heads,
+            prune_num_heads=True,
+            prune_head_dims=False,
+            head_pruning_ratio=ratio,
+        )
+        pruner.step()
+
+    teacher_attns = _attentions(teacher)
+    for name, attn in attns.items():
+        kept = _kept_heads(attn.linear_q.weight, teacher_attns[name].linear_q.weight, attn.head_dim)
+        u, v = attn.pos_bias_u, attn.pos_bias_v
+        del attn.pos_bias_u, attn.pos_bias_v
+        attn.pos_bias_u = nn.Parameter(u[kept].clone())
+        attn.pos_bias_v = nn.Parameter(v[kept].clone())
+        attn.heads = len(kept)
+    return _rebuild(model)
+
+
+def _rebuild(model: ConformerCTC) -> ConformerCTC:
+    """A `ConformerCTC` whose config lists the pruned widths, loaded with strict=True."""
+    blocks = [b for b in model.encoder.layers if isinstance(b, ConformerBlock)]
+    cfg = dataclasses.replace(
+        model.config,
+        heads=[b.self_attn.heads if b.self_attn is not None else 0 for b in blocks],
+        ffn1=[b.feed_forward1.linear1.out_features if b.feed_forward1 is not None else 0 for b in blocks],
+        ffn2=[b.feed_forward2.linear1.out_features if b.feed_forward2 is not None else 0 for b in blocks],
+        conv_channels=[b.conv.depthwise_conv.out_channels if b.conv is not None else 0 for b in blocks],
+    )
+    out = build_model(cfg)
+    out.load_state_dict(model.state_dict(), strict=True)  # fails loudly if d_model was touched
+    return out
+
+
+def _cost(model: ConformerCTC, metric: Literal["params", "macs"]) -> float:
+    cost = conformer_cost(model.config, dense_counts(model.config))
+    return as_float(cost.params if metric == "params" else cost.macs_per_second)
+
+
+def torch_pruning_prune(
+    teacher: ConformerCTC,
+    target: float,
+    metric: Literal["params", "macs"],
+    tolerance: float = 0.005,
+    frames: int = 200,
+) -> ConformerCTC:
+    """Torch-Pruning at the global ratio whose pruned model is largest within `target`.
+
+    Args:
+        teacher: the model to prune (not modified).
+        target: absolute parameter count or MACs per second of audio to stay at or under.
+        metric: what `target` counts.
+        tolerance: stop the bisection once the cost is within this fraction under the target.
+        frames: length of the example input the dependency graph is traced with.
+
+    Raises:
+        ValueError: even the largest ratio Torch-Pruning accepts does not reach the target.
+    """
+    teacher = copy.deepcopy(teacher).cpu().float().eval()
+    lo, hi = 0.0, 1.0
+    best: ConformerCTC | None = None
+    for _ in range(12):  # whole heads and channels: 2^-12 resolves the finest step
+        mid = (lo + hi) / 2
+        pruned = _prune_once(teacher, mid, frames)
+        cost = _cost(pruned, metric)
+        if cost <= target:
+            hi, best = mid, pruned
+            if cost >= (1 - tolerance) * target:
+                break
+        else:
+            lo = mid
+    if best is None:
+        raise ValueError(
+            f"Torch-Pruning cannot bring the model to {target:,.0f} {metric} with d_model and the "
+            "front end kept; pick a larger target"
+        )
+    return best
