@@ -6,8 +6,12 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv libsndfile1 espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
+# NeMo itself, only for `make test-nemo` (imported models compared with NeMo); torch is pinned to
+# the project's version, which also keeps pip from pulling a second, CUDA-sized torch
+NEMO_VENV ?= .venv-nemo
+NEMO_STAMP := $(NEMO_VENV)/.installed
 
-.PHONY: setup demo test lint typecheck
+.PHONY: setup demo test test-nemo lint typecheck
 
 $(STAMP): pyproject.toml
 	$(SUDO) apt-get update
@@ -31,3 +35,11 @@ typecheck: setup
 
 test: lint typecheck
 	$(VENV)/bin/pytest
+
+$(NEMO_STAMP):
+	python3 -m venv $(NEMO_VENV)
+	$(NEMO_VENV)/bin/python -m pip install torch==2.13.0 'nemo_toolkit[asr]==3.0.0'
+	touch $@
+
+test-nemo: setup $(NEMO_STAMP)
+	NEMO_PYTHON=$(abspath $(NEMO_VENV))/bin/python $(VENV)/bin/pytest -m nemo

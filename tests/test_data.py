@@ -133,6 +133,19 @@ def test_unknown_character_names_the_utterance(tmp_path: Path) -> None:
         SpeechDataset(read_librispeech(root), tok, LogMelFeatures(FeatureConfig()))
 
 
+def test_transcripts_fold_to_a_one_case_tokenizer_and_scoring_ignores_case() -> None:
+    from conformer_prune.evaluate.metrics import error_rates
+
+    lower = Tokenizer.train(["hello world", "it's a cat"], TokenizerConfig(vocab_size=16))
+    assert lower.case == "lower" and lower.encode("HELLO CAT") == lower.encode("hello cat")
+    mixed = Tokenizer.train(["Hello World", "it's a Cat"], TokenizerConfig(vocab_size=16))
+    assert mixed.case is None
+    with pytest.raises(TokenizerError, match="'D'"):  # no folding: D only occurs in lower case
+        mixed.encode("HELLO WORLD")
+    assert error_rates(["HELLO WORLD"], ["hello world"]) == {"wer": 0.0, "cer": 0.0}
+    assert error_rates(["HELLO WORLD"], ["hello word"])["wer"] == 0.5
+
+
 def test_bucketed_batches_cover_everything_within_budget() -> None:
     lengths = [100, 900, 300, 310, 50, 700, 120, 880]
     sampler = BucketBatchSampler(lengths, max_frames=1000, seed=3)

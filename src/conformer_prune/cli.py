@@ -8,6 +8,8 @@ Usage:
     conformer-prune transcribe runs/teacher/model.pt corpus/test/*/*/*.flac
     conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test
     conformer-prune transcribe --onnx pruned.onnx corpus/test/*/*/*.flac   # no PyTorch needed
+    conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt
+    torchrun --nproc_per_node 8 -m conformer_prune.cli prune ...   # train and prune: data-parallel
 
 Only the standard library and the config module are imported at start-up: each subcommand imports
 what it needs, so that `transcribe --onnx` runs where PyTorch is not installed.
@@ -142,6 +144,19 @@ def cmd_export(args: argparse.Namespace) -> None:
         teacher=Path(args.teacher) if args.teacher else None,
     )
     print(json.dumps(report, indent=2))
+
+
+def cmd_import_nemo(args: argparse.Namespace) -> None:
+    from conformer_prune.evaluate.metrics import count_params
+    from conformer_prune.model.nemo import import_nemo
+
+    rec = import_nemo(Path(args.nemo), Path(args.out))
+    cfg = rec.model.config
+    print(
+        f"{args.out}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.heads[0]} heads, "
+        f"vocabulary {cfg.vocab_size} + blank, {count_params(rec.model):,} parameters "
+        f"(from {args.nemo}, NeMo {rec.meta['source']['nemo_version'] or 'version unknown'})"
+    )
 
 
 def _number(value: float) -> str:
@@ -373,6 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
     p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
+
+    p = add(
+        "import-nemo",
+        cmd_import_nemo,
+        "Convert a NeMo Conformer-CTC model (.nemo, EncDecCTCModelBPE) into a checkpoint.",
+        "conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt",
+    )
+    p.add_argument("nemo", help="the .nemo file")
+    p.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
 
     p = add(
         "prune",

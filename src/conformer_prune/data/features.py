@@ -5,7 +5,8 @@ frames (25 ms window, 10 ms hop). The same module serves training, evaluation, t
 the export checks, so features never drift between them. Its steps follow NeMo's
 `FilterbankFeatures` (pre-emphasis, centred STFT with zero padding, power spectrum, Slaney mel
 filters, log with a small guard, per-utterance per-bin normalisation) so that imported NeMo models
-see the features they were trained on.
+see the features they were trained on; the few places where NeMo's settings differ from ours are
+options (`frame_count`, `log_guard_type`, `pad_to`) whose defaults keep our own behaviour.
 
 Padding never leaks into real frames: the waveform is zeroed past each length after pre-emphasis,
 and statistics are taken over real frames only, so a batch gives the same frames as one-by-one.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["FeatureConfig", "LogMelFeatures", "SpecAugment", "SpecAugmentConfig", "mel_filterbank"]
@@ -37,6 +39,13 @@ class FeatureConfig:
         log_guard: added to the mel power before the log (NeMo: 2**-24).
         normalize: "per_feature" standardises each mel bin over an utterance's real frames.
         dither: Gaussian noise amplitude added in training only.
+        frame_count: which STFT frames of N samples count as real: "stft" all N // hop_length + 1
+            centred frames; "nemo" NeMo's (N + 2 * (n_fft // 2) - n_fft) // hop_length
+            (`FilterbankFeatures.get_seq_len`, N // hop_length for an even n_fft), which leaves the
+            last frame out of the normalisation statistics and zeroes it.
+        log_guard_type: "add" takes log(mel + log_guard), "clamp" log(max(mel, log_guard)).
+        pad_to: pad the frame axis with zeros to a multiple of this (0: no padding), as NeMo's
+            `pad_to`; lengths are unchanged.
     """
 
     sample_rate: int = 16000
@@ -48,6 +57,13 @@ class FeatureConfig:
     log_guard: float = 2.0**-24
     normalize: Literal["per_feature", "none"] = "per_feature"
     dither: float = 0.0
+    frame_count: Literal["stft", "nemo"] = "stft"
+    log_guard_type: Literal["add", "clamp"] = "add"
+    pad_to: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pad_to < 0:
+            raise ValueError(f"pad_to must be 0 (no padding) or positive, found {self.pad_to}")
 
 
 def _hz_to_mel(freq: Tensor) -> Tensor:
@@ -94,7 +110,8 @@ class LogMelFeatures(nn.Module):
 
     Shapes:
         waveforms (B, N) float, lengths (B,) samples -> features (B, T, n_mels), lengths (B,)
-        with T = N // hop_length + 1 and each length = samples // hop_length + 1.
+        with T = N // hop_length + 1 (rounded up to a multiple of `pad_to`) and each length
+        = samples // hop_length + 1 (see `FeatureConfig.frame_count` for NeMo's count).
     """
 
     def __init__(self, config: FeatureConfig) -> None:
@@ -110,7 +127,11 @@ class LogMelFeatures(nn.Module):
         self.register_buffer("fbank", fbank, persistent=False)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
-        return torch.div(lengths, self.config.hop_length, rounding_mode="floor") + 1
+        cfg = self.config
+        if cfg.frame_count == "nemo":
+            padded = lengths + 2 * (cfg.n_fft // 2) - cfg.n_fft
+            return torch.div(padded, cfg.hop_length, rounding_mode="floor")
+        return torch.div(lengths, cfg.hop_length, rounding_mode="floor") + 1
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
@@ -136,12 +157,17 @@ class LogMelFeatures(nn.Module):
         )  # (B, n_freqs, T)
         power = spec.real.pow(2) + spec.imag.pow(2)
         mel = torch.matmul(self.fbank, power)  # (B, n_mels, T)
-        feats = torch.log(mel + cfg.log_guard)
+        if cfg.log_guard_type == "clamp":
+            feats = torch.log(torch.clamp(mel, min=cfg.log_guard))
+        else:
+            feats = torch.log(mel + cfg.log_guard)
         out_lengths = self.output_lengths(lengths)
         frame_mask = torch.arange(feats.shape[-1], device=x.device)[None, :] < out_lengths[:, None]
         if cfg.normalize == "per_feature":
             feats = _normalize_per_feature(feats, frame_mask, out_lengths)
         feats = feats.masked_fill(~frame_mask[:, None, :], 0.0)
+        if cfg.pad_to > 0:
+            feats = F.pad(feats, (0, (-feats.shape[-1]) % cfg.pad_to))
         return feats.transpose(1, 2), out_lengths  # (B, T, n_mels)
 
 

@@ -31,7 +31,8 @@ class Tokenizer:
     """A SentencePiece model with an unknown-character check.
 
     Piece 0 is `<unk>`; no BOS/EOS/PAD pieces. Encoding a text with a character outside the
-    training alphabet raises `TokenizerError` instead of silently emitting `<unk>`.
+    training alphabet raises `TokenizerError` instead of silently emitting `<unk>`. When the
+    alphabet has letters of one case only, text is folded to that case first.
     """
 
     def __init__(self, model_proto: bytes) -> None:
@@ -44,6 +45,11 @@ class Tokenizer:
             for ch in self._sp.id_to_piece(i)
         }
         self.alphabet.discard("▁")  # SentencePiece's word-boundary marker stands for a space
+        # transcripts are folded to a one-case tokenizer's case: NeMo's English models are
+        # lower-case, LibriSpeech transcripts upper-case
+        lower = any(ch.islower() for ch in self.alphabet)
+        upper = any(ch.isupper() for ch in self.alphabet)
+        self.case: str | None = "lower" if lower and not upper else "upper" if upper and not lower else None
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
@@ -81,6 +87,7 @@ class Tokenizer:
         """Token ids of `text`; `where` names the utterance in errors."""
         if not text.strip():
             raise TokenizerError(f"{where}: empty transcript; expected at least one word")
+        text = text.lower() if self.case == "lower" else text.upper() if self.case == "upper" else text
         unknown = sorted({ch for ch in text if ch != " " and ch not in self.alphabet})
         if unknown:
             raise TokenizerError(

@@ -31,11 +31,14 @@ FRAMES_PER_SECOND = 100  # 10 ms hop
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
-    """Corpus-level WER and CER (fractions) with `jiwer`; an empty hypothesis counts as deletions."""
+    """Corpus-level WER and CER (fractions) with `jiwer`, case-insensitive (a lower-case model such
+    as NeMo's English ones against LibriSpeech's upper-case transcripts); an empty hypothesis
+    counts as deletions."""
     if len(refs) != len(hyps) or not refs:
         raise ValueError(
             f"expected as many hypotheses as references (at least one), found {len(hyps)} and {len(refs)}"
         )
+    refs, hyps = [r.upper() for r in refs], [h.upper() for h in hyps]
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 

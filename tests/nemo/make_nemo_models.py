@@ -1,0 +1,252 @@
+"""Write small random-weight NeMo Conformer-CTC models and NeMo's own outputs for them.
+
+Usage:
+    .venv-nemo/bin/python tests/nemo/make_nemo_models.py --out /tmp/nemo-models
+
+Runs inside NeMo's virtual environment (``make test-nemo`` creates it), never in the project's: it
+imports nemo_toolkit, which conformer-prune does not depend on. For every combination of
+`untie_biases` and `xscaling` it builds an `EncDecCTCModelBPE` on the CPU (striding subsampling,
+relative-position attention, BatchNorm in the convolution module, a SentencePiece tokenizer trained
+here), randomises every parameter, the BatchNorm running statistics and the position biases, and
+writes
+
+    OUT/<variant>.nemo   the model, saved with NeMo's `save_to`
+    OUT/<variant>.npz    waveforms and NeMo's outputs for them, in eval mode with dither 0:
+                         features and their lengths (preprocessor), encoder output and lengths,
+                         CTC log-probabilities
+    OUT/<variant>.json   greedy transcripts, NeMo's version and the variant's settings
+
+`tests/nemo/test_nemo_import.py` imports each .nemo file with conformer-prune and compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nemo
+import numpy as np
+import sentencepiece as spm
+import torch
+from nemo.collections.asr.models import EncDecCTCModelBPE
+from nemo.utils import logging as nemo_logging
+from omegaconf import OmegaConf
+
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog",
+    "a small model of speech recognition",
+    "pruning keeps the heads that matter",
+    "she sells sea shells by the sea shore",
+    "every layer has its own width after pruning",
+    "convolution attention and feed forward modules",
+]
+
+# The four combinations of untie_biases and xscaling; the sizes and a few other settings vary
+# too (NeMo's recipes use pad_to 0 and 16; use_bias false has no bias in the layers).
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "untied-xscale": {
+        "encoder": {"untie_biases": True, "xscaling": True, "d_model": 96, "n_heads": 4},
+        "preprocessor": {"pad_to": 0},
+    },
+    "untied-noxscale": {
+        "encoder": {"untie_biases": True, "xscaling": False, "d_model": 64, "n_heads": 2},
+        "preprocessor": {"pad_to": 16, "log_zero_guard_type": "clamp"},
+    },
+    "tied-xscale": {
+        "encoder": {"untie_biases": False, "xscaling": True, "d_model": 64, "n_heads": 4},
+        "preprocessor": {"pad_to": 16},
+    },
+    "tied-noxscale": {
+        "encoder": {
+            "untie_biases": False,
+            "xscaling": False,
+            "d_model": 96,
+            "n_heads": 2,
+            "conv_kernel_size": 31,
+            "subsampling_conv_channels": -1,
+            "use_bias": False,
+        },
+        "preprocessor": {"pad_to": 0},
+    },
+}
+
+SAMPLE_RATE = 16000
+WAVE_SAMPLES = (27_713, 16_000, 9_120)  # unequal lengths, so the batch carries padding
+
+
+def train_tokenizer(directory: Path) -> None:
+    """A 40-piece BPE SentencePiece model in `directory`, laid out as NeMo's
+    scripts/tokenizers/process_asr_text_tokenizer.py leaves it (tokenizer.model, tokenizer.vocab,
+    vocab.txt)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 4),
+        model_prefix=str(directory / "tokenizer"),
+        vocab_size=40,
+        model_type="bpe",
+        character_coverage=1.0,
+        bos_id=-1,
+        eos_id=-1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    (directory / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+
+
+def model_config(tokenizer_dir: Path, variant: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An EncDecCTCModelBPE config as NeMo's conformer_ctc_bpe.yaml lays it out, small."""
+    cfg: dict[str, Any] = {
+        "sample_rate": SAMPLE_RATE,
+        "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": SAMPLE_RATE,
+            "normalize": "per_feature",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": 80,
+            "n_fft": 512,
+            "log": True,
+            "frame_splicing": 1,
+            "dither": 0.00001,
+            "pad_to": 0,
+            "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 80,
+            "feat_out": -1,
+            "n_layers": 3,
+            "d_model": 64,
+            "subsampling": "striding",
+            "subsampling_factor": 4,
+            "subsampling_conv_channels": 48,
+            "causal_downsampling": False,
+            "ff_expansion_factor": 4,
+            "self_attention_model": "rel_pos",
+            "n_heads": 4,
+            "att_context_size": [-1, -1],
+            "att_context_style": "regular",
+            "xscaling": True,
+            "untie_biases": True,
+            "pos_emb_max_len": 5000,
+            "conv_kernel_size": 15,
+            "conv_norm_type": "batch_norm",
+            "conv_context_size": None,
+            "dropout": 0.1,
+            "dropout_pre_encoder": 0.1,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
+            "feat_in": None,
+            "num_classes": -1,
+            "vocabulary": [],
+        },
+    }
+    for section, overrides in variant.items():
+        cfg[section].update(overrides)
+    cfg["decoder"]["feat_in"] = cfg["encoder"]["d_model"]
+    return cfg
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+    """Random weights of a realistic scale, non-trivial BatchNorm statistics and position biases,
+    and a blank that does not win every frame, so that transcripts are not empty."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a tied bias is listed once, under layer 0
+            if name.endswith(("pos_bias_u", "pos_bias_v")):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            elif p.dim() > 1:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+        head = model.decoder.decoder_layers[0].bias
+        head[-1] -= 1.0  # the blank
+        head[0] -= 3.0  # <unk>
+
+
+def waveforms(seed: int) -> list[np.ndarray]:
+    """Speech-like test signals: harmonic tones with a moving pitch, amplitude bursts and noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in WAVE_SAMPLES:
+        t = np.arange(n) / SAMPLE_RATE
+        pitch = 120 + 60 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+        phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.1 * t + rng.uniform(0, 6)) ** 2
+        x = 0.1 * envelope * voiced + 0.01 * rng.standard_normal(n)
+        out.append(x.astype(np.float32))
+    return out
+
+
+@torch.no_grad()
+def reference(model: torch.nn.Module, waves: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """NeMo's outputs for one padded batch of `waves` in eval mode with dither 0."""
+    model.eval()
+    model.preprocessor.featurizer.dither = 0.0
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    feats, feat_lengths = model.preprocessor(input_signal=batch, length=lengths)
+    encoded, enc_lengths = model.encoder(audio_signal=feats, length=feat_lengths)
+    log_probs = model.decoder(encoder_output=encoded)
+    hyps = model.decoding.ctc_decoder_predictions_tensor(log_probs, decoder_lengths=enc_lengths)
+    texts = [h.text for h in hyps]
+    arrays = {
+        "waveforms": batch.numpy(),
+        "waveform_lengths": lengths.numpy(),
+        "features": feats.numpy(),  # (B, n_mels, T)
+        "feature_lengths": feat_lengths.numpy(),
+        "encoded": encoded.numpy(),  # (B, d_model, T')
+        "encoded_lengths": enc_lengths.numpy(),
+        "log_probs": log_probs.numpy(),  # (B, T', vocab + 1)
+    }
+    return arrays, texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args()
+    nemo_logging.setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    waves = waveforms(seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_dir = Path(tmp) / "tokenizer"
+        train_tokenizer(tokenizer_dir)
+        for seed, (name, variant) in enumerate(VARIANTS.items()):
+            cfg = OmegaConf.create(model_config(tokenizer_dir, variant))
+            model = EncDecCTCModelBPE(cfg=cfg).cpu()
+            randomise(model, seed)
+            model.save_to(str(out / f"{name}.nemo"))
+            arrays, texts = reference(model, waves)
+            np.savez(out / f"{name}.npz", **arrays)
+            meta = {"nemo_version": nemo.__version__, "settings": variant, "transcripts": texts}
+            (out / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+            print(f"{name}: {texts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Importing .nemo archives without NeMo installed: archives written here from our own models.
+
+The comparison with NeMo itself is in tests/nemo (``make test-nemo``). Here: the name and shape
+mapping round-trips exactly (tied and untied position biases, no biases, gzip), the NeMo front-end
+options keep batched equal to one-by-one and export to ONNX, and every unsupported variant is a
+ValueError that names the key and its value.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conformer_prune.cli import main
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
+from conformer_prune.export import export_onnx, verify_onnx
+from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
+from conformer_prune.model.nemo import import_nemo, recognizer_from_nemo
+
+TOKENIZER_NAME = "5f1e0c2a9b_tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.train(["HELLO WORLD", "A CAT SAT ON THE MAT"], TokenizerConfig(vocab_size=20))
+
+
+def _config(tokenizer: Tokenizer, untie_biases: bool = True, use_bias: bool = True) -> dict[str, Any]:
+    """A small EncDecCTCModelBPE model_config.yaml, laid out as NeMo writes it."""
+    return {
+        "sample_rate": 16000,
+        "tokenizer": {"dir": "/tmp/tok", "type": "bpe", "model_path": f"nemo:{TOKENIZER_NAME}"},
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": 16000,
+            "normalize": "per_feature",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": 80,
+            "n_fft": 512,
+            "log": True,
+            "frame_splicing": 1,
+            "dither": 1e-05,
+            "pad_to": 16,
+            "pad_value": 0.0,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": 80,
+            "feat_out": -1,
+            "n_layers": 2,
+            "d_model": 16,
+            "subsampling": "striding",
+            "subsampling_factor": 4,
+            "subsampling_conv_channels": 8,
+            "ff_expansion_factor": 4,
+            "self_attention_model": "rel_pos",
+            "n_heads": 2,
+            "att_context_size": [-1, -1],
+            "xscaling": True,
+            "untie_biases": untie_biases,
+            "conv_kernel_size": 7,
+            "conv_norm_type": "batch_norm",
+            "conv_context_size": None,
+            "use_bias": use_bias,
+            "dropout": 0.1,
+            "dropout_pre_encoder": 0.1,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
+            "feat_in": 16,
+            "num_classes": tokenizer.vocab_size,
+            "vocabulary": tokenizer.pieces,
+        },
+        "target": "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE",
+        "nemo_version": "3.0.0",
+    }
+
+
+def _is_layer_bias(name: str) -> bool:
+    """A bias of a Linear or Conv1d inside a block: what NeMo's use_bias: false leaves out."""
+    return name.startswith("encoder.layers.") and name.endswith(".bias") and "norm" not in name
+
+
+def _source_model(tokenizer: Tokenizer, untie_biases: bool, use_bias: bool) -> ConformerCTC:
+    """Our model with the shape the config above describes, and what the NeMo model would hold:
+    one position bias pair for all layers when tied, zero layer biases without use_bias."""
+    torch.manual_seed(0)
+    cfg = ConformerConfig.create(
+        vocab_size=tokenizer.vocab_size,
+        d_model=16,
+        n_layers=2,
+        head_dim=8,
+        heads=2,
+        ffn1=64,
+        ffn2=64,
+        conv_channels=16,
+        conv_kernel=7,
+        subsampling_channels=[8, 8],
+        dropout=0.1,
+        dropout_att=0.1,
+    )
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not untie_biases and "pos_bias" in name:
+                p.copy_(model.encoder.layers[0].self_attn.get_parameter(name.rsplit(".", 1)[-1]))
+            if not use_bias and _is_layer_bias(name):
+                p.zero_()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _nemo_state_dict(model: ConformerCTC, use_bias: bool) -> dict[str, torch.Tensor]:
+    """`model`'s weights under NeMo's names (the CTC head is a kernel-1 Conv1d there)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if not use_bias and _is_layer_bias(key):
+            continue
+        if key.startswith("decoder."):
+            key = "decoder.decoder_layers.0." + key.removeprefix("decoder.")
+            value = value.unsqueeze(-1) if value.dim() == 2 else value
+        out[key] = value.clone()
+    features = LogMelFeatures(FeatureConfig())
+    out["preprocessor.featurizer.window"] = features.window.clone()
+    out["preprocessor.featurizer.fb"] = features.fbank[None].clone()
+    return out
+
+
+def _write_nemo(
+    path: Path,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    compression: str = "",
+) -> Path:
+    weights = io.BytesIO()
+    torch.save(state_dict, weights)
+    files = {
+        "model_config.yaml": yaml.safe_dump(config, allow_unicode=True).encode(),
+        "model_weights.ckpt": weights.getvalue(),
+        TOKENIZER_NAME: tokenizer.to_bytes(),
+    }
+    with tarfile.open(path, f"w:{compression}") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _archive(
+    tmp_path: Path, tokenizer: Tokenizer, untie_biases: bool = True, use_bias: bool = True, **kwargs: Any
+) -> tuple[Path, ConformerCTC]:
+    model = _source_model(tokenizer, untie_biases, use_bias)
+    config = _config(tokenizer, untie_biases, use_bias)
+    path = _write_nemo(tmp_path / "m.nemo", config, _nemo_state_dict(model, use_bias), tokenizer, **kwargs)
+    return path, model
+
+
+@pytest.mark.parametrize(
+    ("untie_biases", "use_bias", "compression"),
+    [(True, True, ""), (False, True, "gz"), (True, False, "")],
+    ids=["untied", "tied-gzip", "no-bias"],
+)
+def test_import_round_trips_our_weights_exactly(
+    tokenizer: Tokenizer, tmp_path: Path, untie_biases: bool, use_bias: bool, compression: str
+) -> None:
+    path, source = _archive(tmp_path, tokenizer, untie_biases, use_bias, compression=compression)
+    import_nemo(path, tmp_path / "teacher.pt")
+    rec = load_recognizer(tmp_path / "teacher.pt")  # strict, like every checkpoint
+    assert rec.model.config == source.config
+    for key, value in source.state_dict().items():
+        assert torch.equal(rec.model.state_dict()[key], value), key
+    assert rec.model.blank == tokenizer.vocab_size  # NeMo's blank is last as well
+    assert rec.tokenizer.to_bytes() == tokenizer.to_bytes()
+    assert rec.features.config == FeatureConfig(dither=1e-5, frame_count="nemo", pad_to=16)
+    assert rec.meta["source"] == {
+        "format": "nemo",
+        "file": "m.nemo",
+        "nemo_version": "3.0.0",
+        "model_class": "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE",
+    }
+
+
+def test_nemo_front_end_options_batched_equals_single() -> None:
+    cfg = FeatureConfig(frame_count="nemo", pad_to=16, log_guard_type="clamp")
+    feats = LogMelFeatures(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    a, b = 0.1 * torch.randn(16000, generator=gen), 0.1 * torch.randn(7000, generator=gen)
+    batch = torch.nn.utils.rnn.pad_sequence([a, b], batch_first=True)
+    out, lengths = feats(batch, torch.tensor([16000, 7000]))
+    assert lengths.tolist() == [100, 43]  # NeMo's N // hop, one frame fewer than ours
+    assert out.shape == (2, 112, 80)  # 101 STFT frames padded to a multiple of 16
+    single, single_lengths = feats(b[None], torch.tensor([7000]))
+    assert single.shape == (1, 48, 80) and single_lengths.tolist() == [43]
+    torch.testing.assert_close(out[1, :43], single[0, :43], atol=1e-4, rtol=1e-4)
+    assert torch.all(out[0, 100:] == 0) and torch.all(out[1, 43:] == 0)
+
+
+def test_imported_model_exports_to_onnx(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    path, _ = _archive(tmp_path, tokenizer, untie_biases=False)
+    rec = recognizer_from_nemo(path)
+    onnx_path = export_onnx(rec, tmp_path / "m.onnx", example_seconds=1.0)
+    gen = np.random.default_rng(0)
+    check = verify_onnx(
+        rec, onnx_path, [0.1 * gen.standard_normal(n).astype(np.float32) for n in (9000, 5000)]
+    )
+    assert check.passed(1e-4), check
+
+
+def _edited(config: dict[str, Any], section: str | None, key: str, value: Any) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    (config[section] if section else config)[key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("encoder", "subsampling", "dw_striding"),
+        ("encoder", "subsampling", "vggnet"),
+        ("encoder", "subsampling_factor", 8),
+        ("encoder", "conv_norm_type", "layer_norm"),
+        ("encoder", "self_attention_model", "abs_pos"),
+        ("encoder", "causal_downsampling", True),
+        ("encoder", "conv_context_size", "causal"),
+        ("encoder", "att_context_size", [70, 13]),
+        ("encoder", "feat_out", 32),
+        ("preprocessor", "window", "hamming"),
+        ("preprocessor", "normalize", "all_features"),
+        ("preprocessor", "exact_pad", True),
+        ("preprocessor", "frame_splicing", 3),
+        ("preprocessor", "mag_power", 1.0),
+        ("preprocessor", "pad_to", "max"),
+        ("preprocessor", "lowfreq", 20),
+        ("decoder", "_target_", "nemo.collections.asr.modules.ConvASRDecoderClassification"),
+        ("encoder", "_target_", "nemo.collections.asr.modules.SqueezeformerEncoder"),
+        ("tokenizer", "type", "wpe"),
+        (None, "target", "nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel"),
+    ],
+)
+def test_unsupported_variant_names_key_and_value(
+    tokenizer: Tokenizer, tmp_path: Path, section: str | None, key: str, value: Any
+) -> None:
+    model = _source_model(tokenizer, True, True)
+    config = _edited(_config(tokenizer), section, key, value)
+    path = _write_nemo(tmp_path / "m.nemo", config, _nemo_state_dict(model, True), tokenizer)
+    with pytest.raises(ValueError) as err:
+        recognizer_from_nemo(path)
+    message = str(err.value)
+    assert f"{key} = {value!r} is not supported; conformer-prune imports" in message
+
+
+def test_unsupported_variant_is_a_clear_cli_error(
+    tokenizer: Tokenizer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _source_model(tokenizer, True, True)
+    config = _edited(_config(tokenizer), "encoder", "conv_norm_type", "layer_norm")
+    path = _write_nemo(tmp_path / "m.nemo", config, _nemo_state_dict(model, True), tokenizer)
+    assert main(["import-nemo", str(path), "--out", str(tmp_path / "t.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "conv_norm_type = 'layer_norm' is not supported" in err and "batch_norm" in err
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_unknown_keys_extra_weights_and_bad_files_are_clear_errors(
+    tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    model = _source_model(tokenizer, True, True)
+    weights = _nemo_state_dict(model, True)
+    config = _edited(_config(tokenizer), "encoder", "chunk_mode", "wavelet")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['chunk_mode'\]"):
+        recognizer_from_nemo(_write_nemo(tmp_path / "a.nemo", config, weights, tokenizer))
+    adapters = {**weights, "encoder.layers.0.adapter_layer.linear.weight": torch.zeros(4, 16)}
+    with pytest.raises(ValueError, match="adapters"):
+        recognizer_from_nemo(_write_nemo(tmp_path / "b.nemo", _config(tokenizer), adapters, tokenizer))
+    config = _edited(_config(tokenizer), "decoder", "num_classes", tokenizer.vocab_size + 1)
+    with pytest.raises(ValueError, match="blank index"):
+        recognizer_from_nemo(_write_nemo(tmp_path / "c.nemo", config, weights, tokenizer))
+    (tmp_path / "d.nemo").write_bytes(b"not a tar archive")
+    with pytest.raises(ValueError, match=r"not a \.nemo archive"):
+        recognizer_from_nemo(tmp_path / "d.nemo")
+    with pytest.raises(FileNotFoundError):
+        recognizer_from_nemo(tmp_path / "missing.nemo")
