@@ -63,6 +63,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from conformer_prune.config import load_config
     from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.distributed import is_main_process
     from conformer_prune.train import TrainConfig, run_training
 
     config = recipe_path(args.config) if args.config else None
@@ -70,7 +71,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = Path(args.out) / "config.yaml"  # continue with the run's own resolved config
     cfg = load_config(TrainConfig, config, args.set)
     best = run_training(cfg, read_corpus(args.data), read_corpus(args.dev), args.out, resume=args.resume)
-    print(f"best model: {best}")
+    if is_main_process():
+        print(f"best model: {best}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -195,6 +197,7 @@ def prune_and_report(
     """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
     and write eval.json, layers.md and layers.png into `out`."""
     from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.distributed import is_main_process
     from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
     from conformer_prune.model import load_recognizer
     from conformer_prune.prune.report import layers_markdown, plot_layers
@@ -204,6 +207,8 @@ def prune_and_report(
     start = time.perf_counter()
     result = run_pruning(cfg, teacher, read_corpus(train), read_corpus(dev), out, resume=resume)
     prune_seconds = time.perf_counter() - start
+    if not is_main_process():  # under torchrun, rank 0 evaluates and reports alone
+        return {}
     teacher_rec = load_recognizer(teacher)
     teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
     pruned_rec = load_recognizer(result.model_path)

@@ -14,6 +14,13 @@ the optimizer with all three parameter groups, the scheduler and the stage):
    (within one unit), then frozen;
 3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues;
 4. physical pruning: the compact model is written to ``model.pt``.
+
+Launched by torchrun, every process trains on its share of each step's batches with DDP over the
+student (gate logits included), the projections and the multipliers, and rank 0 validates and
+writes the run directory (see `conformer_prune.distributed`):
+
+    torchrun --nproc_per_node 8 -m conformer_prune.cli prune --teacher runs/teacher/model.pt \
+        --data corpus/train --dev corpus/dev --target-params 0.5 --out runs/pruned-50
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from conformer_prune.data.corpus import Utterance
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.features import SpecAugment
 from conformer_prune.distill.layerwise import LayerwiseDistiller
+from conformer_prune.distributed import Distributed, launch
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_recognizer
 from conformer_prune.model.conformer import build_model
 from conformer_prune.prune.budget import Lagrangian, target_sparsity
@@ -99,8 +107,21 @@ def run_pruning(
     out_dir: str | Path,
     resume: bool = False,
 ) -> PruneResult:
-    """Prune the teacher at `teacher_path` to `cfg`'s target; returns the compact model's path."""
-    out = Path(out_dir)
+    """Prune the teacher at `teacher_path` to `cfg`'s target; returns the compact model's path.
+    Under torchrun, every process trains its share of each step and rank 0 writes the run."""
+    with launch(resolve_device(cfg.device)) as dist:
+        return _prune(cfg, teacher_path, train_utts, dev_utts, Path(out_dir), resume, dist)
+
+
+def _prune(
+    cfg: PruneConfig,
+    teacher_path: str | Path,
+    train_utts: list[Utterance],
+    dev_utts: list[Utterance],
+    out: Path,
+    resume: bool,
+    dist: Distributed,
+) -> PruneResult:
     state_path = out / "prune_state.pt"
     if state_path.exists() and not resume:
         raise FileExistsError(
@@ -109,8 +130,9 @@ def run_pruning(
     if resume and not state_path.exists():
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "prune_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    device = resolve_device(cfg.device)
+    if dist.is_main:
+        atomic_write_text(out / "prune_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    device = dist.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -147,7 +169,14 @@ def run_pruning(
         _freeze(gates, target_abs, cfg, out, magnitude_masks(gates, target_abs, cfg.metric))
 
     data = make_data(
-        train_utts, dev_utts, teacher_rec.tokenizer, teacher_rec.features, cfg.max_frames, cfg.seed
+        train_utts,
+        dev_utts,
+        teacher_rec.tokenizer,
+        teacher_rec.features,
+        cfg.max_frames,
+        cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     weights = [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
     optimizer = make_prune_optimizer(weights, gates.log_alphas(), lagrangian, cfg)
@@ -195,17 +224,21 @@ def run_pruning(
         step += 1
         return loss, parts
 
+    # the multipliers and frozen gates get no gradient in some steps, hence find_unused
+    step_loss = dist.wrap(
+        {"student": student, "distiller": distiller, "lagrangian": lagrangian}, loss_fn, find_unused=True
+    )
     rec = Recognizer(student, teacher_rec.features, teacher_rec.tokenizer)
     for epoch in range(start_epoch, total_epochs):
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
             _freeze(gates, target_abs, cfg, out)
-        seed_epoch(cfg.seed, epoch, data.sampler, specaug_gen)
+        seed_epoch(cfg.seed, epoch, data.sampler, specaug_gen, dist.rank)
         student.train()
         specaug.train()
         t0 = time.perf_counter()
         stats = train_one_epoch(
-            loss_fn,
+            step_loss,
             weights,
             data.loader,
             optimizer,
@@ -215,8 +248,11 @@ def run_pruning(
             cfg.grad_clip,
             desc=f"{stage} {epoch + 1}/{total_epochs}",
             total=steps_per_epoch,
+            dist=dist,
         )
         train_seconds = time.perf_counter() - t0
+        if not dist.is_main:  # the others wait for rank 0 in their next step
+            continue
         student.eval()
         dev = validate(rec, data.dev, device)
         elapsed += time.perf_counter() - t0
@@ -254,14 +290,15 @@ def run_pruning(
     pruned = physically_prune(student, masks)
     pruned_cost = conformer_cost(pruned.config, dense_counts(pruned.config))
     model_path = out / "model.pt"
-    save_recognizer(
-        model_path,
-        Recognizer(pruned, teacher_rec.features, teacher_rec.tokenizer),
-        teacher=str(teacher_path),
-        teacher_params=int(as_float(teacher_cost.params)),
-        prune_config=to_dict(cfg),
-        masks={k: v.cpu().tolist() for k, v in masks.items()},
-    )
+    if dist.is_main:
+        save_recognizer(
+            model_path,
+            Recognizer(pruned, teacher_rec.features, teacher_rec.tokenizer),
+            teacher=str(teacher_path),
+            teacher_params=int(as_float(teacher_cost.params)),
+            prune_config=to_dict(cfg),
+            masks={k: v.cpu().tolist() for k, v in masks.items()},
+        )
     return PruneResult(model_path, masks, teacher_cost, pruned_cost)
 
 

@@ -8,6 +8,12 @@ A run directory holds ``config.yaml`` (resolved), ``train_state.pt`` (model, opt
 epoch; written atomically every epoch), ``model.pt`` (the best recognizer on dev so far) and
 ``log.jsonl`` (one line per epoch). Each epoch seeds batching, SpecAugment and dropout from
 ``seed + epoch``, so a run resumed at a boundary follows exactly the path of an uninterrupted one.
+
+Launched by torchrun, every process trains on its share of each step's batches with DDP, and rank 0
+validates and writes the run directory (see `conformer_prune.distributed`):
+
+    torchrun --nproc_per_node 8 -m conformer_prune.cli train --data corpus/train --dev corpus/dev \
+        --out runs/teacher --config teacher
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from conformer_prune.data.corpus import Utterance
 from conformer_prune.data.dataset import Batch, BucketBatchSampler, SpeechDataset, collate
 from conformer_prune.data.features import LogMelFeatures, SpecAugment
 from conformer_prune.data.tokenizer import Tokenizer
+from conformer_prune.distributed import SINGLE_PROCESS, Distributed, LossFn, is_main_process, launch
 from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
@@ -54,8 +61,6 @@ __all__ = [
     "validate",
 ]
 
-LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
-
 
 @dataclass
 class TrainData:
@@ -74,22 +79,41 @@ def make_data(
     max_frames: int,
     seed: int,
     cache: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainData:
+    """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list)."""
     train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache)
     dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, skip_too_short=False)
-    sampler = BucketBatchSampler(train_set.frames, max(max_frames, max(train_set.frames)), seed=seed)
+    sampler = BucketBatchSampler(
+        train_set.frames,
+        max(max_frames, max(train_set.frames)),
+        seed=seed,
+        num_replicas=world_size,
+        rank=rank,
+    )
+    if len(sampler) == 0:
+        raise ValueError(
+            f"the training set makes fewer batches of {max_frames} frames than the {world_size} "
+            "ranks; lower max_frames"
+        )
     return TrainData(sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=collate), dev_set)
 
 
-def seed_epoch(seed: int, epoch: int, sampler: BucketBatchSampler, generator: torch.Generator) -> None:
-    """Seed dropout, batching and augmentation of `epoch`, so a resumed run repeats it exactly."""
-    torch.manual_seed(seed * 100003 + epoch)
-    generator.manual_seed(seed * 100003 + epoch)
+def seed_epoch(
+    seed: int, epoch: int, sampler: BucketBatchSampler, generator: torch.Generator, rank: int = 0
+) -> None:
+    """Seed dropout, batching and augmentation of `epoch`, so a resumed run repeats it exactly.
+    Ranks draw their own dropout and SpecAugment masks (rank 0 those of a single process)."""
+    torch.manual_seed(seed * 100003 + epoch + (rank << 32))
+    generator.manual_seed(seed * 100003 + epoch + (rank << 32))
     sampler.set_epoch(epoch)
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
-    """Print an epoch's record and append it to a JSON-lines log."""
+    """Print an epoch's record and append it to a JSON-lines log (rank 0 only under torchrun)."""
+    if not is_main_process():
+        return
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
     with open(path, "a", encoding="utf-8") as log_file:
         log_file.write(json.dumps(record) + "\n")
@@ -152,27 +176,31 @@ def train_one_epoch(
     grad_clip: float,
     desc: str,
     total: int | None = None,
+    dist: Distributed = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """One pass; returns the mean of every logged loss part and the audio seconds seen."""
+    """One pass; returns the mean of every logged loss part and the audio seconds seen, over all
+    ranks. Each rank's loss is weighted by its share of the step's utterances (see
+    `conformer_prune.distributed`); in a single process the weight is 1."""
     sums: dict[str, float] = {}
     steps, audio_frames = 0, 0
-    bar = tqdm(loader, desc=desc, total=total, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(loader, desc=desc, total=total, dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
     for batch in bar:
         batch = batch.to(device)
         with autocast(device, precision):
             loss, parts = loss_fn(batch)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        share, all_finite = dist.batch_share(len(batch.indices), finite)
+        if not all_finite:
             dataset = getattr(loader, "dataset", None)
             names = (
                 [dataset.utts[i].utt_id for i in batch.indices.tolist()]
                 if isinstance(dataset, SpeechDataset)
                 else []
             )
-            raise FloatingPointError(
-                f"non-finite loss {float(loss)} on utterances {names or batch.indices.tolist()}"
-            )
+            where = f"utterances {names or batch.indices.tolist()}" if not finite else "another rank"
+            raise FloatingPointError(f"non-finite loss {float(loss)} on {where}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share).backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         scheduler.step()
@@ -181,8 +209,10 @@ def train_one_epoch(
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    means = {k: v / max(1, steps) for k, v in sums.items()}
-    return {**means, "steps": steps, "audio_seconds": audio_frames / 100.0}
+    totals = dist.sum({**sums, "audio_frames": float(audio_frames)})
+    audio_seconds = totals.pop("audio_frames") / 100.0
+    means = {k: v / max(1, steps * dist.world_size) for k, v in totals.items()}
+    return {**means, "steps": steps, "audio_seconds": audio_seconds}
 
 
 def validate(rec: Recognizer, dataset: SpeechDataset, device: torch.device) -> dict[str, float]:
@@ -197,8 +227,20 @@ def run_training(
     out_dir: str | Path,
     resume: bool = False,
 ) -> Path:
-    """Train a Conformer-CTC recognizer; returns the path of the best model (``model.pt``)."""
-    out = Path(out_dir)
+    """Train a Conformer-CTC recognizer; returns the path of the best model (``model.pt``).
+    Under torchrun, every process trains its share of each step and rank 0 writes the run."""
+    with launch(resolve_device(cfg.device)) as dist:
+        return _train(cfg, train_utts, dev_utts, Path(out_dir), resume, dist)
+
+
+def _train(
+    cfg: TrainConfig,
+    train_utts: list[Utterance],
+    dev_utts: list[Utterance],
+    out: Path,
+    resume: bool,
+    dist: Distributed,
+) -> Path:
     state_path = out / "train_state.pt"
     if state_path.exists() and not resume:
         raise FileExistsError(
@@ -207,22 +249,33 @@ def run_training(
     if resume and not state_path.exists():
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = dist.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
     state = torch.load(state_path, map_location="cpu", weights_only=True) if resume else None
-    tokenizer = (
-        Tokenizer(state["tokenizer"])
+    tokenizer = Tokenizer(  # trained on rank 0 only, so every rank has the same pieces
+        state["tokenizer"]
         if state
-        else Tokenizer.train((u.text for u in train_utts), cfg.tokenizer)
+        else dist.from_main(lambda: Tokenizer.train((u.text for u in train_utts), cfg.tokenizer).to_bytes())
     )
     cfg.model.vocab_size = tokenizer.vocab_size
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if dist.is_main:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     features = LogMelFeatures(cfg.features)
-    data = make_data(train_utts, dev_utts, tokenizer, features, cfg.max_frames, cfg.seed, cfg.cache_features)
+    data = make_data(
+        train_utts,
+        dev_utts,
+        tokenizer,
+        features,
+        cfg.max_frames,
+        cfg.seed,
+        cfg.cache_features,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
     sampler, loader, dev_set = data.sampler, data.loader, data.dev
 
     model = build_model(cfg.model).to(device)
@@ -245,18 +298,20 @@ def run_training(
         batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
         return ctc_loss(model, batch)
 
+    step_loss = dist.wrap({"model": model}, loss_fn)
     last_epoch_seconds = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         budget = cfg.time_budget_minutes * 60
-        if budget and elapsed + last_epoch_seconds > budget:
-            print(f"time budget of {cfg.time_budget_minutes} min reached after {epoch} epochs")
+        if budget and dist.agree(elapsed + last_epoch_seconds > budget):  # rank 0's clock decides
+            if dist.is_main:
+                print(f"time budget of {cfg.time_budget_minutes} min reached after {epoch} epochs")
             break
-        seed_epoch(cfg.seed, epoch, sampler, specaug_gen)
+        seed_epoch(cfg.seed, epoch, sampler, specaug_gen, dist.rank)
         model.train()
         specaug.train()
         t0 = time.perf_counter()
         stats = train_one_epoch(
-            loss_fn,
+            step_loss,
             list(model.parameters()),
             loader,
             optimizer,
@@ -266,8 +321,11 @@ def run_training(
             cfg.optim.grad_clip,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             total=len(sampler),
+            dist=dist,
         )
         train_seconds = time.perf_counter() - t0
+        if not dist.is_main:  # the others wait for rank 0 in their next step
+            continue
         model.eval()
         dev = validate(rec, dev_set, device)
         last_epoch_seconds = time.perf_counter() - t0
