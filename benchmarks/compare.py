@@ -95,6 +95,7 @@ def main() -> None:
     work = CACHE / ("compare-quick" if args.quick else "compare")
     evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
     reports: dict[tuple[str, float], dict[str, Any]] = {}
+    unreachable: dict[tuple[str, float], str] = {}
     selected = set(args.methods.split(","))
     if unknown := selected - set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
@@ -103,15 +104,27 @@ def main() -> None:
         if (run / "eval.json").exists():
             reports[(method, ratio)] = json.loads((run / "eval.json").read_text())
             continue
+        if (run / "unreachable.txt").exists():
+            unreachable[(method, ratio)] = (run / "unreachable.txt").read_text().strip()
+            continue
         if method not in selected:
             continue
         print(f"[{method} at {ratio:.0%}] {run}", flush=True)
         cfg = load_config(
             PruneConfig, recipe_path("prune"), overrides_for(method, ratio, teacher_epochs, args.quick)
         )
-        reports[(method, ratio)] = prune_and_report(
-            cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, (run / "prune_state.pt").exists()
-        )
+        try:
+            resume = (run / "prune_state.pt").exists()
+            reports[(method, ratio)] = prune_and_report(
+                cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, resume
+            )
+        except ValueError as err:  # a target the method cannot reach (torch-pruning at 30%)
+            if "pick a larger target" not in str(err):
+                raise
+            unreachable[(method, ratio)] = str(err)
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "unreachable.txt").write_text(f"{err}\n")
+            print(f"[{method} at {ratio:.0%}] cannot reach the target: {err}", flush=True)
 
     # every model's latency in one process, interleaved, so the column compares like with like
     names = ["teacher", *[f"{m}-{round(100 * r)}" for m, r in reports]]
@@ -131,7 +144,8 @@ def main() -> None:
     record = {
         "teacher": teacher_row,
         "results": results,
-        "not_run": [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in reports],
+        "not_run": [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in {*reports, *unreachable}],
+        "unreachable": {f"{m}-{round(100 * r)}": why for (m, r), why in unreachable.items()},
         "threads": 2,
         "commit": commit,
         "command": command_line(),
@@ -191,7 +205,8 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         ],
     )
     at_half = [r for r in record["results"] if r["target_params"] == 0.5]
-    best = min(at_half, key=lambda r: r["wer_test"])["method"] if at_half else "-"
+    lowest = min((r["wer_test"] for r in at_half), default=None)
+    best = " = ".join(r["method"] for r in at_half if r["wer_test"] == lowest) or "-"  # ties shown
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in (
         (axes[0], "params", "parameters"),
@@ -216,9 +231,11 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
     png = "compare.png"
     out = CACHE / "compare-quick" if quick else DOCS
     fig.savefig(out / png, dpi=120)
+    not_run = ", ".join(record["not_run"]) or "none"
+    cannot = "".join(f"Cannot reach its target: {k} ({why}). " for k, why in record["unreachable"].items())
     section = (
         "## Methods compared (`benchmarks/compare.py`)\n\n"
-        f"Lowest test WER at 50% parameters: **{best}**. Not run: {', '.join(record['not_run']) or 'none'}. "
+        f"Lowest test WER at 50% parameters: **{best}**. Not run: {not_run}. {cannot}"
         f"Every method trains 1 + 1 epochs after the teacher exists (`scratch`: the teacher's "
         f"epochs). Latency: 2 threads, batch 1, 10 s, all models interleaved in one process. "
         f"Commit `{record['commit']}`.\n\n{table}\n\n![WER against size and latency]({png})\n\n"

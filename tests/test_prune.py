@@ -324,13 +324,17 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
     pruned = torch_pruning_prune(teacher, ratio * total, "params" if metric == "params" else "macs")
     cost = conformer_cost(pruned.config, dense_counts(pruned.config))
     achieved = as_float(cost.params if metric == "params" else cost.macs_per_second)
-    assert 0.98 * ratio * total <= achieved <= ratio * total
+    # parameters within 2%; MACs move in coarser steps under one global ratio: in this tiny model
+    # one of the 8 first-convolution channels carries 1/8 of the second convolution's MACs
+    slack = 0.02 if metric == "params" else 0.15
+    assert (1 - slack) * ratio * total <= achieved <= ratio * total
     assert pruned.config.d_model == teacher.config.d_model
-    assert pruned.config.subsampling_channels == teacher.config.subsampling_channels
+    assert pruned.config.subsampling_channels[1] == teacher.config.subsampling_channels[1]
     # the library's choice, read back as masks over our units: slicing the teacher by them with
     # our own physical pruning must give exactly the library's model (whole heads with their
     # position biases, GLU pairs, BatchNorm statistics)
-    masks: dict[str, torch.Tensor] = {}
+    conv0 = teacher.encoder.pre_encode.conv[0].weight
+    masks = {"frontend.0": _kept_rows(pruned.encoder.pre_encode.conv[0].weight, conv0)}
     for i, (t, p) in enumerate(zip(teacher.encoder.layers, pruned.encoder.layers, strict=True)):
         if t.self_attn is not None:
             hd = t.self_attn.head_dim

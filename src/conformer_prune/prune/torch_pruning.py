@@ -16,9 +16,10 @@ What a user must add around the library for this model, and does here:
   cannot map head-major channel indices onto their two dimensions and refuses the attention
   group;
 - the modules' `heads` attribute is updated after pruning;
-- the subsampling front end is not pruned: the tracer maps the channel-major flatten in front of
-  `pre_encode.out` onto the wrong columns (measured: 3 columns removed where 3 x 20 belong to
-  the pruned channels), so it is an ignored layer;
+- the second subsampling convolution keeps its output channels: the tracer maps the
+  channel-major flatten in front of `pre_encode.out` onto the wrong columns (measured: 3 columns
+  removed where 3 x 20 belong to the pruned channels), so it is an ignored layer; the first
+  convolution's channels (read only by the second) are pruned;
 - the GLU of the convolution module is written as `chunk` + `sigmoid` in the model, so the
   tracer pairs channel c with C + c (with `F.glu` it prunes only the first half).
 
@@ -76,7 +77,7 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
         attn.pos_bias_u, attn.pos_bias_v = u, v  # type: ignore[assignment]
 
     pre = model.encoder.pre_encode
-    ignored: list[nn.Module] = [model.decoder, pre.out, pre.conv[0], pre.conv[2]]
+    ignored: list[nn.Module] = [model.decoder, pre.out, pre.conv[2]]
     for block in model.encoder.layers:
         assert isinstance(block, ConformerBlock)
         ignored += [ffn.linear2 for ffn in (block.feed_forward1, block.feed_forward2) if ffn is not None]
@@ -117,8 +118,11 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
 def _rebuild(model: ConformerCTC) -> ConformerCTC:
     """A `ConformerCTC` whose config lists the pruned widths, loaded with strict=True."""
     blocks = [b for b in model.encoder.layers if isinstance(b, ConformerBlock)]
+    conv0 = model.encoder.pre_encode.conv[0]
+    assert isinstance(conv0, nn.Conv2d)
     cfg = dataclasses.replace(
         model.config,
+        subsampling_channels=[conv0.out_channels, model.config.subsampling_channels[1]],
         heads=[b.self_attn.heads if b.self_attn is not None else 0 for b in blocks],
         ffn1=[b.feed_forward1.linear1.out_features if b.feed_forward1 is not None else 0 for b in blocks],
         ffn2=[b.feed_forward2.linear1.out_features if b.feed_forward2 is not None else 0 for b in blocks],
@@ -168,7 +172,7 @@ def torch_pruning_prune(
             lo = mid
     if best is None:
         raise ValueError(
-            f"Torch-Pruning cannot bring the model to {target:,.0f} {metric} with d_model and the "
-            "front end kept; pick a larger target"
+            f"Torch-Pruning cannot bring the model to {target:,.0f} {metric} with d_model, the second "
+            "subsampling convolution and at least one unit per module kept; pick a larger target"
         )
     return best
