@@ -25,6 +25,7 @@ from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.export import export_onnx, verify_onnx
 from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
 from conformer_prune.model.nemo import import_nemo, recognizer_from_nemo
+from tests.nemo.conformer_ctc_bpe import small_conformer_ctc
 
 TOKENIZER_NAME = "5f1e0c2a9b_tokenizer.model"
 
@@ -36,57 +37,22 @@ def tokenizer() -> Tokenizer:
 
 def _config(tokenizer: Tokenizer, untie_biases: bool = True, use_bias: bool = True) -> dict[str, Any]:
     """A small EncDecCTCModelBPE model_config.yaml, laid out as NeMo writes it."""
-    return {
-        "sample_rate": 16000,
-        "tokenizer": {"dir": "/tmp/tok", "type": "bpe", "model_path": f"nemo:{TOKENIZER_NAME}"},
-        "preprocessor": {
-            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-            "sample_rate": 16000,
-            "normalize": "per_feature",
-            "window_size": 0.025,
-            "window_stride": 0.01,
-            "window": "hann",
-            "features": 80,
-            "n_fft": 512,
-            "log": True,
-            "frame_splicing": 1,
-            "dither": 1e-05,
-            "pad_to": 16,
-            "pad_value": 0.0,
-        },
-        "encoder": {
-            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
-            "feat_in": 80,
-            "feat_out": -1,
+    return small_conformer_ctc(
+        tokenizer={"dir": "/tmp/tok", "model_path": f"nemo:{TOKENIZER_NAME}"},
+        preprocessor={"pad_to": 16},
+        encoder={
             "n_layers": 2,
             "d_model": 16,
-            "subsampling": "striding",
-            "subsampling_factor": 4,
             "subsampling_conv_channels": 8,
-            "ff_expansion_factor": 4,
-            "self_attention_model": "rel_pos",
             "n_heads": 2,
-            "att_context_size": [-1, -1],
-            "xscaling": True,
             "untie_biases": untie_biases,
             "conv_kernel_size": 7,
-            "conv_norm_type": "batch_norm",
-            "conv_context_size": None,
             "use_bias": use_bias,
-            "dropout": 0.1,
-            "dropout_pre_encoder": 0.1,
-            "dropout_emb": 0.0,
-            "dropout_att": 0.1,
         },
-        "decoder": {
-            "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
-            "feat_in": 16,
-            "num_classes": tokenizer.vocab_size,
-            "vocabulary": tokenizer.pieces,
-        },
-        "target": "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE",
-        "nemo_version": "3.0.0",
-    }
+        decoder={"num_classes": tokenizer.vocab_size, "vocabulary": tokenizer.pieces},
+        target="nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE",
+        nemo_version="3.0.0",
+    )
 
 
 def _is_layer_bias(name: str) -> bool:

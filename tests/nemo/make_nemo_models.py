@@ -32,6 +32,7 @@ import nemo
 import numpy as np
 import sentencepiece as spm
 import torch
+from conformer_ctc_bpe import small_conformer_ctc  # beside this script
 from nemo.collections.asr.models import EncDecCTCModelBPE
 from nemo.utils import logging as nemo_logging
 from omegaconf import OmegaConf
@@ -100,61 +101,7 @@ def train_tokenizer(directory: Path) -> None:
 
 def model_config(tokenizer_dir: Path, variant: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """An EncDecCTCModelBPE config as NeMo's conformer_ctc_bpe.yaml lays it out, small."""
-    cfg: dict[str, Any] = {
-        "sample_rate": SAMPLE_RATE,
-        "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
-        "preprocessor": {
-            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-            "sample_rate": SAMPLE_RATE,
-            "normalize": "per_feature",
-            "window_size": 0.025,
-            "window_stride": 0.01,
-            "window": "hann",
-            "features": 80,
-            "n_fft": 512,
-            "log": True,
-            "frame_splicing": 1,
-            "dither": 0.00001,
-            "pad_to": 0,
-            "pad_value": 0.0,
-        },
-        "encoder": {
-            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
-            "feat_in": 80,
-            "feat_out": -1,
-            "n_layers": 3,
-            "d_model": 64,
-            "subsampling": "striding",
-            "subsampling_factor": 4,
-            "subsampling_conv_channels": 48,
-            "causal_downsampling": False,
-            "ff_expansion_factor": 4,
-            "self_attention_model": "rel_pos",
-            "n_heads": 4,
-            "att_context_size": [-1, -1],
-            "att_context_style": "regular",
-            "xscaling": True,
-            "untie_biases": True,
-            "pos_emb_max_len": 5000,
-            "conv_kernel_size": 15,
-            "conv_norm_type": "batch_norm",
-            "conv_context_size": None,
-            "dropout": 0.1,
-            "dropout_pre_encoder": 0.1,
-            "dropout_emb": 0.0,
-            "dropout_att": 0.1,
-        },
-        "decoder": {
-            "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
-            "feat_in": None,
-            "num_classes": -1,
-            "vocabulary": [],
-        },
-    }
-    for section, overrides in variant.items():
-        cfg[section].update(overrides)
-    cfg["decoder"]["feat_in"] = cfg["encoder"]["d_model"]
-    return cfg
+    return small_conformer_ctc(tokenizer={"dir": str(tokenizer_dir)}, **variant)
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
