@@ -45,9 +45,10 @@ from common import (
 from conformer_prune.cli import prune_and_report, recipe_path
 from conformer_prune.config import load_config
 from conformer_prune.data.synth import synthesize
-from conformer_prune.evaluate import interleaved_latency_ms
+from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.utils import write_json
 
 METHODS = ("l0-distill", "l0", "magnitude", "magnitude-distill", "torch-pruning", "scratch", "dense-distill")
 RUNS = [(m, 0.5) for m in METHODS]
@@ -64,6 +65,15 @@ def overrides_for(method: str, ratio: float, teacher_epochs: int, quick: bool) -
     if method == "dense-distill":
         out += ["lr=2e-3"]
     return out
+
+
+def _teacher_eval(teacher: Path, evaluated: dict[str, Path], cache: Path) -> dict[str, Any]:
+    """The teacher's WER, parameters and MACs, computed once for all stages."""
+    if not cache.exists():
+        rec = load_recognizer(teacher)
+        write_json(cache, evaluate_recognizer(rec, evaluated, threads=2))
+    result: dict[str, Any] = json.loads(cache.read_text())
+    return result
 
 
 def wall_seconds(run: Path) -> float:
@@ -96,6 +106,7 @@ def main() -> None:
     evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
     reports: dict[tuple[str, float], dict[str, Any]] = {}
     unreachable: dict[tuple[str, float], str] = {}
+    teacher_eval = _teacher_eval(teacher, evaluated, work / "teacher-eval.json")
     selected = set(args.methods.split(","))
     if unknown := selected - set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
@@ -116,7 +127,14 @@ def main() -> None:
         try:
             resume = (run / "prune_state.pt").exists()
             reports[(method, ratio)] = prune_and_report(
-                cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, resume
+                cfg,
+                teacher,
+                corpus / "train",
+                corpus / "dev",
+                evaluated,
+                run,
+                resume,
+                teacher_eval=teacher_eval,
             )
         except ValueError as err:  # a target the method cannot reach (torch-pruning at 30%)
             if "pick a larger target" not in str(err):

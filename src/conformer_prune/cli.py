@@ -193,9 +193,11 @@ def prune_and_report(
     out: Path,
     resume: bool,
     threads: int = 2,
+    teacher_eval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
-    and write eval.json, layers.md and layers.png into `out`."""
+    and write eval.json, layers.md and layers.png into `out`. `teacher_eval`: the teacher's
+    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times)."""
     from conformer_prune.data.corpus import read_corpus
     from conformer_prune.distributed import is_main_process
     from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
@@ -210,7 +212,9 @@ def prune_and_report(
     if not is_main_process():  # under torchrun, rank 0 evaluates and reports alone
         return {}
     teacher_rec = load_recognizer(teacher)
-    teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
+    if teacher_eval is None:
+        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
+    teacher_eval = dict(teacher_eval)
     pruned_rec = load_recognizer(result.model_path)
     pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
     report = {
