@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -315,15 +315,14 @@ def _kept_rows(pruned: torch.Tensor, full: torch.Tensor, block: int = 1) -> torc
 
 @pytest.mark.parametrize(("metric", "ratio"), [("params", 0.5), ("params", 0.7), ("macs", 0.6)])
 def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
-    metric: str, ratio: float
+    metric: Literal["params", "macs"], ratio: float
 ) -> None:
     teacher = _model().eval()  # (at 30% of parameters this tiny model's unprunable parts weigh more)
     full = count_params(teacher)
     full_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
-    total = as_float(full_cost.params if metric == "params" else full_cost.macs_per_second)
-    pruned = torch_pruning_prune(teacher, ratio * total, "params" if metric == "params" else "macs")
-    cost = conformer_cost(pruned.config, dense_counts(pruned.config))
-    achieved = as_float(cost.params if metric == "params" else cost.macs_per_second)
+    total = as_float(full_cost.value(metric))
+    pruned = torch_pruning_prune(teacher, ratio * total, metric)
+    achieved = as_float(conformer_cost(pruned.config, dense_counts(pruned.config)).value(metric))
     # parameters within 2%; MACs move in coarser steps under one global ratio: in this tiny model
     # one of the 8 first-convolution channels carries 1/8 of the second convolution's MACs
     slack = 0.02 if metric == "params" else 0.15
@@ -354,6 +353,15 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(pruned.state_dict()[key], value, rtol=0, atol=0, msg=key)
     assert count_params(teacher) == full  # the teacher is untouched
+
+
+def test_torch_pruning_says_when_a_target_is_out_of_its_reach() -> None:
+    teacher = _model().eval()
+    target = 0.05 * as_float(conformer_cost(teacher.config, dense_counts(teacher.config)).params)
+    with pytest.raises(ValueError, match=r"the smallest it gave was .*pick a larger target") as err:
+        torch_pruning_prune(teacher, target, "params")
+    smallest = float(str(err.value).split("smallest it gave was ")[1].split(" ")[0].replace(",", ""))
+    assert smallest > target  # the reported size is one it really could not go below
 
 
 def test_torch_pruning_baseline_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ count (biases, norms, activations and softmax do not).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -59,6 +60,10 @@ class ModelCounts:
 class Cost:
     params: Num
     macs_per_second: Num
+
+    def value(self, metric: Literal["params", "macs"]) -> Num:
+        """The count a budget on `metric` constrains."""
+        return self.params if metric == "params" else self.macs_per_second
 
 
 def dense_counts(cfg: ConformerConfig) -> ModelCounts:

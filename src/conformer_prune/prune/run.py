@@ -95,10 +95,6 @@ def make_prune_optimizer(
     )
 
 
-def _cost_value(cost: Cost, metric: str) -> Tensor | float:
-    return cost.params if metric == "params" else cost.macs_per_second
-
-
 def run_pruning(
     cfg: PruneConfig,
     teacher_path: str | Path,
@@ -140,7 +136,7 @@ def _prune(
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
     teacher_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
-    target_abs = cfg.ratio * as_float(_cost_value(teacher_cost, cfg.metric))
+    target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
     dense = cfg.method in ("scratch", "dense-distill")
     if dense:  # a narrower dense model of the target size, from random weights, without gates
         if cfg.metric != "params":
@@ -210,7 +206,7 @@ def _prune(
         batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
         loss, parts = distiller.loss(student, batch)
         expected = gates.expected_cost()
-        sparsity = 1.0 - _cost_value(expected, cfg.metric) / _cost_value(teacher_cost, cfg.metric)
+        sparsity = 1.0 - expected.value(cfg.metric) / teacher_cost.value(cfg.metric)
         if step < prune_epochs * steps_per_epoch:
             target = target_sparsity(step, ramp_steps, final_sparsity)
             lagr = lagrangian(torch.as_tensor(sparsity), target)
@@ -314,7 +310,7 @@ def _freeze(
     if masks is None:
         masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
     gates.freeze(masks)
-    achieved = as_float(_cost_value(gates.mask_cost(masks), cfg.metric))
+    achieved = as_float(gates.mask_cost(masks).value(cfg.metric))
     append_log(
         out / "log.jsonl",
         {

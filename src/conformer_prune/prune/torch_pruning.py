@@ -134,8 +134,7 @@ def _rebuild(model: ConformerCTC) -> ConformerCTC:
 
 
 def _cost(model: ConformerCTC, metric: Literal["params", "macs"]) -> float:
-    cost = conformer_cost(model.config, dense_counts(model.config))
-    return as_float(cost.params if metric == "params" else cost.macs_per_second)
+    return as_float(conformer_cost(model.config, dense_counts(model.config)).value(metric))
 
 
 def torch_pruning_prune(
@@ -160,10 +159,12 @@ def torch_pruning_prune(
     teacher = copy.deepcopy(teacher).cpu().float().eval()
     lo, hi = 0.0, 1.0
     best: ConformerCTC | None = None
+    smallest = (float("inf"), 0.0)  # (cost, ratio): for the error message
     for _ in range(12):  # whole heads and channels: 2^-12 resolves the finest step
         mid = (lo + hi) / 2
         pruned = _prune_once(teacher, mid, frames)
         cost = _cost(pruned, metric)
+        smallest = min(smallest, (cost, mid))
         if cost <= target:
             hi, best = mid, pruned
             if cost >= (1 - tolerance) * target:
@@ -172,7 +173,9 @@ def torch_pruning_prune(
             lo = mid
     if best is None:
         raise ValueError(
-            f"Torch-Pruning cannot bring the model to {target:,.0f} {metric} with d_model, the second "
-            "subsampling convolution and at least one unit per module kept; pick a larger target"
+            f"Torch-Pruning cannot bring the model to {target:,.0f} {metric}: the smallest it gave was "
+            f"{smallest[0]:,.0f} (global ratio {smallest[1]:.3f}) with d_model and the second "
+            "subsampling convolution kept; at high ratios it leaves whole every group its global "
+            "ranking would empty, so the model grows again; pick a larger target"
         )
     return best
