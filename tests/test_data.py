@@ -163,3 +163,35 @@ def test_collate_pads_with_zeros() -> None:
     batch = collate([(torch.ones(5, 80), torch.tensor([1, 2]), 0), (torch.ones(3, 80), torch.tensor([3]), 1)])
     assert batch.feats.shape == (2, 5, 80) and torch.all(batch.feats[1, 3:] == 0)
     assert batch.target_lengths.tolist() == [2, 1] and batch.feat_lengths.tolist() == [5, 3]
+
+
+def test_paired_bootstrap_wer_separates_a_real_difference_from_luck() -> None:
+    from conformer_prune.evaluate.metrics import error_rates, paired_bootstrap_wer
+
+    refs = [f"THE CAT SAT ON MAT {i}" for i in range(60)]
+    good = list(refs)
+    bad = [r.replace("CAT", "HAT") if i % 2 else r for i, r in enumerate(refs)]  # 30 substitutions
+    res = paired_bootstrap_wer(refs, good, bad)
+    assert res["delta"] == pytest.approx(error_rates(refs, bad)["wer"] - error_rates(refs, good)["wer"])
+    assert 0 < res["low"] < res["delta"] < res["high"]  # b is worse on every resample
+    # one utterance's difference is luck: the interval straddles 0
+    luck = paired_bootstrap_wer(refs, good, [refs[0].replace("CAT", "HAT"), *refs[1:]])
+    assert luck["low"] <= 0 < luck["high"]
+    same = paired_bootstrap_wer(refs, bad, bad)
+    assert same == {"delta": 0.0, "low": 0.0, "high": 0.0}
+    with pytest.raises(ValueError, match="one hypothesis per reference"):
+        paired_bootstrap_wer(refs, good, bad[:-1])
+
+
+def test_recogs_files_read_back(tmp_path: Path) -> None:
+    from conformer_prune.evaluate.run import read_recogs
+
+    path = tmp_path / "recogs-test.txt"
+    path.write_text("a-1\tref=HELLO WORLD\na-1\thyp=HELLO\nb-2\tref=A=B\nb-2\thyp=\n", encoding="utf-8")
+    assert read_recogs(path) == {"a-1": ("HELLO WORLD", "HELLO"), "b-2": ("A=B", "")}
+    path.write_text("a-1\tref=HELLO\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"without both.*a-1"):
+        read_recogs(path)
+    path.write_text("a-1 HELLO\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"recogs-test.txt:1: expected"):
+        read_recogs(path)

@@ -6,6 +6,7 @@ from conformer_prune.evaluate.metrics import (
     error_rates,
     interleaved_latency_ms,
     macs_per_second,
+    paired_bootstrap_wer,
 )
 from conformer_prune.evaluate.run import cost_report, evaluate_recognizer, recognize_dataset
 
@@ -17,5 +18,6 @@ __all__ = [
     "evaluate_recognizer",
     "interleaved_latency_ms",
     "macs_per_second",
+    "paired_bootstrap_wer",
     "recognize_dataset",
 ]

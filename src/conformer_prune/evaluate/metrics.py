@@ -42,6 +42,33 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
+def paired_bootstrap_wer(
+    refs: list[str], hyps_a: list[str], hyps_b: list[str], resamples: int = 10000, seed: int = 0
+) -> dict[str, float]:
+    """WER(b) - WER(a) on the same utterances, with a 95% interval from the paired bootstrap
+    (Bisani and Ney, 2004): utterances are resampled with replacement and both systems scored on
+    each resample, so an interval that excludes 0 says the difference is not the test set's luck.
+    """
+    if not refs or not len(refs) == len(hyps_a) == len(hyps_b):
+        raise ValueError(
+            f"expected one hypothesis per reference from each system, found {len(refs)} references, "
+            f"{len(hyps_a)} and {len(hyps_b)} hypotheses"
+        )
+
+    def errors(hyps: list[str]) -> torch.Tensor:
+        out = [jiwer.process_words(r.upper(), h.upper()) for r, h in zip(refs, hyps, strict=True)]
+        return torch.tensor([o.substitutions + o.deletions + o.insertions for o in out], dtype=torch.float64)
+
+    words = torch.tensor([len(r.split()) for r in refs], dtype=torch.float64)
+    if not bool((words > 0).all()):
+        raise ValueError("every reference needs at least one word")
+    diff = errors(hyps_b) - errors(hyps_a)
+    idx = torch.randint(len(refs), (resamples, len(refs)), generator=torch.Generator().manual_seed(seed))
+    deltas = diff[idx].sum(1) / words[idx].sum(1)
+    low, high = torch.quantile(deltas, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"delta": float(diff.sum() / words.sum()), "low": low, "high": high}
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -72,6 +72,23 @@ def cost_report(rec: Recognizer, threads: int = 2, latency_runs: int = 10) -> di
     }
 
 
+def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
+    """Utterance id -> (reference, hypothesis) from a ``recogs-<name>.txt`` that
+    `evaluate_recognizer` wrote."""
+    refs: dict[str, str] = {}
+    hyps: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        utt, sep, text = line.partition("\t")
+        kind, _, words = text.partition("=")
+        if not sep or kind not in ("ref", "hyp"):
+            raise ValueError(f"{path}:{number}: expected '<utterance id>\\tref=...' or '...\\thyp=...'")
+        (refs if kind == "ref" else hyps)[utt] = words
+    if refs.keys() != hyps.keys():
+        missing = sorted(refs.keys() ^ hyps.keys())
+        raise ValueError(f"{path}: utterances without both ref= and hyp=: {missing}")
+    return {utt: (refs[utt], hyps[utt]) for utt in refs}
+
+
 def evaluate_recognizer(
     rec: Recognizer,
     corpora: Mapping[str, str | Path],
