@@ -37,7 +37,6 @@ from common import (
     DOCS,
     RESULTS,
     ROOT,
-    command_line,
     git_commit,
     markdown_table,
     save_result,
@@ -47,7 +46,8 @@ from common import (
 from conformer_prune.cli import prune_and_report, recipe_path
 from conformer_prune.config import load_config
 from conformer_prune.data.synth import synthesize
-from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
+from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
+from conformer_prune.evaluate.run import read_recogs
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.train.config import TrainConfig
@@ -84,6 +84,15 @@ def _teacher_eval(teacher: Path, evaluated: dict[str, Path], cache: Path) -> dic
 def wall_seconds(run: Path) -> float:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     return max(r.get("elapsed_seconds", 0.0) for r in records)
+
+
+def versus(a: Path, b: Path) -> dict[str, float]:
+    """Test WER of run `b` minus run `a`, with the paired bootstrap's 95% interval."""
+    rec_a, rec_b = read_recogs(a / "recogs-test.txt"), read_recogs(b / "recogs-test.txt")
+    utts = sorted(rec_a)
+    return paired_bootstrap_wer(
+        [rec_a[u][0] for u in utts], [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts]
+    )
 
 
 def main() -> None:
@@ -169,6 +178,8 @@ def main() -> None:
         name = f"{method}-{round(100 * ratio)}"
         row = {"method": method, "target_params": ratio, **{k: report["pruned"][k] for k in KEYS}}
         row |= {"latency_ms_10s": latency[name], "wall_seconds": wall_seconds(work / name)}
+        if method != "l0-distill" and ("l0-distill", ratio) in reports:
+            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{round(100 * ratio)}", work / name)
         results.append(row)
         print(row, flush=True)
     record = {
@@ -178,10 +189,17 @@ def main() -> None:
         "unreachable": {f"{m}-{round(100 * r)}": why for (m, r), why in unreachable.items()},
         "threads": 2,
         "commit": commit,
-        "command": command_line(),
+        # the table holds every cached stage, whichever --methods this run had: the whole command
+        "command": "python benchmarks/compare.py" + (" --quick" if args.quick else ""),
     }
     save_result("compare-quick" if args.quick else "compare", record)
     write_docs(record, quick=args.quick)
+
+
+def _versus_cell(v: dict[str, float] | None) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v['delta']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
 
 
 def _lowest(rows: list[dict[str, Any]], key: str) -> list[str]:
@@ -210,6 +228,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
             "speed-up",
             "dev WER",
             "test WER",
+            "vs l0-distill (95% CI)",
             "wall (min)",
         ],
         [
@@ -223,6 +242,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 f"{100 * t['wer_dev']:.2f}%",
                 f"{100 * t['wer_test']:.2f}%",
                 "-",
+                "-",
             ]
         ]
         + [
@@ -235,6 +255,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 f"{t['latency_ms_10s'] / r['latency_ms_10s']:.2f}x",
                 f"{100 * r['wer_dev']:.2f}%",
                 f"{100 * r['wer_test']:.2f}%",
+                _versus_cell(r.get("wer_test_vs_l0_distill")),
                 f"{r['wall_seconds'] / 60:.0f}",
             ]
             for r in rows
