@@ -154,7 +154,10 @@ def torch_pruning_prune(
         frames: length of the example input the dependency graph is traced with.
 
     Raises:
-        ValueError: even the largest ratio Torch-Pruning accepts does not reach the target.
+        ValueError: no ratio the bisection tries reaches the target. The size falls with the ratio
+            only up to a point: at high ratios Torch-Pruning leaves whole every group its global
+            ranking would empty (measured on the reference teacher: 2.21 M parameters at 0.8,
+            2.10 M at 0.875, 2.16 M at 0.9, 2.39 M at 0.95), so small targets are out of reach.
     """
     teacher = copy.deepcopy(teacher).cpu().float().eval()
     lo, hi = 0.0, 1.0
@@ -173,9 +176,10 @@ def torch_pruning_prune(
             lo = mid
     if best is None:
         raise ValueError(
-            f"Torch-Pruning cannot bring the model to {target:,.0f} {metric}: the smallest it gave was "
-            f"{smallest[0]:,.0f} (global ratio {smallest[1]:.3f}) with d_model and the second "
-            "subsampling convolution kept; at high ratios it leaves whole every group its global "
-            "ranking would empty, so the model grows again; pick a larger target"
+            f"Torch-Pruning found no global ratio (12 tried by bisection) that brings the model to "
+            f"{target:,.0f} {metric}: the smallest it gave was {smallest[0]:,.0f} (ratio "
+            f"{smallest[1]:.3f}) with d_model and the second subsampling convolution kept; at high "
+            "ratios it leaves whole every group its global ranking would empty, so the model grows "
+            "again; pick a larger target"
         )
     return best
