@@ -171,8 +171,7 @@ def main() -> None:
         load_recognizer(work / name / "model.pt").model for name in names[1:]
     ]
     latency = dict(zip(names, interleaved_latency_ms(models, threads=2, rounds=60), strict=True))
-    first = next(iter(reports.values()))
-    teacher_row = {k: first["teacher"][k] for k in KEYS} | {"latency_ms_10s": latency["teacher"]}
+    teacher_row = {k: teacher_eval[k] for k in KEYS} | {"latency_ms_10s": latency["teacher"]}
     results = []
     for (method, ratio), report in reports.items():
         name = f"{method}-{round(100 * ratio)}"
