@@ -39,10 +39,11 @@ from common import (
 )
 
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.evaluate.metrics import FRAMES_PER_SECOND, interleaved_medians_ms, macs_per_second
+from conformer_prune.evaluate.metrics import interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.checkpoint import Recognizer
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 
 SECONDS = 10.0
 RUNTIMES = ("torch", "ort-fp32", "ort-int8")
@@ -62,7 +63,7 @@ def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
 
 def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int, batch: int) -> Any:
     """A zero-argument callable that runs one batch of 10 s feature sequences."""
-    frames = int(SECONDS * FRAMES_PER_SECOND)
+    frames = int(SECONDS * FEATURE_FRAMES_PER_SECOND)
     feats = torch.randn(batch, frames, rec.model.config.n_mels, generator=torch.Generator().manual_seed(0))
     lengths = torch.full((batch,), frames)
     if runtime == "torch":

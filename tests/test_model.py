@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from conformer_prune.config import ConfigError, from_dict, load_config
-from conformer_prune.data.dataset import subsampled_length
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.model import (
@@ -18,7 +17,7 @@ from conformer_prune.model import (
     load_recognizer,
     save_recognizer,
 )
-from conformer_prune.model.conformer import ConvSubsampling
+from conformer_prune.model.conformer import ConvSubsampling, subsampled_length
 from conformer_prune.train import TrainConfig
 from tests.conftest import hetero_config
 

@@ -11,8 +11,8 @@ from conformer_prune.cli import main
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
 from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
 from conformer_prune.prune import run as prune_run
-from conformer_prune.prune.budget import Lagrangian, target_sparsity
-from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
+from conformer_prune.prune.budget import Lagrangian, UnreachableTargetError, target_sparsity
+from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like, dense_params
 from conformer_prune.prune.gates import STRUCTURES, ConformerGates
 from conformer_prune.prune.hardconcrete import HardConcrete
@@ -146,7 +146,7 @@ def test_glu_pairs_and_position_biases_are_sliced_together() -> None:
 
 def test_expected_cost_is_exact_for_the_dense_model_and_differentiable() -> None:
     model = _model()
-    assert as_float(conformer_cost(model.config, dense_counts(model.config)).params) == count_params(model)
+    assert as_float(conformer_cost(model.config).params) == count_params(model)
     gates = ConformerGates.attach(model, ALL)
     cost = gates.expected_cost()
     cost.params.backward()  # type: ignore[union-attr]
@@ -159,7 +159,7 @@ def test_deterministic_masks_meet_the_target_within_one_percent(metric: str, rat
     gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
     for _, gate in gates:
         gate.log_alpha.data = torch.randn(gate.n, generator=torch.Generator().manual_seed(gate.n)) * 2 + 1
-    dense = conformer_cost(model.config, dense_counts(model.config))
+    dense = conformer_cost(model.config)
     full = as_float(dense.params if metric == "params" else dense.macs_per_second)
     masks = gates.deterministic_masks(target=ratio * full, metric=metric)  # type: ignore[arg-type]
     gates.freeze(masks)
@@ -268,7 +268,7 @@ def test_prune_resume_continues_from_the_same_step(
 def test_magnitude_masks_keep_each_gates_largest_units_and_meet_the_target() -> None:
     model = _model()
     gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
-    teacher = as_float(conformer_cost(model.config, dense_counts(model.config)).params)
+    teacher = as_float(conformer_cost(model.config).params)
     masks = magnitude_masks(gates, 0.5 * teacher, "params")
     achieved = as_float(gates.mask_cost(masks).params)
     assert 0.98 * 0.5 * teacher <= achieved <= 0.5 * teacher
@@ -319,10 +319,10 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
 ) -> None:
     teacher = _model().eval()  # (at 30% of parameters this tiny model's unprunable parts weigh more)
     full = count_params(teacher)
-    full_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
+    full_cost = conformer_cost(teacher.config)
     total = as_float(full_cost.value(metric))
     pruned = torch_pruning_prune(teacher, ratio * total, metric)
-    achieved = as_float(conformer_cost(pruned.config, dense_counts(pruned.config)).value(metric))
+    achieved = as_float(conformer_cost(pruned.config).value(metric))
     # parameters within 2%; MACs move in coarser steps under one global ratio: in this tiny model
     # one of the 8 first-convolution channels carries 1/8 of the second convolution's MACs
     slack = 0.02 if metric == "params" else 0.15
@@ -357,8 +357,10 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
 
 def test_torch_pruning_says_when_a_target_is_out_of_its_reach() -> None:
     teacher = _model().eval()
-    target = 0.05 * as_float(conformer_cost(teacher.config, dense_counts(teacher.config)).params)
-    with pytest.raises(ValueError, match=r"the smallest it gave was .*pick a larger target") as err:
+    target = 0.05 * as_float(conformer_cost(teacher.config).params)
+    with pytest.raises(
+        UnreachableTargetError, match=r"the smallest it gave was .*pick a larger target"
+    ) as err:
         torch_pruning_prune(teacher, target, "params")
     smallest = float(str(err.value).split("smallest it gave was ")[1].split(" ")[0].replace(",", ""))
     assert smallest > target  # the reported size is one it really could not go below
@@ -404,3 +406,24 @@ def test_dense_baselines_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path:
     assert rec.model.config.d_model < teacher.model.config.d_model
     assert f"Model dimension {rec.model.config.d_model}/" in (out / "layers.md").read_text()
     assert count_params(rec.model) == report["pruned"]["params"]
+
+
+MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
+
+
+def test_committed_checkpoints_load_strictly_and_their_masks_name_our_units() -> None:
+    """The reference teacher and its 50% model load with strict=True; the masks the pruned one
+    records are named as our gates name them, and slicing the teacher by them gives the pruned
+    model's shapes and, in closed form, its exact parameter count."""
+    teacher = load_recognizer(MODELS / "teacher.pt").model  # strict
+    pruned = load_recognizer(MODELS / "pruned-50.pt")
+    masks = {k: torch.tensor(v) for k, v in pruned.meta["masks"].items()}
+    gates = ConformerGates.attach(build_model(teacher.config), list(STRUCTURES))
+    assert set(masks) <= {name for name, _ in gates}
+    sliced = physically_prune(teacher, masks)
+    assert sliced.config == pruned.model.config
+    assert {k: v.shape for k, v in sliced.state_dict().items()} == {
+        k: v.shape for k, v in pruned.model.state_dict().items()
+    }
+    kept = {k: float(m.sum()) for k, m in masks.items()}
+    assert as_float(conformer_cost(teacher.config, kept).params) == count_params(pruned.model)

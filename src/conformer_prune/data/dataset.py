@@ -14,17 +14,11 @@ from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance
 from conformer_prune.data.features import LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer
+from conformer_prune.model.conformer import subsampled_length
 
-__all__ = ["Batch", "BucketBatchSampler", "SpeechDataset", "collate", "subsampled_length"]
+__all__ = ["Batch", "BucketBatchSampler", "SpeechDataset", "collate"]
 
 log = logging.getLogger(__name__)
-
-
-def subsampled_length(frames: int) -> int:
-    """Encoder frames after the two stride-2 convolutions (kernel 3, padding 1)."""
-    for _ in range(2):
-        frames = (frames - 1) // 2 + 1
-    return frames
 
 
 @dataclass

@@ -13,10 +13,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from conformer_prune.model.conformer import ConformerCTC
+from conformer_prune.model.conformer import ConformerCTC, feature_frames
 
 __all__ = [
-    "FRAMES_PER_SECOND",
     "count_params",
     "cpu_latency_ms",
     "error_rates",
@@ -26,8 +25,6 @@ __all__ = [
 ]
 
 K = TypeVar("K")
-
-FRAMES_PER_SECOND = 100  # 10 ms hop
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
@@ -75,7 +72,7 @@ def count_params(model: nn.Module) -> int:
 
 def _dummy(model: ConformerCTC, seconds: float, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     n_mels = model.config.n_mels
-    frames = int(seconds * FRAMES_PER_SECOND) + 1
+    frames = feature_frames(seconds)
     feats = torch.randn(batch, frames, n_mels, generator=torch.Generator().manual_seed(0))
     return feats, torch.full((batch,), frames, dtype=torch.long)
 

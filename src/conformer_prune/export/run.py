@@ -16,15 +16,11 @@ import numpy as np
 
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance, read_corpus
-from conformer_prune.evaluate.metrics import (
-    FRAMES_PER_SECOND,
-    count_params,
-    error_rates,
-    interleaved_medians_ms,
-)
+from conformer_prune.evaluate.metrics import count_params, error_rates, interleaved_medians_ms
 from conformer_prune.export.onnx import export_onnx, quantize_int8, verify_onnx
 from conformer_prune.export.runtime import OnnxRecognizer
 from conformer_prune.model.checkpoint import load_recognizer
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 
 __all__ = ["export_with_report", "int8_path", "onnx_error_rates", "onnx_latency_ms"]
 
@@ -73,7 +69,7 @@ def onnx_latency_ms(
             inputs[name] = [0.1 * gen.standard_normal(int(seconds * rec.sample_rate)).astype(np.float32)]
         else:
             n_mels = int(rec.config["model"]["n_mels"])
-            frames = int(seconds * FRAMES_PER_SECOND)
+            frames = int(seconds * FEATURE_FRAMES_PER_SECOND)
             inputs[name] = [gen.standard_normal((frames, n_mels)).astype(np.float32)]
     runs = {name: functools.partial(rec.log_probs, inputs[name]) for name, rec in recs.items()}
     return interleaved_medians_ms(runs, rounds)

@@ -13,19 +13,29 @@ of 0 means the module is absent, so a physically pruned model is just another `C
 Contract everywhere: ``forward(x, lengths) -> (y, lengths)``; padded frames never change the
 outputs of real frames.
 
-Pruning hooks: every prunable module has gate slots, ``None`` in a dense model. A gate is any module
-whose call returns a mask (see `conformer_prune.prune`): heads multiply the per-head attention
-context, neurons the feed-forward hidden units, channels the convolution module's activations
-before pointwise_conv2 (so BatchNorm sees the channel as removed), front-end channels the outputs of
-each subsampling convolution, and module and layer gates scale a residual branch. A mask of ones
-leaves the output unchanged; a zero is exactly what slicing the unit away computes.
+Pruning lives beside the model (DPHuBERT's `components.py`, nanoGPT's `crop_block_size`): every
+prunable module subclasses `Prunable` and says, in one place, what its units are (`unit_groups`),
+what it costs in closed form given the kept units (`size`), how it slices itself (`prune`), how its
+units score by magnitude (`unit_scores`) and which of its layers write the residual stream
+(`residual_writers`). Its gate slots (``None`` in a dense model) hold modules whose call returns a
+mask (see `conformer_prune.prune`): heads multiply the per-head attention context, neurons the
+feed-forward hidden units, channels the convolution module's activations before pointwise_conv2
+(so BatchNorm sees the channel as removed), front-end channels the outputs of each subsampling
+convolution, and module and layer gates scale a residual branch. A mask of ones leaves the output
+unchanged; a zero is exactly what slicing the unit away computes. `ConformerCTC.named_prunable`,
+`ConformerCTC.size` and `ConformerCTC.prune` loop over these modules.
+
+Frame arithmetic (the feature frame rate and the subsampled length) is defined here once.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +43,49 @@ from torch import Tensor, nn
 
 from conformer_prune.config import from_dict
 
-__all__ = ["ConformerCTC", "ConformerConfig", "build_model"]
+__all__ = [
+    "FEATURE_FRAMES_PER_SECOND",
+    "ConformerCTC",
+    "ConformerConfig",
+    "Num",
+    "Prunable",
+    "Size",
+    "build_model",
+    "feature_frames",
+    "subsampled_length",
+]
 
 Gate = nn.Module  # a module whose call returns a mask; see conformer_prune.prune.HardConcrete
+Num = Tensor | float  # a unit count: exact (0/1 mask sums), expected (gate probabilities) or dense
 
 PER_LAYER = ("heads", "ffn1", "ffn2", "conv_channels")
+
+FEATURE_FRAMES_PER_SECOND = 100  # log-mel frames per second of audio: a 10 ms hop
+SUBSAMPLING = 4  # encoder frame = 4 feature frames: two stride-2 convolutions
+
+_Length = TypeVar("_Length", int, Tensor)
+
+
+def _halved(n: _Length) -> _Length:
+    """Output length of a stride-2 convolution with kernel 3 and padding 1 (ints or tensors)."""
+    return (n - 1) // 2 + 1
+
+
+def subsampled_length(frames: int) -> int:
+    """Encoder frames after the two stride-2 convolutions of the front end."""
+    return _halved(_halved(frames))
+
+
+def feature_frames(seconds: float) -> int:
+    """Log-mel frames of `seconds` of audio (centred frames: one more than seconds x rate)."""
+    return int(seconds * FEATURE_FRAMES_PER_SECOND) + 1
+
+
+class Size(NamedTuple):
+    """Parameters and multiply-accumulates (of one utterance) of a model or one of its parts."""
+
+    params: Num
+    macs: Num
 
 
 @dataclass
@@ -118,8 +166,8 @@ class ConformerConfig:
 
     @property
     def frames_per_second(self) -> float:
-        """Encoder output frames per second of 16 kHz audio at a 10 ms hop."""
-        return 25.0
+        """Encoder output frames per second of audio."""
+        return FEATURE_FRAMES_PER_SECOND / SUBSAMPLING
 
 
 def _lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -127,13 +175,60 @@ def _lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-class ConvSubsampling(nn.Module):
+def _kept(param: Tensor, index: Tensor, dim: int = 0) -> nn.Parameter:
+    """The entries `index` of `param` along `dim`, as a new parameter."""
+    return nn.Parameter(param.detach().index_select(dim, index.to(param.device)).clone())
+
+
+class Prunable(nn.Module, metaclass=abc.ABCMeta):
+    """A module with prunable units: the one class to write for a new prunable structure.
+
+    Class attributes:
+        STRUCTURE: the structure name that turns its unit gates on (``structures`` in the prune
+            config), e.g. "heads".
+        GATES: unit group -> attribute holding that group's gate (``None`` until one is attached).
+    """
+
+    STRUCTURE: ClassVar[str]
+    GATES: ClassVar[dict[str, str]]
+
+    @abc.abstractmethod
+    def unit_groups(self) -> dict[str, int]:
+        """Number of units in each group, e.g. ``{"units": heads}``."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
+        """Closed-form parameters and MACs for one utterance of `frames` feature frames, given the
+        kept units of each group (exact counts or expected values) and the probability `present`
+        that the module is kept at all; equal to ``numel()`` and the flop counter once sliced."""
+
+    @abc.abstractmethod
+    def prune(self, keep: Mapping[str, Tensor]) -> None:
+        """Keep only the units at the (sorted) indices `keep[group]`, slicing every tensor in place."""
+
+    @abc.abstractmethod
+    def unit_scores(self) -> dict[str, Tensor]:
+        """L1 norm of all the weights that belong to each unit, per group."""
+
+    @abc.abstractmethod
+    def residual_writers(self) -> list[nn.Module]:
+        """The layers whose outputs are the residual stream (d_model)."""
+
+
+class ConvSubsampling(Prunable):
     """Two stride-2 Conv2d + ReLU over (time, frequency), then a Linear to d_model (NeMo
     "striding"). Frames past each length are zeroed between the convolutions, so padding does
     not reach real frames.
 
+    Units: the output channels of each convolution (groups "0" and "1"); channel c of the second
+    is its filter c and the `freq` columns of `out` it feeds.
+
     Shapes: (B, T, n_mels), (B,) -> (B, T', d_model), (B,) with T' = ceil(ceil(T / 2) / 2).
     """
+
+    STRUCTURE = "frontend"
+    GATES: ClassVar[dict[str, str]] = {"0": "gate1", "1": "gate2"}
 
     def __init__(self, n_mels: int, channels: list[int], d_model: int) -> None:
         super().__init__()
@@ -144,16 +239,14 @@ class ConvSubsampling(nn.Module):
             nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1),
             nn.ReLU(),
         )
-        freq = n_mels
-        for _ in range(2):
-            freq = (freq - 1) // 2 + 1
-        self.out = nn.Linear(c2 * freq, d_model)
+        self.freq = _halved(_halved(n_mels))
+        self.out = nn.Linear(c2 * self.freq, d_model)
         self.gate1: Gate | None = None  # (C1,) output channels of the first convolution
         self.gate2: Gate | None = None  # (C2,) output channels of the second convolution
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
-        return torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return _halved(lengths)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         x = x.unsqueeze(1)  # (B, 1, T, F)
@@ -169,6 +262,55 @@ class ConvSubsampling(nn.Module):
         b, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T', D)
         return x, lengths
+
+    def _convs(self) -> tuple[nn.Conv2d, nn.Conv2d]:
+        conv0, conv1 = self.conv[0], self.conv[2]
+        assert isinstance(conv0, nn.Conv2d) and isinstance(conv1, nn.Conv2d)
+        return conv0, conv1
+
+    def unit_groups(self) -> dict[str, int]:
+        conv0, conv1 = self._convs()
+        return {"0": conv0.out_channels, "1": conv1.out_channels}
+
+    @staticmethod
+    def config_groups(cfg: ConformerConfig) -> dict[str, int]:
+        """The unit groups of the front end that `cfg` builds."""
+        c1, c2 = cfg.subsampling_channels
+        return {"0": c1, "1": c2}
+
+    @staticmethod
+    def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
+        d = cfg.d_model
+        t1, f1 = _halved(frames), _halved(cfg.n_mels)  # after the first convolution
+        t, f2 = subsampled_length(frames), _halved(f1)  # encoder frames, frequency bins
+        c1, c2 = kept["0"], kept["1"]
+        params = 10 * c1 + c2 * (9 * c1 + 1) + c2 * f2 * d + d  # conv1, conv2, out
+        macs = 9 * c1 * t1 * f1 + 9 * c1 * c2 * t * f2 + c2 * f2 * d * t
+        return Size(present * params, present * macs)
+
+    def prune(self, keep: Mapping[str, Tensor]) -> None:
+        conv0, conv1 = self._convs()
+        k1, k2 = keep["0"], keep["1"]
+        conv0.weight, conv0.bias = _kept(conv0.weight, k1), _kept(conv0.bias, k1)  # type: ignore[arg-type]
+        conv0.out_channels = len(k1)
+        conv1.weight = _kept(_kept(conv1.weight, k2), k1, 1)
+        conv1.bias = _kept(conv1.bias, k2)  # type: ignore[arg-type]
+        conv1.in_channels, conv1.out_channels = len(k1), len(k2)
+        out_w = self.out.weight.detach().view(-1, self.out.in_features // self.freq, self.freq)  # (D, C2, F)
+        self.out.weight = nn.Parameter(out_w[:, k2].reshape(out_w.shape[0], -1).clone())
+        self.out.in_features = len(k2) * self.freq
+
+    def unit_scores(self) -> dict[str, Tensor]:
+        conv0, conv1 = self._convs()
+        c2 = conv1.out_channels
+        out_columns = self.out.weight.abs().view(-1, c2, self.out.in_features // c2).sum((0, 2))
+        return {
+            "0": conv0.weight.abs().sum((1, 2, 3)) + conv1.weight.abs().sum((0, 2, 3)),
+            "1": conv1.weight.abs().sum((1, 2, 3)) + out_columns,
+        }
+
+    def residual_writers(self) -> list[nn.Module]:
+        return [self.out]
 
 
 class RelPositionalEncoding(nn.Module):
@@ -197,15 +339,18 @@ class RelPositionalEncoding(nn.Module):
         return self.dropout(x), self.dropout_emb(pe[None].to(x.dtype))
 
 
-class RelPositionMultiHeadAttention(nn.Module):
+class RelPositionMultiHeadAttention(Prunable):
     """Multi-head self-attention with relative positions (Dai et al. 2019, Sec. 3.3).
 
     score(i, j) = (q_i + u) k_j / sqrt(d) + (q_i + v) W_pos p_{i-j} / sqrt(d), per head.
     Heads are stored as contiguous blocks of `head_dim` rows in q/k/v/pos and columns in out,
-    so pruning a head slices one block everywhere.
+    so pruning a head slices one block everywhere (and its rows of the biases u and v).
 
     Shapes: x (B, T, D), pos_emb (1, 2T-1, D), key_mask (B, T) -> (B, T, D).
     """
+
+    STRUCTURE = "heads"
+    GATES: ClassVar[dict[str, str]] = {"units": "gate"}
 
     def __init__(self, d_model: int, heads: int, head_dim: int, dropout_att: float) -> None:
         super().__init__()
@@ -257,9 +402,58 @@ class RelPositionMultiHeadAttention(nn.Module):
         b, h, t, d = ctx.shape
         return self.linear_out(ctx.transpose(1, 2).reshape(b, t, h * d))
 
+    def unit_groups(self) -> dict[str, int]:
+        return {"units": self.heads}
 
-class FeedForward(nn.Module):
-    """Linear -> SiLU -> dropout -> Linear. Shapes: (B, T, D) -> (B, T, D)."""
+    @staticmethod
+    def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
+        # LayerNorm (2d), q/k/v (d e + e each), out (e d + d), pos (d e), biases u and v (2 e) with
+        # e = heads * head_dim; products q.k, q.p and attn.v per head
+        d, t = cfg.d_model, subsampled_length(frames)
+        tp = 2 * t - 1  # relative positions
+        e = kept["units"] * cfg.head_dim
+        params = present * (3 * d + e * (5 * d + 5))
+        macs = present * (4 * d * e * t + d * e * tp + e * t * t + e * t * tp + e * t * t)
+        return Size(params, macs)
+
+    def prune(self, keep: Mapping[str, Tensor]) -> None:
+        index = keep["units"]
+        h, dh = self.heads, self.head_dim
+        for lin in (self.linear_q, self.linear_k, self.linear_v, self.linear_pos):
+            w = lin.weight.detach().view(h, dh, -1)[index]  # (H', dh, D)
+            lin.weight = nn.Parameter(w.reshape(len(index) * dh, -1).clone())
+            if lin.bias is not None:
+                lin.bias = nn.Parameter(lin.bias.detach().view(h, dh)[index].flatten().clone())
+            lin.out_features = len(index) * dh
+        w = self.linear_out.weight.detach().view(-1, h, dh)[:, index]  # (D, H', dh)
+        self.linear_out.weight = nn.Parameter(w.reshape(w.shape[0], -1).clone())
+        self.linear_out.in_features = len(index) * dh
+        self.pos_bias_u, self.pos_bias_v = _kept(self.pos_bias_u, index), _kept(self.pos_bias_v, index)
+        self.heads = len(index)
+
+    def unit_scores(self) -> dict[str, Tensor]:
+        h, d = self.heads, self.head_dim
+        rows = sum(
+            lin.weight.abs().view(h, d, -1).sum((1, 2))
+            for lin in (self.linear_q, self.linear_k, self.linear_v, self.linear_pos)
+        )
+        biases = sum(
+            lin.bias.abs().view(h, d).sum(1) for lin in (self.linear_q, self.linear_k, self.linear_v)
+        )
+        out = self.linear_out.weight.abs().view(-1, h, d).sum((0, 2))
+        pos = self.pos_bias_u.abs().sum(1) + self.pos_bias_v.abs().sum(1)
+        return {"units": rows + biases + out + pos}
+
+    def residual_writers(self) -> list[nn.Module]:
+        return [self.linear_out]
+
+
+class FeedForward(Prunable):
+    """Linear -> SiLU -> dropout -> Linear. Units: hidden neurons (a row of linear1, a column of
+    linear2). Shapes: (B, T, D) -> (B, T, D)."""
+
+    STRUCTURE = "ffn"
+    GATES: ClassVar[dict[str, str]] = {"units": "gate"}
 
     def __init__(self, d_model: int, hidden: int, dropout: float) -> None:
         super().__init__()
@@ -275,8 +469,33 @@ class FeedForward(nn.Module):
             h = h * self.gate()
         return self.linear2(self.dropout(h))
 
+    def unit_groups(self) -> dict[str, int]:
+        return {"units": self.linear1.out_features}
 
-class ConvolutionModule(nn.Module):
+    @staticmethod
+    def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
+        # LayerNorm (2d), linear1 (d f + f), linear2 (f d + d)
+        d, f, t = cfg.d_model, kept["units"], subsampled_length(frames)
+        return Size(present * (3 * d + f * (2 * d + 1)), present * 2 * d * f * t)
+
+    def prune(self, keep: Mapping[str, Tensor]) -> None:
+        index = keep["units"]
+        self.linear1.weight, self.linear1.bias = (
+            _kept(self.linear1.weight, index),
+            _kept(self.linear1.bias, index),
+        )
+        self.linear2.weight = _kept(self.linear2.weight, index, 1)
+        self.linear1.out_features = self.linear2.in_features = len(index)
+
+    def unit_scores(self) -> dict[str, Tensor]:
+        lin1, lin2 = self.linear1, self.linear2
+        return {"units": lin1.weight.abs().sum(1) + lin1.bias.abs() + lin2.weight.abs().sum(0)}
+
+    def residual_writers(self) -> list[nn.Module]:
+        return [self.linear2]
+
+
+class ConvolutionModule(Prunable):
     """Pointwise conv to 2C, GLU, depthwise conv, BatchNorm, SiLU, pointwise conv back to D.
 
     Channel c is the GLU pair (rows c and C + c of pointwise_conv1), depthwise filter c, BatchNorm
@@ -285,6 +504,9 @@ class ConvolutionModule(nn.Module):
 
     Shapes: x (B, T, D), frame_mask (B, T) -> (B, T, D).
     """
+
+    STRUCTURE = "conv"
+    GATES: ClassVar[dict[str, str]] = {"units": "gate"}
 
     def __init__(self, d_model: int, channels: int, kernel: int) -> None:
         super().__init__()
@@ -315,12 +537,67 @@ class ConvolutionModule(nn.Module):
             x = x * self.gate()[None, :, None]
         return self.pointwise_conv2(x).transpose(1, 2)  # (B, T, D)
 
+    def unit_groups(self) -> dict[str, int]:
+        return {"units": self.depthwise_conv.out_channels}
+
+    @staticmethod
+    def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
+        # LayerNorm (2d), pointwise_conv1 (2c d + 2c), depthwise (c k + c), BatchNorm (2c),
+        # pointwise_conv2 (c d + d)
+        d, k, c, t = cfg.d_model, cfg.conv_kernel, kept["units"], subsampled_length(frames)
+        return Size(present * (3 * d + c * (3 * d + k + 5)), present * c * (3 * d + k) * t)
+
+    def prune(self, keep: Mapping[str, Tensor]) -> None:
+        index = keep["units"]
+        pw1, dw, bn, pw2 = self.pointwise_conv1, self.depthwise_conv, self.batch_norm, self.pointwise_conv2
+        glu_rows = torch.cat([index, index + dw.out_channels])  # a channel is the GLU pair (c, C + c)
+        pw1.weight, pw1.bias = _kept(pw1.weight, glu_rows), _kept(pw1.bias, glu_rows)  # type: ignore[arg-type]
+        pw1.out_channels = 2 * len(index)
+        dw.weight, dw.bias = _kept(dw.weight, index), _kept(dw.bias, index)  # type: ignore[arg-type]
+        dw.in_channels = dw.out_channels = dw.groups = len(index)
+        bn.weight, bn.bias = _kept(bn.weight, index), _kept(bn.bias, index)
+        for name in ("running_mean", "running_var"):
+            setattr(bn, name, getattr(bn, name).index_select(0, index.to(bn.weight.device)).clone())
+        bn.num_features = len(index)
+        pw2.weight = _kept(pw2.weight, index, 1)
+        pw2.in_channels = len(index)
+
+    def unit_scores(self) -> dict[str, Tensor]:
+        c = self.pointwise_conv2.in_channels
+        pw1 = self.pointwise_conv1.weight.abs().sum((1, 2))
+        if self.pointwise_conv1.bias is not None:
+            pw1 = pw1 + self.pointwise_conv1.bias.abs()
+        glu = pw1[:c] + pw1[c:]  # a channel is a GLU pair of pointwise_conv1 outputs
+        depthwise = self.depthwise_conv.weight.abs().sum((1, 2))
+        return {"units": glu + depthwise + self.pointwise_conv2.weight.abs().sum((0, 2))}
+
+    def residual_writers(self) -> list[nn.Module]:
+        return [self.pointwise_conv2]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One residual branch of a block: its module class and attribute, its LayerNorm, and the
+    per-layer config field that holds its width (0: absent)."""
+
+    module: type[Prunable]
+    attr: str
+    norm: str
+    field: str
+
 
 class ConformerBlock(nn.Module):
     """x + FF1/2, x + MHSA, x + Conv, x + FF2/2, LayerNorm. Absent modules (width 0) are skipped.
 
     Shapes: x (B, T, D), pos_emb (1, 2T-1, D), frame_mask (B, T) -> (B, T, D).
     """
+
+    BRANCHES: ClassVar[dict[str, Branch]] = {
+        "ffn1": Branch(FeedForward, "feed_forward1", "norm_feed_forward1", "ffn1"),
+        "attn": Branch(RelPositionMultiHeadAttention, "self_attn", "norm_self_att", "heads"),
+        "conv": Branch(ConvolutionModule, "conv", "norm_conv", "conv_channels"),
+        "ffn2": Branch(FeedForward, "feed_forward2", "norm_feed_forward2", "ffn2"),
+    }
 
     def __init__(self, cfg: ConformerConfig, index: int) -> None:
         super().__init__()
@@ -373,6 +650,34 @@ class ConformerBlock(nn.Module):
             x = residual + self.gate_layer() * (x - residual)
         return x
 
+    def branches(self) -> Iterator[tuple[str, Prunable | None]]:
+        """(branch name, its module or None when absent), in the order of `forward`."""
+        for name, branch in self.BRANCHES.items():
+            yield name, getattr(self, branch.attr)
+
+    def remove(self, branch: str) -> None:
+        """Drop a residual branch with its LayerNorm (the block then skips it)."""
+        setattr(self, self.BRANCHES[branch].attr, None)
+        setattr(self, self.BRANCHES[branch].norm, None)
+
+    @staticmethod
+    def size(cfg: ConformerConfig, index: int, kept: Mapping[str, Num], frames: int) -> Size:
+        """Closed-form size of block `index` given kept units by gate name (absent names: as in
+        `cfg`); each branch is weighted by its presence, the whole by the layer's."""
+        sizes: dict[str, Size] = {}
+        for name, branch in ConformerBlock.BRANCHES.items():
+            width = getattr(cfg, branch.field)[index]
+            gate = f"layers.{index}.{name}"
+            units = {"units": kept.get(f"{gate}.units", float(width))}
+            sizes[name] = branch.module.size(cfg, units, frames, kept.get(gate, float(width > 0)))
+        layer = kept.get(f"layers.{index}", 1.0)
+        ffn1, attn, conv, ffn2 = sizes["ffn1"], sizes["attn"], sizes["conv"], sizes["ffn2"]
+        # 2d: norm_out. The terms are summed in this order so that the float32 expected cost, and
+        # with it the budget, stays bit-identical with earlier runs.
+        params = layer * (2 * cfg.d_model + (ffn1.params + ffn2.params) + attn.params + conv.params)
+        macs = layer * ((ffn1.macs + ffn2.macs) + attn.macs + conv.macs)
+        return Size(params, macs)
+
 
 class ConformerEncoder(nn.Module):
     """Subsampling, positional encoding and Conformer blocks.
@@ -423,6 +728,81 @@ class ConformerCTC(nn.Module):
             )
         x, lengths = self.encoder(feats, lengths)
         return torch.log_softmax(self.decoder(x).float(), dim=-1), lengths
+
+    # -- pruning: the loops over the prunable modules ----------------------------------------------
+
+    def blocks(self) -> list[ConformerBlock]:
+        return [b for b in self.encoder.layers if isinstance(b, ConformerBlock)]
+
+    def named_prunable(self) -> Iterator[tuple[str, Prunable]]:
+        """Every prunable module by name, front end first: ``frontend``, ``layers.{i}.{branch}``.
+        A unit group's gate and mask are named ``{name}.{group}`` (``frontend.0``,
+        ``layers.3.attn.units``); a branch's presence gate ``layers.{i}.{branch}``, a block's
+        ``layers.{i}``."""
+        yield "frontend", self.encoder.pre_encode
+        for i, block in enumerate(self.blocks()):
+            for branch, module in block.branches():
+                if module is not None:
+                    yield f"layers.{i}.{branch}", module
+
+    @staticmethod
+    def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int) -> Size:
+        """Closed-form parameters and MACs (one utterance of `frames` feature frames) of `cfg` with
+        `kept` units, presence probabilities or mask sums by gate name; absent names as in `cfg`.
+        As the flop counter does, only matrix products and convolutions count as MACs."""
+        groups = ConvSubsampling.config_groups(cfg)
+        params, macs = ConvSubsampling.size(
+            cfg, {g: kept.get(f"frontend.{g}", float(n)) for g, n in groups.items()}, frames
+        )
+        for i in range(cfg.n_layers):
+            layer = ConformerBlock.size(cfg, i, kept, frames)
+            params, macs = params + layer.params, macs + layer.macs
+        d, v, t = cfg.d_model, cfg.vocab_size + 1, subsampled_length(frames)
+        return Size(params + d * v + v, macs + d * v * t)  # CTC head
+
+    def prune(self, masks: Mapping[str, Tensor]) -> None:
+        """Slice away, in place, every unit, branch and block whose 0/1 mask (by gate name, see
+        `named_prunable`) is 0; absent names keep everything. A branch left without units is
+        removed. Gates are left alone: prune a model without them."""
+
+        def kept(name: str, n: int) -> Tensor:
+            mask = masks.get(name)
+            return torch.arange(n) if mask is None else torch.nonzero(mask.cpu() > 0.5).flatten()
+
+        def open_(name: str) -> bool:
+            return name not in masks or bool(masks[name].sum() > 0)
+
+        pre = self.encoder.pre_encode
+        pre.prune({g: kept(f"frontend.{g}", n) for g, n in pre.unit_groups().items()})
+        blocks = []
+        for i, block in enumerate(self.blocks()):
+            if not open_(f"layers.{i}"):
+                continue  # the whole block is the identity
+            for branch, module in block.branches():
+                if module is None:
+                    continue
+                keep = {g: kept(f"layers.{i}.{branch}.{g}", n) for g, n in module.unit_groups().items()}
+                if not open_(f"layers.{i}.{branch}") or any(len(k) == 0 for k in keep.values()):
+                    block.remove(branch)
+                else:
+                    module.prune(keep)
+            blocks.append(block)
+        self.encoder.layers = nn.ModuleList(blocks)
+        self.config = self.current_config()
+
+    def current_config(self) -> ConformerConfig:
+        """The config of the model as its modules now are (after pruning, in place or by a
+        library)."""
+        blocks = self.blocks()
+        widths: dict[str, Any] = {
+            branch.field: [
+                next(iter(m.unit_groups().values())) if (m := getattr(b, branch.attr)) is not None else 0
+                for b in blocks
+            ]
+            for branch in ConformerBlock.BRANCHES.values()
+        }
+        channels = list(self.encoder.pre_encode.unit_groups().values())
+        return dataclasses.replace(self.config, n_layers=len(blocks), subsampling_channels=channels, **widths)
 
 
 def build_model(cfg: ConformerConfig) -> ConformerCTC:

@@ -15,7 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Lagrangian", "target_sparsity"]
+__all__ = ["Lagrangian", "UnreachableTargetError", "target_sparsity"]
+
+
+class UnreachableTargetError(ValueError):
+    """A method cannot bring the model to the requested size (its message says what it reached)."""
 
 
 class Lagrangian(nn.Module):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 
 from conformer_prune.model.conformer import ConformerConfig
-from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
+from conformer_prune.prune.budget import UnreachableTargetError
+from conformer_prune.prune.cost import as_float, conformer_cost
 
 __all__ = ["dense_config_like", "dense_params"]
 
 
 def dense_params(cfg: ConformerConfig) -> int:
-    return int(as_float(conformer_cost(cfg, dense_counts(cfg)).params))
+    return int(as_float(conformer_cost(cfg).params))
 
 
 def _scaled(teacher: ConformerConfig, scale: float, ffn: int | None = None) -> ConformerConfig:
@@ -43,7 +44,7 @@ def dense_config_like(teacher: ConformerConfig, target_params: float) -> Conform
     then the feed-forward width set so that the count is at or just under `target_params`.
 
     Raises:
-        ValueError: even the narrowest shape is larger than the target.
+        UnreachableTargetError: even the narrowest shape is larger than the target.
     """
     lo, hi = 0.0, 1.0
     for _ in range(40):
@@ -54,7 +55,9 @@ def dense_config_like(teacher: ConformerConfig, target_params: float) -> Conform
             hi = mid
     cfg = _scaled(teacher, lo)
     if dense_params(cfg) > target_params:
-        raise ValueError(f"no dense shape of the teacher's depth fits in {target_params:,.0f} parameters")
+        raise UnreachableTargetError(
+            f"no dense shape of the teacher's depth fits in {target_params:,.0f} parameters"
+        )
     ffn = cfg.ffn1[0]
     while dense_params(_scaled(teacher, lo, ffn + 1)) <= target_params:  # use the rounding slack
         ffn += 1

@@ -6,7 +6,8 @@ Usage:
     masks = gates.deterministic_masks(target_params=0.5 * teacher_params)
     gates.freeze(masks)                   # fine-tune with fixed masks, then physically prune
 
-Structures, by name:
+Structures, by name (a unit structure is the `Prunable.STRUCTURE` of the module class that owns the
+units, so a new prunable module brings its own):
 - ``heads``: attention heads of every layer;
 - ``ffn``: hidden neurons of both feed-forward modules;
 - ``conv``: convolution-module channels (GLU pair, depthwise filter, BatchNorm entry, pointwise_conv2
@@ -29,8 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from conformer_prune.model.conformer import ConformerCTC
-from conformer_prune.prune.cost import Cost, LayerCounts, ModelCounts, conformer_cost
+from conformer_prune.model.conformer import ConformerCTC, Num
+from conformer_prune.prune.cost import Cost, Metric, conformer_cost
 from conformer_prune.prune.hardconcrete import HardConcrete
 
 __all__ = ["STRUCTURES", "ConformerGates", "Structure"]
@@ -41,16 +42,20 @@ STRUCTURES: tuple[Structure, ...] = ("heads", "ffn", "conv", "modules", "fronten
 
 @dataclass
 class _Slot:
-    """A gate and where it lives: `owner.attr`."""
+    """A gate and where it lives: `owner.attr`. A unit gate of a removable module names the gate
+    that removes the whole module (`closes`)."""
 
     gate: HardConcrete
     owner: torch.nn.Module
     attr: str
     learned: bool
+    unit: bool = False
+    closes: str | None = None
 
 
 class ConformerGates:
-    """The gates attached to one model, by name (``layers.3.heads``, ``layers.3.attn``, ``frontend.1``)."""
+    """The gates attached to one model, by name (``layers.3.attn.units``, ``layers.3.attn``,
+    ``frontend.1``; see `ConformerCTC.named_prunable`)."""
 
     def __init__(self, model: ConformerCTC, slots: dict[str, _Slot], structures: list[str]) -> None:
         self.model = model
@@ -78,45 +83,36 @@ class ConformerGates:
         if unknown:
             raise ValueError(f"unknown prunable structures {unknown}; expected some of {list(STRUCTURES)}")
         slots: dict[str, _Slot] = {}
+        device = next(model.parameters()).device
 
-        def add(name: str, owner: torch.nn.Module, attr: str, n: int, init: float, learned: bool) -> None:
+        def add(name: str, owner: torch.nn.Module, attr: str, n: int, init: float, learned: bool) -> _Slot:
             gate = HardConcrete(
                 n, init_log_alpha=init if learned else 20.0, init_std=0.01 if learned else 0.0
             )
             if not learned:
                 gate.freeze(torch.ones(n))
-            gate.to(next(model.parameters()).device)
+            gate.to(device)
             setattr(owner, attr, gate)
             slots[name] = _Slot(gate, owner, attr, learned)
+            return slots[name]
 
-        cfg = model.config
+        # the order of creation fixes the gates' initial noise and their sampling seeds
         pre = model.encoder.pre_encode
-        if "frontend" in structures:
-            add("frontend.0", pre, "gate1", cfg.subsampling_channels[0], init_unit, True)
-            add("frontend.1", pre, "gate2", cfg.subsampling_channels[1], init_unit, True)
-        for i, block in enumerate(model.encoder.layers):
-            branches = {  # branch: (module attribute, structure of its units, width)
-                "ffn1": ("feed_forward1", "ffn", cfg.ffn1[i]),
-                "attn": ("self_attn", "heads", cfg.heads[i]),
-                "conv": ("conv", "conv", cfg.conv_channels[i]),
-                "ffn2": ("feed_forward2", "ffn", cfg.ffn2[i]),
-            }
-            for branch, (attr, structure, width) in branches.items():
-                module = getattr(block, attr)
+        if pre.STRUCTURE in structures:
+            for group, n in pre.unit_groups().items():
+                add(f"frontend.{group}", pre, pre.GATES[group], n, init_unit, True).unit = True
+        for i, block in enumerate(model.blocks()):
+            for branch, module in block.branches():
                 if module is None:
                     continue
-                unit_gated = structure in structures
+                name = f"layers.{i}.{branch}"
+                unit_gated = module.STRUCTURE in structures
                 if unit_gated:
-                    add(f"layers.{i}.{branch}.units", module, "gate", width, init_unit, True)
+                    for group, n in module.unit_groups().items():
+                        slot = add(f"{name}.{group}", module, module.GATES[group], n, init_unit, True)
+                        slot.unit, slot.closes = True, name
                 if unit_gated or "modules" in structures:
-                    add(
-                        f"layers.{i}.{branch}",
-                        block,
-                        f"gate_{branch}",
-                        1,
-                        init_module,
-                        "modules" in structures,
-                    )
+                    add(name, block, f"gate_{branch}", 1, init_module, "modules" in structures)
             if "layers" in structures:
                 add(f"layers.{i}", block, "gate_layer", 1, init_module, True)
         return cls(model, slots, list(structures))
@@ -132,45 +128,20 @@ class ConformerGates:
         for k, slot in enumerate(self.slots.values()):
             slot.gate.generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + k)
 
-    # -- counts and costs -------------------------------------------------------------------------
-
-    def _counts(self, value: dict[str, Tensor | float]) -> ModelCounts:
-        cfg = self.model.config
-
-        def get(name: str, default: float) -> Tensor | float:
-            return value.get(name, default)
-
-        layers = []
-        for i in range(cfg.n_layers):
-            widths = {
-                "ffn1": cfg.ffn1[i],
-                "attn": cfg.heads[i],
-                "conv": cfg.conv_channels[i],
-                "ffn2": cfg.ffn2[i],
-            }
-            kw: dict[str, Tensor | float] = {"layer": get(f"layers.{i}", 1.0)}
-            for branch, width in widths.items():
-                unit_key = "heads" if branch == "attn" else branch
-                kw[f"{branch}_module"] = get(f"layers.{i}.{branch}", float(width > 0))
-                kw[unit_key] = get(f"layers.{i}.{branch}.units", float(width))
-            layers.append(LayerCounts(**kw))
-        c1, c2 = cfg.subsampling_channels
-        return ModelCounts(get("frontend.0", float(c1)), get("frontend.1", float(c2)), layers)
+    # -- costs ------------------------------------------------------------------------------------
 
     def expected_cost(self, seconds: float = 10.0) -> Cost:
         """E[params], E[MACs/s] under the gates' distribution (differentiable in log_alpha)."""
-        value: dict[str, Tensor | float] = {}
+        value: dict[str, Num] = {}
         for name, slot in self.slots.items():
             gate = slot.gate
             value[name] = gate.fixed.sum() if gate.frozen else gate.prob_nonzero().sum()
-        return conformer_cost(self.model.config, self._counts(value), seconds)
+        return conformer_cost(self.model.config, value, seconds)
 
     def mask_cost(self, masks: dict[str, Tensor], seconds: float = 10.0) -> Cost:
         """Exact cost of the model that `masks` would leave after physical pruning."""
         masks = self.normalized(masks)
-        return conformer_cost(
-            self.model.config, self._counts({k: float(m.sum()) for k, m in masks.items()}), seconds
-        )
+        return conformer_cost(self.model.config, {k: float(m.sum()) for k, m in masks.items()}, seconds)
 
     # -- deterministic masks ----------------------------------------------------------------------
 
@@ -182,15 +153,18 @@ class ConformerGates:
     def normalized(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """Close a module whose units are all removed, and keep one front-end channel at least."""
         out = {k: v.clone() for k, v in masks.items()}
-        for name in out:
-            if name.endswith(".units") and out[name].sum() == 0:
-                out[name.removesuffix(".units")] = torch.zeros(1, device=out[name].device)
-            if name.startswith("frontend.") and out[name].sum() == 0:
-                out[name][int(torch.argmax(self.slots[name].gate.log_alpha))] = 1.0
+        for name in list(out):
+            slot = self.slots.get(name)
+            if slot is None or not slot.unit or out[name].sum() > 0:
+                continue
+            if slot.closes is not None:
+                out[slot.closes] = torch.zeros(1, device=out[name].device)
+            else:  # a module that cannot be removed (the front end) keeps its best unit
+                out[name][int(torch.argmax(slot.gate.log_alpha))] = 1.0
         return out
 
     def deterministic_masks(
-        self, target: float | None = None, metric: Literal["params", "macs"] = "params"
+        self, target: float | None = None, metric: Metric = "params"
     ) -> dict[str, Tensor]:
         """0/1 masks: each gate keeps its round(E[#non-zero]) best units; then, if `target` (an
         absolute parameter or MAC count) is given, units are removed or restored in order of
@@ -207,8 +181,7 @@ class ConformerGates:
             return self.normalized(masks)
 
         def cost(m: dict[str, Tensor]) -> float:
-            c = self.mask_cost(m)
-            return float(c.params if metric == "params" else c.macs_per_second)
+            return float(self.mask_cost(m).value(metric))
 
         # candidate units, best first: (log_alpha, gate name, index)
         ranked = sorted(

@@ -15,75 +15,29 @@ Usage:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from conformer_prune.model.conformer import (
-    ConformerBlock,
-    ConformerCTC,
-    ConvolutionModule,
-    FeedForward,
-    RelPositionMultiHeadAttention,
-)
+from conformer_prune.model.conformer import ConformerCTC
+from conformer_prune.prune.cost import Metric
 from conformer_prune.prune.gates import ConformerGates
 
 __all__ = ["magnitude_masks", "unit_scores"]
 
 
-def _heads(attn: RelPositionMultiHeadAttention) -> Tensor:
-    h, d = attn.heads, attn.head_dim
-    rows = sum(
-        lin.weight.abs().view(h, d, -1).sum((1, 2))
-        for lin in (attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_pos)
-    )
-    biases = sum(lin.bias.abs().view(h, d).sum(1) for lin in (attn.linear_q, attn.linear_k, attn.linear_v))
-    out = attn.linear_out.weight.abs().view(-1, h, d).sum((0, 2))
-    pos = attn.pos_bias_u.abs().sum(1) + attn.pos_bias_v.abs().sum(1)
-    return rows + biases + out + pos
-
-
-def _neurons(ffn: FeedForward) -> Tensor:
-    return ffn.linear1.weight.abs().sum(1) + ffn.linear1.bias.abs() + ffn.linear2.weight.abs().sum(0)
-
-
-def _channels(conv: ConvolutionModule) -> Tensor:
-    c = conv.pointwise_conv2.in_channels
-    pw1 = conv.pointwise_conv1.weight.abs().sum((1, 2))
-    if conv.pointwise_conv1.bias is not None:
-        pw1 = pw1 + conv.pointwise_conv1.bias.abs()
-    glu = pw1[:c] + pw1[c:]  # a channel is a GLU pair of pointwise_conv1 outputs
-    return glu + conv.depthwise_conv.weight.abs().sum((1, 2)) + conv.pointwise_conv2.weight.abs().sum((0, 2))
-
-
 def unit_scores(model: ConformerCTC) -> dict[str, Tensor]:
-    """L1 norm of each prunable unit's weights, keyed like the unit gates of `ConformerGates`."""
-    scores: dict[str, Tensor] = {}
+    """L1 norm of each prunable unit's weights (`Prunable.unit_scores`), keyed like the unit gates
+    of `ConformerGates`."""
     with torch.no_grad():
-        pre = model.encoder.pre_encode
-        conv0, conv1 = pre.conv[0], pre.conv[2]
-        assert isinstance(conv0, nn.Conv2d) and isinstance(conv1, nn.Conv2d)
-        c2 = conv1.out_channels
-        out_columns = pre.out.weight.abs().view(-1, c2, pre.out.in_features // c2).sum((0, 2))
-        scores["frontend.0"] = conv0.weight.abs().sum((1, 2, 3)) + conv1.weight.abs().sum((0, 2, 3))
-        scores["frontend.1"] = conv1.weight.abs().sum((1, 2, 3)) + out_columns
-        for i, block in enumerate(model.encoder.layers):
-            assert isinstance(block, ConformerBlock)
-            if block.self_attn is not None:
-                scores[f"layers.{i}.attn.units"] = _heads(block.self_attn)
-            if block.feed_forward1 is not None:
-                scores[f"layers.{i}.ffn1.units"] = _neurons(block.feed_forward1)
-            if block.conv is not None:
-                scores[f"layers.{i}.conv.units"] = _channels(block.conv)
-            if block.feed_forward2 is not None:
-                scores[f"layers.{i}.ffn2.units"] = _neurons(block.feed_forward2)
+        scores = {
+            f"{name}.{group}": score
+            for name, module in model.named_prunable()
+            for group, score in module.unit_scores().items()
+        }
     return {k: v.detach().float().cpu() for k, v in scores.items()}
 
 
-def magnitude_masks(
-    gates: ConformerGates, target: float, metric: Literal["params", "macs"] = "params"
-) -> dict[str, Tensor]:
+def magnitude_masks(gates: ConformerGates, target: float, metric: Metric = "params") -> dict[str, Tensor]:
     """0/1 masks for every gate: the same kept fraction of units everywhere (at least one per
     gate), best first by L1 score, at or just under `target` (an absolute count)."""
     all_scores = unit_scores(gates.model)
@@ -101,8 +55,7 @@ def magnitude_masks(
         return masks
 
     def cost(masks: dict[str, Tensor]) -> float:
-        c = gates.mask_cost(masks)
-        return float(c.params if metric == "params" else c.macs_per_second)
+        return float(gates.mask_cost(masks).value(metric))
 
     lo, hi = 0.0, 1.0
     for _ in range(40):

@@ -11,16 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from torch import Tensor
 
-from conformer_prune.model.conformer import ConformerConfig
+from conformer_prune.model.conformer import ConformerBlock, ConformerConfig
 
 __all__ = ["kept_per_layer", "layers_markdown", "plot_layers"]
 
-_BRANCHES = (
-    ("ffn1", "ffn1", "FFN 1"),
-    ("attn", "heads", "heads"),
-    ("conv", "conv_channels", "conv"),
-    ("ffn2", "ffn2", "FFN 2"),
-)
+_LABELS = {"ffn1": "FFN 1", "attn": "heads", "conv": "conv", "ffn2": "FFN 2"}
+# (branch, the config field of its width, its label), in the block's order
+_BRANCHES = tuple((name, b.field, _LABELS[name]) for name, b in ConformerBlock.BRANCHES.items())
 
 
 def kept_per_layer(

@@ -44,7 +44,7 @@ from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_r
 from conformer_prune.model.conformer import build_model
 from conformer_prune.prune.budget import Lagrangian, target_sparsity
 from conformer_prune.prune.config import PruneConfig
-from conformer_prune.prune.cost import Cost, as_float, conformer_cost, dense_counts
+from conformer_prune.prune.cost import Cost, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.magnitude import magnitude_masks
@@ -135,7 +135,7 @@ def _prune(
 
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
-    teacher_cost = conformer_cost(teacher.config, dense_counts(teacher.config))
+    teacher_cost = conformer_cost(teacher.config)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
     dense = cfg.method in ("scratch", "dense-distill")
     if dense:  # a narrower dense model of the target size, from random weights, without gates
@@ -284,7 +284,7 @@ def _prune(
         _freeze(gates, target_abs, cfg, out)
     masks = gates.current_masks()
     pruned = physically_prune(student, masks)
-    pruned_cost = conformer_cost(pruned.config, dense_counts(pruned.config))
+    pruned_cost = conformer_cost(pruned.config)
     model_path = out / "model.pt"
     if dist.is_main:
         save_recognizer(

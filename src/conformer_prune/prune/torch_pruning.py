@@ -30,19 +30,13 @@ Usage:
 from __future__ import annotations
 
 import copy
-import dataclasses
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from conformer_prune.model.conformer import (
-    ConformerBlock,
-    ConformerCTC,
-    RelPositionMultiHeadAttention,
-    build_model,
-)
-from conformer_prune.prune.cost import as_float, conformer_cost, dense_counts
+from conformer_prune.model.conformer import ConformerCTC, RelPositionMultiHeadAttention, build_model
+from conformer_prune.prune.budget import UnreachableTargetError
+from conformer_prune.prune.cost import Metric, as_float, conformer_cost
 
 __all__ = ["torch_pruning_prune"]
 
@@ -76,13 +70,10 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
         del attn.pos_bias_u, attn.pos_bias_v
         attn.pos_bias_u, attn.pos_bias_v = u, v  # type: ignore[assignment]
 
-    pre = model.encoder.pre_encode
-    ignored: list[nn.Module] = [model.decoder, pre.out, pre.conv[2]]
-    for block in model.encoder.layers:
-        assert isinstance(block, ConformerBlock)
-        ignored += [ffn.linear2 for ffn in (block.feed_forward1, block.feed_forward2) if ffn is not None]
-        if block.conv is not None:
-            ignored.append(block.conv.pointwise_conv2)
+    # d_model is kept: the decoder and every writer of the residual stream are left alone (the
+    # attention's linear_out too, whose input channels follow the heads)
+    ignored: list[nn.Module] = [model.decoder, model.encoder.pre_encode.conv[2]]
+    ignored += [layer for _, module in model.named_prunable() for layer in module.residual_writers()]
     num_heads: dict[nn.Module, int] = {
         lin: attn.heads
         for attn in attns.values()
@@ -112,35 +103,19 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
         attn.pos_bias_u = nn.Parameter(u[kept].clone())
         attn.pos_bias_v = nn.Parameter(v[kept].clone())
         attn.heads = len(kept)
-    return _rebuild(model)
-
-
-def _rebuild(model: ConformerCTC) -> ConformerCTC:
-    """A `ConformerCTC` whose config lists the pruned widths, loaded with strict=True."""
-    blocks = [b for b in model.encoder.layers if isinstance(b, ConformerBlock)]
-    conv0 = model.encoder.pre_encode.conv[0]
-    assert isinstance(conv0, nn.Conv2d)
-    cfg = dataclasses.replace(
-        model.config,
-        subsampling_channels=[conv0.out_channels, model.config.subsampling_channels[1]],
-        heads=[b.self_attn.heads if b.self_attn is not None else 0 for b in blocks],
-        ffn1=[b.feed_forward1.linear1.out_features if b.feed_forward1 is not None else 0 for b in blocks],
-        ffn2=[b.feed_forward2.linear1.out_features if b.feed_forward2 is not None else 0 for b in blocks],
-        conv_channels=[b.conv.depthwise_conv.out_channels if b.conv is not None else 0 for b in blocks],
-    )
-    out = build_model(cfg)
+    out = build_model(model.current_config())  # the widths the library left
     out.load_state_dict(model.state_dict(), strict=True)  # fails loudly if d_model was touched
     return out
 
 
-def _cost(model: ConformerCTC, metric: Literal["params", "macs"]) -> float:
-    return as_float(conformer_cost(model.config, dense_counts(model.config)).value(metric))
+def _cost(model: ConformerCTC, metric: Metric) -> float:
+    return as_float(conformer_cost(model.config).value(metric))
 
 
 def torch_pruning_prune(
     teacher: ConformerCTC,
     target: float,
-    metric: Literal["params", "macs"],
+    metric: Metric,
     tolerance: float = 0.005,
     frames: int = 200,
 ) -> ConformerCTC:
@@ -154,7 +129,7 @@ def torch_pruning_prune(
         frames: length of the example input the dependency graph is traced with.
 
     Raises:
-        ValueError: no ratio the bisection tries reaches the target. The size falls with the ratio
+        UnreachableTargetError: no ratio the bisection tries reaches the target. The size falls with the ratio
             only up to a point: at high ratios Torch-Pruning leaves whole every group its global
             ranking would empty (measured on the reference teacher: 2.21 M parameters at 0.8,
             2.10 M at 0.875, 2.16 M at 0.9, 2.39 M at 0.95), so small targets are out of reach.
@@ -175,7 +150,7 @@ def torch_pruning_prune(
         else:
             lo = mid
     if best is None:
-        raise ValueError(
+        raise UnreachableTargetError(
             f"Torch-Pruning found no global ratio (12 tried by bisection) that brings the model to "
             f"{target:,.0f} {metric}: the smallest it gave was {smallest[0]:,.0f} (ratio "
             f"{smallest[1]:.3f}) with d_model and the second subsampling convolution kept; at high "

@@ -43,7 +43,7 @@ from conformer_prune.distributed import SINGLE_PROCESS, Distributed, LossFn, is_
 from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
-from conformer_prune.model.conformer import ConformerCTC, build_model
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerCTC, build_model
 from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
 
@@ -210,7 +210,7 @@ def train_one_epoch(
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     totals = dist.sum({**sums, "audio_frames": float(audio_frames)})
-    audio_seconds = totals.pop("audio_frames") / 100.0
+    audio_seconds = totals.pop("audio_frames") / FEATURE_FRAMES_PER_SECOND
     means = {k: v / max(1, steps * dist.world_size) for k, v in totals.items()}
     return {**means, "steps": steps, "audio_seconds": audio_seconds}
 
