@@ -7,16 +7,19 @@ from typing import Any, Literal
 import pytest
 import torch
 
-from conformer_prune.cli import main
+from conformer_prune.cli import build_parser, main
+from conformer_prune.config import ConfigError, load_config
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
 from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
 from conformer_prune.prune import run as prune_run
 from conformer_prune.prune.budget import Lagrangian, UnreachableTargetError, target_sparsity
+from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like, dense_params
 from conformer_prune.prune.gates import STRUCTURES, ConformerGates
 from conformer_prune.prune.hardconcrete import HardConcrete
 from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
+from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
@@ -427,3 +430,13 @@ def test_committed_checkpoints_load_strictly_and_their_masks_name_our_units() ->
     }
     kept = {k: float(m.sum()) for k, m in masks.items()}
     assert as_float(conformer_cost(teacher.config, kept).params) == count_params(pruned.model)
+
+
+def test_one_registry_names_the_methods_for_config_and_command_line() -> None:
+    prune_parser = build_parser()._subparsers._group_actions[0].choices["prune"]  # type: ignore[union-attr]
+    (method_arg,) = [a for a in prune_parser._actions if a.dest == "method"]
+    assert list(method_arg.choices) == list(METHODS)
+    for name in METHODS:
+        assert load_config(PruneConfig, None, [f"method={name}"]).method == name
+    with pytest.raises(ConfigError, match="method"):
+        load_config(PruneConfig, None, ["method=l1-distill"])

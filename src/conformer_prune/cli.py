@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conformer_prune.config import ConfigError
+from conformer_prune.prune.methods import METHODS
 
 if TYPE_CHECKING:
     from conformer_prune.prune.config import PruneConfig
@@ -424,19 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
     p.add_argument(
         "--method",
-        choices=[
-            "l0-distill",
-            "l0",
-            "magnitude",
-            "magnitude-distill",
-            "torch-pruning",
-            "scratch",
-            "dense-distill",
-        ],
-        help="l0-distill (the method, default), l0 (no distillation), the one-shot L1 baselines "
-        "magnitude (fine-tuned with CTC) and magnitude-distill (with distillation), torch-pruning "
-        "(the Torch-Pruning library's global group-L2 pruning, fine-tuned with CTC), or a narrower "
-        "dense model of the target size trained from scratch (scratch: CTC; dense-distill)",
+        choices=list(METHODS),
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (default l0-distill)",
     )
     p.add_argument("--config", help="YAML file with PruneConfig fields")
     p.add_argument(

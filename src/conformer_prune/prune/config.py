@@ -7,6 +7,8 @@ from typing import Literal
 
 from conformer_prune.data.features import SpecAugmentConfig
 from conformer_prune.distill.layerwise import DistillConfig
+from conformer_prune.prune.cost import Metric
+from conformer_prune.prune.methods import MethodName
 
 __all__ = ["PruneConfig"]
 
@@ -16,15 +18,13 @@ class PruneConfig:
     """L0 pruning with a Lagrangian budget and layerwise distillation, then fine-tuning.
 
     Args:
-        method: "l0-distill" (the method), "l0" (the same gates and budget, CTC loss only),
-            "magnitude" (one-shot L1 structured pruning, the same kept fraction in every gate,
-            then fine-tuning with CTC for all prune_epochs + finetune_epochs) or
-            "magnitude-distill" (the same, fine-tuned with the method's distillation),
-            "torch-pruning" (the Torch-Pruning library's one-shot group-L2 global pruning of heads,
-            neurons and channels; `prune.torch_pruning`; then CTC fine-tuning for all epochs),
-            "scratch" (a dense model of the teacher's depth, narrower to the parameter target,
-            trained from random weights with CTC for all epochs; `prune.dense`) or
-            "dense-distill" (the same model trained with the method's distillation).
+        method: a name from `conformer_prune.prune.methods.METHODS`: "l0-distill" (the method),
+            "l0" (the same gates and budget, CTC loss only), "magnitude" and "magnitude-distill"
+            (one-shot L1 structured pruning, the same kept fraction in every gate), "torch-pruning"
+            (the Torch-Pruning library's one-shot group-L2 global pruning), "scratch" and
+            "dense-distill" (a dense model of the teacher's depth, narrower to the parameter
+            target, from random weights). Every method but the learned ones fine-tunes its fixed
+            shape for all prune_epochs + finetune_epochs.
         target_params: kept fraction of the teacher's parameters (exclusive with target_macs).
         target_macs: kept fraction of the teacher's MACs per second of audio.
         structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
@@ -48,9 +48,7 @@ class PruneConfig:
         threads: CPU threads (0 keeps PyTorch's default).
     """
 
-    method: Literal[
-        "l0-distill", "l0", "magnitude", "magnitude-distill", "torch-pruning", "scratch", "dense-distill"
-    ] = "l0-distill"
+    method: MethodName = "l0-distill"
     target_params: float | None = 0.5
     target_macs: float | None = None
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])
@@ -81,7 +79,7 @@ class PruneConfig:
             raise ValueError(f"the target is a kept fraction in (0, 1), found {given[0]}")
 
     @property
-    def metric(self) -> Literal["params", "macs"]:
+    def metric(self) -> Metric:
         return "params" if self.target_params is not None else "macs"
 
     @property

@@ -48,6 +48,7 @@ from conformer_prune.prune.cost import Cost, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.magnitude import magnitude_masks
+from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train.loop import (
@@ -137,21 +138,23 @@ def _prune(
     teacher = teacher_rec.model.to(device).eval()
     teacher_cost = conformer_cost(teacher.config)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
-    dense = cfg.method in ("scratch", "dense-distill")
-    if dense:  # a narrower dense model of the target size, from random weights, without gates
+    method = METHODS[cfg.method]
+    if method.masks == "dense":  # a narrower dense model of the target size, from random weights
         if cfg.metric != "params":
             raise ValueError(f"method {cfg.method} takes a parameter target (--target-params)")
         student = build_model(dense_config_like(teacher.config, target_abs)).to(device)
-    elif cfg.method == "torch-pruning":  # pruned by the library before training, without gates
+    elif method.masks == "torch-pruning":  # pruned by the library before training, without gates
         student = torch_pruning_prune(teacher, target_abs, cfg.metric).to(device)
     else:
         student = copy.deepcopy(teacher)
-    no_gates = dense or cfg.method == "torch-pruning"
     gates = ConformerGates.attach(
-        student, [] if no_gates else cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha
+        student,
+        cfg.structures if method.has_gates else [],
+        cfg.init_unit_log_alpha,
+        cfg.init_module_log_alpha,
     )
     distill_cfg = copy.deepcopy(cfg.distill)
-    if cfg.method in ("l0", "magnitude", "scratch", "torch-pruning"):  # CTC loss only
+    if not method.distill:  # CTC loss only
         distill_cfg.layer_weight = distill_cfg.kl_weight = 0.0
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
@@ -159,9 +162,8 @@ def _prune(
     lagrangian = Lagrangian().to(device)
     # one-shot and dense baselines: nothing is learned about the shape, every epoch fine-tunes
     # with a fixed one (the same total number of steps as the method)
-    one_shot = cfg.method.startswith("magnitude")
-    prune_epochs = 0 if one_shot or no_gates else cfg.prune_epochs
-    if one_shot and not resume:
+    prune_epochs = cfg.prune_epochs if method.learns_masks else 0
+    if method.masks == "magnitude" and not resume:
         _freeze(gates, target_abs, cfg, out, magnitude_masks(gates, target_abs, cfg.metric))
 
     data = make_data(
