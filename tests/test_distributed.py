@@ -157,14 +157,14 @@ def _one_step(dist: Distributed, modules: dict[str, torch.nn.Module], loss_fn: L
 def _worker(rank: int, ports: list[int], corpus: Path, root: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    real_train, real_prune = loop.train_one_epoch, prune_run.train_one_epoch
+    real_epoch = loop.train_one_epoch  # the epoch engine of training and pruning
 
     os.environ["MASTER_PORT"] = str(ports[0])  # training, two epochs
-    loop.train_one_epoch = _recording(real_train, root / "train")
+    loop.train_one_epoch = _recording(real_epoch, root / "train")
     assert main(_train_argv(corpus, root / "train")) == 0
 
     os.environ["MASTER_PORT"] = str(ports[1])  # the same, stopped in the second epoch ...
-    loop.train_one_epoch = _recording(real_train, root / "resumed", stop_at=2)
+    loop.train_one_epoch = _recording(real_epoch, root / "resumed", stop_at=2)
     try:
         main(_train_argv(corpus, root / "resumed"))
         raise AssertionError("the run was not interrupted")
@@ -173,15 +173,14 @@ def _worker(rank: int, ports: list[int], corpus: Path, root: Path) -> None:
     gc.collect()  # the interrupted run's DDP wrapper first, then its process group (see launch)
     torch.distributed.destroy_process_group()
     os.environ["MASTER_PORT"] = str(ports[2])  # ... and resumed
-    loop.train_one_epoch = _recording(real_train, root / "resumed")
+    loop.train_one_epoch = _recording(real_epoch, root / "resumed")
     assert main([*_train_argv(corpus, root / "resumed"), "--resume"]) == 0
-    loop.train_one_epoch = real_train
 
     os.environ["MASTER_PORT"] = str(ports[3])  # pruning the trained model, one epoch of each stage
-    prune_run.train_one_epoch = _recording(real_prune, root / "prune")
+    loop.train_one_epoch = _recording(real_epoch, root / "prune")
     train, dev = read_corpus(corpus / "train"), read_corpus(corpus / "dev")
     prune_run.run_pruning(_prune_config(), root / "train" / "model.pt", train, dev, root / "prune")
-    prune_run.train_one_epoch = real_prune
+    loop.train_one_epoch = real_epoch
 
     os.environ["MASTER_PORT"] = str(ports[4])  # one step on a micro-batch of 3 or 2 utterances
     modules, loss_fn, batches = _gradient_problem()
@@ -210,9 +209,10 @@ def runs(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp_:
         mp_.setattr(loop, "BucketBatchSampler", _UnionSampler)
-        mp_.setattr(loop, "train_one_epoch", _recording(loop.train_one_epoch, root / "train_ref"))
+        real_epoch = loop.train_one_epoch  # the epoch engine of training and pruning
+        mp_.setattr(loop, "train_one_epoch", _recording(real_epoch, root / "train_ref"))
         assert main(_train_argv(tiny_corpus, root / "train_ref")) == 0
-        mp_.setattr(prune_run, "train_one_epoch", _recording(prune_run.train_one_epoch, root / "prune_ref"))
+        mp_.setattr(loop, "train_one_epoch", _recording(real_epoch, root / "prune_ref"))
         train, dev = read_corpus(tiny_corpus / "train"), read_corpus(tiny_corpus / "dev")
         prune_run.run_pruning(_prune_config(), root / "train" / "model.pt", train, dev, root / "prune_ref")
     torch.set_num_threads(threads)

@@ -11,8 +11,7 @@ from conformer_prune.cli import build_parser, main
 from conformer_prune.config import ConfigError, load_config
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
 from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
-from conformer_prune.prune import run as prune_run
-from conformer_prune.prune.budget import Lagrangian, UnreachableTargetError, target_sparsity
+from conformer_prune.prune.budget import Budget, Lagrangian, UnreachableTargetError, target_sparsity
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like, dense_params
@@ -23,6 +22,7 @@ from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
+from conformer_prune.train import loop
 from tests.conftest import hetero_config
 
 ALL = list(STRUCTURES)
@@ -193,6 +193,13 @@ def test_lagrangian_drives_expected_sparsity_to_the_target() -> None:
     assert abs(final - 0.4) < 0.03, final
 
 
+def test_budget_ramps_then_stops_applying_after_the_pruning_stage() -> None:
+    budget = Budget(final=0.5, steps=10, ramp_steps=4)
+    assert [budget.target(step) for step in (0, 2, 4, 9)] == [0.0, 0.25, 0.5, 0.5]
+    assert budget.target(10) is None and budget.target(25) is None  # fine-tuning: masks are fixed
+    assert Budget(final=0.3, steps=0, ramp_steps=0).target(0) is None  # one-shot and dense methods
+
+
 def test_hard_concrete_sampling_is_seeded_per_step() -> None:
     a, b = HardConcrete(16, init_log_alpha=0.0), HardConcrete(16, init_log_alpha=0.0)
     b.log_alpha.data.copy_(a.log_alpha.data)
@@ -244,7 +251,7 @@ def test_prune_command_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: P
 def test_prune_resume_continues_from_the_same_step(
     tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_epoch = prune_run.train_one_epoch
+    real_epoch = loop.train_one_epoch  # the epoch engine that pruning shares with training
     calls: list[int] = []
 
     def interrupted(*args: Any, **kwargs: Any) -> dict[str, float]:
@@ -253,13 +260,13 @@ def test_prune_resume_continues_from_the_same_step(
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(prune_run, "train_one_epoch", interrupted)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(_prune_argv(tiny_corpus, tiny_run, tmp_path / "a"))
     state = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
     assert state["epoch"] == 1 and "lambda1" in str(state["lagrangian"].keys())
     assert any("log_alpha" in k for k in state["student"]) and len(state["optimizer"]["param_groups"]) == 4
-    monkeypatch.setattr(prune_run, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(loop, "train_one_epoch", real_epoch)
     assert main([*_prune_argv(tiny_corpus, tiny_run, tmp_path / "a"), "--resume"]) == 0
     assert main(_prune_argv(tiny_corpus, tiny_run, tmp_path / "b")) == 0
     resumed = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)

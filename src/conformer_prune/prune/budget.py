@@ -7,15 +7,18 @@ Language Models", Sec. 3.3): with expected sparsity s = 1 - E[cost] / cost(teach
 
 minimised in the gates and maximised in the multipliers (gradient ascent, their own optimizer
 group), so the multipliers grow until the constraint holds. The target ramps linearly from 0 to
-its final value over a warm-up, so the student is not pruned harder than it can follow.
+its final value over a warm-up, so the student is not pruned harder than it can follow, and the
+constraint applies during the pruning stage only: afterwards the masks are fixed (`Budget`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Lagrangian", "UnreachableTargetError", "target_sparsity"]
+__all__ = ["Budget", "Lagrangian", "UnreachableTargetError", "expected_sparsity", "target_sparsity"]
 
 
 class UnreachableTargetError(ValueError):
@@ -40,3 +43,30 @@ def target_sparsity(step: int, warmup_steps: int, final: float) -> float:
     if warmup_steps <= 0:
         return final
     return final * min(1.0, step / warmup_steps)
+
+
+def expected_sparsity(expected: Tensor | float, full: Tensor | float) -> Tensor | float:
+    """s = 1 - E[cost] / cost(teacher), in the budget's metric (parameters or MACs)."""
+    return 1.0 - expected / full
+
+
+@dataclass
+class Budget:
+    """When the constraint applies, and to what: during the first `steps` training steps (the
+    pruning stage), with the target ramping from 0 to `final` over the first `ramp_steps`.
+
+    Args:
+        final: the target sparsity, 1 - the kept fraction.
+        steps: steps of the pruning stage.
+        ramp_steps: steps of the ramp (CoFiPruning ramps too; the length is ours).
+    """
+
+    final: float
+    steps: int
+    ramp_steps: int
+
+    def target(self, step: int) -> float | None:
+        """The target sparsity at `step`, or None once the pruning stage is over."""
+        if step >= self.steps:
+            return None
+        return target_sparsity(step, self.ramp_steps, self.final)

@@ -15,6 +15,12 @@ the optimizer with all three parameter groups, the scheduler and the stage):
 3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues;
 4. physical pruning: the compact model is written to ``model.pt``.
 
+The run directory, seeding, resume, the epoch body, validation and the state save are the training
+engine's (`conformer_prune.train.loop`); pruning plugs in its student (`_student`), its loss
+(`_PruningLoss`, with the `Budget` of `prune.budget`), its parameter groups
+(`make_prune_optimizer`) and its stage logic (`_freeze` at the boundary, `_slice_and_save`). The
+baselines differ only along the axes of their `prune.methods.Method`.
+
 Launched by torchrun, every process trains on its share of each step's batches with DDP over the
 student (gate logits included), the projections and the multipliers, and rank 0 validates and
 writes the run directory (see `conformer_prune.distributed`):
@@ -26,12 +32,10 @@ writes the run directory (see `conformer_prune.distributed`):
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from conformer_prune.config import to_dict
@@ -41,25 +45,18 @@ from conformer_prune.data.features import SpecAugment
 from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.distributed import Distributed, launch
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_recognizer
-from conformer_prune.model.conformer import build_model
-from conformer_prune.prune.budget import Lagrangian, target_sparsity
+from conformer_prune.model.conformer import ConformerCTC, build_model
+from conformer_prune.prune.budget import Budget, Lagrangian, expected_sparsity
 from conformer_prune.prune.config import PruneConfig
-from conformer_prune.prune.cost import Cost, as_float, conformer_cost
+from conformer_prune.prune.cost import Cost, Metric, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.magnitude import magnitude_masks
-from conformer_prune.prune.methods import METHODS
+from conformer_prune.prune.methods import METHODS, Method
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
-from conformer_prune.train.loop import (
-    append_log,
-    lr_schedule,
-    make_data,
-    seed_epoch,
-    train_one_epoch,
-    validate,
-)
-from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
+from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, restore, start_run
+from conformer_prune.utils import resolve_device
 
 __all__ = ["PruneResult", "make_prune_optimizer", "run_pruning"]
 
@@ -119,34 +116,17 @@ def _prune(
     resume: bool,
     dist: Distributed,
 ) -> PruneResult:
-    state_path = out / "prune_state.pt"
-    if state_path.exists() and not resume:
-        raise FileExistsError(
-            f"{out} already holds a pruning run; pass --resume to continue it or pick another --out"
-        )
-    if resume and not state_path.exists():
-        raise FileNotFoundError(f"--resume: no {state_path} to resume from")
-    out.mkdir(parents=True, exist_ok=True)
-    if dist.is_main:
-        atomic_write_text(out / "prune_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    run = RunDir(out, "prune_state.pt", "pruning", resume)
+    run.write_config("prune_config.yaml", cfg, dist)
     device = dist.device
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    start_run(cfg.threads, cfg.seed)
 
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
     teacher_cost = conformer_cost(teacher.config)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
     method = METHODS[cfg.method]
-    if method.masks == "dense":  # a narrower dense model of the target size, from random weights
-        if cfg.metric != "params":
-            raise ValueError(f"method {cfg.method} takes a parameter target (--target-params)")
-        student = build_model(dense_config_like(teacher.config, target_abs)).to(device)
-    elif method.masks == "torch-pruning":  # pruned by the library before training, without gates
-        student = torch_pruning_prune(teacher, target_abs, cfg.metric).to(device)
-    else:
-        student = copy.deepcopy(teacher)
+    student = _student(method, teacher, target_abs, cfg.metric).to(device)
     gates = ConformerGates.attach(
         student,
         cfg.structures if method.has_gates else [],
@@ -164,7 +144,7 @@ def _prune(
     # with a fixed one (the same total number of steps as the method)
     prune_epochs = cfg.prune_epochs if method.learns_masks else 0
     if method.masks == "magnitude" and not resume:
-        _freeze(gates, target_abs, cfg, out, magnitude_masks(gates, target_abs, cfg.metric))
+        _freeze(gates, target_abs, cfg, run, magnitude_masks(gates, target_abs, cfg.metric))
 
     data = make_data(
         train_utts,
@@ -184,106 +164,136 @@ def _prune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [weight_schedule, weight_schedule, lambda _: 1.0, lambda _: 1.0]
     )
-    ramp_steps = int(cfg.target_warmup * prune_epochs * steps_per_epoch)
-    final_sparsity = 1.0 - cfg.ratio
+    trained = {"student": student, "distiller": distiller, "lagrangian": lagrangian}
     start_epoch, elapsed = 0, 0.0
     if resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        student.load_state_dict(state["student"])
-        distiller.load_state_dict(state["distiller"])
-        lagrangian.load_state_dict(state["lagrangian"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, elapsed = state["epoch"], state["elapsed"]
+        start_epoch, elapsed = restore(run.load_state(device), trained, optimizer, scheduler)
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
 
+    budget = Budget(
+        final=1.0 - cfg.ratio,
+        steps=prune_epochs * steps_per_epoch,
+        ramp_steps=int(cfg.target_warmup * prune_epochs * steps_per_epoch),
+    )
     specaug = SpecAugment(cfg.specaug)
-    specaug_gen = torch.Generator()
-    step = start_epoch * steps_per_epoch
+    loss = _PruningLoss(
+        student,
+        distiller,
+        gates,
+        lagrangian,
+        budget,
+        teacher_cost,
+        cfg.metric,
+        specaug,
+        specaug_gen=torch.Generator(),
+        seed=cfg.seed,
+        step=start_epoch * steps_per_epoch,
+    )
+    epochs = Epochs(
+        Recognizer(student, teacher_rec.features, teacher_rec.tokenizer),
+        # the multipliers and frozen gates get no gradient in some steps, hence find_unused
+        dist.wrap(trained, loss, find_unused=True),
+        weights,
+        optimizer,
+        scheduler,
+        data,
+        specaug,
+        loss.specaug_gen,
+        cfg.seed,
+        cfg.precision,
+        cfg.grad_clip,
+        dist,
+    )
+    for epoch in range(start_epoch, total_epochs):
+        stage = "prune" if epoch < prune_epochs else "finetune"
+        if stage == "finetune" and not all(g.frozen for _, g in gates):
+            _freeze(gates, target_abs, cfg, run)
+        result = epochs.run(epoch, f"{stage} {epoch + 1}/{total_epochs}")
+        if result is None:
+            continue
+        elapsed += result.seconds
+        mask_cost = gates.mask_cost(gates.current_masks())
+        run.log(
+            {
+                "epoch": epoch + 1,
+                "stage": stage,
+                **result.stats,
+                "dev_wer": result.dev["wer"],
+                "dev_cer": result.dev["cer"],
+                "deterministic_params": as_float(mask_cost.params),
+                "deterministic_macs_per_second": as_float(mask_cost.macs_per_second),
+                "train_seconds": result.train_seconds,
+                "elapsed_seconds": elapsed,
+            }
+        )
+        run.save_state(cfg, epoch + 1, elapsed, trained, optimizer, scheduler)
+    if not all(g.frozen for _, g in gates):
+        _freeze(gates, target_abs, cfg, run)
+    return _slice_and_save(student, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
 
-    def loss_fn(batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        nonlocal step
-        gates.set_step(cfg.seed, step)
-        batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
-        loss, parts = distiller.loss(student, batch)
-        expected = gates.expected_cost()
-        sparsity = 1.0 - expected.value(cfg.metric) / teacher_cost.value(cfg.metric)
-        if step < prune_epochs * steps_per_epoch:
-            target = target_sparsity(step, ramp_steps, final_sparsity)
-            lagr = lagrangian(torch.as_tensor(sparsity), target)
+
+def _student(method: Method, teacher: ConformerCTC, target_abs: float, metric: Metric) -> ConformerCTC:
+    """The model training starts from: the teacher itself (learned or magnitude masks), the
+    library's pruned teacher (torch-pruning) or a narrower dense model from random weights."""
+    if method.masks == "dense":
+        if metric != "params":
+            raise ValueError(f"method {method.name} takes a parameter target (--target-params)")
+        return build_model(dense_config_like(teacher.config, target_abs))
+    if method.masks == "torch-pruning":  # pruned by the library before training, without gates
+        return torch_pruning_prune(teacher, target_abs, metric)
+    return copy.deepcopy(teacher)
+
+
+@dataclass
+class _PruningLoss:
+    """The loss of one pruning step: distillation (+ CTC), plus the Lagrangian while the budget
+    applies; the expected sparsity and the multipliers are logged throughout. Gate sampling is
+    seeded from (seed, step), so every rank and a resumed run draw the same masks."""
+
+    student: ConformerCTC
+    distiller: LayerwiseDistiller
+    gates: ConformerGates
+    lagrangian: Lagrangian
+    budget: Budget
+    teacher_cost: Cost
+    metric: Metric
+    specaug: SpecAugment
+    specaug_gen: torch.Generator
+    seed: int
+    step: int
+
+    def __call__(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        self.gates.set_step(self.seed, self.step)
+        batch.feats = self.specaug(batch.feats, batch.feat_lengths, generator=self.specaug_gen)
+        loss, parts = self.distiller.loss(self.student, batch)
+        expected = self.gates.expected_cost()
+        sparsity = expected_sparsity(expected.value(self.metric), self.teacher_cost.value(self.metric))
+        target = self.budget.target(self.step)
+        if target is not None:
+            lagr = self.lagrangian(torch.as_tensor(sparsity), target)
             loss = loss + lagr
             parts.update(lagrangian=float(lagr.detach()), target_sparsity=target)
         parts.update(
             expected_sparsity=as_float(sparsity),
-            lambda1=float(lagrangian.lambda1.detach()),
-            lambda2=float(lagrangian.lambda2.detach()),
+            lambda1=float(self.lagrangian.lambda1.detach()),
+            lambda2=float(self.lagrangian.lambda2.detach()),
         )
-        step += 1
+        self.step += 1
         return loss, parts
 
-    # the multipliers and frozen gates get no gradient in some steps, hence find_unused
-    step_loss = dist.wrap(
-        {"student": student, "distiller": distiller, "lagrangian": lagrangian}, loss_fn, find_unused=True
-    )
-    rec = Recognizer(student, teacher_rec.features, teacher_rec.tokenizer)
-    for epoch in range(start_epoch, total_epochs):
-        stage = "prune" if epoch < prune_epochs else "finetune"
-        if stage == "finetune" and not all(g.frozen for _, g in gates):
-            _freeze(gates, target_abs, cfg, out)
-        seed_epoch(cfg.seed, epoch, data.sampler, specaug_gen, dist.rank)
-        student.train()
-        specaug.train()
-        t0 = time.perf_counter()
-        stats = train_one_epoch(
-            step_loss,
-            weights,
-            data.loader,
-            optimizer,
-            scheduler,
-            device,
-            cfg.precision,
-            cfg.grad_clip,
-            desc=f"{stage} {epoch + 1}/{total_epochs}",
-            total=steps_per_epoch,
-            dist=dist,
-        )
-        train_seconds = time.perf_counter() - t0
-        if not dist.is_main:  # the others wait for rank 0 in their next step
-            continue
-        student.eval()
-        dev = validate(rec, data.dev, device)
-        elapsed += time.perf_counter() - t0
-        mask_cost = gates.mask_cost(gates.current_masks())
-        append_log(
-            out / "log.jsonl",
-            {
-                "epoch": epoch + 1,
-                "stage": stage,
-                **stats,
-                "dev_wer": dev["wer"],
-                "dev_cer": dev["cer"],
-                "deterministic_params": as_float(mask_cost.params),
-                "deterministic_macs_per_second": as_float(mask_cost.macs_per_second),
-                "train_seconds": train_seconds,
-                "elapsed_seconds": elapsed,
-            },
-        )
-        atomic_save(
-            {
-                "student": student.state_dict(),
-                "distiller": distiller.state_dict(),
-                "lagrangian": lagrangian.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "elapsed": elapsed,
-                "config": to_dict(cfg),
-            },
-            state_path,
-        )
-    if not all(g.frozen for _, g in gates):
-        _freeze(gates, target_abs, cfg, out)
+
+def _slice_and_save(
+    student: ConformerCTC,
+    gates: ConformerGates,
+    teacher_rec: Recognizer,
+    teacher_path: str | Path,
+    teacher_cost: Cost,
+    cfg: PruneConfig,
+    out: Path,
+    dist: Distributed,
+) -> PruneResult:
+    """The last stage: slice the student by its fixed masks and write the compact model."""
     masks = gates.current_masks()
     pruned = physically_prune(student, masks)
     pruned_cost = conformer_cost(pruned.config)
@@ -304,7 +314,7 @@ def _freeze(
     gates: ConformerGates,
     target_abs: float,
     cfg: PruneConfig,
-    out: Path,
+    run: RunDir,
     masks: dict[str, Tensor] | None = None,
 ) -> None:
     """Fix the masks (the learned gates' deterministic ones unless `masks` is given) and log how
@@ -313,13 +323,12 @@ def _freeze(
         masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
     gates.freeze(masks)
     achieved = as_float(gates.mask_cost(masks).value(cfg.metric))
-    append_log(
-        out / "log.jsonl",
+    run.log(
         {
             "event": "masks_frozen",
             "metric": cfg.metric,
             "target": target_abs,
             "achieved": achieved,
             "ratio_error": achieved / target_abs - 1,
-        },
+        }
     )

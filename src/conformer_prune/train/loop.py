@@ -1,4 +1,4 @@
-"""The training engine: plain PyTorch, resumable at every epoch boundary.
+"""The training engine: plain PyTorch, resumable at every epoch boundary. Pruning runs on it too.
 
 Usage:
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher \
@@ -8,6 +8,11 @@ A run directory holds ``config.yaml`` (resolved), ``train_state.pt`` (model, opt
 epoch; written atomically every epoch), ``model.pt`` (the best recognizer on dev so far) and
 ``log.jsonl`` (one line per epoch). Each epoch seeds batching, SpecAugment and dropout from
 ``seed + epoch``, so a run resumed at a boundary follows exactly the path of an uninterrupted one.
+
+The engine, shared with `conformer_prune.prune.run`: `RunDir` (the guard against starting over a
+run, the resolved config, the resumable state and the log), `start_run` (threads and seed),
+`Epochs` (the body of an epoch: seeding it, `train_one_epoch`, `validate`) and `restore`. A run
+plugs in its model, loss, parameter groups and stage logic.
 
 Launched by torchrun, every process trains on its share of each step's batches with DDP, and rank 0
 validates and writes the run directory (see `conformer_prune.distributed`):
@@ -48,6 +53,9 @@ from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
 
 __all__ = [
+    "EpochResult",
+    "Epochs",
+    "RunDir",
     "TrainData",
     "append_log",
     "autocast",
@@ -55,8 +63,10 @@ __all__ = [
     "lr_schedule",
     "make_data",
     "make_optimizer",
+    "restore",
     "run_training",
     "seed_epoch",
+    "start_run",
     "train_one_epoch",
     "validate",
 ]
@@ -220,6 +230,141 @@ def validate(rec: Recognizer, dataset: SpeechDataset, device: torch.device) -> d
     return error_rates([r.ref for r in recs], [r.hyp for r in recs])
 
 
+class RunDir:
+    """A run directory: it refuses to start over an existing run unless resuming, and holds the
+    resolved config, the resumable state (written atomically after every epoch) and ``log.jsonl``.
+
+    Args:
+        out: the directory (created).
+        state_name: the state file, e.g. ``train_state.pt``.
+        what: the kind of run, for the error messages ("training", "pruning").
+        resume: continue the run in `out` (its state file must exist).
+    """
+
+    def __init__(self, out: Path, state_name: str, what: str, resume: bool) -> None:
+        self.out = out
+        self.state_path = out / state_name
+        if self.state_path.exists() and not resume:
+            raise FileExistsError(
+                f"{out} already holds a {what} run; pass --resume to continue it or pick another --out"
+            )
+        if resume and not self.state_path.exists():
+            raise FileNotFoundError(f"--resume: no {self.state_path} to resume from")
+        out.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, name: str, cfg: Any, dist: Distributed) -> None:
+        """The resolved config as YAML (rank 0 only)."""
+        if dist.is_main:
+            atomic_write_text(self.out / name, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def log(self, record: dict[str, Any]) -> None:
+        append_log(self.out / "log.jsonl", record)
+
+    def load_state(self, map_location: str | torch.device) -> dict[str, Any]:
+        state: dict[str, Any] = torch.load(self.state_path, map_location=map_location, weights_only=True)
+        return state
+
+    def save_state(
+        self,
+        cfg: Any,
+        epoch: int,
+        elapsed: float,
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        **extra: Any,
+    ) -> None:
+        """Everything `restore` needs to continue after `epoch` epochs, plus `extra`."""
+        state: dict[str, Any] = {name: module.state_dict() for name, module in modules.items()}
+        state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        state |= {"epoch": epoch, "elapsed": elapsed, **extra, "config": to_dict(cfg)}
+        atomic_save(state, self.state_path)
+
+
+def restore(
+    state: dict[str, Any],
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, float]:
+    """Load a state written by `RunDir.save_state`; returns (epochs done, elapsed seconds)."""
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"], state["elapsed"]
+
+
+def start_run(threads: int, seed: int) -> None:
+    """CPU threads (0 keeps PyTorch's default) and the seed of everything built before epoch 1."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class EpochResult:
+    """What one epoch gives rank 0: the training means, the dev error rates and the time."""
+
+    stats: dict[str, float]
+    dev: dict[str, float]
+    train_seconds: float
+    seconds: float  # training and validation
+
+
+@dataclass
+class Epochs:
+    """The body of an epoch, for training and pruning alike: seed the epoch, train on it, validate.
+
+    Args:
+        rec: the recognizer whose model is trained (validated as it transcribes).
+        step_loss: the loss of one batch (wrapped by `Distributed.wrap`).
+        params: the parameters whose gradient norm is clipped.
+        specaug: SpecAugment inside `step_loss` (train mode during training).
+        specaug_gen: its generator, seeded per epoch.
+    """
+
+    rec: Recognizer
+    step_loss: LossFn
+    params: Sequence[Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: TrainData
+    specaug: SpecAugment
+    specaug_gen: torch.Generator
+    seed: int
+    precision: str
+    grad_clip: float
+    dist: Distributed
+
+    def run(self, epoch: int, desc: str) -> EpochResult | None:
+        """Epoch `epoch` (from 0); None on ranks other than 0, which do not validate."""
+        seed_epoch(self.seed, epoch, self.data.sampler, self.specaug_gen, self.dist.rank)
+        model = self.rec.model
+        model.train()
+        self.specaug.train()
+        t0 = time.perf_counter()
+        stats = train_one_epoch(
+            self.step_loss,
+            self.params,
+            self.data.loader,
+            self.optimizer,
+            self.scheduler,
+            self.dist.device,
+            self.precision,
+            self.grad_clip,
+            desc=desc,
+            total=len(self.data.sampler),
+            dist=self.dist,
+        )
+        train_seconds = time.perf_counter() - t0
+        if not self.dist.is_main:  # the others wait for rank 0 in their next step
+            return None
+        model.eval()
+        dev = validate(self.rec, self.data.dev, self.dist.device)
+        return EpochResult(stats, dev, train_seconds, time.perf_counter() - t0)
+
+
 def run_training(
     cfg: TrainConfig,
     train_utts: list[Utterance],
@@ -241,28 +386,18 @@ def _train(
     resume: bool,
     dist: Distributed,
 ) -> Path:
-    state_path = out / "train_state.pt"
-    if state_path.exists() and not resume:
-        raise FileExistsError(
-            f"{out} already holds a training run; pass --resume to continue it or pick another --out"
-        )
-    if resume and not state_path.exists():
-        raise FileNotFoundError(f"--resume: no {state_path} to resume from")
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out, "train_state.pt", "training", resume)
     device = dist.device
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    start_run(cfg.threads, cfg.seed)
 
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume else None
+    state = run.load_state("cpu") if resume else None
     tokenizer = Tokenizer(  # trained on rank 0 only, so every rank has the same pieces
         state["tokenizer"]
         if state
         else dist.from_main(lambda: Tokenizer.train((u.text for u in train_utts), cfg.tokenizer).to_bytes())
     )
     cfg.model.vocab_size = tokenizer.vocab_size
-    if dist.is_main:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    run.write_config("config.yaml", cfg, dist)
 
     features = LogMelFeatures(cfg.features)
     data = make_data(
@@ -276,21 +411,18 @@ def _train(
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    sampler, loader, dev_set = data.sampler, data.loader, data.dev
 
     model = build_model(cfg.model).to(device)
     specaug = SpecAugment(cfg.specaug)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
-    total_steps = cfg.epochs * len(sampler)
+    total_steps = cfg.epochs * len(data.sampler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
     )
     start_epoch, best_wer, elapsed = 0, math.inf, 0.0
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_wer, elapsed = state["epoch"], state["best_wer"], state["elapsed"]
+        start_epoch, elapsed = restore(state, {"model": model}, optimizer, scheduler)
+        best_wer = state["best_wer"]
     rec = Recognizer(model, features, tokenizer)
     specaug_gen = torch.Generator()
 
@@ -298,7 +430,20 @@ def _train(
         batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
         return ctc_loss(model, batch)
 
-    step_loss = dist.wrap({"model": model}, loss_fn)
+    epochs = Epochs(
+        rec,
+        dist.wrap({"model": model}, loss_fn),
+        list(model.parameters()),
+        optimizer,
+        scheduler,
+        data,
+        specaug,
+        specaug_gen,
+        cfg.seed,
+        cfg.precision,
+        cfg.optim.grad_clip,
+        dist,
+    )
     last_epoch_seconds = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         budget = cfg.time_budget_minutes * 60
@@ -306,61 +451,40 @@ def _train(
             if dist.is_main:
                 print(f"time budget of {cfg.time_budget_minutes} min reached after {epoch} epochs")
             break
-        seed_epoch(cfg.seed, epoch, sampler, specaug_gen, dist.rank)
-        model.train()
-        specaug.train()
-        t0 = time.perf_counter()
-        stats = train_one_epoch(
-            step_loss,
-            list(model.parameters()),
-            loader,
-            optimizer,
-            scheduler,
-            device,
-            cfg.precision,
-            cfg.optim.grad_clip,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            total=len(sampler),
-            dist=dist,
-        )
-        train_seconds = time.perf_counter() - t0
-        if not dist.is_main:  # the others wait for rank 0 in their next step
+        result = epochs.run(epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        if result is None:
             continue
-        model.eval()
-        dev = validate(rec, dev_set, device)
-        last_epoch_seconds = time.perf_counter() - t0
+        last_epoch_seconds = result.seconds
         elapsed += last_epoch_seconds
-        record = {
-            "epoch": epoch + 1,
-            **stats,
-            "lr": scheduler.get_last_lr()[0],
-            "dev_wer": dev["wer"],
-            "dev_cer": dev["cer"],
-            "train_seconds": train_seconds,
-            "audio_seconds_per_second": stats["audio_seconds"] / train_seconds,
-            "elapsed_seconds": elapsed,
-        }
-        append_log(out / "log.jsonl", record)
-        if dev["wer"] < best_wer:
-            best_wer = dev["wer"]
+        run.log(
+            {
+                "epoch": epoch + 1,
+                **result.stats,
+                "lr": scheduler.get_last_lr()[0],
+                "dev_wer": result.dev["wer"],
+                "dev_cer": result.dev["cer"],
+                "train_seconds": result.train_seconds,
+                "audio_seconds_per_second": result.stats["audio_seconds"] / result.train_seconds,
+                "elapsed_seconds": elapsed,
+            }
+        )
+        if result.dev["wer"] < best_wer:
+            best_wer = result.dev["wer"]
             save_recognizer(
                 out / "model.pt",
                 rec,
                 epoch=epoch + 1,
-                dev_wer=dev["wer"],
+                dev_wer=result.dev["wer"],
                 train_config=to_dict(cfg),
             )
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "best_wer": best_wer,
-                "elapsed": elapsed,
-                "tokenizer": tokenizer.to_bytes(),
-                "config": to_dict(cfg),
-            },
-            state_path,
+        run.save_state(
+            cfg,
+            epoch + 1,
+            elapsed,
+            {"model": model},
+            optimizer,
+            scheduler,
+            best_wer=best_wer,
+            tokenizer=tokenizer.to_bytes(),
         )
     return out / "model.pt"
