@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ __all__ = [
     "Num",
     "Prunable",
     "Size",
+    "SubsamplingKind",
     "build_model",
     "feature_frames",
     "subsampled_length",
@@ -61,7 +63,13 @@ Num = Tensor | float  # a unit count: exact (0/1 mask sums), expected (gate prob
 PER_LAYER = ("heads", "ffn1", "ffn2", "conv_channels")
 
 FEATURE_FRAMES_PER_SECOND = 100  # log-mel frames per second of audio: a 10 ms hop
-SUBSAMPLING = 4  # encoder frame = 4 feature frames: two stride-2 convolutions
+SUBSAMPLING = 4  # the default: encoder frame = 4 feature frames, two stride-2 convolutions
+SUBSAMPLING_FACTORS = (4, 8, 16)
+MAX_STAGES = 4  # stride-2 stages of the largest factor
+
+# the front end's layout (NeMo's `subsampling`): plain striding Conv2d, or FastConformer's
+# depthwise-separable striding convolutions
+SubsamplingKind = Literal["striding", "dw_striding"]
 
 _Length = TypeVar("_Length", int, Tensor)
 
@@ -71,9 +79,12 @@ def _halved(n: _Length) -> _Length:
     return (n - 1) // 2 + 1
 
 
-def subsampled_length(frames: int) -> int:
-    """Encoder frames after the two stride-2 convolutions of the front end."""
-    return _halved(_halved(frames))
+def subsampled_length(frames: int, factor: int = SUBSAMPLING) -> int:
+    """Encoder frames after the front end's stride-2 stages (log2 `factor` of them); each is
+    NeMo's `calc_length` with kernel 3, padding 1 on both sides and stride 2."""
+    for _ in range(factor.bit_length() - 1):
+        frames = _halved(frames)
+    return frames
 
 
 def feature_frames(seconds: float) -> int:
@@ -106,7 +117,12 @@ class ConformerConfig:
         ffn2: hidden width of the second feed-forward per layer; 0 means none.
         conv_channels: channels of the convolution module per layer; 0 means none.
         conv_kernel: depthwise kernel size (odd).
-        subsampling_channels: output channels of the two subsampling Conv2d layers.
+        subsampling: the front end's layout, "striding" (Conv2d per factor of 2) or
+            "dw_striding" (FastConformer: a Conv2d, then depthwise and pointwise Conv2d per further
+            factor of 2); NeMo's `subsampling`.
+        subsampling_factor: time reduction of the front end: 4, 8 or 16.
+        subsampling_channels: output channels of each stride-2 stage (log2 of the factor
+            entries; NeMo's `subsampling_conv_channels` in every stage).
         xscaling: scale the subsampled input by sqrt(d_model) (NeMo's `xscaling`).
         dropout: dropout in the blocks.
         dropout_att: dropout on attention weights.
@@ -123,6 +139,8 @@ class ConformerConfig:
     ffn2: list[int] = field(default_factory=lambda: [576] * 12)
     conv_channels: list[int] = field(default_factory=lambda: [144] * 12)
     conv_kernel: int = 15
+    subsampling: SubsamplingKind = "striding"
+    subsampling_factor: int = SUBSAMPLING
     subsampling_channels: list[int] = field(default_factory=lambda: [144, 144])
     xscaling: bool = True
     dropout: float = 0.1
@@ -140,9 +158,19 @@ class ConformerConfig:
             raise ValueError(f"d_model must be even (sinusoidal position embeddings), found {self.d_model}")
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, found {self.conv_kernel}")
-        if len(self.subsampling_channels) != 2 or min(self.subsampling_channels) < 1:
+        if self.subsampling not in get_args(SubsamplingKind):
             raise ValueError(
-                f"subsampling_channels must be two positive ints, found {self.subsampling_channels}"
+                f"subsampling must be one of {get_args(SubsamplingKind)}, found {self.subsampling!r}"
+            )
+        if self.subsampling_factor not in SUBSAMPLING_FACTORS:
+            raise ValueError(
+                f"subsampling_factor must be one of {SUBSAMPLING_FACTORS}, found {self.subsampling_factor}"
+            )
+        stages = self.subsampling_factor.bit_length() - 1
+        if len(self.subsampling_channels) != stages or min(self.subsampling_channels) < 1:
+            raise ValueError(
+                f"subsampling_channels must be {stages} positive ints (one per stride-2 stage of "
+                f"subsampling_factor {self.subsampling_factor}), found {self.subsampling_channels}"
             )
 
     @classmethod
@@ -167,7 +195,11 @@ class ConformerConfig:
     @property
     def frames_per_second(self) -> float:
         """Encoder output frames per second of audio."""
-        return FEATURE_FRAMES_PER_SECOND / SUBSAMPLING
+        return FEATURE_FRAMES_PER_SECOND / self.subsampling_factor
+
+    def encoder_frames(self, frames: int) -> int:
+        """Encoder frames of an utterance of `frames` feature frames."""
+        return subsampled_length(frames, self.subsampling_factor)
 
 
 def _lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -178,6 +210,11 @@ def _lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
 def _kept(param: Tensor, index: Tensor, dim: int = 0) -> nn.Parameter:
     """The entries `index` of `param` along `dim`, as a new parameter."""
     return nn.Parameter(param.detach().index_select(dim, index.to(param.device)).clone())
+
+
+def _kept_bias(bias: Tensor | None, index: Tensor) -> nn.Parameter | None:
+    """`_kept` for a bias, which a layer built with ``bias=False`` does not have."""
+    return None if bias is None else _kept(bias, index)
 
 
 class Prunable(nn.Module, metaclass=abc.ABCMeta):
@@ -217,97 +254,163 @@ class Prunable(nn.Module, metaclass=abc.ABCMeta):
 
 
 class ConvSubsampling(Prunable):
-    """Two stride-2 Conv2d + ReLU over (time, frequency), then a Linear to d_model (NeMo
-    "striding"). Frames past each length are zeroed between the convolutions, so padding does
-    not reach real frames.
+    """Stride-2 Conv2d stages over (time, frequency), then a Linear to d_model, laid out as NeMo's
+    `ConvSubsampling` (the same `conv.{i}` indices, so weights map one to one):
 
-    Units: the output channels of each convolution (groups "0" and "1"); channel c of the second
-    is its filter c and the `freq` columns of `out` it feeds.
+    - "striding": (Conv2d 3x3, ReLU) per factor of 2;
+    - "dw_striding" (FastConformer, Rekesh et al. 2023): a Conv2d 3x3 and ReLU, then (depthwise
+      Conv2d 3x3, pointwise Conv2d 1x1, ReLU) per further factor of 2.
 
-    Shapes: (B, T, n_mels), (B,) -> (B, T', d_model), (B,) with T' = ceil(ceil(T / 2) / 2).
+    Every stride-2 convolution has kernel 3 and padding 1; frames past each length are zeroed in
+    front of each stage after the first (as NeMo's masked convolutions do), so padding does not
+    reach real frames.
+
+    Units: the output channels of each stage (groups "0", "1", ...). Channel c of stage i is its
+    filter c (its pointwise filter c in "dw_striding") and what reads it: the next stage's input
+    column c (for "dw_striding" the depthwise filter c, kept exactly when its input channel is,
+    and the pointwise input column c), or the `freq` columns of `out` it feeds.
+
+    Shapes: (B, T, n_mels), (B,) -> (B, T', d_model), (B,) with T' = T halved (rounded up) once per
+    stage.
     """
 
     STRUCTURE = "frontend"
-    GATES: ClassVar[dict[str, str]] = {"0": "gate1", "1": "gate2"}
+    GATES: ClassVar[dict[str, str]] = {str(i): f"gate{i + 1}" for i in range(MAX_STAGES)}
 
-    def __init__(self, n_mels: int, channels: list[int], d_model: int) -> None:
+    def __init__(
+        self,
+        n_mels: int,
+        channels: list[int],
+        d_model: int,
+        kind: SubsamplingKind = "striding",
+    ) -> None:
         super().__init__()
-        c1, c2 = channels
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, c1, kernel_size=3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1),
-            nn.ReLU(),
-        )
-        self.freq = _halved(_halved(n_mels))
-        self.out = nn.Linear(c2 * self.freq, d_model)
-        self.gate1: Gate | None = None  # (C1,) output channels of the first convolution
-        self.gate2: Gate | None = None  # (C2,) output channels of the second convolution
+        self.kind: SubsamplingKind = kind
+        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 3, stride=2, padding=1), nn.ReLU()]
+        for c_in, c_out in itertools.pairwise(channels):
+            if kind == "striding":
+                layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
+            else:
+                depthwise = nn.Conv2d(c_in, c_in, 3, stride=2, padding=1, groups=c_in)
+                layers += [depthwise, nn.Conv2d(c_in, c_out, 1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers)
+        self.stages = len(channels)
+        self.freq = subsampled_length(n_mels, 2**self.stages)
+        self.out = nn.Linear(channels[-1] * self.freq, d_model)
+        # (C_i,) output channels of stage i
+        self.gate1: Gate | None = None
+        self.gate2: Gate | None = None
+        self.gate3: Gate | None = None
+        self.gate4: Gate | None = None
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
+        """Lengths after one stride-2 stage."""
         return _halved(lengths)
+
+    def _stage_layers(self) -> list[list[nn.Module]]:
+        """The layers of each stage, in order (the first stage is a Conv2d and its ReLU)."""
+        width = 2 if self.kind == "striding" else 3
+        layers = list(self.conv)
+        return [layers[:2]] + [layers[i : i + width] for i in range(2, len(layers), width)]
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         x = x.unsqueeze(1)  # (B, 1, T, F)
-        x = self.conv[1](self.conv[0](x))  # (B, C1, T/2, F/2)
-        if self.gate1 is not None:
-            x = x * self.gate1()[None, :, None, None]
-        lengths = self.output_lengths(lengths)
-        x = x * _lengths_to_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
-        x = self.conv[3](self.conv[2](x))  # (B, C2, T/4, F/4)
-        if self.gate2 is not None:
-            x = x * self.gate2()[None, :, None, None]
-        lengths = self.output_lengths(lengths)
+        mask: Tensor | None = None  # the previous stage's channel mask, (C_{i-1},)
+        for i, stage in enumerate(self._stage_layers()):
+            if i > 0:
+                x = x * _lengths_to_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+            for k, layer in enumerate(stage):
+                x = layer(x)  # (B, C_i, T / 2^(i+1), F / 2^(i+1))
+                if i > 0 and k == 0 and self.kind == "dw_striding" and mask is not None:
+                    # a removed channel's depthwise filter goes with it, bias included
+                    x = x * mask[None, :, None, None]
+            gate = getattr(self, self.GATES[str(i)])
+            mask = None if gate is None else gate()
+            if mask is not None:
+                x = x * mask[None, :, None, None]
+            lengths = self.output_lengths(lengths)
         b, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T', D)
         return x, lengths
 
-    def _convs(self) -> tuple[nn.Conv2d, nn.Conv2d]:
-        conv0, conv1 = self.conv[0], self.conv[2]
-        assert isinstance(conv0, nn.Conv2d) and isinstance(conv1, nn.Conv2d)
-        return conv0, conv1
+    def _convs(self) -> list[nn.Conv2d]:
+        """Every Conv2d in order: the first, then per stage the one (striding) or the depthwise
+        and the pointwise (dw_striding)."""
+        return [m for m in self.conv if isinstance(m, nn.Conv2d)]
+
+    def _producers(self) -> list[nn.Conv2d]:
+        """The convolution whose output channels are each stage's units."""
+        convs = self._convs()
+        return [convs[0]] + (convs[1:] if self.kind == "striding" else convs[2::2])
+
+    def _depthwise(self) -> list[nn.Conv2d]:
+        """The depthwise convolution of each stage after the first (dw_striding only)."""
+        return self._convs()[1::2] if self.kind == "dw_striding" else []
+
+    def last_conv(self) -> nn.Conv2d:
+        """The convolution whose channels are flattened into `out`."""
+        return self._producers()[-1]
 
     def unit_groups(self) -> dict[str, int]:
-        conv0, conv1 = self._convs()
-        return {"0": conv0.out_channels, "1": conv1.out_channels}
+        return {str(i): conv.out_channels for i, conv in enumerate(self._producers())}
 
     @staticmethod
     def config_groups(cfg: ConformerConfig) -> dict[str, int]:
         """The unit groups of the front end that `cfg` builds."""
-        c1, c2 = cfg.subsampling_channels
-        return {"0": c1, "1": c2}
+        return {str(i): c for i, c in enumerate(cfg.subsampling_channels)}
 
     @staticmethod
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         d = cfg.d_model
-        t1, f1 = _halved(frames), _halved(cfg.n_mels)  # after the first convolution
-        t, f2 = subsampled_length(frames), _halved(f1)  # encoder frames, frequency bins
-        c1, c2 = kept["0"], kept["1"]
-        params = 10 * c1 + c2 * (9 * c1 + 1) + c2 * f2 * d + d  # conv1, conv2, out
-        macs = 9 * c1 * t1 * f1 + 9 * c1 * c2 * t * f2 + c2 * f2 * d * t
+        c = [kept[str(i)] for i in range(len(cfg.subsampling_channels))]
+        t, f = _halved(frames), _halved(cfg.n_mels)  # after the first convolution
+        params: Num = 10 * c[0]  # 9 weights and a bias per channel
+        macs: Num = 9 * c[0] * t * f
+        for c_in, c_out in itertools.pairwise(c):
+            t, f = _halved(t), _halved(f)
+            if cfg.subsampling == "striding":
+                params = params + c_out * (9 * c_in + 1)
+                macs = macs + 9 * c_in * c_out * t * f
+            else:  # depthwise (9 weights and a bias per channel), then pointwise
+                params = params + 10 * c_in + c_out * (c_in + 1)
+                macs = macs + 9 * c_in * t * f + c_in * c_out * t * f
+        params = params + c[-1] * f * d + d  # out
+        macs = macs + c[-1] * f * d * t
         return Size(present * params, present * macs)
 
     def prune(self, keep: Mapping[str, Tensor]) -> None:
-        conv0, conv1 = self._convs()
-        k1, k2 = keep["0"], keep["1"]
-        conv0.weight, conv0.bias = _kept(conv0.weight, k1), _kept(conv0.bias, k1)  # type: ignore[arg-type]
-        conv0.out_channels = len(k1)
-        conv1.weight = _kept(_kept(conv1.weight, k2), k1, 1)
-        conv1.bias = _kept(conv1.bias, k2)  # type: ignore[arg-type]
-        conv1.in_channels, conv1.out_channels = len(k1), len(k2)
-        out_w = self.out.weight.detach().view(-1, self.out.in_features // self.freq, self.freq)  # (D, C2, F)
-        self.out.weight = nn.Parameter(out_w[:, k2].reshape(out_w.shape[0], -1).clone())
-        self.out.in_features = len(k2) * self.freq
+        producers, depthwise = self._producers(), self._depthwise()
+        kept = [keep[str(i)] for i in range(len(producers))]
+        for i, (conv, index) in enumerate(zip(producers, kept, strict=True)):
+            conv.weight = _kept(conv.weight, index)
+            conv.bias = _kept_bias(conv.bias, index)
+            if i > 0:  # the input columns: the previous stage's kept channels
+                conv.weight = _kept(conv.weight, kept[i - 1], 1)
+                conv.in_channels = len(kept[i - 1])
+            conv.out_channels = len(index)
+        for dw, index in zip(depthwise, kept, strict=False):  # filter c reads channel c
+            dw.weight, dw.bias = _kept(dw.weight, index), _kept_bias(dw.bias, index)
+            dw.in_channels = dw.out_channels = dw.groups = len(index)
+        out_w = self.out.weight.detach().view(-1, self.out.in_features // self.freq, self.freq)  # (D, C, F)
+        self.out.weight = nn.Parameter(out_w[:, kept[-1]].reshape(out_w.shape[0], -1).clone())
+        self.out.in_features = len(kept[-1]) * self.freq
 
     def unit_scores(self) -> dict[str, Tensor]:
-        conv0, conv1 = self._convs()
-        c2 = conv1.out_channels
-        out_columns = self.out.weight.abs().view(-1, c2, self.out.in_features // c2).sum((0, 2))
-        return {
-            "0": conv0.weight.abs().sum((1, 2, 3)) + conv1.weight.abs().sum((0, 2, 3)),
-            "1": conv1.weight.abs().sum((1, 2, 3)) + out_columns,
-        }
+        producers, depthwise = self._producers(), self._depthwise()
+        c = producers[-1].out_channels
+        out_columns = self.out.weight.abs().view(-1, c, self.out.in_features // c).sum((0, 2))
+        scores = {}
+        for i, conv in enumerate(producers):
+            score = conv.weight.abs().sum((1, 2, 3))
+            if i + 1 < len(producers):  # what reads the channel in the next stage
+                score = score + producers[i + 1].weight.abs().sum((0, 2, 3))
+                if depthwise:
+                    score = score + depthwise[i].weight.abs().sum((1, 2, 3))
+            else:
+                score = score + out_columns
+            scores[str(i)] = score
+        return scores
 
     def residual_writers(self) -> list[nn.Module]:
         return [self.out]
@@ -409,7 +512,7 @@ class RelPositionMultiHeadAttention(Prunable):
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         # LayerNorm (2d), q/k/v (d e + e each), out (e d + d), pos (d e), biases u and v (2 e) with
         # e = heads * head_dim; products q.k, q.p and attn.v per head
-        d, t = cfg.d_model, subsampled_length(frames)
+        d, t = cfg.d_model, cfg.encoder_frames(frames)
         tp = 2 * t - 1  # relative positions
         e = kept["units"] * cfg.head_dim
         params = present * (3 * d + e * (5 * d + 5))
@@ -438,7 +541,9 @@ class RelPositionMultiHeadAttention(Prunable):
             for lin in (self.linear_q, self.linear_k, self.linear_v, self.linear_pos)
         )
         biases = sum(
-            lin.bias.abs().view(h, d).sum(1) for lin in (self.linear_q, self.linear_k, self.linear_v)
+            lin.bias.abs().view(h, d).sum(1)
+            for lin in (self.linear_q, self.linear_k, self.linear_v)
+            if lin.bias is not None
         )
         out = self.linear_out.weight.abs().view(-1, h, d).sum((0, 2))
         pos = self.pos_bias_u.abs().sum(1) + self.pos_bias_v.abs().sum(1)
@@ -475,21 +580,20 @@ class FeedForward(Prunable):
     @staticmethod
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         # LayerNorm (2d), linear1 (d f + f), linear2 (f d + d)
-        d, f, t = cfg.d_model, kept["units"], subsampled_length(frames)
+        d, f, t = cfg.d_model, kept["units"], cfg.encoder_frames(frames)
         return Size(present * (3 * d + f * (2 * d + 1)), present * 2 * d * f * t)
 
     def prune(self, keep: Mapping[str, Tensor]) -> None:
         index = keep["units"]
-        self.linear1.weight, self.linear1.bias = (
-            _kept(self.linear1.weight, index),
-            _kept(self.linear1.bias, index),
-        )
+        self.linear1.weight = _kept(self.linear1.weight, index)
+        self.linear1.bias = _kept_bias(self.linear1.bias, index)  # type: ignore[assignment]
         self.linear2.weight = _kept(self.linear2.weight, index, 1)
         self.linear1.out_features = self.linear2.in_features = len(index)
 
     def unit_scores(self) -> dict[str, Tensor]:
         lin1, lin2 = self.linear1, self.linear2
-        return {"units": lin1.weight.abs().sum(1) + lin1.bias.abs() + lin2.weight.abs().sum(0)}
+        bias = 0.0 if lin1.bias is None else lin1.bias.abs()
+        return {"units": lin1.weight.abs().sum(1) + bias + lin2.weight.abs().sum(0)}
 
     def residual_writers(self) -> list[nn.Module]:
         return [self.linear2]
@@ -544,16 +648,16 @@ class ConvolutionModule(Prunable):
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         # LayerNorm (2d), pointwise_conv1 (2c d + 2c), depthwise (c k + c), BatchNorm (2c),
         # pointwise_conv2 (c d + d)
-        d, k, c, t = cfg.d_model, cfg.conv_kernel, kept["units"], subsampled_length(frames)
+        d, k, c, t = cfg.d_model, cfg.conv_kernel, kept["units"], cfg.encoder_frames(frames)
         return Size(present * (3 * d + c * (3 * d + k + 5)), present * c * (3 * d + k) * t)
 
     def prune(self, keep: Mapping[str, Tensor]) -> None:
         index = keep["units"]
         pw1, dw, bn, pw2 = self.pointwise_conv1, self.depthwise_conv, self.batch_norm, self.pointwise_conv2
         glu_rows = torch.cat([index, index + dw.out_channels])  # a channel is the GLU pair (c, C + c)
-        pw1.weight, pw1.bias = _kept(pw1.weight, glu_rows), _kept(pw1.bias, glu_rows)  # type: ignore[arg-type]
+        pw1.weight, pw1.bias = _kept(pw1.weight, glu_rows), _kept_bias(pw1.bias, glu_rows)
         pw1.out_channels = 2 * len(index)
-        dw.weight, dw.bias = _kept(dw.weight, index), _kept(dw.bias, index)  # type: ignore[arg-type]
+        dw.weight, dw.bias = _kept(dw.weight, index), _kept_bias(dw.bias, index)
         dw.in_channels = dw.out_channels = dw.groups = len(index)
         bn.weight, bn.bias = _kept(bn.weight, index), _kept(bn.bias, index)
         for name in ("running_mean", "running_var"):
@@ -687,7 +791,7 @@ class ConformerEncoder(nn.Module):
 
     def __init__(self, cfg: ConformerConfig) -> None:
         super().__init__()
-        self.pre_encode = ConvSubsampling(cfg.n_mels, cfg.subsampling_channels, cfg.d_model)
+        self.pre_encode = ConvSubsampling(cfg.n_mels, cfg.subsampling_channels, cfg.d_model, cfg.subsampling)
         self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.xscaling, cfg.dropout, cfg.dropout_emb)
         self.layers = nn.ModuleList(ConformerBlock(cfg, i) for i in range(cfg.n_layers))
 
@@ -757,7 +861,7 @@ class ConformerCTC(nn.Module):
         for i in range(cfg.n_layers):
             layer = ConformerBlock.size(cfg, i, kept, frames)
             params, macs = params + layer.params, macs + layer.macs
-        d, v, t = cfg.d_model, cfg.vocab_size + 1, subsampled_length(frames)
+        d, v, t = cfg.d_model, cfg.vocab_size + 1, cfg.encoder_frames(frames)
         return Size(params + d * v + v, macs + d * v * t)  # CTC head
 
     def prune(self, masks: Mapping[str, Tensor]) -> None:

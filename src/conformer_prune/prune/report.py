@@ -52,8 +52,9 @@ def layers_markdown(teacher: ConformerConfig, pruned: ConformerConfig, masks: di
             kept, total = row[branch]
             cells.append("removed" if kept == 0 and total else f"{kept}/{total}")
         lines.append(f"| {row['layer']}{'' if row['kept'] else ' (removed)'} | " + " | ".join(cells) + " |")
-    (k1, k2), (c1, c2) = pruned.subsampling_channels, teacher.subsampling_channels
-    lines.append(f"\nFront end: conv1 {k1}/{c1} channels, conv2 {k2}/{c2} channels.")
+    stages = zip(pruned.subsampling_channels, teacher.subsampling_channels, strict=True)
+    kept = ", ".join(f"stage {i + 1} {k}/{c}" for i, (k, c) in enumerate(stages))
+    lines.append(f"\nFront end ({teacher.subsampling}) channels: {kept}.")
     if pruned.d_model != teacher.d_model:
         lines.append(
             f"Model dimension {pruned.d_model}/{teacher.d_model}, head dimension "

@@ -16,10 +16,10 @@ What a user must add around the library for this model, and does here:
   cannot map head-major channel indices onto their two dimensions and refuses the attention
   group;
 - the modules' `heads` attribute is updated after pruning;
-- the second subsampling convolution keeps its output channels: the tracer maps the
+- the last subsampling convolution keeps its output channels: the tracer maps the
   channel-major flatten in front of `pre_encode.out` onto the wrong columns (measured: 3 columns
-  removed where 3 x 20 belong to the pruned channels), so it is an ignored layer; the first
-  convolution's channels (read only by the second) are pruned;
+  removed where 3 x 20 belong to the pruned channels), so it is an ignored layer; the earlier
+  stages' channels (read only by the next stage) are pruned;
 - the GLU of the convolution module is written as `chunk` + `sigmoid` in the model, so the
   tracer pairs channel c with C + c (with `F.glu` it prunes only the first half).
 
@@ -72,7 +72,7 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
 
     # d_model is kept: the decoder and every writer of the residual stream are left alone (the
     # attention's linear_out too, whose input channels follow the heads)
-    ignored: list[nn.Module] = [model.decoder, model.encoder.pre_encode.conv[2]]
+    ignored: list[nn.Module] = [model.decoder, model.encoder.pre_encode.last_conv()]
     ignored += [layer for _, module in model.named_prunable() for layer in module.residual_writers()]
     num_heads: dict[nn.Module, int] = {
         lin: attn.heads

@@ -1,0 +1,238 @@
+"""FastConformer front ends (`subsampling: dw_striding`, factors 4, 8 and 16): layout and length
+arithmetic as NeMo's, padding, and pruning (gates, closed-form size, slicing, baselines)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from conformer_prune.evaluate.metrics import count_params, macs_per_second
+from conformer_prune.model import ConformerCTC, build_model
+from conformer_prune.model.conformer import ConvSubsampling, subsampled_length
+from conformer_prune.prune.cost import as_float, conformer_cost
+from conformer_prune.prune.dense import dense_config_like, dense_params
+from conformer_prune.prune.gates import STRUCTURES, ConformerGates
+from conformer_prune.prune.magnitude import magnitude_masks
+from conformer_prune.prune.physical import physically_prune, without_gates
+from conformer_prune.prune.torch_pruning import torch_pruning_prune
+from tests.conftest import hetero_config
+
+ALL = list(STRUCTURES)
+
+
+def _nemo_calc_length(frames: int, stages: int) -> int:
+    """NeMo's `calc_length` for its striding front ends: float arithmetic, kernel 3, padding 1 on
+    each side, stride 2, floor; once per stage."""
+    length = float(frames)
+    for _ in range(stages):
+        length = math.floor((length + 2 - 3) / 2 + 1)
+    return int(length)
+
+
+def _fast(factor: int = 8, seed: int = 0, **overrides: Any) -> ConformerCTC:
+    """A small heterogeneous FastConformer with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    stages = factor.bit_length() - 1
+    fields: dict[str, Any] = dict(
+        subsampling="dw_striding",
+        subsampling_factor=factor,
+        subsampling_channels=[8, 6, 7, 5][:stages],
+    )
+    fields.update(overrides)
+    model = build_model(hetero_config(**fields))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _inputs(frames: int = 171) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([frames, 118, 45])
+    feats = torch.randn(3, frames, 80, generator=torch.Generator().manual_seed(1))
+    return feats * (torch.arange(frames)[None, :, None] < lengths[:, None, None]), lengths
+
+
+@torch.no_grad()
+def _assert_same_real_frames(a: ConformerCTC, b: ConformerCTC, atol: float = 1e-4) -> None:
+    feats, lengths = _inputs()
+    ya, la = a(feats, lengths)
+    yb, lb = b(feats, lengths)
+    assert torch.equal(la, lb)
+    for i, n in enumerate(la.tolist()):
+        assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol
+
+
+@pytest.mark.parametrize("factor", [4, 8, 16])
+@pytest.mark.parametrize("frames", [1, 2, 3, 7, 8, 9, 15, 16, 17, 99, 1001])
+def test_dw_striding_lengths_are_nemos(factor: int, frames: int) -> None:
+    stages = factor.bit_length() - 1
+    sub = ConvSubsampling(80, [4] * stages, 16, "dw_striding")
+    y, lengths = sub(torch.randn(1, frames, 80), torch.tensor([frames]))
+    expected = _nemo_calc_length(frames, stages)
+    assert y.shape == (1, expected, 16)
+    assert int(lengths[0]) == expected == subsampled_length(frames, factor)
+    assert sub.freq == _nemo_calc_length(80, stages)  # the flattened frequency bins, too
+
+
+def test_dw_striding_layout_and_parameter_names_are_nemos() -> None:
+    sub = ConvSubsampling(80, [16, 16, 16], 32, "dw_striding")  # factor 8
+    shapes = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
+    assert shapes == {
+        "conv.0.weight": (16, 1, 3, 3),
+        "conv.0.bias": (16,),
+        "conv.2.weight": (16, 1, 3, 3),  # depthwise
+        "conv.2.bias": (16,),
+        "conv.3.weight": (16, 16, 1, 1),  # pointwise
+        "conv.3.bias": (16,),
+        "conv.5.weight": (16, 1, 3, 3),
+        "conv.5.bias": (16,),
+        "conv.6.weight": (16, 16, 1, 1),
+        "conv.6.bias": (16,),
+        "out.weight": (32, 16 * 10),  # 80 -> 40 -> 20 -> 10 frequency bins
+        "out.bias": (32,),
+    }
+    assert [type(m).__name__ for m in sub.conv] == [
+        "Conv2d", "ReLU", "Conv2d", "Conv2d", "ReLU", "Conv2d", "Conv2d", "ReLU"
+    ]  # fmt: skip
+    assert sub.conv[2].groups == 16 and sub.conv[3].kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (
+            {"subsampling": "vggnet"},
+            r"subsampling: expected one of \('striding', 'dw_striding'\), found 'vggnet'",
+        ),
+        ({"subsampling_factor": 6}, r"subsampling_factor must be one of \(4, 8, 16\), found 6"),
+        (
+            {"subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_channels": [8, 8]},
+            r"subsampling_channels must be 3 positive ints .* subsampling_factor 8\), found \[8, 8\]",
+        ),
+    ],
+)
+def test_bad_front_end_settings_are_refused(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        hetero_config(**fields)
+
+
+@pytest.mark.parametrize("factor", [8, 16])
+def test_fastconformer_batched_equals_one_by_one(factor: int) -> None:
+    model = _fast(factor)
+    feats, lengths = _inputs()
+    with torch.no_grad():
+        batched, out_lengths = model(feats, lengths)
+        assert out_lengths.tolist() == [subsampled_length(n, factor) for n in lengths.tolist()]
+        assert batched.shape[1] == subsampled_length(int(lengths.max()), factor)
+        for i, n in enumerate(lengths.tolist()):
+            single, single_len = model(feats[i : i + 1, :n], lengths[i : i + 1])
+            assert int(single_len[0]) == int(out_lengths[i])
+            torch.testing.assert_close(batched[i, : int(single_len[0])], single[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [4, 8, 16])
+@pytest.mark.parametrize("subsampling", ["striding", "dw_striding"])
+def test_closed_form_size_equals_numel_and_the_flop_counter(factor: int, subsampling: str) -> None:
+    model = _fast(factor, subsampling=subsampling)
+    cost = conformer_cost(model.config)
+    assert as_float(cost.params) == count_params(model)
+    assert as_float(cost.macs_per_second) == pytest.approx(macs_per_second(model), rel=1e-9)
+    assert model.config.frames_per_second == 100 / factor
+
+
+@pytest.mark.parametrize("factor", [8, 16])
+def test_gated_fastconformer_equals_physically_pruned(factor: int) -> None:
+    model = _fast(factor, seed=2)
+    gates = ConformerGates.attach(model, ALL)
+    g = torch.Generator().manual_seed(3)
+    masks = {name: (torch.rand(gate.n, generator=g) < 0.6).float() for name, gate in gates}
+    for name in masks:  # never a whole front-end stage: the model would have no input
+        if name.startswith("frontend."):
+            masks[name][0] = 1.0
+    gates.freeze(masks)
+    pruned = physically_prune(model, gates.current_masks())
+    _assert_same_real_frames(model, pruned)
+    cost = gates.mask_cost(gates.current_masks())
+    assert as_float(cost.params) == count_params(pruned)
+    assert as_float(cost.macs_per_second) == pytest.approx(macs_per_second(pruned), rel=1e-9)
+    kept = [int(masks[f"frontend.{i}"].sum()) for i in range(factor.bit_length() - 1)]
+    assert pruned.config.subsampling_channels == kept
+    assert pruned.config.subsampling == "dw_striding"
+    assert build_model(pruned.config).state_dict().keys() == pruned.state_dict().keys()
+
+
+def test_a_depthwise_filter_is_kept_exactly_when_its_input_channel_is() -> None:
+    model = _fast(8, seed=4)
+    gates = ConformerGates.attach(model, ["frontend"])
+    masks = gates.current_masks()
+    masks["frontend.0"] = torch.tensor([1.0, 0, 1, 0, 0, 1, 1, 0])  # conv.0's outputs
+    masks["frontend.1"] = torch.tensor([0.0, 1, 1, 0, 1, 0])  # conv.3's outputs
+    gates.freeze(masks)
+    pruned = physically_prune(model, gates.current_masks())
+    old, new = model.encoder.pre_encode.conv, pruned.encoder.pre_encode.conv
+    k0, k1 = torch.tensor([0, 2, 5, 6]), torch.tensor([1, 2, 4])
+    assert torch.equal(new[0].weight, old[0].weight[k0])
+    assert torch.equal(new[2].weight, old[2].weight[k0]) and new[2].groups == 4  # depthwise of k0
+    assert torch.equal(new[2].bias, old[2].bias[k0])
+    assert torch.equal(new[3].weight, old[3].weight[k1][:, k0])  # pointwise: rows k1, columns k0
+    assert torch.equal(new[5].weight, old[5].weight[k1]) and new[5].groups == 3
+    assert torch.equal(new[6].weight, old[6].weight[:, k1])  # stage 3 keeps its 7 outputs
+    _assert_same_real_frames(model, pruned)
+
+
+def test_magnitude_and_dense_baselines_prune_a_fastconformer() -> None:
+    model = _fast(8, seed=5)
+    full = count_params(model)
+    gates = ConformerGates.attach(model, ALL)
+    gates.freeze(magnitude_masks(gates, 0.5 * full))
+    pruned = physically_prune(model, gates.current_masks())
+    assert 0.49 * full <= count_params(pruned) <= 0.5 * full
+    _assert_same_real_frames(model, pruned)
+    uniform = _fast(8, heads=4, ffn1=64, ffn2=64, conv_channels=32).config  # dense: every layer alike
+    full = count_params(build_model(uniform))
+    dense = dense_config_like(uniform, 0.5 * full)
+    assert dense.subsampling == "dw_striding" and dense.subsampling_factor == 8
+    assert 0.95 * 0.5 * full <= count_params(build_model(dense)) == dense_params(dense) <= 0.5 * full
+
+
+def test_torch_pruning_prunes_a_fastconformer() -> None:
+    teacher = _fast(8, seed=6)
+    total = as_float(conformer_cost(teacher.config).params)
+    pruned = torch_pruning_prune(teacher, 0.6 * total, "params")
+    achieved = count_params(pruned)
+    assert 0.98 * 0.6 * total <= achieved <= 0.6 * total
+    assert pruned.config.subsampling == "dw_striding"
+    assert pruned.config.subsampling_channels[-1] == teacher.config.subsampling_channels[-1]
+    # the depthwise convolutions stay depthwise, each with the channels its stage reads
+    pre = pruned.encoder.pre_encode
+    for dw, c in zip(pre.conv[2::3], pruned.config.subsampling_channels, strict=False):
+        assert dw.groups == dw.in_channels == dw.out_channels == c
+    feats, lengths = _inputs()
+    with torch.no_grad():
+        out, out_lengths = pruned(feats, lengths)
+    assert torch.equal(out_lengths, teacher(feats, lengths)[1]) and torch.isfinite(out).all()
+
+
+def test_prune_slices_layers_built_without_biases() -> None:
+    """NeMo's `use_bias: false` leaves the Linear and Conv1d layers of a block without biases."""
+    model = _fast(8, seed=7)
+    for block in model.blocks():
+        for module in (block.feed_forward1, block.feed_forward2):
+            if module is not None:
+                module.linear1.bias = module.linear2.bias = None
+        if block.conv is not None:
+            block.conv.pointwise_conv1.bias = block.conv.depthwise_conv.bias = None
+        if block.self_attn is not None:
+            block.self_attn.linear_q.bias = block.self_attn.linear_k.bias = None
+    gates = ConformerGates.attach(model, ALL)
+    gates.freeze(magnitude_masks(gates, 0.6 * count_params(model)))
+    sliced = without_gates(model)
+    sliced.prune(gates.current_masks())  # in place: the config cannot say "no biases"
+    _assert_same_real_frames(model, sliced)
+    assert count_params(sliced) < 0.6 * count_params(model)
+    assert all(not k.endswith("linear1.bias") for k in sliced.state_dict())
