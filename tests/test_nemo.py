@@ -1,7 +1,8 @@
 """Importing .nemo archives without NeMo installed: archives written here from our own models.
 
 The comparison with NeMo itself is in tests/nemo (``make test-nemo``). Here: the name and shape
-mapping round-trips exactly (tied and untied position biases, no biases, gzip), the NeMo front-end
+mapping round-trips exactly (tied and untied position biases, no biases, gzip; FastConformers with
+dw_striding subsampling by 4, 8 and 16; the CTC head of a hybrid RNNT-CTC model), the NeMo front-end
 options keep batched equal to one-by-one and export to ONNX, and every unsupported variant is a
 ValueError that names the key and its value.
 """
@@ -9,6 +10,7 @@ ValueError that names the key and its value.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import tarfile
 from pathlib import Path
@@ -199,9 +201,12 @@ def _edited(config: dict[str, Any], section: str | None, key: str, value: Any) -
 @pytest.mark.parametrize(
     ("section", "key", "value"),
     [
-        ("encoder", "subsampling", "dw_striding"),
         ("encoder", "subsampling", "vggnet"),
-        ("encoder", "subsampling_factor", 8),
+        ("encoder", "subsampling", "dw_striding_conv1d"),
+        ("encoder", "subsampling_factor", 2),
+        ("encoder", "subsampling_factor", 32),
+        ("encoder", "att_context_style", "chunked_limited"),
+        ("encoder", "att_context_size", [[70, 13], [70, 6], [70, 1], [70, 0]]),
         ("encoder", "conv_norm_type", "layer_norm"),
         ("encoder", "self_attention_model", "abs_pos"),
         ("encoder", "causal_downsampling", True),
@@ -264,3 +269,122 @@ def test_unknown_keys_extra_weights_and_bad_files_are_clear_errors(
         recognizer_from_nemo(tmp_path / "d.nemo")
     with pytest.raises(FileNotFoundError):
         recognizer_from_nemo(tmp_path / "missing.nemo")
+
+
+# -- FastConformer (dw_striding) and hybrid RNNT-CTC archives -------------------------------------
+
+HYBRID = "nemo.collections.asr.models.hybrid_rnnt_ctc_bpe_models.EncDecHybridRNNTCTCBPEModel"
+
+
+def _fast_archive(
+    tmp_path: Path, tokenizer: Tokenizer, hybrid: bool = False, **encoder: Any
+) -> tuple[Path, ConformerCTC, dict[str, torch.Tensor], dict[str, Any]]:
+    """A FastConformer .nemo archive (our weights under NeMo's names), the model it holds, and the
+    NeMo state dict and config written (a hybrid's also holds a transducer, which the import
+    leaves out)."""
+    settings = {"subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": 8}
+    settings |= {"xscaling": True, "untie_biases": True, "use_bias": True} | encoder
+    factor, channels = settings["subsampling_factor"], settings["subsampling_conv_channels"]
+    config = _config(tokenizer, settings["untie_biases"], settings["use_bias"])
+    config["encoder"].update(settings, conv_kernel_size=9)
+    torch.manual_seed(1)
+    model = _source_model(tokenizer, settings["untie_biases"], settings["use_bias"])
+    cfg = dataclasses.replace(
+        model.config,
+        conv_kernel=9,
+        xscaling=settings["xscaling"],
+        subsampling=settings["subsampling"],
+        subsampling_factor=factor,
+        subsampling_channels=[16 if channels == -1 else channels] * (factor.bit_length() - 1),
+    )
+    fast = build_model(cfg)
+    with torch.no_grad():  # the blocks as _source_model made them (tied biases, zero biases)
+        source = model.state_dict()
+        for key, target in fast.state_dict().items():  # not the new front end and depthwise kernels
+            if key in source and source[key].shape == target.shape:
+                target.copy_(source[key])
+    fast.eval()
+    weights = _nemo_state_dict(fast, settings["use_bias"])
+    if hybrid:
+        config["target"] = HYBRID
+        config["aux_ctc"] = {"decoder": config.pop("decoder"), "ctc_loss_weight": 0.3}
+        config["decoder"] = {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder",
+            "prednet": {"pred_hidden": 8},
+        }
+        config["joint"] = {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint",
+            "jointnet": {"joint_hidden": 8},
+        }
+        for key in [k for k in weights if k.startswith("decoder.")]:
+            weights["ctc_decoder." + key.removeprefix("decoder.")] = weights.pop(key)
+        weights["decoder.prediction.embed.weight"] = torch.randn(tokenizer.vocab_size + 1, 8)
+        weights["joint.pred.weight"] = torch.randn(8, 8)
+        weights["joint.joint_net.2.weight"] = torch.randn(tokenizer.vocab_size + 1, 8)
+    path = _write_nemo(tmp_path / "fast.nemo", config, weights, tokenizer)
+    return path, fast, weights, config
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        {"subsampling_factor": 8},
+        {"subsampling_factor": 4, "subsampling_conv_channels": -1, "xscaling": False, "untie_biases": False},
+        {"subsampling_factor": 16, "use_bias": False},
+        {"subsampling": "striding", "subsampling_factor": 8},
+    ],
+    ids=["dw8", "dw4-tied-noxscale", "dw16-nobias", "striding8"],
+)
+def test_fastconformer_import_round_trips_exactly(
+    tokenizer: Tokenizer, tmp_path: Path, encoder: dict[str, Any]
+) -> None:
+    path, source, _, _ = _fast_archive(tmp_path, tokenizer, **encoder)
+    rec = recognizer_from_nemo(path)
+    cfg = rec.model.config
+    assert cfg.subsampling == encoder.get("subsampling", "dw_striding")
+    assert cfg.subsampling_factor == encoder["subsampling_factor"]
+    assert cfg.conv_kernel == 9 and cfg.xscaling == encoder.get("xscaling", True)
+    for key, value in source.state_dict().items():
+        assert torch.equal(rec.model.state_dict()[key], value), key
+    feats, lengths = torch.randn(2, 203, 80), torch.tensor([203, 120])
+    with torch.no_grad():
+        torch.testing.assert_close(rec.model(feats, lengths), source(feats, lengths), rtol=0, atol=0)
+
+
+def test_hybrid_rnnt_ctc_imports_encoder_and_ctc_head(
+    tokenizer: Tokenizer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, source, weights, _ = _fast_archive(tmp_path, tokenizer, hybrid=True)
+    assert main(["import-nemo", str(path), "--out", str(tmp_path / "t.pt")]) == 0
+    out = capsys.readouterr().out
+    transducer = sum(v.numel() for k, v in weights.items() if k.startswith(("decoder.", "joint.")))
+    assert f"left out: the transducer (RNNT prediction network and joint, 3 tensors, {transducer:,}" in out
+    rec = load_recognizer(tmp_path / "t.pt")
+    assert rec.meta["source"]["model_class"] == HYBRID
+    for key, value in source.state_dict().items():
+        assert torch.equal(rec.model.state_dict()[key], value), key
+    assert torch.equal(rec.model.decoder.weight, weights["ctc_decoder.decoder_layers.0.weight"].squeeze(-1))
+
+
+def test_hybrid_without_a_ctc_head_and_streaming_fastconformers_are_refused(
+    tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    _, _, weights, config = _fast_archive(tmp_path, tokenizer, hybrid=True)
+    del config["aux_ctc"]
+    with pytest.raises(ValueError, match=r"EncDecHybridRNNTCTCBPEModel without an aux_ctc\.decoder"):
+        recognizer_from_nemo(_write_nemo(tmp_path / "a.nemo", config, weights, tokenizer))
+    for key, value in [("causal_downsampling", True), ("conv_context_size", "causal")]:
+        path, _, _, _ = _fast_archive(tmp_path, tokenizer, **{key: value})
+        with pytest.raises(ValueError, match=f"{key} = {value!r} is not supported"):
+            recognizer_from_nemo(path)
+
+
+def test_imported_fastconformer_exports_to_onnx(tokenizer: Tokenizer, tmp_path: Path) -> None:
+    path, _, _, _ = _fast_archive(tmp_path, tokenizer, subsampling_factor=8)
+    rec = recognizer_from_nemo(path)
+    onnx_path = export_onnx(rec, tmp_path / "fast.onnx", example_seconds=1.0)
+    gen = np.random.default_rng(0)
+    check = verify_onnx(
+        rec, onnx_path, [0.1 * gen.standard_normal(n).astype(np.float32) for n in (9000, 5000)]
+    )
+    assert check.passed(1e-4), check

@@ -160,6 +160,8 @@ def cmd_import_nemo(args: argparse.Namespace) -> None:
         f"vocabulary {cfg.vocab_size} + blank, {count_params(rec.model):,} parameters "
         f"(from {args.nemo}, NeMo {rec.meta['source']['nemo_version'] or 'version unknown'})"
     )
+    if "dropped" in rec.meta["source"]:
+        print(f"left out: {rec.meta['source']['dropped']}")
 
 
 def _number(value: float) -> str:
@@ -402,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "import-nemo",
         cmd_import_nemo,
-        "Convert a NeMo Conformer-CTC model (.nemo, EncDecCTCModelBPE) into a checkpoint.",
+        "Convert a NeMo Conformer-CTC or FastConformer model (.nemo: EncDecCTCModelBPE, or the CTC head "
+        "of EncDecHybridRNNTCTCBPEModel) into a checkpoint.",
         "conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt",
     )
     p.add_argument("nemo", help="the .nemo file")

@@ -8,22 +8,27 @@ A ``.nemo`` file is a tar archive (plain or gzipped) holding ``model_config.yaml
 SentencePiece ``tokenizer.model`` (stored as ``<hash>_tokenizer.model`` and named in the config as
 ``nemo:<hash>_tokenizer.model``). Reading it needs tarfile, yaml and torch only, not NeMo.
 
-What is imported (`EncDecCTCModelBPE`, as NeMo 3.0.0 computes it in eval mode):
+What is imported (`EncDecCTCModelBPE`, and the encoder and CTC head of
+`EncDecHybridRNNTCTCBPEModel`, as NeMo 3.0.0 computes them in eval mode):
 
 - the `AudioToMelSpectrogramPreprocessor` settings become a `FeatureConfig` with NeMo's frame
   count, log guard and `pad_to` (dither stays a training-only setting, as in NeMo);
-- the `ConformerEncoder` (striding Conv2d subsampling by 4, relative-position attention, BatchNorm
-  in the convolution module) becomes a `ConformerConfig` with the same width in every layer;
+- the `ConformerEncoder` (striding Conv2d or FastConformer's depthwise-separable `dw_striding`
+  subsampling by 4, 8 or 16, relative-position attention, BatchNorm in the convolution module)
+  becomes a `ConformerConfig` with the same width in every layer;
   parameter names are the same on both sides, position biases tied across layers
   (``untie_biases: false``) are copied into every layer, and with ``use_bias: false`` the biases
   of the Linear and Conv1d layers are zeros;
-- the `ConvASRDecoder`'s kernel-1 Conv1d becomes the linear CTC head. Both put the blank last, at
-  index vocab_size, so token ids and greedy transcripts are the same;
+- the `ConvASRDecoder`'s kernel-1 Conv1d becomes the linear CTC head (a hybrid model's is its
+  `aux_ctc` decoder, ``ctc_decoder`` in the state dict; its transducer, the RNNT prediction network
+  and joint, is left out and the recognizer's meta says so). Both put the blank last, at index
+  vocab_size, so token ids and greedy transcripts are the same;
 - the tokenizer is the archive's SentencePiece model, unchanged.
 
-Every other variant (other subsampling, attention or normalisation types, limited or causal context,
-other front ends, non-CTC models) is a ValueError that names the key, its value and what is
-supported. The result is an ordinary checkpoint: it evaluates, prunes and exports like any other.
+Every other variant (other subsampling, attention or normalisation types, streaming models with
+limited or chunked attention context, causal convolutions or causal downsampling, other front ends,
+models without a CTC head) is a ValueError that names the key, its value and what is supported.
+The result is an ordinary checkpoint: it evaluates, prunes and exports like any other.
 Only training differs from NeMo's: our one `dropout` also stands for NeMo's `dropout_pre_encoder`,
 and stochastic depth is not reproduced.
 Equivalence with NeMo is tested in tests/nemo (``make test-nemo``).
@@ -132,7 +137,10 @@ ENCODER_IGNORED = {
     "use_pytorch_sdpa_backends",
     "sync_max_audio_length",
 }
-SUPPORTED_MODEL = "EncDecCTCModelBPE"
+CTC_MODEL = "EncDecCTCModelBPE"
+HYBRID_MODEL = "EncDecHybridRNNTCTCBPEModel"  # its CTC head is imported, its transducer dropped
+SUPPORTED_MODELS = f"CTC models with a BPE tokenizer ({CTC_MODEL}, or the CTC head of {HYBRID_MODEL})"
+SUBSAMPLING_FACTORS = (4, 8, 16)
 NEMO_SKIPPED_WEIGHTS = ("preprocessor.featurizer.window", "preprocessor.featurizer.fb")
 
 
@@ -213,28 +221,42 @@ def _target(section: dict[str, Any]) -> str:
     return str(section.get("_target_", "")).rsplit(".", 1)[-1]
 
 
+def _is_hybrid(archive: NemoArchive) -> bool:
+    return str(archive.config.get("target", "")).rsplit(".", 1)[-1] == HYBRID_MODEL
+
+
+def _ctc_decoder(archive: NemoArchive) -> tuple[str, dict[str, Any]]:
+    """Where the CTC head's config is (``decoder``, or a hybrid's ``aux_ctc.decoder``) and it."""
+    if _is_hybrid(archive):
+        aux = archive.config.get("aux_ctc")
+        if not isinstance(aux, dict) or not isinstance(aux.get("decoder"), dict):
+            raise ValueError(f"{archive.name}: a {HYBRID_MODEL} without an aux_ctc.decoder section")
+        return "aux_ctc.decoder", aux["decoder"]
+    return "decoder", archive.config["decoder"]
+
+
 def _check_model(archive: NemoArchive) -> None:
-    """The archive holds a SentencePiece-tokenized Conformer-CTC model."""
+    """The archive holds a SentencePiece-tokenized Conformer model with a CTC head."""
     cfg, where = archive.config, archive.name
     model_class = str(cfg.get("target", "")).rsplit(".", 1)[-1]
-    if model_class and model_class != SUPPORTED_MODEL:
-        raise _unsupported(
-            where, "target", cfg["target"], f"CTC models with a BPE tokenizer ({SUPPORTED_MODEL})"
-        )
-    if "joint" in cfg:
+    if model_class and model_class not in (CTC_MODEL, HYBRID_MODEL):
+        raise _unsupported(where, "target", cfg["target"], SUPPORTED_MODELS)
+    if "joint" in cfg and not _is_hybrid(archive):
         raise ValueError(
-            f"{where}: a transducer (the config has a joint); conformer-prune imports CTC models"
+            f"{where}: a transducer (the config has a joint); conformer-prune imports CTC models "
+            f"and the CTC head of {HYBRID_MODEL} models"
         )
-    expected = {
-        "preprocessor": "AudioToMelSpectrogramPreprocessor",
-        "encoder": "ConformerEncoder",
-        "decoder": "ConvASRDecoder",
-    }
+    expected = {"preprocessor": "AudioToMelSpectrogramPreprocessor", "encoder": "ConformerEncoder"}
     for section, name in expected.items():
         if not isinstance(cfg.get(section), dict):
             raise ValueError(f"{where}: model_config.yaml has no {section} section")
         if _target(cfg[section]) != name:
             raise _unsupported(where, f"{section}._target_", cfg[section].get("_target_"), f"a {name}")
+    if not _is_hybrid(archive) and not isinstance(cfg.get("decoder"), dict):
+        raise ValueError(f"{where}: model_config.yaml has no decoder section")
+    section, decoder = _ctc_decoder(archive)
+    if _target(decoder) != "ConvASRDecoder":
+        raise _unsupported(where, f"{section}._target_", decoder.get("_target_"), "a ConvASRDecoder")
     tokenizer_type = (cfg.get("tokenizer") or {}).get("type")
     if tokenizer_type != "bpe":
         raise _unsupported(where, "tokenizer.type", tokenizer_type, "SentencePiece tokenizers (bpe)")
@@ -317,12 +339,16 @@ def _model_config(archive: NemoArchive, vocab_size: int) -> tuple[ConformerConfi
     if missing:
         raise ValueError(f"{where}: the config lacks {missing}")
     d_model, n_layers, n_heads = int(e["d_model"]), int(e["n_layers"]), int(e["n_heads"])
+    if e["subsampling"] not in ("striding", "dw_striding"):
+        raise _unsupported(
+            where, "subsampling", e["subsampling"], "striding or dw_striding (FastConformer) subsampling"
+        )
+    if e["subsampling_factor"] not in SUBSAMPLING_FACTORS:
+        raise _unsupported(where, "subsampling_factor", e["subsampling_factor"], "subsampling by 4, 8 or 16")
     required = {
-        "subsampling": ("striding", "striding Conv2d subsampling"),
-        "subsampling_factor": (4, "subsampling by 4"),
-        "causal_downsampling": (False, "non-causal subsampling"),
+        "causal_downsampling": (False, "non-causal subsampling (streaming models are not supported)"),
         "self_attention_model": ("rel_pos", "relative-position attention (rel_pos)"),
-        "att_context_style": ("regular", "full-context attention (regular)"),
+        "att_context_style": ("regular", "full-context attention (regular; not chunked_limited streaming)"),
         "conv_norm_type": ("batch_norm", "BatchNorm in the convolution module (batch_norm)"),
         "conv_context_style": ("regular", "regular convolution context"),
         "global_tokens": (0, "no global tokens"),
@@ -335,7 +361,9 @@ def _model_config(archive: NemoArchive, vocab_size: int) -> tuple[ConformerConfi
     if e["feat_out"] not in (-1, None, d_model):
         raise _unsupported(where, "feat_out", e["feat_out"], "no output projection (feat_out -1)")
     if e["att_context_size"] not in (None, [-1, -1], [[-1, -1]]):
-        raise _unsupported(where, "att_context_size", e["att_context_size"], "unlimited context ([-1, -1])")
+        raise _unsupported(
+            where, "att_context_size", e["att_context_size"], "unlimited attention context ([-1, -1])"
+        )
     kernel = int(e["conv_kernel_size"])
     half = (kernel - 1) // 2
     if e["conv_context_size"] not in (None, [half, half]):
@@ -347,10 +375,13 @@ def _model_config(archive: NemoArchive, vocab_size: int) -> tuple[ConformerConfi
     n_mels = int(archive.config["preprocessor"].get("features", PREPROCESSOR_DEFAULTS["features"]))
     if int(e["feat_in"]) != n_mels:
         raise ValueError(f"{where}: feat_in {e['feat_in']} differs from the preprocessor's features {n_mels}")
-    decoder = archive.config["decoder"]
+    section, decoder = _ctc_decoder(archive)
     if not decoder.get("add_blank", True):
         raise _unsupported(
-            f"{archive.name}: decoder", "add_blank", False, "a CTC head with a blank output (add_blank true)"
+            f"{archive.name}: {section}",
+            "add_blank",
+            False,
+            "a CTC head with a blank output (add_blank true)",
         )
     ffn = d_model * e["ff_expansion_factor"]
     channels = int(e["subsampling_conv_channels"])
@@ -365,7 +396,10 @@ def _model_config(archive: NemoArchive, vocab_size: int) -> tuple[ConformerConfi
         ffn2=int(ffn),
         conv_channels=d_model,
         conv_kernel=kernel,
-        subsampling_channels=[d_model if channels == -1 else channels] * 2,
+        subsampling=e["subsampling"],
+        subsampling_factor=int(e["subsampling_factor"]),
+        subsampling_channels=[d_model if channels == -1 else channels]
+        * (int(e["subsampling_factor"]).bit_length() - 1),
         xscaling=bool(e["xscaling"]),
         dropout=float(e["dropout"]),
         dropout_att=float(e["dropout_att"]),
@@ -374,11 +408,12 @@ def _model_config(archive: NemoArchive, vocab_size: int) -> tuple[ConformerConfi
     return cfg, e
 
 
-def _nemo_key(key: str, untie_biases: bool) -> str:
-    """NeMo's name of our parameter `key`: the same, except the CTC head and, with tied position
-    biases, the one pair all layers share (NeMo's state dict repeats it under every layer)."""
+def _nemo_key(key: str, untie_biases: bool, head: str) -> str:
+    """NeMo's name of our parameter `key`: the same, except the CTC head (under `head`) and, with
+    tied position biases, the one pair all layers share (NeMo's state dict repeats it under every
+    layer)."""
     if key.startswith("decoder."):
-        return "decoder.decoder_layers.0." + key.removeprefix("decoder.")
+        return f"{head}.decoder_layers.0." + key.removeprefix("decoder.")
     if not untie_biases and key.endswith(("self_attn.pos_bias_u", "self_attn.pos_bias_v")):
         return "encoder.layers.0.self_attn." + key.rsplit(".", 1)[-1]
     return key
@@ -398,8 +433,11 @@ def _convert_state_dict(
     ours = build_model(cfg).state_dict()
     out: dict[str, Tensor] = {}
     used = set(NEMO_SKIPPED_WEIGHTS)
+    head = "ctc_decoder" if _is_hybrid(archive) else "decoder"
+    if _is_hybrid(archive):  # the transducer: prediction network and joint
+        used |= set(_transducer_weights(archive))
     for key, like in ours.items():
-        name = _nemo_key(key, untie_biases)
+        name = _nemo_key(key, untie_biases, head)
         if name not in nemo and not use_bias and _is_layer_bias(key):
             out[key] = torch.zeros_like(like)
             continue
@@ -424,6 +462,11 @@ def _convert_state_dict(
             f"{extra[:5]}; adapters and extra heads are not supported"
         )
     return out
+
+
+def _transducer_weights(archive: NemoArchive) -> list[str]:
+    """A hybrid model's RNNT prediction network and joint, which the import leaves out."""
+    return [k for k in archive.state_dict if k.startswith(("decoder.", "joint."))]
 
 
 def _check_front_end(archive: NemoArchive, features: LogMelFeatures) -> None:
@@ -453,7 +496,7 @@ def recognizer_from_nemo(path: str | Path) -> Recognizer:
     archive = read_nemo(path)
     _check_model(archive)
     tokenizer = Tokenizer(archive.tokenizer)
-    decoder = archive.config["decoder"]
+    _, decoder = _ctc_decoder(archive)
     num_classes = int(decoder.get("num_classes", -1))
     vocabulary = list(decoder.get("vocabulary") or [])
     if num_classes < 1:
@@ -475,6 +518,13 @@ def recognizer_from_nemo(path: str | Path) -> Recognizer:
         "nemo_version": archive.config.get("nemo_version"),
         "model_class": archive.config.get("target"),
     }
+    if _is_hybrid(archive):
+        dropped = _transducer_weights(archive)
+        source["dropped"] = (
+            f"the transducer (RNNT prediction network and joint, {len(dropped)} tensors, "
+            f"{sum(archive.state_dict[k].numel() for k in dropped):,} parameters); the CTC head "
+            "aux_ctc.decoder is imported"
+        )
     return Recognizer(model.eval(), features.eval(), tokenizer, {"source": source})
 
 
