@@ -67,3 +67,36 @@ def small_conformer_ctc(**overrides: Any) -> dict[str, Any]:
             cfg[key] = value
     cfg["decoder"]["feat_in"] = cfg["encoder"]["d_model"]
     return cfg
+
+
+def hybrid_rnnt_ctc(cfg: dict[str, Any], pred_hidden: int = 32) -> dict[str, Any]:
+    """`cfg` made an EncDecHybridRNNTCTCBPEModel config, laid out as NeMo's
+    fastconformer_hybrid_transducer_ctc_bpe.yaml: its CTC decoder becomes `aux_ctc.decoder`, and an
+    RNNT prediction network and joint (small) are added."""
+    out = dict(cfg)
+    d_model = cfg["encoder"]["d_model"]
+    out["model_defaults"] = {"enc_hidden": d_model, "pred_hidden": pred_hidden, "joint_hidden": pred_hidden}
+    out["aux_ctc"] = {
+        "ctc_loss_weight": 0.3,
+        "use_cer": False,
+        "ctc_reduction": "mean_batch",
+        "decoder": cfg["decoder"],
+        "decoding": {"strategy": "greedy"},
+    }
+    out["decoder"] = {
+        "_target_": "nemo.collections.asr.modules.RNNTDecoder",
+        "normalization_mode": None,
+        "random_state_sampling": False,
+        "blank_as_pad": True,
+        "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": 1, "t_max": None, "dropout": 0.0},
+    }
+    out["joint"] = {
+        "_target_": "nemo.collections.asr.modules.RNNTJoint",
+        "log_softmax": None,
+        "preserve_memory": False,
+        "fuse_loss_wer": False,
+        "jointnet": {"joint_hidden": pred_hidden, "activation": "relu", "dropout": 0.0},
+    }
+    out["decoding"] = {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}}
+    out["loss"] = {"loss_name": "default"}
+    return out

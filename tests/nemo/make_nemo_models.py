@@ -5,7 +5,9 @@ Usage:
 
 Runs inside NeMo's virtual environment (``make test-nemo`` creates it), never in the project's: it
 imports nemo_toolkit, which conformer-prune does not depend on. For every combination of
-`untie_biases` and `xscaling` it builds an `EncDecCTCModelBPE` on the CPU (striding subsampling,
+`untie_biases` and `xscaling`, for two FastConformer shapes (dw_striding by 8 and 16) and for a
+hybrid RNNT-CTC FastConformer, it builds an `EncDecCTCModelBPE` (or `EncDecHybridRNNTCTCBPEModel`)
+on the CPU (striding or dw_striding subsampling,
 relative-position attention, BatchNorm in the convolution module, a SentencePiece tokenizer trained
 here), randomises every parameter, the BatchNorm running statistics and the position biases, and
 writes
@@ -32,8 +34,8 @@ import nemo
 import numpy as np
 import sentencepiece as spm
 import torch
-from conformer_ctc_bpe import small_conformer_ctc  # beside this script
-from nemo.collections.asr.models import EncDecCTCModelBPE
+from conformer_ctc_bpe import hybrid_rnnt_ctc, small_conformer_ctc  # beside this script
+from nemo.collections.asr.models import EncDecCTCModelBPE, EncDecHybridRNNTCTCBPEModel
 from nemo.utils import logging as nemo_logging
 from omegaconf import OmegaConf
 
@@ -73,7 +75,49 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "preprocessor": {"pad_to": 0},
     },
+    # FastConformers (dw_striding) at two shapes, and a hybrid RNNT-CTC FastConformer whose CTC
+    # head (aux_ctc) is what conformer-prune imports
+    "fast-dw8": {
+        "encoder": {
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": 32,
+            "d_model": 64,
+            "n_heads": 4,
+            "conv_kernel_size": 9,
+            "untie_biases": True,
+            "xscaling": True,
+        },
+        "preprocessor": {"pad_to": 0},
+    },
+    "fast-dw16": {
+        "encoder": {
+            "subsampling": "dw_striding",
+            "subsampling_factor": 16,
+            "subsampling_conv_channels": -1,
+            "d_model": 96,
+            "n_heads": 2,
+            "n_layers": 2,
+            "conv_kernel_size": 9,
+            "untie_biases": False,
+            "xscaling": False,
+            "use_bias": False,
+        },
+        "preprocessor": {"pad_to": 16},
+    },
+    "hybrid-dw8": {
+        "encoder": {
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": 48,
+            "d_model": 64,
+            "n_heads": 4,
+            "conv_kernel_size": 9,
+        },
+        "preprocessor": {"pad_to": 0},
+    },
 }
+HYBRID = ("hybrid-dw8",)
 
 SAMPLE_RATE = 16000
 WAVE_SAMPLES = (27_713, 16_000, 9_120)  # unequal lengths, so the batch carries padding
@@ -99,9 +143,16 @@ def train_tokenizer(directory: Path) -> None:
     (directory / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
 
 
-def model_config(tokenizer_dir: Path, variant: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """An EncDecCTCModelBPE config as NeMo's conformer_ctc_bpe.yaml lays it out, small."""
-    return small_conformer_ctc(tokenizer={"dir": str(tokenizer_dir)}, **variant)
+def model_config(tokenizer_dir: Path, variant: dict[str, dict[str, Any]], hybrid: bool) -> dict[str, Any]:
+    """An EncDecCTCModelBPE config as NeMo's conformer_ctc_bpe.yaml lays it out, small (or the
+    hybrid RNNT-CTC model built around it)."""
+    cfg = small_conformer_ctc(tokenizer={"dir": str(tokenizer_dir)}, **variant)
+    return hybrid_rnnt_ctc(cfg) if hybrid else cfg
+
+
+def ctc_head(model: torch.nn.Module) -> Any:
+    """The CTC decoder: a hybrid model's auxiliary one, or the CTC model's."""
+    return model.ctc_decoder if isinstance(model, EncDecHybridRNNTCTCBPEModel) else model.decoder
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -123,7 +174,7 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-        head = model.decoder.decoder_layers[0].bias
+        head = ctc_head(model).decoder_layers[0].bias
         head[-1] -= 1.0  # the blank
         head[0] -= 3.0  # <unk>
 
@@ -154,8 +205,9 @@ def reference(model: torch.nn.Module, waves: list[np.ndarray]) -> tuple[dict[str
         batch[i, : len(w)] = torch.from_numpy(w)
     feats, feat_lengths = model.preprocessor(input_signal=batch, length=lengths)
     encoded, enc_lengths = model.encoder(audio_signal=feats, length=feat_lengths)
-    log_probs = model.decoder(encoder_output=encoded)
-    hyps = model.decoding.ctc_decoder_predictions_tensor(log_probs, decoder_lengths=enc_lengths)
+    log_probs = ctc_head(model)(encoder_output=encoded)
+    decoding = model.ctc_decoding if isinstance(model, EncDecHybridRNNTCTCBPEModel) else model.decoding
+    hyps = decoding.ctc_decoder_predictions_tensor(log_probs, decoder_lengths=enc_lengths)
     texts = [h.text for h in hyps]
     arrays = {
         "waveforms": batch.numpy(),
@@ -184,8 +236,10 @@ def main() -> None:
         tokenizer_dir = Path(tmp) / "tokenizer"
         train_tokenizer(tokenizer_dir)
         for seed, (name, variant) in enumerate(VARIANTS.items()):
-            cfg = OmegaConf.create(model_config(tokenizer_dir, variant))
-            model = EncDecCTCModelBPE(cfg=cfg).cpu()
+            hybrid = name in HYBRID
+            cfg = OmegaConf.create(model_config(tokenizer_dir, variant, hybrid))
+            model_class = EncDecHybridRNNTCTCBPEModel if hybrid else EncDecCTCModelBPE
+            model = model_class(cfg=cfg).cpu()
             randomise(model, seed)
             model.save_to(str(out / f"{name}.nemo"))
             arrays, texts = reference(model, waves)

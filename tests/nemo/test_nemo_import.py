@@ -1,10 +1,12 @@
 """Imported NeMo models compute what NeMo computes (marker `nemo`, run by ``make test-nemo``).
 
 `make_nemo_models.py` runs in NeMo's own virtual environment (NEMO_PYTHON, by default
-.venv-nemo/bin/python): it writes four random-weight Conformer-CTC models as .nemo files, one per
-combination of untie_biases and xscaling, and NeMo 3.0.0's outputs for one padded batch of three
-waveforms. Each model is imported with ``conformer-prune import-nemo`` and compared on real frames:
-features, encoder output and CTC log-probabilities within 1e-4, greedy transcripts identical.
+.venv-nemo/bin/python): it writes random-weight models as .nemo files (Conformer-CTC, one per
+combination of untie_biases and xscaling; FastConformer-CTC with dw_striding by 8 and 16; a hybrid
+RNNT-CTC FastConformer, of which the CTC head is imported) and NeMo 3.0.0's outputs for one padded
+batch of three waveforms. Each model is imported with ``conformer-prune import-nemo`` and compared
+on real frames: features, encoder output and CTC log-probabilities within 1e-4, greedy transcripts
+identical.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ pytestmark = pytest.mark.nemo
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = Path(__file__).with_name("make_nemo_models.py")
-VARIANTS = ("untied-xscale", "untied-noxscale", "tied-xscale", "tied-noxscale")
+VARIANTS = (
+    "untied-xscale",
+    "untied-noxscale",
+    "tied-xscale",
+    "tied-noxscale",
+    "fast-dw8",
+    "fast-dw16",
+    "hybrid-dw8",
+)
 TOL = 1e-4
 
 
@@ -94,17 +104,18 @@ def test_imported_model_computes_what_nemo_computes(nemo_models: Path, variant: 
     assert [rec.transcribe([w])[0] for w in waves] == info["transcripts"]  # one by one as well
 
 
+@pytest.mark.parametrize("variant", ["tied-xscale", "fast-dw8"])
 @torch.no_grad()
-def test_imported_model_prunes_and_exports(nemo_models: Path, tmp_path: Path) -> None:
+def test_imported_model_prunes_and_exports(nemo_models: Path, variant: str, tmp_path: Path) -> None:
     """Half the parameters sliced away by magnitude; the pruned model equals the gated one and
     its ONNX export (NeMo's front end inside) agrees with PyTorch."""
-    rec = _imported(nemo_models, "tied-xscale", tmp_path)
+    rec = _imported(nemo_models, variant, tmp_path)
     teacher_params = count_params(rec.model)
     gates = ConformerGates.attach(rec.model, list(STRUCTURES))
     gates.freeze(magnitude_masks(gates, 0.5 * teacher_params))
     pruned = physically_prune(rec.model, gates.current_masks())
     assert count_params(pruned) <= 0.5 * teacher_params
-    ref = np.load(nemo_models / "tied-xscale.npz")
+    ref = np.load(nemo_models / f"{variant}.npz")
     feats, lengths = rec.features(
         torch.from_numpy(ref["waveforms"]), torch.from_numpy(ref["waveform_lengths"])
     )
