@@ -3,12 +3,15 @@ arithmetic as NeMo's, padding, and pruning (gates, closed-form size, slicing, ba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import pytest
 import torch
 
+from conformer_prune.cli import recipe_path
+from conformer_prune.config import load_config
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
 from conformer_prune.model import ConformerCTC, build_model
 from conformer_prune.model.conformer import ConvSubsampling, subsampled_length
@@ -18,6 +21,7 @@ from conformer_prune.prune.gates import STRUCTURES, ConformerGates
 from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.physical import physically_prune, without_gates
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
+from conformer_prune.train import TrainConfig
 from tests.conftest import hetero_config
 
 ALL = list(STRUCTURES)
@@ -236,3 +240,20 @@ def test_prune_slices_layers_built_without_biases() -> None:
     _assert_same_real_frames(model, sliced)
     assert count_params(sliced) < 0.6 * count_params(model)
     assert all(not k.endswith("linear1.bias") for k in sliced.state_dict())
+
+
+def test_fastconformer_recipe_is_the_reference_shape_with_nemos_front_end() -> None:
+    teacher = load_config(TrainConfig, recipe_path("teacher")).model
+    fast = load_config(TrainConfig, recipe_path("fastconformer")).model
+    assert (fast.subsampling, fast.subsampling_factor, fast.conv_kernel) == ("dw_striding", 8, 9)
+    assert (
+        dataclasses.replace(
+            fast,
+            subsampling="striding",
+            subsampling_factor=4,
+            subsampling_channels=teacher.subsampling_channels,
+            conv_kernel=teacher.conv_kernel,
+        )
+        == teacher
+    )
+    assert count_params(build_model(fast)) == as_float(conformer_cost(fast).params)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-RECIPES = ("teacher", "demo", "tiny", "prune", "demo-prune")
+RECIPES = ("teacher", "fastconformer", "demo", "tiny", "prune", "demo-prune")
 
 
 def recipe_path(name_or_path: str) -> Path:
