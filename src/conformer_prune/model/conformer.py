@@ -1,7 +1,8 @@
 """Conformer-CTC (Gulati et al. 2020) with per-layer sizes, read top-down.
 
 The structure and the parameter names follow NeMo's `ConformerEncoder` (and ESPnet's, which it
-mirrors), so pretrained weights map one to one: striding Conv2d subsampling by 4, relative
+mirrors), so pretrained weights map one to one: Conv2d subsampling by 4, 8 or 16 (plain striding,
+or FastConformer's depthwise-separable dw_striding, Rekesh et al. 2023), relative
 positional multi-head self-attention (Transformer-XL style, Dai et al. 2019, with separate q/k/v/out
 projections, a position projection and per-head biases u and v), macaron feed-forward halves, a
 convolution module (pointwise conv to 2x channels, GLU, depthwise conv, BatchNorm, SiLU, pointwise

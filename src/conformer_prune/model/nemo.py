@@ -50,7 +50,7 @@ from torch import Tensor
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
-from conformer_prune.model.conformer import ConformerConfig, build_model
+from conformer_prune.model.conformer import SUBSAMPLING_FACTORS, ConformerConfig, build_model
 
 __all__ = ["NemoArchive", "import_nemo", "read_nemo", "recognizer_from_nemo"]
 
@@ -140,7 +140,6 @@ ENCODER_IGNORED = {
 CTC_MODEL = "EncDecCTCModelBPE"
 HYBRID_MODEL = "EncDecHybridRNNTCTCBPEModel"  # its CTC head is imported, its transducer dropped
 SUPPORTED_MODELS = f"CTC models with a BPE tokenizer ({CTC_MODEL}, or the CTC head of {HYBRID_MODEL})"
-SUBSAMPLING_FACTORS = (4, 8, 16)
 NEMO_SKIPPED_WEIGHTS = ("preprocessor.featurizer.window", "preprocessor.featurizer.fb")
 
 
