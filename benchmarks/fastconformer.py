@@ -1,0 +1,278 @@
+"""FastConformer (dw_striding by 8, kernel 9) against the 4x Conformer at the same d_model and depth:
+training throughput, where a training step's time goes, and inference latency (PyTorch and ONNX
+Runtime).
+
+Usage:
+    python benchmarks/fastconformer.py                 # the two recipes' shapes, bf16 and fp32
+    python benchmarks/fastconformer.py --rounds 3 --batch 4 --seconds 5   # a quick look
+
+Both models are built from the shipped recipes (`teacher`: the reference Conformer; `fastconformer`:
+the same shape with NeMo's 8x front end and kernel 9) with random weights. A training step is what
+`conformer-prune train` does per batch: forward under the recipe's precision, CTC loss, backward,
+gradient clipping, AdamW. The batch is `--batch` utterances of `--seconds` of random features with
+random targets (a third of the 8x encoder frames, so CTC can align them). Steps of the two models
+alternate (A, B, A, B, ...), after one warm-up each, and the medians are compared: the machine is
+shared, and alternation slows both alike. Throughput is audio seconds per wall-clock second (x real
+time) on 2 threads. The profile times each part's forward and backward with module hooks (the CPU
+runs them synchronously) in separate steps; the hooks slow a step, so only its shares are compared.
+Latency: one utterance of 10 s, eval mode, PyTorch
+eager and ONNX Runtime fp32 (features in), interleaved. Writes benchmarks/results/fastconformer.json
+and the fastconformer section of docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, git_commit, markdown_table, save_result, update_doc_section
+
+from conformer_prune.cli import recipe_path
+from conformer_prune.config import load_config
+from conformer_prune.data.dataset import Batch
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
+from conformer_prune.evaluate.metrics import count_params, interleaved_medians_ms, macs_per_second
+from conformer_prune.export import OnnxRecognizer, export_onnx
+from conformer_prune.model import ConformerCTC, Recognizer, build_model
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
+from conformer_prune.train import TrainConfig
+from conformer_prune.train.loop import autocast, ctc_loss, make_optimizer
+
+MODELS = {"conformer-4x": "teacher", "fastconformer-8x": "fastconformer"}
+PARTS = {  # profile category -> module attribute names inside the encoder
+    "front end": ("pre_encode",),
+    "attention": ("self_attn", "norm_self_att"),
+    "convolution": ("conv", "norm_conv"),
+    "feed-forward": ("feed_forward1", "feed_forward2", "norm_feed_forward1", "norm_feed_forward2"),
+}
+
+
+def _batch(model: ConformerCTC, batch: int, seconds: float) -> Batch:
+    gen = torch.Generator().manual_seed(0)
+    frames = int(seconds * FEATURE_FRAMES_PER_SECOND) + 1
+    tokens = max(1, int(seconds * 100 / 8) // 3)  # a third of the 8x encoder frames
+    return Batch(
+        torch.randn(batch, frames, model.config.n_mels, generator=gen),
+        torch.full((batch,), frames),
+        torch.randint(0, model.config.vocab_size, (batch, tokens), generator=gen),
+        torch.full((batch,), tokens),
+        torch.arange(batch),
+    )
+
+
+def _step(model: ConformerCTC, batch: Batch, precision: str, grad_clip: float) -> Callable[[], None]:
+    """One training step of `model` on `batch`, as `train_one_epoch` takes it."""
+    optimizer = make_optimizer(model, 1e-4, 1e-3, (0.9, 0.98))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with autocast(torch.device("cpu"), precision):
+            loss, _ = ctc_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+
+    return step
+
+
+def _profile(
+    model: ConformerCTC, batch: Batch, precision: str, grad_clip: float, steps: int
+) -> dict[str, float]:
+    """Median seconds per step spent in each part (forward + backward), the optimizer (clipping
+    and AdamW) and the rest (positional encoding, block norms, CTC head and loss, autograd)."""
+    spent: dict[str, float] = {}
+    starts: dict[int, float] = {}
+    handles: list[Any] = []
+
+    def attach(module: nn.Module, part: str) -> None:
+        def start(*_: Any) -> None:
+            starts[id(module)] = time.perf_counter()
+
+        def stop(*_: Any) -> None:
+            spent[part] = spent.get(part, 0.0) + time.perf_counter() - starts.pop(id(module))
+
+        handles.append(module.register_forward_pre_hook(start))
+        handles.append(module.register_forward_hook(stop))
+        handles.append(module.register_full_backward_pre_hook(start))
+        handles.append(module.register_full_backward_hook(stop))
+
+    for part, names in PARTS.items():
+        for name, module in model.encoder.named_modules():
+            in_block = name.startswith("layers.") and name.rsplit(".", 1)[-1] in names
+            if in_block or name in names:  # (pre_encode.conv is the front end's, not a block's)
+                attach(module, part)
+    # the features require a gradient here, or the front end's backward hook could not fire
+    # around its backward (the extra input gradient of the first convolution is small)
+    batch.feats.requires_grad_(True)
+    optimizer = make_optimizer(model, 1e-4, 1e-3, (0.9, 0.98))
+    params = [p for p in model.parameters() if p.requires_grad]
+    records: list[dict[str, float]] = []
+    for k in range(steps + 1):  # the first is a warm-up
+        spent.clear()
+        start = time.perf_counter()
+        with autocast(torch.device("cpu"), precision):
+            loss, _ = ctc_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_start = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        end = time.perf_counter()
+        record = {**spent, "optimizer": end - opt_start}
+        record["rest"] = (end - start) - sum(record.values())
+        record["step"] = end - start
+        if k:
+            records.append(record)
+    for handle in handles:
+        handle.remove()
+    return {key: statistics.median(r[key] for r in records) for key in records[0]}
+
+
+def _recognizer(model: ConformerCTC) -> Recognizer:
+    tokenizer = Tokenizer.train(["A CAT SAT ON THE MAT"] * 4, TokenizerConfig(vocab_size=20))
+    return Recognizer(model.eval(), LogMelFeatures(FeatureConfig()), tokenizer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=8, help="utterances per training step")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance")
+    parser.add_argument("--rounds", type=int, default=7, help="timed steps per model and precision")
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
+    parser.add_argument(
+        "--profile-steps", type=int, default=3, help="profiled steps per model (after a warm-up)"
+    )
+    args = parser.parse_args()
+    commit = git_commit()
+    torch.set_num_threads(2)
+    configs = {name: load_config(TrainConfig, recipe_path(recipe)) for name, recipe in MODELS.items()}
+    models: dict[str, ConformerCTC] = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        models[name] = build_model(cfg.model)
+    audio = args.batch * args.seconds
+    result: dict[str, Any] = {
+        "command": command_line(),
+        "commit": commit,
+        "threads": 2,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "profile_steps": args.profile_steps,
+        "models": {
+            name: {
+                "recipe": MODELS[name],
+                "params": count_params(m),
+                "macs_per_second": macs_per_second(m),
+                "subsampling": f"{m.config.subsampling} x{m.config.subsampling_factor}",
+            }
+            for name, m in models.items()
+        },
+        "training": {},
+        "profile": {},
+    }
+    for precision in args.precisions:
+        runs = {}
+        for name, model in models.items():
+            model.train()
+            runs[name] = _step(model, _batch(model, args.batch, args.seconds), precision, 1.0)
+        medians = interleaved_medians_ms(runs, args.rounds)
+        result["training"][precision] = {
+            name: {"step_ms": ms, "x_real_time": audio / (ms / 1000)} for name, ms in medians.items()
+        }
+        speedup = medians["conformer-4x"] / medians["fastconformer-8x"]
+        result["training"][precision]["speedup"] = speedup
+        print(f"training {precision}: {medians} ms per step; speed-up {speedup:.2f}x", flush=True)
+        for name, model in models.items():
+            batch = _batch(model, args.batch, args.seconds)
+            result["profile"].setdefault(precision, {})[name] = _profile(
+                model, batch, precision, 1.0, args.profile_steps
+            )
+            print(f"profile {precision} {name}: {result['profile'][precision][name]}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = int(10 * FEATURE_FRAMES_PER_SECOND) + 1
+        feats = torch.randn(1, frames, 80, generator=torch.Generator().manual_seed(0))
+        lengths = torch.tensor([frames])
+        runners: dict[tuple[str, str], Callable[[], object]] = {}
+        for name, model in models.items():
+            model.eval()
+            path = export_onnx(_recognizer(model), Path(tmp) / f"{name}.onnx", frontend=False)
+            session = OnnxRecognizer(path, threads=2).session
+            inputs = {"features": feats.numpy(), "lengths": lengths.numpy()}
+
+            def run_torch(model: ConformerCTC = model) -> Tensor:
+                with torch.inference_mode():
+                    return model(feats, lengths)[0]
+
+            runners[(name, "torch")] = run_torch
+            runners[(name, "ort-fp32")] = lambda session=session, inputs=inputs: session.run(None, inputs)
+        latency = interleaved_medians_ms(runners, args.rounds)
+        result["latency_ms_10s"] = {f"{name} {runtime}": ms for (name, runtime), ms in latency.items()}
+        print(f"latency: {result['latency_ms_10s']}", flush=True)
+    save_result("fastconformer", result)
+    update_doc_section("fastconformer", _markdown(result))
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    names = list(MODELS)
+    lines = [
+        "## FastConformer against the 4x Conformer (same d_model and depth)",
+        "",
+        f"`{r['command']}` at commit {r['commit']}: random weights, the `teacher` and `fastconformer` "
+        f"recipes' shapes, {r['threads']} threads, a training step on {r['batch']} x {r['seconds']:.0f} s "
+        f"(forward, CTC, backward, clipping, AdamW), medians of {r['rounds']} steps per model "
+        "taken in alternation. Other engineers' processes shared the 2 cores during the run, so the "
+        "absolute figures are low and noisy; the ratios are what alternation protects.",
+        "",
+    ]
+    rows = []
+    for name in names:
+        m = r["models"][name]
+        row = [name, m["subsampling"], f"{m['params']:,}", f"{m['macs_per_second'] / 1e6:.1f} M"]
+        for t in r["training"].values():
+            row.append(f"{t[name]['x_real_time']:.1f}x ({t[name]['step_ms'] / 1000:.2f} s)")
+        row.append(f"{r['latency_ms_10s'][f'{name} torch']:.1f} ms")
+        row.append(f"{r['latency_ms_10s'][f'{name} ort-fp32']:.1f} ms")
+        rows.append(row)
+    speed = ["FastConformer speed-up", "", "", ""]
+    speed += [f"{t['speedup']:.2f}x" for t in r["training"].values()]
+    lat = r["latency_ms_10s"]
+    for runtime in ("torch", "ort-fp32"):
+        speed.append(f"{lat[f'conformer-4x {runtime}'] / lat[f'fastconformer-8x {runtime}']:.2f}x")
+    rows.append(speed)
+    header = ["model", "front end", "params", "MACs / s audio"]
+    header += [f"training {p}, x real time (step)" for p in r["training"]]
+    header += ["latency 10 s, PyTorch", "latency 10 s, ONNX Runtime fp32"]
+    lines.append(markdown_table(header, rows))
+    for precision, profile in r["profile"].items():
+        lines += ["", f"Where a training step's time goes ({precision}, seconds per step, share):", ""]
+        keys = ["front end", "attention", "convolution", "feed-forward", "optimizer", "rest"]
+        prow = []
+        for name in names:
+            p = profile[name]
+            prow.append(
+                [name]
+                + [f"{p.get(k, 0.0):.3f} ({p.get(k, 0.0) / p['step']:.0%})" for k in keys]
+                + [f"{p['step']:.3f}"]
+            )
+        lines.append(markdown_table(["model", *keys, "step"], prow))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
