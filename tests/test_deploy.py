@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def _words(text: str) -> str:
 
 
 def test_sherpa_onnx_loads_export_and_matches_our_greedy_transcripts(
-    tiny_corpus: Path, tmp_path: Path
+    tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """sherpa-onnx's own runtime loads the export (graph layout, metadata, tokens.txt) and its
     greedy transcripts equal ours from the same model on the features sherpa-onnx computes
@@ -31,7 +32,6 @@ def test_sherpa_onnx_loads_export_and_matches_our_greedy_transcripts(
     pytest.importorskip("sherpa_onnx")
     from conformer_prune.evaluate.metrics import error_rates
     from conformer_prune.export.sherpa import (
-        export_sherpa,
         sherpa_features,
         sherpa_recognizer,
         sherpa_transcribe,
@@ -39,9 +39,12 @@ def test_sherpa_onnx_loads_export_and_matches_our_greedy_transcripts(
     from conformer_prune.model.checkpoint import greedy_decode, load_recognizer
 
     rec = load_recognizer(PRUNED)
-    files = export_sherpa(rec, tmp_path / "sherpa")
-    assert files.max_abs_diff <= 1e-4
-    lines = files.tokens.read_text(encoding="utf-8").splitlines()
+    argv = ["export", str(PRUNED), "--sherpa-onnx", str(tmp_path / "sherpa")]
+    assert main([*argv, "--data", str(tiny_corpus / "test")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_abs_diff"] <= 1e-4
+    assert {"wer_torch", "wer_sherpa_onnx_fp32", "wer_sherpa_onnx_int8"} <= set(report)
+    lines = (tmp_path / "sherpa" / "tokens.txt").read_text(encoding="utf-8").splitlines()
     assert lines[-1] == f"<blk> {rec.model.blank}" and len(lines) == rec.model.blank + 1
 
     utts = read_corpus(tiny_corpus / "test")
@@ -164,6 +167,8 @@ def test_bad_lm_arguments_are_one_line_errors(
         assert message in err and "\n" not in err
     assert main(["transcribe", model, wav, "--beam", "0"]) == 2
     assert "beam must be a positive" in capsys.readouterr().err
+    assert main(["export", model]) == 2
+    assert "expected --onnx FILE.onnx and/or --sherpa-onnx DIR" in capsys.readouterr().err
 
 
 def test_evaluate_with_lm_outputs_only_lexicon_words(
