@@ -172,7 +172,7 @@ def test_bad_lm_arguments_are_one_line_errors(
 
 
 def test_evaluate_with_lm_outputs_only_lexicon_words(
-    tiny_run: Path, tiny_corpus: Path, tmp_path: Path
+    tiny_run: Path, tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`evaluate --beam --lm` decodes a corpus; every recognised word is one of the LM's."""
     from conformer_prune.evaluate.lm import build_arpa, find_lmplz
@@ -191,3 +191,8 @@ def test_evaluate_with_lm_outputs_only_lexicon_words(
     hyps = [line.partition("\thyp=")[2] for line in (tmp_path / "recogs-test.txt").read_text().splitlines()]
     assert all(set(h.split()) <= words for h in hyps if h)
     assert '"decoding": "beam 8, lm' in out.read_text()
+    wav = next((tiny_corpus / "test").rglob("*.flac"))
+    capsys.readouterr()  # the evaluation's table
+    assert main(["transcribe", str(tiny_run / "model.pt"), str(wav), "--beam", "8", "--lm", str(arpa)]) == 0
+    printed = capsys.readouterr().out.strip().partition("\t")[2]
+    assert set(printed.split()) <= words
