@@ -36,13 +36,13 @@ from torch import Tensor, nn
 
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance
-from conformer_prune.evaluate.metrics import FRAMES_PER_SECOND, error_rates
+from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.export.onnx import OPSET, onnx_metadata, quantize_int8
 from conformer_prune.model.checkpoint import Recognizer
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, SUBSAMPLING
 from conformer_prune.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
-    "SUBSAMPLING_FACTOR",
     "SherpaExport",
     "export_sherpa",
     "export_sherpa_with_report",
@@ -52,7 +52,6 @@ __all__ = [
     "sherpa_transcribe",
 ]
 
-SUBSAMPLING_FACTOR = 4  # ConvSubsampling: two stride-2 convolutions
 BATCH = 8
 
 
@@ -92,7 +91,7 @@ def sherpa_metadata(rec: Recognizer) -> dict[str, str]:
     meta = {key: value for key, value in onnx_metadata(rec, frontend=False).items() if key not in ("input",)}
     meta |= {
         "vocab_size": str(rec.model.config.vocab_size + 1),  # with the blank, as NeMo's
-        "subsampling_factor": str(SUBSAMPLING_FACTOR),
+        "subsampling_factor": str(SUBSAMPLING),
         "normalize_type": "per_feature" if cfg.normalize == "per_feature" else "",
         "model_type": "EncDecCTCModelBPE",
         "comment": "conformer-prune export for sherpa-onnx (NeMo CTC layout)",
@@ -125,7 +124,7 @@ def export_sherpa(rec: Recognizer, out_dir: str | Path, example_seconds: float =
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = _SherpaGraph(rec).eval().cpu()
     gen = torch.Generator().manual_seed(0)
-    n_mels, frames = rec.model.config.n_mels, int(example_seconds * FRAMES_PER_SECOND)
+    n_mels, frames = rec.model.config.n_mels, int(example_seconds * FEATURE_FRAMES_PER_SECOND)
     x = torch.randn(2, n_mels, frames, generator=gen)
     lengths = torch.tensor([frames, frames * 2 // 3])
     dims = (
