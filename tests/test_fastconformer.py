@@ -12,8 +12,11 @@ import torch
 
 from conformer_prune.cli import recipe_path
 from conformer_prune.config import load_config
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
-from conformer_prune.model import ConformerCTC, build_model
+from conformer_prune.export.sherpa import sherpa_metadata
+from conformer_prune.model import ConformerCTC, Recognizer, build_model
 from conformer_prune.model.conformer import ConvSubsampling, subsampled_length
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like, dense_params
@@ -257,3 +260,11 @@ def test_fastconformer_recipe_is_the_reference_shape_with_nemos_front_end() -> N
         == teacher
     )
     assert count_params(build_model(fast)) == as_float(conformer_cost(fast).params)
+
+
+def test_sherpa_metadata_gives_the_models_subsampling_factor() -> None:
+    tokenizer = Tokenizer.train(["HELLO WORLD", "A CAT SAT ON THE MAT"], TokenizerConfig(vocab_size=20))
+    for factor in (4, 8, 16):
+        model = _fast(factor, vocab_size=tokenizer.vocab_size)
+        rec = Recognizer(model, LogMelFeatures(FeatureConfig()), tokenizer)
+        assert sherpa_metadata(rec)["subsampling_factor"] == str(factor)

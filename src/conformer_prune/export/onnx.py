@@ -103,7 +103,7 @@ def export_onnx(
     graph = _graph(rec, frontend)
     example = _example(rec, frontend, example_seconds)
     name = "waveforms" if frontend else "features"
-    # the time axis must allow at least one output frame after subsampling by 4
+    # the time axis must allow at least one output frame after subsampling (by up to 16)
     min_time = 1600 if frontend else 16
     dims = (
         {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("time", min=min_time)},
