@@ -58,7 +58,7 @@ from conformer_prune.train.loop import (
     train_one_epoch,
     validate,
 )
-from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
+from conformer_prune.utils import atomic_save, atomic_write_text, load_state, resolve_device, restore
 
 __all__ = ["PruneResult", "make_prune_optimizer", "run_pruning"]
 
@@ -126,8 +126,6 @@ def _prune(
     if resume and not state_path.exists():
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
     out.mkdir(parents=True, exist_ok=True)
-    if dist.is_main:
-        atomic_write_text(out / "prune_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     device = dist.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -186,15 +184,14 @@ def _prune(
     final_sparsity = 1.0 - cfg.ratio
     start_epoch, elapsed = 0, 0.0
     if resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        student.load_state_dict(state["student"])
-        distiller.load_state_dict(state["distiller"])
-        lagrangian.load_state_dict(state["lagrangian"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        parts = dict(student=student, distiller=distiller, lagrangian=lagrangian)
+        state = load_state(state_path, [*parts, "optimizer", "scheduler", "epoch", "elapsed"], device)
+        restore(state_path, state, **parts, optimizer=optimizer, scheduler=scheduler)
         start_epoch, elapsed = state["epoch"], state["elapsed"]
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
+    if dist.is_main:  # only once the state fits: a refused resume leaves the run as it was
+        atomic_write_text(out / "prune_config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     specaug = SpecAugment(cfg.specaug)
     specaug_gen = torch.Generator()

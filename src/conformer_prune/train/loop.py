@@ -45,7 +45,7 @@ from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
 from conformer_prune.model.conformer import ConformerCTC, build_model
 from conformer_prune.train.config import TrainConfig
-from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
+from conformer_prune.utils import atomic_save, atomic_write_text, load_state, resolve_device, restore
 
 __all__ = [
     "TrainData",
@@ -60,6 +60,9 @@ __all__ = [
     "train_one_epoch",
     "validate",
 ]
+
+
+_STATE_KEYS = ["model", "optimizer", "scheduler", "epoch", "best_wer", "elapsed", "tokenizer"]
 
 
 @dataclass
@@ -83,11 +86,11 @@ def make_data(
     world_size: int = 1,
 ) -> TrainData:
     """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list)."""
-    train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache)
-    dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, skip_too_short=False)
+    train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache, max_frames=max_frames)
+    dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, training=False)
     sampler = BucketBatchSampler(
         train_set.frames,
-        max(max_frames, max(train_set.frames)),
+        max_frames,
         seed=seed,
         num_replicas=world_size,
         rank=rank,
@@ -254,15 +257,13 @@ def _train(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume else None
+    state = load_state(state_path, _STATE_KEYS) if resume else None
     tokenizer = Tokenizer(  # trained on rank 0 only, so every rank has the same pieces
         state["tokenizer"]
         if state
         else dist.from_main(lambda: Tokenizer.train((u.text for u in train_utts), cfg.tokenizer).to_bytes())
     )
     cfg.model.vocab_size = tokenizer.vocab_size
-    if dist.is_main:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     features = LogMelFeatures(cfg.features)
     data = make_data(
@@ -287,10 +288,10 @@ def _train(
     )
     start_epoch, best_wer, elapsed = 0, math.inf, 0.0
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore(state_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
         start_epoch, best_wer, elapsed = state["epoch"], state["best_wer"], state["elapsed"]
+    if dist.is_main:  # only once the state fits: a refused resume leaves the run as it was
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     rec = Recognizer(model, features, tokenizer)
     specaug_gen = torch.Generator()
 
