@@ -18,8 +18,10 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "load_state",
+    "log_size",
     "resolve_device",
     "restore",
+    "truncate_log",
     "write_json",
 ]
 
@@ -127,6 +129,22 @@ def restore(path: str | Path, state: dict[str, Any], **targets: Any) -> None:
                 f"{path}: its {name} does not fit this run's ({type(err).__name__}: {_one_line(err)}); "
                 "resume with the run's own config (leave out --config and --set)"
             ) from err
+
+
+def log_size(path: str | Path) -> int:
+    """The size of a run's log in bytes (0 before it exists), recorded in each state file."""
+    path = Path(path)
+    return path.stat().st_size if path.exists() else 0
+
+
+def truncate_log(path: str | Path, size: int | None) -> None:
+    """Cut a run's log back to the `size` its state file recorded: lines written after the state
+    (an epoch whose state was never saved) are dropped, so a resumed run's log is the log of an
+    uninterrupted one. `size` None (a state from before this was recorded) keeps the log."""
+    path = Path(path)
+    if size is not None and path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as log_file:
+            log_file.truncate(size)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -58,7 +58,15 @@ from conformer_prune.train.loop import (
     train_one_epoch,
     validate,
 )
-from conformer_prune.utils import atomic_save, atomic_write_text, load_state, resolve_device, restore
+from conformer_prune.utils import (
+    atomic_save,
+    atomic_write_text,
+    load_state,
+    log_size,
+    resolve_device,
+    restore,
+    truncate_log,
+)
 
 __all__ = ["PruneResult", "make_prune_optimizer", "run_pruning"]
 
@@ -188,6 +196,8 @@ def _prune(
         state = load_state(state_path, [*parts, "optimizer", "scheduler", "epoch", "elapsed"], device)
         restore(state_path, state, **parts, optimizer=optimizer, scheduler=scheduler)
         start_epoch, elapsed = state["epoch"], state["elapsed"]
+        if dist.is_main:
+            truncate_log(out / "log.jsonl", state.get("log_bytes"))
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
     if dist.is_main:  # only once the state fits: a refused resume leaves the run as it was
@@ -274,6 +284,7 @@ def _prune(
                 "epoch": epoch + 1,
                 "elapsed": elapsed,
                 "config": to_dict(cfg),
+                "log_bytes": log_size(out / "log.jsonl"),
             },
             state_path,
         )

@@ -45,7 +45,15 @@ from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
 from conformer_prune.model.conformer import ConformerCTC, build_model
 from conformer_prune.train.config import TrainConfig
-from conformer_prune.utils import atomic_save, atomic_write_text, load_state, resolve_device, restore
+from conformer_prune.utils import (
+    atomic_save,
+    atomic_write_text,
+    load_state,
+    log_size,
+    resolve_device,
+    restore,
+    truncate_log,
+)
 
 __all__ = [
     "TrainData",
@@ -290,6 +298,8 @@ def _train(
     if state:
         restore(state_path, state, model=model, optimizer=optimizer, scheduler=scheduler)
         start_epoch, best_wer, elapsed = state["epoch"], state["best_wer"], state["elapsed"]
+        if dist.is_main:
+            truncate_log(out / "log.jsonl", state.get("log_bytes"))
     if dist.is_main:  # only once the state fits: a refused resume leaves the run as it was
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     rec = Recognizer(model, features, tokenizer)
@@ -361,6 +371,7 @@ def _train(
                 "elapsed": elapsed,
                 "tokenizer": tokenizer.to_bytes(),
                 "config": to_dict(cfg),
+                "log_bytes": log_size(out / "log.jsonl"),
             },
             state_path,
         )
