@@ -419,6 +419,7 @@ TRAIN_CONFIG_CASES = {
     "zero-epochs": (["--set", "epochs=0"], "epochs: expected at least 1, found 0"),
     "negative-epochs": (["--set", "epochs=-1"], "epochs: expected at least 1, found -1"),
     "zero-max-frames": (["--set", "max_frames=0"], "max_frames: expected a positive number"),
+    "negative-time-budget": (["--set", "time_budget_minutes=-1"], "time_budget_minutes: expected 0 (none)"),
     "short-betas": (["--set", "optim.betas=[0.9]"], "optim.betas: expected 2 values, found 1"),
 }
 
@@ -649,8 +650,8 @@ def _members(path: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("not-tar", "is not a readable .nemo archive"),
-        ("truncated-gz", "is not a readable .nemo archive"),
+        ("not-tar", "is not a .nemo archive (a tar file)"),
+        ("truncated-gz", "is not a .nemo archive (a tar file) or is truncated"),
         ("bad-yaml", "model_config.yaml is not valid YAML"),
         ("nested-config-only", "has no model_config.yaml"),
         ("missing", "does not exist"),

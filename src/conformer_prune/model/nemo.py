@@ -175,7 +175,8 @@ def _tar_files(path: Path) -> dict[str, bytes]:
                 if extracted is not None:
                     files[parts[0]] = extracted.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:  # gzip/tar truncated or foreign
-        raise ValueError(f"{path} is not a readable .nemo archive (a tar file): {err}") from err
+        detail = " ".join(str(err).split())
+        raise ValueError(f"{path} is not a .nemo archive (a tar file) or is truncated: {detail}") from err
     return files
 
 
