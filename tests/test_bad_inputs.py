@@ -794,3 +794,12 @@ def test_help(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("usage: conformer-prune")
     assert "conformer-prune " + (command or "demo") in out  # the command to paste
+
+
+def test_diverging_training_is_one_line_naming_the_utterances(
+    case: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _manifest(case.tmp / "m.jsonl", [_entry(u) for u in case.utts])
+    argv = case.train(manifest, case.tmp / "run", "--set", "optim.lr=1e30", "optim.warmup_steps=1")
+    line = refused(capsys, argv, watched(case, manifest), "non-finite loss", "on utterances [")
+    assert any(u.utt_id in line for u in case.utts)

@@ -209,7 +209,7 @@ def train_one_epoch(
                 else []
             )
             where = f"utterances {names or batch.indices.tolist()}" if not finite else "another rank"
-            raise FloatingPointError(f"non-finite loss {float(loss)} on {where}")
+            raise FloatingPointError(f"non-finite loss {float(loss.detach())} on {where}")
         optimizer.zero_grad(set_to_none=True)
         (loss * share).backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
