@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,24 +38,32 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "2"}
 
 
-def _kill_in_second_epoch(argv: list[str], state: Path, timeout: float = 120.0) -> None:
-    """Start `argv`, wait for the state file of the first epoch, then SIGKILL it shortly after,
-    while it trains the second epoch."""
+def _kill_in_second_epoch(argv: list[str], state: Path, marker: str, timeout: float = 120.0) -> None:
+    """Start `argv` and SIGKILL it inside its second epoch: shortly after the progress bar of
+    that epoch (`marker`, e.g. ``epoch 2/2``) appears on stderr, before the epoch's state is
+    written."""
     proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    fd, seen = proc.stderr.fileno(), bytearray()
+
+    def drain() -> None:  # keep the pipe empty, so the process never blocks on its progress bars
+        while chunk := os.read(fd, 65536):
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout
-    while not state.exists():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"{argv} ended before its first epoch: {err.decode()}")
-        if time.monotonic() > deadline:
+    while marker.encode() not in seen:
+        if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"no {state} after {timeout} s")
-        time.sleep(0.02)
-    time.sleep(0.3)
+            raise AssertionError(f"no '{marker}' from {argv}: {seen.decode(errors='replace')[-3000:]}")
+        time.sleep(0.01)
+    time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    reader.join()
     assert proc.returncode == -signal.SIGKILL
-    # killed inside the second epoch: its state was never written
+    # killed inside the second epoch: the state is the first epoch's
     assert torch.load(state, weights_only=True)["epoch"] == 1
 
 
@@ -85,7 +94,7 @@ def test_train_killed_mid_epoch_resumes_to_the_uninterrupted_run(
     run = tmp_path / "run"
     corpora = ["--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
     start = _cli("train", *corpora, "--out", str(run), "--config", "tiny")
-    _kill_in_second_epoch(start, run / "train_state.pt")
+    _kill_in_second_epoch(start, run / "train_state.pt", "epoch 2/2")
     assert len(_log(run)) == 1
     _resume(_cli("train", *corpora, "--out", str(run), "--resume"))  # the run's own config.yaml
     assert _log(run) == _log(tiny_run)
@@ -116,7 +125,7 @@ def test_prune_killed_mid_epoch_resumes_to_the_uninterrupted_run(
 
     whole, run = tmp_path / "whole", tmp_path / "run"
     assert main(argv(whole)) == 0
-    _kill_in_second_epoch(_cli(*argv(run)), run / "prune_state.pt")
+    _kill_in_second_epoch(_cli(*argv(run)), run / "prune_state.pt", "prune 2/3")
     _resume(_cli(*argv(run), "--resume"))
     log = _log(run)
     assert [r.get("epoch") for r in log] == [1, 2, None, 3]  # None: the masks are frozen
