@@ -23,6 +23,7 @@ import torch
 
 import conformer_prune
 from conformer_prune.cli import main
+from conformer_prune.data.corpus import read_corpus, write_manifest
 
 WALL_CLOCK = {"train_seconds", "elapsed_seconds", "audio_seconds_per_second"}
 
@@ -104,15 +105,20 @@ def test_train_killed_mid_epoch_resumes_to_the_uninterrupted_run(
 def test_prune_killed_mid_epoch_resumes_to_the_uninterrupted_run(
     tiny_corpus: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
+    # parts of the tiny corpus as manifests, to keep the three runs short
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    write_manifest(train, read_corpus(tiny_corpus / "train")[:10])
+    write_manifest(dev, read_corpus(tiny_corpus / "dev")[:3])
+
     def argv(out: Path) -> list[str]:
         return [
             "prune",
             "--teacher",
             str(tiny_run / "model.pt"),
             "--data",
-            str(tiny_corpus / "train"),
+            str(train),
             "--dev",
-            str(tiny_corpus / "dev"),
+            str(dev),
             "--target-params",
             "0.5",
             "--out",
