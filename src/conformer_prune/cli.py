@@ -23,27 +23,13 @@ import argparse
 import json
 import logging
 import sys
-import time
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from conformer_prune.config import ConfigError
+from conformer_prune.config import RECIPES, ConfigError, recipe_path
 from conformer_prune.prune.methods import METHODS
 
-if TYPE_CHECKING:
-    from conformer_prune.prune.config import PruneConfig
-
 __all__ = ["main"]
-
-RECIPES = ("teacher", "demo", "tiny", "prune", "demo-prune")
-
-
-def recipe_path(name_or_path: str) -> Path:
-    """A YAML file path, or the name of a recipe shipped with the package."""
-    if name_or_path in RECIPES:
-        return Path(str(resources.files("conformer_prune") / "recipes" / f"{name_or_path}.yaml"))
-    return Path(name_or_path)
 
 
 def _corpora(sources: list[str]) -> dict[str, str]:
@@ -107,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from conformer_prune.evaluate import evaluate_recognizer
+    from conformer_prune.evaluate.report import decoding_name, format_results
     from conformer_prune.evaluate.run import recogs_path
     from conformer_prune.model import load_recognizer
     from conformer_prune.utils import check_output_file, resolve_device, write_json
@@ -126,32 +113,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         decoder=decoder,
     )
     results["model"] = str(args.model)
-    results["decoding"] = _decoding_name(decoder)
+    results["decoding"] = decoding_name(decoder)
     if json_path:
         write_json(json_path, results)
     print(format_results(results))
-
-
-def _decoding_name(decoder: Any) -> str:
-    if decoder is None:
-        return "greedy"
-    cfg = decoder.config
-    lm = f", lm {cfg.lm}, lm_weight {cfg.lm_weight}, word_score {cfg.word_score}" if cfg.lm else ""
-    return f"beam {cfg.beam}{lm}"
-
-
-def format_results(results: dict[str, object]) -> str:
-    """A two-column table of an evaluation."""
-    rows = []
-    for key, value in results.items():
-        if isinstance(value, float):
-            shown = f"{value:.4f}" if key.startswith(("wer", "cer", "rtf", "hours")) else f"{value:,.1f}"
-        elif isinstance(value, int):
-            shown = f"{value:,}"
-        else:
-            shown = str(value)
-        rows.append(f"  {key:<22} {shown}")
-    return "\n".join(rows)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -247,92 +212,10 @@ def cmd_import_nemo(args: argparse.Namespace) -> None:
     )
 
 
-def _number(value: float) -> str:
-    """Integers with thousands separators; other values with four significant digits."""
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
-def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
-    """Teacher and pruned model side by side, with the pruned/teacher ratio."""
-    rows = [f"  {'':<18} {'teacher':>14} {'pruned':>14} {'ratio':>8}"]
-    for key, value in teacher.items():
-        other = pruned.get(key)
-        if not isinstance(value, int | float) or not isinstance(other, int | float):
-            continue
-        if key == "threads" or key.startswith(("utterances", "hours")):
-            continue
-        percent = key.startswith(("wer", "cer"))
-        shown = [f"{100 * v:.2f}%" if percent else _number(v) for v in (value, other)]
-        ratio = f"{other / value:.3f}" if value else "-"
-        rows.append(f"  {key:<18} {shown[0]:>14} {shown[1]:>14} {ratio:>8}")
-    return "\n".join(rows)
-
-
-def prune_and_report(
-    cfg: PruneConfig,
-    teacher: Path,
-    train: Path,
-    dev: Path,
-    evaluated: dict[str, Path],
-    out: Path,
-    resume: bool,
-    threads: int = 2,
-    teacher_eval: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
-    and write eval.json, layers.md and layers.png into `out`. `teacher_eval`: the teacher's
-    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times)."""
-    from conformer_prune.data.corpus import read_corpus
-    from conformer_prune.distributed import is_main_process
-    from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
-    from conformer_prune.model import load_recognizer
-    from conformer_prune.prune.report import layers_markdown, plot_layers
-    from conformer_prune.prune.run import run_pruning
-    from conformer_prune.utils import write_json
-
-    start = time.perf_counter()
-    result = run_pruning(cfg, teacher, read_corpus(train), read_corpus(dev), out, resume=resume)
-    prune_seconds = time.perf_counter() - start
-    if not is_main_process():  # under torchrun, rank 0 evaluates and reports alone
-        return {}
-    teacher_rec = load_recognizer(teacher)
-    if teacher_eval is None:
-        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
-    teacher_eval = dict(teacher_eval)
-    pruned_rec = load_recognizer(result.model_path)
-    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
-    report = {
-        "target": {cfg.metric: cfg.ratio},
-        "method": cfg.method,
-        "teacher": teacher_eval,
-        "pruned": pruned_eval,
-        "wall_seconds": prune_seconds,
-    }
-    # latencies measured interleaved in one loop, so their ratio is fair on a shared machine
-    teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
-    for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
-        result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
-    write_json(out / "eval.json", report)
-    table = layers_markdown(teacher_rec.model.config, pruned_rec.model.config, result.masks)
-    (out / "layers.md").write_text(table + "\n", encoding="utf-8")
-    plot_layers(
-        teacher_rec.model.config,
-        pruned_rec.model.config,
-        result.masks,
-        out / "layers.png",
-        f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})",
-    )
-    print(table)
-    print(format_comparison(teacher_eval, pruned_eval))
-    print(f"compact model: {result.model_path}; report: {out / 'eval.json'}, {out / 'layers.png'}")
-    return report
-
-
 def cmd_prune(args: argparse.Namespace) -> None:
     from conformer_prune.config import load_config
     from conformer_prune.prune.config import PruneConfig
+    from conformer_prune.prune.report import prune_and_report
     from conformer_prune.utils import check_output_dir
 
     check_output_dir(args.out)
@@ -361,37 +244,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from conformer_prune.config import load_config
-    from conformer_prune.data.corpus import read_corpus
-    from conformer_prune.data.synth import synthesize
-    from conformer_prune.prune.config import PruneConfig
-    from conformer_prune.train import TrainConfig, run_training
+    from conformer_prune.demo import run_demo
 
-    work = Path(args.work)
-    start = time.perf_counter()
-    corpus = work / "corpus"
-    print(f"[1/4] synthetic corpus ({args.hours} h) in {corpus}")
-    synthesize(corpus, args.hours, seed=args.seed, workers=args.workers)
-    run = work / "teacher"
-    print(f"[2/4] training a small Conformer-CTC teacher in {run}")
-    cfg = load_config(TrainConfig, recipe_path("demo"), args.set)
-    resume = (run / "train_state.pt").exists()
-    run_training(cfg, read_corpus(corpus / "train"), read_corpus(corpus / "dev"), run, resume=resume)
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
-    pruned = work / "pruned-50"
-    print(f"[3/4] pruning to 50% of the parameters with layerwise distillation in {pruned}")
-    prune_cfg = load_config(PruneConfig, recipe_path("demo-prune"), args.prune_set)
-    resume = (pruned / "prune_state.pt").exists()
-    prune_and_report(prune_cfg, run / "model.pt", corpus / "train", corpus / "dev", evaluated, pruned, resume)
-    onnx_path = work / "pruned-50.onnx"
-    print(f"[4/4] exporting the pruned model to ONNX (fp32 and int8) in {onnx_path}")
-    from conformer_prune.export.run import export_with_report
-
-    report = export_with_report(
-        pruned / "model.pt", onnx_path, int8=True, data=corpus / "test", teacher=run / "model.pt"
-    )
-    print(json.dumps(report, indent=2))
-    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results in {work}")
+    run_demo(Path(args.work), args.hours, args.seed, args.workers, args.set, args.prune_set)
 
 
 def build_parser() -> argparse.ArgumentParser:
