@@ -1,4 +1,5 @@
-"""The `conformer-prune` command line: one subcommand, one function.
+"""The `conformer-prune` command line: one subcommand, one function (`cmd_NAME`), its arguments
+declared beside it (`_add_NAME`). What the subcommands run lives in the library.
 
 Usage:
     conformer-prune demo
@@ -30,6 +31,8 @@ from conformer_prune.config import RECIPES, ConfigError, recipe_path
 from conformer_prune.prune.methods import METHODS
 
 __all__ = ["main"]
+
+_Subparsers = argparse._SubParsersAction  # what `add_subparsers` returns: one parser per subcommand
 
 
 def _corpora(sources: list[str]) -> dict[str, str]:
@@ -66,12 +69,64 @@ def _beam_decoder(args: argparse.Namespace, tokenizer: Any) -> Any:
     return BeamSearchDecoder(tokenizer, config)
 
 
+def _subcommand(
+    sub: _Subparsers, name: str, func: object, help_: str, example: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, its help ending with a command to paste."""
+    p = sub.add_parser(
+        name,
+        help=help_.replace("%", "%%"),  # argparse %-formats help strings, not descriptions
+        description=help_,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_synth(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "synth",
+        cmd_synth,
+        "Synthesise an English speech corpus in LibriSpeech layout.",
+        "conformer-prune synth corpus --hours 0.5 --seed 0",
+    )
+    p.add_argument("out", help="output directory (train/, dev/, test/ inside)")
+    p.add_argument("--hours", type=float, default=0.5, help="total hours of audio (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--snr",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="add noise at an SNR (dB) drawn in [LO, HI]",
+    )
+    p.add_argument("--workers", type=int, default=2)
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from conformer_prune.data.synth import synthesize
 
     snr = tuple(args.snr) if args.snr else None
     stats = synthesize(args.out, args.hours, seed=args.seed, snr_db=snr, workers=args.workers)
     print(json.dumps(stats, indent=2))
+
+
+def _add_train(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "train",
+        cmd_train,
+        "Train a Conformer-CTC recognizer.",
+        "conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher",
+    )
+    p.add_argument("--data", required=True, help="training corpus: LibriSpeech-layout directory or manifest")
+    p.add_argument("--dev", required=True, help="dev corpus for validation and model selection")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help=f"YAML file or a shipped recipe: {', '.join(RECIPES)}")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. optim.lr=1e-3")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -89,6 +144,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     best = run_training(cfg, read_corpus(args.data), read_corpus(args.dev), args.out, resume=args.resume)
     if is_main_process():
         print(f"best model: {best}")
+
+
+def _add_evaluate(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "evaluate",
+        cmd_evaluate,
+        "WER/CER, parameters, MACs and CPU latency of a model.",
+        "conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json",
+    )
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("--data", nargs="+", required=True, help="corpora, as PATH or NAME=PATH")
+    p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json and recogs files")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
+    p.add_argument("--device", default="auto")
+    _add_decoding_args(p)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -117,6 +189,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if json_path:
         write_json(json_path, results)
     print(format_results(results))
+
+
+def _add_transcribe(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "transcribe",
+        cmd_transcribe,
+        "Print greedy transcripts of audio files.",
+        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav   # or: --onnx model.onnx a.flac",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="MODEL FILE", help="checkpoint (.pt) then audio files (any rate)"
+    )
+    p.add_argument("--onnx", help="an exported .onnx file: transcribe with ONNX Runtime, no checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _add_decoding_args(p)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -149,6 +238,31 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         audio = load_audio(path, rec.features.config.sample_rate)
         text = rec.transcribe([audio], device=device, decode=decoder.decode if decoder else None)[0]
         print(f"{path}\t{text}")
+
+
+def _add_export(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "export",
+        cmd_export,
+        "Export a model to ONNX (waveforms to CTC log-probabilities) and verify it against PyTorch.",
+        "conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test",
+    )
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("--onnx", help="output file; --int8 also writes NAME.int8.onnx")
+    p.add_argument(
+        "--sherpa-onnx",
+        metavar="DIR",
+        help="also (or instead) write model.onnx, model.int8.onnx and tokens.txt for sherpa-onnx here",
+    )
+    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
+    p.add_argument(
+        "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
+    )
+    p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
+    p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
+    p.add_argument("--force", action="store_true", help="overwrite existing --onnx and --sherpa-onnx files")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -188,6 +302,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _add_lm(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "lm",
+        cmd_lm,
+        "Estimate a word n-gram LM (ARPA) of corpus transcripts with KenLM's lmplz, for --lm.",
+        "conformer-prune lm --data corpus/train --out runs/lm/3gram.arpa --order 3",
+    )
+    p.add_argument("--data", nargs="+", required=True, help="corpora (LibriSpeech dir or manifest)")
+    p.add_argument("--out", required=True, help="the ARPA file to write")
+    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    p.add_argument("--lmplz", help="path of KenLM's lmplz (default: beside Python, then PATH)")
+
+
 def cmd_lm(args: argparse.Namespace) -> None:
     from conformer_prune.data.corpus import read_corpus
     from conformer_prune.evaluate.lm import build_arpa
@@ -195,6 +323,19 @@ def cmd_lm(args: argparse.Namespace) -> None:
     texts = [u.text for source in args.data for u in read_corpus(source)]
     path = build_arpa(texts, args.out, order=args.order, lmplz=args.lmplz)
     print(f"{args.order}-gram LM of {len(texts)} transcripts: {path}")
+
+
+def _add_import_nemo(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "import-nemo",
+        cmd_import_nemo,
+        "Convert a NeMo Conformer-CTC model (.nemo, EncDecCTCModelBPE) into a checkpoint.",
+        "conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt",
+    )
+    p.add_argument("nemo", help="the .nemo file")
+    p.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
 
 def cmd_import_nemo(args: argparse.Namespace) -> None:
@@ -210,6 +351,36 @@ def cmd_import_nemo(args: argparse.Namespace) -> None:
         f"vocabulary {cfg.vocab_size} + blank, {count_params(rec.model):,} parameters "
         f"(from {args.nemo}, NeMo {rec.meta['source']['nemo_version'] or 'version unknown'})"
     )
+
+
+def _add_prune(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "prune",
+        cmd_prune,
+        "Prune a teacher with L0 gates and layerwise distillation, then slice it.",
+        "conformer-prune prune --teacher runs/teacher/model.pt --data corpus/train --dev corpus/dev "
+        "--test corpus/test --target-params 0.5 --out runs/pruned-50",
+    )
+    p.add_argument("--teacher", required=True, help="the trained model to compress (.pt)")
+    p.add_argument("--data", required=True, help="training corpus")
+    p.add_argument("--dev", required=True, help="dev corpus (validation)")
+    p.add_argument("--test", help="test corpus, evaluated at the end")
+    p.add_argument("--out", required=True, help="run directory")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
+    target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (default l0-distill)",
+    )
+    p.add_argument("--config", help="YAML file with PruneConfig fields")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_epochs=20"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figures")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -243,6 +414,22 @@ def cmd_prune(args: argparse.Namespace) -> None:
     )
 
 
+def _add_demo(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "demo",
+        cmd_demo,
+        "The main job on embedded defaults: corpus, teacher, 50% pruning, evaluation.",
+        "conformer-prune demo --work runs/demo",
+    )
+    p.add_argument("--work", default="runs/demo", help="working directory (stages are cached here)")
+    p.add_argument("--hours", type=float, default=0.5, help="hours of synthetic audio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher training overrides")
+    p.add_argument("--prune-set", nargs="*", default=[], metavar="KEY=VALUE", help="pruning overrides")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from conformer_prune.demo import run_demo
 
@@ -257,159 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `conformer-prune demo` for the whole job on embedded defaults.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func: object, help_: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help_.replace("%", "%%"),  # argparse %-formats help strings, not descriptions
-            description=help_,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(func=func)
-        return p
-
-    p = add(
-        "synth",
-        cmd_synth,
-        "Synthesise an English speech corpus in LibriSpeech layout.",
-        "conformer-prune synth corpus --hours 0.5 --seed 0",
-    )
-    p.add_argument("out", help="output directory (train/, dev/, test/ inside)")
-    p.add_argument("--hours", type=float, default=0.5, help="total hours of audio (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--snr",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="add noise at an SNR (dB) drawn in [LO, HI]",
-    )
-    p.add_argument("--workers", type=int, default=2)
-
-    p = add(
-        "train",
-        cmd_train,
-        "Train a Conformer-CTC recognizer.",
-        "conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher",
-    )
-    p.add_argument("--data", required=True, help="training corpus: LibriSpeech-layout directory or manifest")
-    p.add_argument("--dev", required=True, help="dev corpus for validation and model selection")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--config", help=f"YAML file or a shipped recipe: {', '.join(RECIPES)}")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. optim.lr=1e-3")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-
-    p = add(
-        "evaluate",
-        cmd_evaluate,
-        "WER/CER, parameters, MACs and CPU latency of a model.",
-        "conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json",
-    )
-    p.add_argument("model", help="checkpoint (.pt)")
-    p.add_argument("--data", nargs="+", required=True, help="corpora, as PATH or NAME=PATH")
-    p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json and recogs files")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
-    p.add_argument("--device", default="auto")
-    _add_decoding_args(p)
-
-    p = add(
-        "transcribe",
-        cmd_transcribe,
-        "Print greedy transcripts of audio files.",
-        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav   # or: --onnx model.onnx a.flac",
-    )
-    p.add_argument(
-        "inputs", nargs="+", metavar="MODEL FILE", help="checkpoint (.pt) then audio files (any rate)"
-    )
-    p.add_argument("--onnx", help="an exported .onnx file: transcribe with ONNX Runtime, no checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    _add_decoding_args(p)
-
-    p = add(
-        "export",
-        cmd_export,
-        "Export a model to ONNX (waveforms to CTC log-probabilities) and verify it against PyTorch.",
-        "conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test",
-    )
-    p.add_argument("model", help="checkpoint (.pt)")
-    p.add_argument("--onnx", help="output file; --int8 also writes NAME.int8.onnx")
-    p.add_argument(
-        "--sherpa-onnx",
-        metavar="DIR",
-        help="also (or instead) write model.onnx, model.int8.onnx and tokens.txt for sherpa-onnx here",
-    )
-    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
-    p.add_argument(
-        "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
-    )
-    p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
-    p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
-    p.add_argument("--force", action="store_true", help="overwrite existing --onnx and --sherpa-onnx files")
-
-    p = add(
-        "lm",
-        cmd_lm,
-        "Estimate a word n-gram LM (ARPA) of corpus transcripts with KenLM's lmplz, for --lm.",
-        "conformer-prune lm --data corpus/train --out runs/lm/3gram.arpa --order 3",
-    )
-    p.add_argument("--data", nargs="+", required=True, help="corpora (LibriSpeech dir or manifest)")
-    p.add_argument("--out", required=True, help="the ARPA file to write")
-    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
-    p.add_argument("--lmplz", help="path of KenLM's lmplz (default: beside Python, then PATH)")
-
-    p = add(
-        "import-nemo",
-        cmd_import_nemo,
-        "Convert a NeMo Conformer-CTC model (.nemo, EncDecCTCModelBPE) into a checkpoint.",
-        "conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt",
-    )
-    p.add_argument("nemo", help="the .nemo file")
-    p.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
-
-    p = add(
-        "prune",
-        cmd_prune,
-        "Prune a teacher with L0 gates and layerwise distillation, then slice it.",
-        "conformer-prune prune --teacher runs/teacher/model.pt --data corpus/train --dev corpus/dev "
-        "--test corpus/test --target-params 0.5 --out runs/pruned-50",
-    )
-    p.add_argument("--teacher", required=True, help="the trained model to compress (.pt)")
-    p.add_argument("--data", required=True, help="training corpus")
-    p.add_argument("--dev", required=True, help="dev corpus (validation)")
-    p.add_argument("--test", help="test corpus, evaluated at the end")
-    p.add_argument("--out", required=True, help="run directory")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
-    target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
-    p.add_argument(
-        "--method",
-        choices=list(METHODS),
-        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (default l0-distill)",
-    )
-    p.add_argument("--config", help="YAML file with PruneConfig fields")
-    p.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_epochs=20"
-    )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figures")
-
-    p = add(
-        "demo",
-        cmd_demo,
-        "The main job on embedded defaults: corpus, teacher, 50% pruning, evaluation.",
-        "conformer-prune demo --work runs/demo",
-    )
-    p.add_argument("--work", default="runs/demo", help="working directory (stages are cached here)")
-    p.add_argument("--hours", type=float, default=0.5, help="hours of synthetic audio")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher training overrides")
-    p.add_argument("--prune-set", nargs="*", default=[], metavar="KEY=VALUE", help="pruning overrides")
+    _add_synth(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_transcribe(sub)
+    _add_export(sub)
+    _add_lm(sub)
+    _add_import_nemo(sub)
+    _add_prune(sub)
+    _add_demo(sub)
     return parser
 
 
