@@ -43,8 +43,7 @@ from common import (
     update_doc_section,
 )
 
-from conformer_prune.cli import prune_and_report, recipe_path
-from conformer_prune.config import load_config
+from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import synthesize
 from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
 from conformer_prune.evaluate.run import read_recogs
@@ -53,6 +52,7 @@ from conformer_prune.prune.budget import UnreachableTargetError
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.methods import METHODS as REGISTRY
 from conformer_prune.prune.methods import MethodName
+from conformer_prune.prune.report import prune_and_report
 from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import write_json
 

@@ -31,10 +31,10 @@ from common import (
     update_doc_section,
 )
 
-from conformer_prune.cli import prune_and_report, recipe_path
-from conformer_prune.config import load_config
+from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import synthesize
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.report import prune_and_report
 
 
 def stage_seconds(log_path: Path) -> tuple[float, float]:

@@ -36,8 +36,7 @@ from common import (
     update_doc_section,
 )
 
-from conformer_prune.cli import recipe_path
-from conformer_prune.config import load_config
+from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import synthesize
 from conformer_prune.evaluate import evaluate_recognizer

@@ -1,4 +1,5 @@
-"""The `conformer-prune` command line: one subcommand, one function.
+"""The `conformer-prune` command line: one subcommand, one function (`cmd_NAME`), its arguments
+declared beside it (`_add_NAME`). What the subcommands run lives in the library.
 
 Usage:
     conformer-prune demo
@@ -23,27 +24,15 @@ import argparse
 import json
 import logging
 import sys
-import time
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from conformer_prune.config import ConfigError
+from conformer_prune.config import RECIPES, ConfigError, recipe_path
 from conformer_prune.prune.methods import METHODS
-
-if TYPE_CHECKING:
-    from conformer_prune.prune.config import PruneConfig
 
 __all__ = ["main"]
 
-RECIPES = ("teacher", "fastconformer", "demo", "tiny", "prune", "demo-prune")
-
-
-def recipe_path(name_or_path: str) -> Path:
-    """A YAML file path, or the name of a recipe shipped with the package."""
-    if name_or_path in RECIPES:
-        return Path(str(resources.files("conformer_prune") / "recipes" / f"{name_or_path}.yaml"))
-    return Path(name_or_path)
+_Subparsers = argparse._SubParsersAction  # what `add_subparsers` returns: one parser per subcommand
 
 
 def _corpora(sources: list[str]) -> dict[str, str]:
@@ -80,12 +69,64 @@ def _beam_decoder(args: argparse.Namespace, tokenizer: Any) -> Any:
     return BeamSearchDecoder(tokenizer, config)
 
 
+def _subcommand(
+    sub: _Subparsers, name: str, func: object, help_: str, example: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, its help ending with a command to paste."""
+    p = sub.add_parser(
+        name,
+        help=help_.replace("%", "%%"),  # argparse %-formats help strings, not descriptions
+        description=help_,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_synth(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "synth",
+        cmd_synth,
+        "Synthesise an English speech corpus in LibriSpeech layout.",
+        "conformer-prune synth corpus --hours 0.5 --seed 0",
+    )
+    p.add_argument("out", help="output directory (train/, dev/, test/ inside)")
+    p.add_argument("--hours", type=float, default=0.5, help="total hours of audio (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--snr",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="add noise at an SNR (dB) drawn in [LO, HI]",
+    )
+    p.add_argument("--workers", type=int, default=2)
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from conformer_prune.data.synth import synthesize
 
     snr = tuple(args.snr) if args.snr else None
     stats = synthesize(args.out, args.hours, seed=args.seed, snr_db=snr, workers=args.workers)
     print(json.dumps(stats, indent=2))
+
+
+def _add_train(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "train",
+        cmd_train,
+        "Train a Conformer-CTC recognizer.",
+        "conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher",
+    )
+    p.add_argument("--data", required=True, help="training corpus: LibriSpeech-layout directory or manifest")
+    p.add_argument("--dev", required=True, help="dev corpus for validation and model selection")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--config", help=f"YAML file or a shipped recipe: {', '.join(RECIPES)}")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. optim.lr=1e-3")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -105,8 +146,26 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"best model: {best}")
 
 
+def _add_evaluate(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "evaluate",
+        cmd_evaluate,
+        "WER/CER, parameters, MACs and CPU latency of a model.",
+        "conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json",
+    )
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("--data", nargs="+", required=True, help="corpora, as PATH or NAME=PATH")
+    p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json and recogs files")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
+    p.add_argument("--device", default="auto")
+    _add_decoding_args(p)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from conformer_prune.evaluate import evaluate_recognizer
+    from conformer_prune.evaluate.report import decoding_name, format_results
     from conformer_prune.evaluate.run import recogs_path
     from conformer_prune.model import load_recognizer
     from conformer_prune.utils import check_output_file, resolve_device, write_json
@@ -126,32 +185,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         decoder=decoder,
     )
     results["model"] = str(args.model)
-    results["decoding"] = _decoding_name(decoder)
+    results["decoding"] = decoding_name(decoder)
     if json_path:
         write_json(json_path, results)
     print(format_results(results))
 
 
-def _decoding_name(decoder: Any) -> str:
-    if decoder is None:
-        return "greedy"
-    cfg = decoder.config
-    lm = f", lm {cfg.lm}, lm_weight {cfg.lm_weight}, word_score {cfg.word_score}" if cfg.lm else ""
-    return f"beam {cfg.beam}{lm}"
-
-
-def format_results(results: dict[str, object]) -> str:
-    """A two-column table of an evaluation."""
-    rows = []
-    for key, value in results.items():
-        if isinstance(value, float):
-            shown = f"{value:.4f}" if key.startswith(("wer", "cer", "rtf", "hours")) else f"{value:,.1f}"
-        elif isinstance(value, int):
-            shown = f"{value:,}"
-        else:
-            shown = str(value)
-        rows.append(f"  {key:<22} {shown}")
-    return "\n".join(rows)
+def _add_transcribe(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "transcribe",
+        cmd_transcribe,
+        "Print greedy transcripts of audio files.",
+        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav   # or: --onnx model.onnx a.flac",
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="MODEL FILE", help="checkpoint (.pt) then audio files (any rate)"
+    )
+    p.add_argument("--onnx", help="an exported .onnx file: transcribe with ONNX Runtime, no checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _add_decoding_args(p)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -184,6 +238,31 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         audio = load_audio(path, rec.features.config.sample_rate)
         text = rec.transcribe([audio], device=device, decode=decoder.decode if decoder else None)[0]
         print(f"{path}\t{text}")
+
+
+def _add_export(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "export",
+        cmd_export,
+        "Export a model to ONNX (waveforms to CTC log-probabilities) and verify it against PyTorch.",
+        "conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test",
+    )
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("--onnx", help="output file; --int8 also writes NAME.int8.onnx")
+    p.add_argument(
+        "--sherpa-onnx",
+        metavar="DIR",
+        help="also (or instead) write model.onnx, model.int8.onnx and tokens.txt for sherpa-onnx here",
+    )
+    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
+    p.add_argument(
+        "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
+    )
+    p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
+    p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
+    p.add_argument("--force", action="store_true", help="overwrite existing --onnx and --sherpa-onnx files")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -223,6 +302,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _add_lm(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "lm",
+        cmd_lm,
+        "Estimate a word n-gram LM (ARPA) of corpus transcripts with KenLM's lmplz, for --lm.",
+        "conformer-prune lm --data corpus/train --out runs/lm/3gram.arpa --order 3",
+    )
+    p.add_argument("--data", nargs="+", required=True, help="corpora (LibriSpeech dir or manifest)")
+    p.add_argument("--out", required=True, help="the ARPA file to write")
+    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    p.add_argument("--lmplz", help="path of KenLM's lmplz (default: beside Python, then PATH)")
+
+
 def cmd_lm(args: argparse.Namespace) -> None:
     from conformer_prune.data.corpus import read_corpus
     from conformer_prune.evaluate.lm import build_arpa
@@ -230,6 +323,20 @@ def cmd_lm(args: argparse.Namespace) -> None:
     texts = [u.text for source in args.data for u in read_corpus(source)]
     path = build_arpa(texts, args.out, order=args.order, lmplz=args.lmplz)
     print(f"{args.order}-gram LM of {len(texts)} transcripts: {path}")
+
+
+def _add_import_nemo(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "import-nemo",
+        cmd_import_nemo,
+        "Convert a NeMo Conformer-CTC or FastConformer model (.nemo: EncDecCTCModelBPE, or the CTC head "
+        "of EncDecHybridRNNTCTCBPEModel) into a checkpoint.",
+        "conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt",
+    )
+    p.add_argument("nemo", help="the .nemo file")
+    p.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
 
 def cmd_import_nemo(args: argparse.Namespace) -> None:
@@ -249,92 +356,40 @@ def cmd_import_nemo(args: argparse.Namespace) -> None:
         print(f"left out: {rec.meta['source']['dropped']}")
 
 
-def _number(value: float) -> str:
-    """Integers with thousands separators; other values with four significant digits."""
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
-def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
-    """Teacher and pruned model side by side, with the pruned/teacher ratio."""
-    rows = [f"  {'':<18} {'teacher':>14} {'pruned':>14} {'ratio':>8}"]
-    for key, value in teacher.items():
-        other = pruned.get(key)
-        if not isinstance(value, int | float) or not isinstance(other, int | float):
-            continue
-        if key == "threads" or key.startswith(("utterances", "hours")):
-            continue
-        percent = key.startswith(("wer", "cer"))
-        shown = [f"{100 * v:.2f}%" if percent else _number(v) for v in (value, other)]
-        ratio = f"{other / value:.3f}" if value else "-"
-        rows.append(f"  {key:<18} {shown[0]:>14} {shown[1]:>14} {ratio:>8}")
-    return "\n".join(rows)
-
-
-def prune_and_report(
-    cfg: PruneConfig,
-    teacher: Path,
-    train: Path,
-    dev: Path,
-    evaluated: dict[str, Path],
-    out: Path,
-    resume: bool,
-    threads: int = 2,
-    teacher_eval: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
-    and write eval.json, layers.md and layers.png into `out`. `teacher_eval`: the teacher's
-    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times)."""
-    from conformer_prune.data.corpus import read_corpus
-    from conformer_prune.distributed import is_main_process
-    from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
-    from conformer_prune.model import load_recognizer
-    from conformer_prune.prune.report import layers_markdown, plot_layers
-    from conformer_prune.prune.run import run_pruning
-    from conformer_prune.utils import write_json
-
-    start = time.perf_counter()
-    result = run_pruning(cfg, teacher, read_corpus(train), read_corpus(dev), out, resume=resume)
-    prune_seconds = time.perf_counter() - start
-    if not is_main_process():  # under torchrun, rank 0 evaluates and reports alone
-        return {}
-    teacher_rec = load_recognizer(teacher)
-    if teacher_eval is None:
-        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
-    teacher_eval = dict(teacher_eval)
-    pruned_rec = load_recognizer(result.model_path)
-    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
-    report = {
-        "target": {cfg.metric: cfg.ratio},
-        "method": cfg.method,
-        "teacher": teacher_eval,
-        "pruned": pruned_eval,
-        "wall_seconds": prune_seconds,
-    }
-    # latencies measured interleaved in one loop, so their ratio is fair on a shared machine
-    teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
-    for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
-        result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
-    write_json(out / "eval.json", report)
-    table = layers_markdown(teacher_rec.model.config, pruned_rec.model.config, result.masks)
-    (out / "layers.md").write_text(table + "\n", encoding="utf-8")
-    plot_layers(
-        teacher_rec.model.config,
-        pruned_rec.model.config,
-        result.masks,
-        out / "layers.png",
-        f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})",
+def _add_prune(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "prune",
+        cmd_prune,
+        "Prune a teacher with L0 gates and layerwise distillation, then slice it.",
+        "conformer-prune prune --teacher runs/teacher/model.pt --data corpus/train --dev corpus/dev "
+        "--test corpus/test --target-params 0.5 --out runs/pruned-50",
     )
-    print(table)
-    print(format_comparison(teacher_eval, pruned_eval))
-    print(f"compact model: {result.model_path}; report: {out / 'eval.json'}, {out / 'layers.png'}")
-    return report
+    p.add_argument("--teacher", required=True, help="the trained model to compress (.pt)")
+    p.add_argument("--data", required=True, help="training corpus")
+    p.add_argument("--dev", required=True, help="dev corpus (validation)")
+    p.add_argument("--test", help="test corpus, evaluated at the end")
+    p.add_argument("--out", required=True, help="run directory")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
+    target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (default l0-distill)",
+    )
+    p.add_argument("--config", help="YAML file with PruneConfig fields")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_epochs=20"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figures")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from conformer_prune.config import load_config
     from conformer_prune.prune.config import PruneConfig
+    from conformer_prune.prune.report import prune_and_report
     from conformer_prune.utils import check_output_dir
 
     check_output_dir(args.out)
@@ -362,191 +417,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from conformer_prune.config import load_config
-    from conformer_prune.data.corpus import read_corpus
-    from conformer_prune.data.synth import synthesize
-    from conformer_prune.prune.config import PruneConfig
-    from conformer_prune.train import TrainConfig, run_training
-
-    work = Path(args.work)
-    start = time.perf_counter()
-    corpus = work / "corpus"
-    print(f"[1/4] synthetic corpus ({args.hours} h) in {corpus}")
-    synthesize(corpus, args.hours, seed=args.seed, workers=args.workers)
-    run = work / "teacher"
-    print(f"[2/4] training a small Conformer-CTC teacher in {run}")
-    cfg = load_config(TrainConfig, recipe_path("demo"), args.set)
-    resume = (run / "train_state.pt").exists()
-    run_training(cfg, read_corpus(corpus / "train"), read_corpus(corpus / "dev"), run, resume=resume)
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
-    pruned = work / "pruned-50"
-    print(f"[3/4] pruning to 50% of the parameters with layerwise distillation in {pruned}")
-    prune_cfg = load_config(PruneConfig, recipe_path("demo-prune"), args.prune_set)
-    resume = (pruned / "prune_state.pt").exists()
-    prune_and_report(prune_cfg, run / "model.pt", corpus / "train", corpus / "dev", evaluated, pruned, resume)
-    onnx_path = work / "pruned-50.onnx"
-    print(f"[4/4] exporting the pruned model to ONNX (fp32 and int8) in {onnx_path}")
-    from conformer_prune.export.run import export_with_report
-
-    report = export_with_report(
-        pruned / "model.pt", onnx_path, int8=True, data=corpus / "test", teacher=run / "model.pt"
-    )
-    print(json.dumps(report, indent=2))
-    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results in {work}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="conformer-prune",
-        description="Make Conformer-CTC speech recognizers smaller and faster.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `conformer-prune demo` for the whole job on embedded defaults.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func: object, help_: str, example: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help_.replace("%", "%%"),  # argparse %-formats help strings, not descriptions
-            description=help_,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.set_defaults(func=func)
-        return p
-
-    p = add(
-        "synth",
-        cmd_synth,
-        "Synthesise an English speech corpus in LibriSpeech layout.",
-        "conformer-prune synth corpus --hours 0.5 --seed 0",
-    )
-    p.add_argument("out", help="output directory (train/, dev/, test/ inside)")
-    p.add_argument("--hours", type=float, default=0.5, help="total hours of audio (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--snr",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="add noise at an SNR (dB) drawn in [LO, HI]",
-    )
-    p.add_argument("--workers", type=int, default=2)
-
-    p = add(
-        "train",
-        cmd_train,
-        "Train a Conformer-CTC recognizer.",
-        "conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher",
-    )
-    p.add_argument("--data", required=True, help="training corpus: LibriSpeech-layout directory or manifest")
-    p.add_argument("--dev", required=True, help="dev corpus for validation and model selection")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--config", help=f"YAML file or a shipped recipe: {', '.join(RECIPES)}")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. optim.lr=1e-3")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-
-    p = add(
-        "evaluate",
-        cmd_evaluate,
-        "WER/CER, parameters, MACs and CPU latency of a model.",
-        "conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json",
-    )
-    p.add_argument("model", help="checkpoint (.pt)")
-    p.add_argument("--data", nargs="+", required=True, help="corpora, as PATH or NAME=PATH")
-    p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json and recogs files")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
-    p.add_argument("--device", default="auto")
-    _add_decoding_args(p)
-
-    p = add(
-        "transcribe",
-        cmd_transcribe,
-        "Print greedy transcripts of audio files.",
-        "conformer-prune transcribe runs/teacher/model.pt a.flac b.wav   # or: --onnx model.onnx a.flac",
-    )
-    p.add_argument(
-        "inputs", nargs="+", metavar="MODEL FILE", help="checkpoint (.pt) then audio files (any rate)"
-    )
-    p.add_argument("--onnx", help="an exported .onnx file: transcribe with ONNX Runtime, no checkpoint")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    _add_decoding_args(p)
-
-    p = add(
-        "export",
-        cmd_export,
-        "Export a model to ONNX (waveforms to CTC log-probabilities) and verify it against PyTorch.",
-        "conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test",
-    )
-    p.add_argument("model", help="checkpoint (.pt)")
-    p.add_argument("--onnx", help="output file; --int8 also writes NAME.int8.onnx")
-    p.add_argument(
-        "--sherpa-onnx",
-        metavar="DIR",
-        help="also (or instead) write model.onnx, model.int8.onnx and tokens.txt for sherpa-onnx here",
-    )
-    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
-    p.add_argument(
-        "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
-    )
-    p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
-    p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
-    p.add_argument("--force", action="store_true", help="overwrite existing --onnx and --sherpa-onnx files")
-
-    p = add(
-        "lm",
-        cmd_lm,
-        "Estimate a word n-gram LM (ARPA) of corpus transcripts with KenLM's lmplz, for --lm.",
-        "conformer-prune lm --data corpus/train --out runs/lm/3gram.arpa --order 3",
-    )
-    p.add_argument("--data", nargs="+", required=True, help="corpora (LibriSpeech dir or manifest)")
-    p.add_argument("--out", required=True, help="the ARPA file to write")
-    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
-    p.add_argument("--lmplz", help="path of KenLM's lmplz (default: beside Python, then PATH)")
-
-    p = add(
-        "import-nemo",
-        cmd_import_nemo,
-        "Convert a NeMo Conformer-CTC or FastConformer model (.nemo: EncDecCTCModelBPE, or the CTC head "
-        "of EncDecHybridRNNTCTCBPEModel) into a checkpoint.",
-        "conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt",
-    )
-    p.add_argument("nemo", help="the .nemo file")
-    p.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
-
-    p = add(
-        "prune",
-        cmd_prune,
-        "Prune a teacher with L0 gates and layerwise distillation, then slice it.",
-        "conformer-prune prune --teacher runs/teacher/model.pt --data corpus/train --dev corpus/dev "
-        "--test corpus/test --target-params 0.5 --out runs/pruned-50",
-    )
-    p.add_argument("--teacher", required=True, help="the trained model to compress (.pt)")
-    p.add_argument("--data", required=True, help="training corpus")
-    p.add_argument("--dev", required=True, help="dev corpus (validation)")
-    p.add_argument("--test", help="test corpus, evaluated at the end")
-    p.add_argument("--out", required=True, help="run directory")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
-    target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
-    p.add_argument(
-        "--method",
-        choices=list(METHODS),
-        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (default l0-distill)",
-    )
-    p.add_argument("--config", help="YAML file with PruneConfig fields")
-    p.add_argument(
-        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. prune_epochs=20"
-    )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figures")
-
-    p = add(
+def _add_demo(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
         "demo",
         cmd_demo,
         "The main job on embedded defaults: corpus, teacher, 50% pruning, evaluation.",
@@ -558,6 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher training overrides")
     p.add_argument("--prune-set", nargs="*", default=[], metavar="KEY=VALUE", help="pruning overrides")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from conformer_prune.demo import run_demo
+
+    run_demo(Path(args.work), args.hours, args.seed, args.workers, args.set, args.prune_set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conformer-prune",
+        description="Make Conformer-CTC speech recognizers smaller and faster.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `conformer-prune demo` for the whole job on embedded defaults.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_transcribe(sub)
+    _add_export(sub)
+    _add_lm(sub)
+    _add_import_nemo(sub)
+    _add_prune(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -5,6 +5,7 @@ command line never silently falls back to a default.
 
 Usage:
     cfg = load_config(TrainConfig, "recipe.yaml", ["optim.lr=1e-3", "model.n_layers=6"])
+    cfg = load_config(TrainConfig, recipe_path("teacher"))   # a recipe shipped in recipes/
 """
 
 from __future__ import annotations
@@ -12,14 +13,24 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "load_config", "parse_overrides", "to_dict"]
+__all__ = ["RECIPES", "ConfigError", "from_dict", "load_config", "parse_overrides", "recipe_path", "to_dict"]
 
 T = TypeVar("T")
+
+RECIPES = ("teacher", "fastconformer", "demo", "tiny", "prune", "demo-prune")
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A YAML file path, or the name of a recipe shipped with the package."""
+    if name_or_path in RECIPES:
+        return Path(str(resources.files("conformer_prune") / "recipes" / f"{name_or_path}.yaml"))
+    return Path(name_or_path)
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,9 @@
-"""What pruning kept, per layer: a Markdown table and a PNG."""
+"""What pruning kept, per layer: a Markdown table and a PNG; and the report of a pruning run:
+teacher and pruned model evaluated side by side."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from torch import Tensor
 
+from conformer_prune.data.corpus import read_corpus
+from conformer_prune.distributed import is_main_process
+from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
+from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import ConformerBlock, ConformerConfig
+from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.run import run_pruning
+from conformer_prune.utils import write_json
 
-__all__ = ["kept_per_layer", "layers_markdown", "plot_layers"]
+__all__ = ["format_comparison", "kept_per_layer", "layers_markdown", "plot_layers", "prune_and_report"]
 
 _LABELS = {"ffn1": "FFN 1", "attn": "heads", "conv": "conv", "ffn2": "FFN 2"}
 # (branch, the config field of its width, its label), in the block's order
@@ -81,3 +90,78 @@ def plot_layers(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _number(value: float) -> str:
+    """Integers with thousands separators; other values with four significant digits."""
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
+    """Teacher and pruned model side by side, with the pruned/teacher ratio."""
+    rows = [f"  {'':<18} {'teacher':>14} {'pruned':>14} {'ratio':>8}"]
+    for key, value in teacher.items():
+        other = pruned.get(key)
+        if not isinstance(value, int | float) or not isinstance(other, int | float):
+            continue
+        if key == "threads" or key.startswith(("utterances", "hours")):
+            continue
+        percent = key.startswith(("wer", "cer"))
+        shown = [f"{100 * v:.2f}%" if percent else _number(v) for v in (value, other)]
+        ratio = f"{other / value:.3f}" if value else "-"
+        rows.append(f"  {key:<18} {shown[0]:>14} {shown[1]:>14} {ratio:>8}")
+    return "\n".join(rows)
+
+
+def prune_and_report(
+    cfg: PruneConfig,
+    teacher: Path,
+    train: Path,
+    dev: Path,
+    evaluated: dict[str, Path],
+    out: Path,
+    resume: bool,
+    threads: int = 2,
+    teacher_eval: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
+    and write eval.json, layers.md and layers.png into `out`. `teacher_eval`: the teacher's
+    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times)."""
+    start = time.perf_counter()
+    result = run_pruning(cfg, teacher, read_corpus(train), read_corpus(dev), out, resume=resume)
+    prune_seconds = time.perf_counter() - start
+    if not is_main_process():  # under torchrun, rank 0 evaluates and reports alone
+        return {}
+    teacher_rec = load_recognizer(teacher)
+    if teacher_eval is None:
+        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
+    teacher_eval = dict(teacher_eval)
+    pruned_rec = load_recognizer(result.model_path)
+    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
+    report = {
+        "target": {cfg.metric: cfg.ratio},
+        "method": cfg.method,
+        "teacher": teacher_eval,
+        "pruned": pruned_eval,
+        "wall_seconds": prune_seconds,
+    }
+    # latencies measured interleaved in one loop, so their ratio is fair on a shared machine
+    teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
+    for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
+        result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
+    write_json(out / "eval.json", report)
+    table = layers_markdown(teacher_rec.model.config, pruned_rec.model.config, result.masks)
+    (out / "layers.md").write_text(table + "\n", encoding="utf-8")
+    plot_layers(
+        teacher_rec.model.config,
+        pruned_rec.model.config,
+        result.masks,
+        out / "layers.png",
+        f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})",
+    )
+    print(table)
+    print(format_comparison(teacher_eval, pruned_eval))
+    print(f"compact model: {result.model_path}; report: {out / 'eval.json'}, {out / 'layers.png'}")
+    return report
