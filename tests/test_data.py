@@ -133,6 +133,21 @@ def test_unknown_character_names_the_utterance(tmp_path: Path) -> None:
         SpeechDataset(read_librispeech(root), tok, LogMelFeatures(FeatureConfig()))
 
 
+def test_too_short_for_ctc_depends_on_the_models_subsampling(tmp_path: Path) -> None:
+    """1 s of audio is 101 feature frames: 26 encoder frames at 4x, 13 at 8x (a FastConformer)."""
+    tok = Tokenizer.train(["HELLO WORLD", "IT'S A CAT"], TokenizerConfig(vocab_size=16))
+    text = "HELLO WORLD CAT"
+    assert 13 < len(tok.encode(text)) <= 26
+    root = _libri(tmp_path / "c", {"19-198-0000": text, "19-198-0001": "CAT"})
+    utts = read_librispeech(root)
+    features = LogMelFeatures(FeatureConfig())
+    assert SpeechDataset(utts, tok, features, subsampling_factor=4).skipped_too_short == 0
+    fast = SpeechDataset(utts, tok, features, subsampling_factor=8)
+    assert fast.skipped_too_short == 1 and [u.utt_id for u in fast.utts] == ["19-198-0001"]
+    # evaluation scores every utterance, however short
+    assert len(SpeechDataset(utts, tok, features, training=False, subsampling_factor=8)) == 2
+
+
 def test_transcripts_fold_to_a_one_case_tokenizer_and_scoring_ignores_case() -> None:
     from conformer_prune.evaluate.metrics import error_rates
 

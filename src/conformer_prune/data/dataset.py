@@ -14,7 +14,7 @@ from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance
 from conformer_prune.data.features import LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer
-from conformer_prune.model.conformer import subsampled_length
+from conformer_prune.model.conformer import SUBSAMPLING, subsampled_length
 
 __all__ = ["Batch", "BucketBatchSampler", "SpeechDataset", "collate"]
 
@@ -65,6 +65,8 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
             whose encoder output is shorter than their token sequence (CTC cannot align them) and
             utterances longer than `max_frames` (they would not fit a batch).
         max_frames: the training batch budget in feature frames (None: no limit).
+        subsampling_factor: feature frames per encoder frame of the model (4, 8 or 16), which
+            decides how short is too short.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         cache: bool = True,
         training: bool = True,
         max_frames: int | None = None,
+        subsampling_factor: int = SUBSAMPLING,
     ) -> None:
         self.features = features.eval()
         self.sample_rate = features.config.sample_rate
@@ -87,7 +90,7 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
                 tokens.append(torch.zeros(0, dtype=torch.long))
                 continue
             ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
-            if subsampled_length(frames) < len(ids):
+            if subsampled_length(frames, subsampling_factor) < len(ids):
                 too_short.append(utt.utt_id)
             elif max_frames is not None and frames > max_frames:
                 too_long.append(utt.utt_id)

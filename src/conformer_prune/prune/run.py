@@ -156,6 +156,7 @@ def _prune(
         cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
+        subsampling_factor=teacher_rec.model.config.subsampling_factor,
     )
     weights = [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
     optimizer = make_prune_optimizer(weights, gates.log_alphas(), lagrangian, cfg)

@@ -48,7 +48,7 @@ from conformer_prune.distributed import SINGLE_PROCESS, Distributed, LossFn, is_
 from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
-from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerCTC, build_model
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, SUBSAMPLING, ConformerCTC, build_model
 from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import (
     atomic_save,
@@ -101,9 +101,13 @@ def make_data(
     cache: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    subsampling_factor: int = SUBSAMPLING,
 ) -> TrainData:
-    """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list)."""
-    train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache, max_frames=max_frames)
+    """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list);
+    `subsampling_factor`: the model's, which decides which utterances are too short for CTC."""
+    train_set = SpeechDataset(
+        train_utts, tokenizer, features, cache, max_frames=max_frames, subsampling_factor=subsampling_factor
+    )
     dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, training=False)
     sampler = BucketBatchSampler(
         train_set.frames,
@@ -423,6 +427,7 @@ def _train(
         cfg.cache_features,
         rank=dist.rank,
         world_size=dist.world_size,
+        subsampling_factor=cfg.model.subsampling_factor,
     )
 
     model = build_model(cfg.model).to(device)
