@@ -447,3 +447,43 @@ def test_one_registry_names_the_methods_for_config_and_command_line() -> None:
         assert load_config(PruneConfig, None, [f"method={name}"]).method == name
     with pytest.raises(ConfigError, match="method"):
         load_config(PruneConfig, None, ["method=l1-distill"])
+
+
+def test_target_matching_never_reopens_a_module_that_its_gate_closed() -> None:
+    """The deterministic masks close layer 0's first feed-forward module (its gate's P(z != 0) is
+    tiny) while its unit gates are stale and open; the shortfall to the target is larger than
+    the whole module, so a restore loop that treats module gates as candidates reopens it."""
+    model = _model(seed=5)
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
+    with torch.no_grad():
+        for name, gate in gates:
+            gate.log_alpha.fill_(3.0 if gates.slots[name].unit else 5.0)
+        gates.slots["layers.0.ffn1"].gate.log_alpha.fill_(-3.0)
+        for name in ("layers.0.ffn2.units", "layers.1.ffn1.units", "layers.2.conv.units"):
+            gates.slots[name].gate.log_alpha.fill_(-4.0)  # closed, ranked below the module gate
+    full = as_float(conformer_cost(model.config).params)
+    closed = gates.deterministic_masks()
+    assert closed["layers.0.ffn1"].sum() == 0
+    assert full - as_float(gates.mask_cost(closed).params) > 0.1 * full  # a large shortfall ...
+    module = 64 * (2 * 32 + 1) + 3 * 32
+    assert module < 0.1 * full  # ... larger than the module
+    masks = gates.deterministic_masks(target=full, metric="params")
+    assert masks["layers.0.ffn1"].sum() == 0
+    assert as_float(gates.mask_cost(masks).params) <= full
+
+
+def test_target_matching_ranks_units_by_probability_per_unit_of_cost() -> None:
+    """Heads are a little more likely to stay than neurons but cost 20 times more each: to shed
+    1,000 parameters, one head goes (P(z != 0) per parameter ranks it last), not 16 neurons."""
+    model = _model(seed=5)
+    gates = ConformerGates.attach(model, ["heads", "ffn"])
+    with torch.no_grad():
+        for name, gate in gates:
+            gate.log_alpha.fill_(5.5 if name.endswith("attn.units") else 5.0)
+    kept = gates.deterministic_masks()
+    assert all(bool(m.all()) for m in kept.values())
+    target = as_float(gates.mask_cost(kept).params) - 1000
+    masks = gates.deterministic_masks(target=target, metric="params")
+    removed = {name: int((m == 0).sum()) for name, m in masks.items() if (m == 0).any()}
+    assert sum(removed.values()) == 1 and next(iter(removed)).endswith("attn.units"), removed
+    assert as_float(gates.mask_cost(masks).params) <= target

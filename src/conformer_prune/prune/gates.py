@@ -43,7 +43,8 @@ STRUCTURES: tuple[Structure, ...] = ("heads", "ffn", "conv", "modules", "fronten
 @dataclass
 class _Slot:
     """A gate and where it lives: `owner.attr`. A unit gate of a removable module names the gate
-    that removes the whole module (`closes`)."""
+    that removes the whole module (`closes`), and every gate inside a block that block's layer
+    gate (`layer`, present or not)."""
 
     gate: HardConcrete
     owner: torch.nn.Module
@@ -51,6 +52,7 @@ class _Slot:
     learned: bool
     unit: bool = False
     closes: str | None = None
+    layer: str | None = None
 
 
 class ConformerGates:
@@ -110,9 +112,11 @@ class ConformerGates:
                 if unit_gated:
                     for group, n in module.unit_groups().items():
                         slot = add(f"{name}.{group}", module, module.GATES[group], n, init_unit, True)
-                        slot.unit, slot.closes = True, name
+                        slot.unit, slot.closes, slot.layer = True, name, f"layers.{i}"
                 if unit_gated or "modules" in structures:
-                    add(name, block, f"gate_{branch}", 1, init_module, "modules" in structures)
+                    add(
+                        name, block, f"gate_{branch}", 1, init_module, "modules" in structures
+                    ).layer = f"layers.{i}"
             if "layers" in structures:
                 add(f"layers.{i}", block, "gate_layer", 1, init_module, True)
         return cls(model, slots, list(structures))
@@ -163,15 +167,33 @@ class ConformerGates:
                 out[name][int(torch.argmax(slot.gate.log_alpha))] = 1.0
         return out
 
+    def unit_costs(self, masks: dict[str, Tensor], metric: Metric = "params") -> dict[str, float]:
+        """The marginal cost of one unit of each gate at `masks` (the derivative of the closed-form
+        cost in the gate's kept count; a unit of a closed module or layer costs 0)."""
+        kept = {
+            name: torch.tensor(float(m.sum()), dtype=torch.float64, requires_grad=True)
+            for name, m in self.normalized(masks).items()
+        }
+        cost = conformer_cost(self.model.config, kept).value(metric)
+        assert isinstance(cost, Tensor)
+        grads = torch.autograd.grad(cost, list(kept.values()), allow_unused=True)
+        return {name: 0.0 if g is None else float(g) for name, g in zip(kept, grads, strict=True)}
+
     def deterministic_masks(
         self, target: float | None = None, metric: Metric = "params"
     ) -> dict[str, Tensor]:
         """0/1 masks: each gate keeps its round(E[#non-zero]) best units; then, if `target` (an
-        absolute parameter or MAC count) is given, units are removed or restored in order of
-        log_alpha until the exact cost is at or just under it.
+        absolute parameter or MAC count) is given, units are removed or restored until the exact
+        cost is at or just under it.
 
         The adjustment guarantees the target is met within one unit's cost (a head is about 0.4%
-        of a Conformer-S), where independent rounding per gate can miss it by several percent.
+        of a Conformer-S), where independent rounding per gate can miss it by several percent. It
+        ranks units by P(z != 0) per unit of cost (the greedy order of a knapsack: a cheap likely
+        unit before an expensive one), so gates that start at different log_alpha or whose units
+        cost differently compare fairly; and it moves units only, inside the modules and layers
+        that the deterministic masks keep. A module or layer whose own gate closed it stays closed:
+        its unit gates learned nothing while it was off, so reopening it would bring back stale
+        units.
         """
         masks = {
             name: slot.gate.deterministic() if slot.learned else slot.gate.fixed.clone()
@@ -179,17 +201,22 @@ class ConformerGates:
         }
         if target is None:
             return self.normalized(masks)
+        masks = self.normalized(masks)
 
         def cost(m: dict[str, Tensor]) -> float:
             return float(self.mask_cost(m).value(metric))
 
-        # candidate units, best first: (log_alpha, gate name, index)
+        def is_open(name: str | None) -> bool:
+            return name is None or name not in masks or bool(masks[name].sum() > 0)
+
+        unit_cost = self.unit_costs(masks, metric)
+        # candidate units, best first: (P(z != 0) per unit of cost, gate name, index)
         ranked = sorted(
             (
-                (float(slot.gate.log_alpha[j].detach()), name, j)
+                (float(p) / max(unit_cost[name], 1e-12), name, j)
                 for name, slot in self.slots.items()
-                if slot.learned
-                for j in range(slot.gate.n)
+                if slot.learned and slot.unit and is_open(slot.closes) and is_open(slot.layer)
+                for j, p in enumerate(slot.gate.prob_nonzero().detach().tolist())
             ),
             reverse=True,
         )
