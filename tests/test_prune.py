@@ -16,11 +16,12 @@ from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like, dense_params
 from conformer_prune.prune.gates import STRUCTURES, ConformerGates
-from conformer_prune.prune.hardconcrete import HardConcrete
+from conformer_prune.prune.hardconcrete import LOG_ALPHA_RANGE, HardConcrete
 from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
+from conformer_prune.prune.run import make_prune_optimizer
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
 from tests.conftest import hetero_config
@@ -487,3 +488,56 @@ def test_target_matching_ranks_units_by_probability_per_unit_of_cost() -> None:
     removed = {name: int((m == 0).sum()) for name, m in masks.items() if (m == 0).any()}
     assert sum(removed.values()) == 1 and next(iter(removed)).endswith("attn.units"), removed
     assert as_float(gates.mask_cost(masks).params) <= target
+
+
+def _budget_only(steps: int, reference_steps: int, clamp: bool = True) -> tuple[list[float], ConformerGates]:
+    """The kept fraction at every step of a pruning stage of `steps` steps in which only the budget
+    acts (no data), with the run's optimizer, ramp and multipliers; target 50% of parameters."""
+    model = _model()
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
+    cfg = PruneConfig(budget_reference_steps=reference_steps, clamp_log_alpha=clamp)
+    budget = Budget.for_stage(1 - cfg.ratio, steps, cfg.target_warmup, cfg.budget_reference_steps)
+    lagrangian = Lagrangian(budget.quadratic_scale)
+    optimizer = make_prune_optimizer([], gates, lagrangian, cfg)
+    full = as_float(conformer_cost(model.config).params)
+    kept = []
+    for step in range(steps):
+        target = budget.target(step)
+        assert target is not None
+        sparsity = 1 - gates.expected_cost().params / full
+        loss = lagrangian(torch.as_tensor(sparsity), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        kept.append(1 - float(torch.as_tensor(sparsity).detach()))
+    return kept, gates
+
+
+def test_a_one_epoch_pruning_stage_does_not_overshoot_below_half_its_target() -> None:
+    before, _ = _budget_only(100, reference_steps=100)  # the plain ramp and multipliers
+    after, _ = _budget_only(100, reference_steps=1000)  # scaled for a stage of 100 steps
+    assert min(before) < 0.25  # what a one-epoch stage did
+    assert min(after) >= 0.25 and abs(after[-1] - 0.5) < 0.1, (min(after), after[-1])
+    long = Budget.for_stage(0.5, 2000, 0.3, 1000)  # a long stage is left as it was
+    assert (long.ramp_steps, long.quadratic_scale) == (600, 1.0)
+
+
+def test_log_alpha_is_clamped_to_cofis_range_after_every_step() -> None:
+    low, high = LOG_ALPHA_RANGE
+    assert (low, high) == pytest.approx((-4.60517, 4.60517))
+
+    def pushed(clamp: bool) -> torch.Tensor:
+        """log_alpha after 200 steps of a loss that pushes unit gates down and module gates up."""
+        gates = ConformerGates.attach(_model(), ["heads", "ffn", "modules"])
+        optimizer = make_prune_optimizer([], gates, Lagrangian(), PruneConfig(clamp_log_alpha=clamp))
+        for _ in range(200):
+            loss = sum((1 if gates.slots[name].unit else -1) * gate.log_alpha.sum() for name, gate in gates)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+        return torch.cat([la.detach() for la in gates.log_alphas()])
+
+    free, clamped = pushed(clamp=False), pushed(clamp=True)
+    assert float(free.min()) < low - 1 and float(free.max()) > high + 1
+    bounds = torch.tensor([low, high])  # in float32, as log_alpha is
+    assert bool(clamped.min() >= bounds[0]) and bool(clamped.max() <= bounds[1])

@@ -31,9 +31,14 @@ class PruneConfig:
         prune_epochs: epochs with learned gates and the budget.
         finetune_epochs: epochs with fixed masks afterwards.
         target_warmup: fraction of the pruning steps over which the target ramps up from 0.
+        budget_reference_steps: a pruning stage shorter than this ramps longer and scales up the
+            quadratic Lagrange multiplier, so that a short stage does not overshoot its target
+            (`Budget.for_stage`); longer stages are unaffected.
         lr: peak learning rate of the weights (and distillation projections).
         gate_lr: learning rate of the gates' log_alpha (no weight decay).
         lambda_lr: learning rate of the Lagrange multipliers (gradient ascent).
+        clamp_log_alpha: clamp every gate's log_alpha to CoFiPruning's range [ln 0.01, ln 100]
+            after each step (`HardConcrete.LOG_ALPHA_RANGE`).
         weight_decay: on weight matrices only.
         warmup_steps: linear learning-rate warm-up of the weights.
         grad_clip: max norm of the weights' gradient.
@@ -55,9 +60,11 @@ class PruneConfig:
     prune_epochs: int = 10
     finetune_epochs: int = 5
     target_warmup: float = 0.3
+    budget_reference_steps: int = 1000
     lr: float = 5e-4
     gate_lr: float = 0.05
     lambda_lr: float = 0.05
+    clamp_log_alpha: bool = True
     weight_decay: float = 1e-3
     warmup_steps: int = 50
     grad_clip: float = 1.0

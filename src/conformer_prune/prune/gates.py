@@ -127,6 +127,12 @@ class ConformerGates:
     def log_alphas(self) -> list[Tensor]:
         return [slot.gate.log_alpha for slot in self.slots.values() if slot.learned]
 
+    def clamp_(self) -> None:
+        """Clamp every learned gate's log_alpha to CoFiPruning's range (`LOG_ALPHA_RANGE`)."""
+        for slot in self.slots.values():
+            if slot.learned:
+                slot.gate.clamp_()
+
     def set_step(self, seed: int, step: int) -> None:
         """Seed every gate's sampling from (seed, step), identically on every rank."""
         for k, slot in enumerate(self.slots.values()):

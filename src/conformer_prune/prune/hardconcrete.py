@@ -21,12 +21,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HardConcrete"]
+__all__ = ["LOG_ALPHA_RANGE", "HardConcrete"]
 
 BETA = 2.0 / 3.0
 LEFT = -0.1
 RIGHT = 1.1
 _EPS = 1e-6
+# CoFiPruning's `L0Module.constrain_parameters`, called after every optimizer step, clamps log_alpha
+# to [log(1e-2), log(1e2)]: a gate can always come back within a few steps (P(z > 0) stays in
+# [0.002, 0.998])
+LOG_ALPHA_RANGE = (math.log(1e-2), math.log(1e2))
 
 
 class HardConcrete(nn.Module):
@@ -61,6 +65,12 @@ class HardConcrete(nn.Module):
 
     def expected_nonzero(self) -> Tensor:
         return self.prob_nonzero().sum()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Clamp log_alpha to `LOG_ALPHA_RANGE` (a frozen gate is left alone)."""
+        if not self.frozen:
+            self.log_alpha.clamp_(*LOG_ALPHA_RANGE)
 
     def sample(self) -> Tensor:
         u = torch.rand(self.n, generator=self.generator).clamp(_EPS, 1 - _EPS).to(self.log_alpha.device)

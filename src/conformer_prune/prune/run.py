@@ -70,17 +70,18 @@ class PruneResult:
 
 
 def make_prune_optimizer(
-    weights: list[nn.Parameter], gates: list[Tensor], lagrangian: Lagrangian, cfg: PruneConfig
+    weights: list[nn.Parameter], gates: ConformerGates, lagrangian: Lagrangian, cfg: PruneConfig
 ) -> torch.optim.AdamW:
     """One AdamW, three groups: weights (decay on matrices), gate logits (own lr, no decay),
-    Lagrange multipliers (own lr, gradient ascent)."""
+    Lagrange multipliers (own lr, gradient ascent). With `cfg.clamp_log_alpha`, every step ends
+    by clamping the gate logits (CoFiPruning's range)."""
     decay = [p for p in weights if p.dim() >= 2]
     no_decay = [p for p in weights if p.dim() < 2]
-    return torch.optim.AdamW(
+    optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "weights"},
             {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "name": "weights_no_decay"},
-            {"params": gates, "weight_decay": 0.0, "lr": cfg.gate_lr, "name": "gates"},
+            {"params": gates.log_alphas(), "weight_decay": 0.0, "lr": cfg.gate_lr, "name": "gates"},
             {
                 "params": list(lagrangian.parameters()),
                 "weight_decay": 0.0,
@@ -91,6 +92,9 @@ def make_prune_optimizer(
         ],
         lr=cfg.lr,
     )
+    if cfg.clamp_log_alpha:
+        optimizer.register_step_post_hook(lambda *_: gates.clamp_())
+    return optimizer
 
 
 def run_pruning(
@@ -157,7 +161,7 @@ def _prune(
         world_size=dist.world_size,
     )
     weights = [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
-    optimizer = make_prune_optimizer(weights, gates.log_alphas(), lagrangian, cfg)
+    optimizer = make_prune_optimizer(weights, gates, lagrangian, cfg)
     steps_per_epoch = len(data.sampler)
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     weight_schedule = lr_schedule(cfg.warmup_steps, total_epochs * steps_per_epoch, 0.02)
@@ -171,11 +175,10 @@ def _prune(
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
 
-    budget = Budget(
-        final=1.0 - cfg.ratio,
-        steps=prune_epochs * steps_per_epoch,
-        ramp_steps=int(cfg.target_warmup * prune_epochs * steps_per_epoch),
+    budget = Budget.for_stage(
+        1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps
     )
+    lagrangian.quadratic_scale = budget.quadratic_scale
     specaug = SpecAugment(cfg.specaug)
     loss = _PruningLoss(
         student,
@@ -277,7 +280,7 @@ class _PruningLoss:
         parts.update(
             expected_sparsity=as_float(sparsity),
             lambda1=float(self.lagrangian.lambda1.detach()),
-            lambda2=float(self.lagrangian.lambda2.detach()),
+            lambda2=float(self.lagrangian.quadratic.detach()),
         )
         self.step += 1
         return loss, parts
