@@ -541,3 +541,43 @@ def test_log_alpha_is_clamped_to_cofis_range_after_every_step() -> None:
     assert float(free.min()) < low - 1 and float(free.max()) > high + 1
     bounds = torch.tensor([low, high])  # in float32, as log_alpha is
     assert bool(clamped.min() >= bounds[0]) and bool(clamped.max() <= bounds[1])
+
+
+@torch.no_grad()
+def _real_frames(model: ConformerCTC) -> torch.Tensor:
+    feats, lengths = _inputs()
+    out, out_lengths = model(feats, lengths)
+    return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())])
+
+
+def test_folding_soft_gate_values_makes_the_switch_to_fixed_masks_smooth() -> None:
+    """In eval mode, the soft-gated model just before the masks are fixed equals the model with
+    E[z] folded into its weights and 0/1 masks just after (and the physically pruned one)."""
+    model, unfolded = _model(seed=6), _model(seed=6)
+    gates = ConformerGates.attach(model, ALL, soft=True)
+    plain = ConformerGates.attach(unfolded, ALL)
+    for (name, gate), (_, other) in zip(gates, plain, strict=True):
+        values = torch.empty(gate.n).uniform_(-3.0, 4.0, generator=torch.Generator().manual_seed(gate.n))
+        gate.log_alpha.data.copy_(values if name != "layers.1" else torch.full((1,), 4.0))
+        other.log_alpha.data.copy_(gate.log_alpha.data)
+    soft_values = gates.slots["layers.0.ffn1.units"].gate.eval()()
+    assert 0 < float(soft_values[soft_values > 0].min()) < 0.9  # the gates really are soft
+    before = _real_frames(model.eval())
+    masks = gates.deterministic_masks()
+    gates.fold(masks)
+    gates.freeze(masks)
+    after = _real_frames(model)
+    assert float((after - before).abs().max()) <= 1e-5
+    plain.freeze(plain.deterministic_masks())  # kept units jump from E[z] to 1: a visible change
+    assert float((_real_frames(unfolded.eval()) - before).abs().max()) > 0.1
+    pruned = physically_prune(model, gates.current_masks())
+    assert float((_real_frames(pruned) - after).abs().max()) <= 1e-4
+
+
+def test_expected_gate_value_matches_the_sampled_mean() -> None:
+    gate = HardConcrete(3, init_log_alpha=0.0, init_std=0.0)
+    gate.log_alpha.data = torch.tensor([-1.0, 0.0, 2.0])
+    gate.generator = torch.Generator().manual_seed(0)
+    sampled = torch.stack([gate.sample() for _ in range(20000)]).mean(0)
+    torch.testing.assert_close(gate.expected_value(), sampled, atol=0.01, rtol=0)
+    assert float(gate.expected_value()[1]) == pytest.approx(0.5, abs=1e-4)  # symmetric at 0

@@ -44,6 +44,10 @@ class PruneConfig:
         grad_clip: max norm of the weights' gradient.
         init_unit_log_alpha: initial log_alpha of head, neuron and channel gates.
         init_module_log_alpha: initial log_alpha of module and layer gates.
+        mask_switch: what kept units become when the masks are fixed after pruning: "fold" (their
+            expected gate value E[z], which the gates also apply in eval mode while pruning, is
+            folded into the following weights, so the model does not change at the switch; as
+            CoFiPruning and DPHuBERT do when they slice) or "hard" (they jump from E[z] to 1).
         distill: loss weights (method "l0" sets the distillation weights to zero).
         specaug: SpecAugment of the shared input of teacher and student.
         max_frames: padded feature frames per batch.
@@ -70,6 +74,7 @@ class PruneConfig:
     grad_clip: float = 1.0
     init_unit_log_alpha: float = 3.0
     init_module_log_alpha: float = 5.0
+    mask_switch: Literal["fold", "hard"] = "fold"
     distill: DistillConfig = field(default_factory=DistillConfig)
     specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     max_frames: int = 10000

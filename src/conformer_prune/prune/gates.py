@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from conformer_prune.model.conformer import ConformerCTC, Num
+from conformer_prune.model.conformer import ConformerCTC, Num, Prunable
 from conformer_prune.prune.cost import Cost, Metric, conformer_cost
 from conformer_prune.prune.hardconcrete import HardConcrete
 
@@ -53,6 +53,8 @@ class _Slot:
     unit: bool = False
     closes: str | None = None
     layer: str | None = None
+    module: Prunable | None = None  # the module whose units (`group`) or output the gate scales
+    group: str | None = None
 
 
 class ConformerGates:
@@ -71,6 +73,7 @@ class ConformerGates:
         structures: list[str],
         init_unit: float = 3.0,
         init_module: float = 5.0,
+        soft: bool = False,
     ) -> ConformerGates:
         """Create the gates for `structures` inside `model`'s modules.
 
@@ -80,6 +83,10 @@ class ConformerGates:
             init_unit: initial log_alpha of unit gates (heads, neurons, channels); 3 starts them
                 open with P(z > 0) = 0.99.
             init_module: initial log_alpha of module and layer gates.
+            soft: in eval mode, unit and module gates keep their kept units at E[z] rather than 1
+                (`HardConcrete`), which `fold` moves into the weights when the masks are fixed.
+                Layer gates stay binary: a block's output mixes with its input after the final
+                LayerNorm, so no weight can absorb a soft layer gate.
         """
         unknown = sorted(set(structures) - set(STRUCTURES))
         if unknown:
@@ -102,7 +109,8 @@ class ConformerGates:
         pre = model.encoder.pre_encode
         if pre.STRUCTURE in structures:
             for group, n in pre.unit_groups().items():
-                add(f"frontend.{group}", pre, pre.GATES[group], n, init_unit, True).unit = True
+                slot = add(f"frontend.{group}", pre, pre.GATES[group], n, init_unit, True)
+                slot.unit, slot.module, slot.group = True, pre, group
         for i, block in enumerate(model.blocks()):
             for branch, module in block.branches():
                 if module is None:
@@ -113,12 +121,14 @@ class ConformerGates:
                     for group, n in module.unit_groups().items():
                         slot = add(f"{name}.{group}", module, module.GATES[group], n, init_unit, True)
                         slot.unit, slot.closes, slot.layer = True, name, f"layers.{i}"
+                        slot.module, slot.group = module, group
                 if unit_gated or "modules" in structures:
-                    add(
-                        name, block, f"gate_{branch}", 1, init_module, "modules" in structures
-                    ).layer = f"layers.{i}"
+                    slot = add(name, block, f"gate_{branch}", 1, init_module, "modules" in structures)
+                    slot.layer, slot.module = f"layers.{i}", module
             if "layers" in structures:
                 add(f"layers.{i}", block, "gate_layer", 1, init_module, True)
+        for slot in slots.values():
+            slot.gate.soft = soft and slot.learned and slot.module is not None
         return cls(model, slots, list(structures))
 
     def __iter__(self) -> Iterator[tuple[str, HardConcrete]]:
@@ -156,9 +166,9 @@ class ConformerGates:
     # -- deterministic masks ----------------------------------------------------------------------
 
     def current_masks(self) -> dict[str, Tensor]:
-        """The masks the gates apply in eval mode now."""
+        """The 0/1 masks of the gates in eval mode now (a soft gate's kept units count as 1)."""
         with torch.no_grad():
-            return {name: slot.gate.eval()().detach().clone() for name, slot in self.slots.items()}
+            return {name: (slot.gate.eval()() > 0).float() for name, slot in self.slots.items()}
 
     def normalized(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """Close a module whose units are all removed, and keep one front-end channel at least."""
@@ -245,6 +255,24 @@ class ConformerGates:
                 else:
                     current = new
         return self.normalized(masks)
+
+    @torch.no_grad()
+    def fold(self, masks: dict[str, Tensor]) -> None:
+        """Multiply the weights that follow every soft gate by the E[z] of the units `masks` keeps,
+        so that with these 0/1 masks frozen the model computes what it computed in eval mode with
+        the soft gates (exactly, where the masks are the gates' own deterministic ones). Call it
+        once, just before `freeze`."""
+        for name, mask in self.normalized(masks).items():
+            slot = self.slots[name]
+            if not slot.gate.soft or slot.gate.frozen or slot.module is None:
+                continue
+            scale = torch.where(mask > 0, slot.gate.expected_value(), torch.ones_like(mask))
+            if slot.group is not None:
+                slot.module.fold_units(slot.group, scale)
+            else:  # a module gate scales the module's output: its residual writers
+                for layer in slot.module.residual_writers():
+                    for p in layer.parameters():
+                        p.mul_(scale.to(p))
 
     def freeze(self, masks: dict[str, Tensor]) -> None:
         for name, mask in self.normalized(masks).items():

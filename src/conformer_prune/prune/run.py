@@ -11,7 +11,8 @@ the optimizer with all three parameter groups, the scheduler and the stage):
 1. pruning (``prune_epochs``): the student (a copy of the teacher) carries hard-concrete gates;
    loss = distillation (+ CTC) + the Lagrangian budget; the target ramps up over a warm-up;
 2. at the boundary the masks become deterministic and are adjusted to meet the target exactly
-   (within one unit), then frozen;
+   (within one unit), the kept units' expected gate values are folded into the following weights
+   (``mask_switch: fold``), and the masks are frozen;
 3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues;
 4. physical pruning: the compact model is written to ``model.pt``.
 
@@ -136,6 +137,7 @@ def _prune(
         cfg.structures if method.has_gates else [],
         cfg.init_unit_log_alpha,
         cfg.init_module_log_alpha,
+        soft=method.learns_masks and cfg.mask_switch == "fold",
     )
     distill_cfg = copy.deepcopy(cfg.distill)
     if not method.distill:  # CTC loss only
@@ -324,6 +326,7 @@ def _freeze(
     close they come to the target."""
     if masks is None:
         masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
+    gates.fold(masks)  # soft gates only (mask_switch "fold"): kept units keep their E[z]
     gates.freeze(masks)
     achieved = as_float(gates.mask_cost(masks).value(cfg.metric))
     run.log(
