@@ -247,6 +247,9 @@ def test_prune_command_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: P
     rec = load_recognizer(out / "model.pt")  # loads on its own, without the teacher
     assert count_params(rec.model) == pruned["params"]
     assert (out / "layers.png").stat().st_size > 0 and "| layer |" in (out / "layers.md").read_text()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "epoch" in r]  # each loss part's gradient norm, every epoch
+    assert all(r["grad_norm_ctc"] > 0 and r["grad_norm_layer"] >= 0 for r in epochs)
 
 
 def test_prune_resume_continues_from_the_same_step(

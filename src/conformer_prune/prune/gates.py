@@ -143,6 +143,19 @@ class ConformerGates:
             if slot.learned:
                 slot.gate.clamp_()
 
+    def remaining_layers(self) -> list[bool]:
+        """Per block, whether its layer gate (if any) keeps it: the fixed mask once frozen, else
+        the deterministic one (what CoFiPruning's dynamic layer mapping matches students among)."""
+        out = []
+        for i in range(len(self.model.blocks())):
+            slot = self.slots.get(f"layers.{i}")
+            if slot is None:
+                out.append(True)
+            else:
+                gate = slot.gate
+                out.append(bool((gate.fixed if gate.frozen else gate.deterministic()).sum() > 0))
+        return out
+
     def set_step(self, seed: int, step: int) -> None:
         """Seed every gate's sampling from (seed, step), identically on every rank."""
         for k, slot in enumerate(self.slots.values()):

@@ -141,7 +141,7 @@ def _prune(
     )
     distill_cfg = copy.deepcopy(cfg.distill)
     if not method.distill:  # CTC loss only
-        distill_cfg.layer_weight = distill_cfg.kl_weight = 0.0
+        distill_cfg.layer_weight = distill_cfg.kl_weight = distill_cfg.frontend_weight = 0.0
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
     )
@@ -271,7 +271,7 @@ class _PruningLoss:
     def __call__(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         self.gates.set_step(self.seed, self.step)
         batch.feats = self.specaug(batch.feats, batch.feat_lengths, generator=self.specaug_gen)
-        loss, parts = self.distiller.loss(self.student, batch)
+        loss, parts = self.distiller.loss(self.student, batch, self.gates.remaining_layers())
         expected = self.gates.expected_cost()
         sparsity = expected_sparsity(expected.value(self.metric), self.teacher_cost.value(self.metric))
         target = self.budget.target(self.step)
