@@ -3,7 +3,9 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-venv libsndfile1 espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes
+APT_PACKAGES := python3-venv libsndfile1 espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes \
+	build-essential cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
+	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 # NeMo itself, only for `make test-nemo` (imported models compared with NeMo); torch is pinned to
@@ -11,7 +13,12 @@ STAMP := $(VENV)/.installed
 NEMO_VENV ?= .venv-nemo
 NEMO_STAMP := $(NEMO_VENV)/.installed
 
-.PHONY: setup demo test test-nemo lint typecheck
+# KenLM's lmplz and build_binary (n-gram LM estimation) are not on PyPI as programs: they are built
+# from the kenlm source distribution on PyPI into the environment's bin/ (Boost and zlib from apt)
+KENLM_VERSION := 0.3.0
+LMPLZ := $(VENV)/bin/lmplz
+
+.PHONY: setup demo test test-nemo lint typecheck lmplz
 
 $(STAMP): pyproject.toml
 	$(SUDO) apt-get update
@@ -33,7 +40,17 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+$(LMPLZ): $(STAMP)
+	rm -rf build/kenlm && mkdir -p build/kenlm
+	$(PY) -m pip download --no-deps --no-binary kenlm kenlm==$(KENLM_VERSION) -d build/kenlm
+	tar -xzf build/kenlm/kenlm-$(KENLM_VERSION).tar.gz -C build/kenlm
+	cmake -S build/kenlm/kenlm-$(KENLM_VERSION) -B build/kenlm/build -DCMAKE_BUILD_TYPE=Release
+	$(MAKE) -C build/kenlm/build -j2 lmplz build_binary
+	cp build/kenlm/build/bin/lmplz build/kenlm/build/bin/build_binary $(VENV)/bin/
+
+lmplz: $(LMPLZ)
+
+test: lint typecheck $(LMPLZ)
 	$(VENV)/bin/pytest
 
 $(NEMO_STAMP):

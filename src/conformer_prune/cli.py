@@ -8,6 +8,8 @@ Usage:
     conformer-prune transcribe runs/teacher/model.pt corpus/test/*/*/*.flac
     conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test
     conformer-prune transcribe --onnx pruned.onnx corpus/test/*/*/*.flac   # no PyTorch needed
+    conformer-prune export runs/pruned-50/model.pt --sherpa-onnx sherpa/   # for sherpa-onnx
+    conformer-prune lm --data corpus/train --out lm.arpa   # then: evaluate/transcribe --beam 50 --lm lm.arpa
     conformer-prune import-nemo stt_en_conformer_ctc_small.nemo --out runs/nemo-small/teacher.pt
     torchrun --nproc_per_node 8 -m conformer_prune.cli prune ...   # train and prune: data-parallel
 
@@ -53,6 +55,31 @@ def _corpora(sources: list[str]) -> dict[str, str]:
     return out
 
 
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """Beam search and n-gram LM options of `transcribe` and `evaluate`."""
+    p.add_argument("--beam", type=int, help="CTC beam search with N hypotheses (default: greedy)")
+    p.add_argument("--lm", help="word n-gram LM for beam search: FILE.arpa or KenLM FILE.bin")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the LM log-probability")
+    p.add_argument("--word-score", type=float, default=0.0, help="word-insertion bonus (per word)")
+    p.add_argument("--lexicon", help="words the decoder may output, one per line (default: the ARPA's)")
+
+
+def _beam_decoder(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """A `BeamSearchDecoder` from the decoding options, or None for greedy decoding."""
+    if args.beam is None and args.lm is None:
+        return None
+    from conformer_prune.evaluate.decode import BeamSearchConfig, BeamSearchDecoder
+
+    config = BeamSearchConfig(
+        beam=BeamSearchConfig.beam if args.beam is None else args.beam,
+        lm=Path(args.lm) if args.lm else None,
+        lm_weight=args.lm_weight,
+        word_score=args.word_score,
+        lexicon=Path(args.lexicon) if args.lexicon else None,
+    )
+    return BeamSearchDecoder(tokenizer, config)
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     from conformer_prune.data.synth import synthesize
 
@@ -82,6 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from conformer_prune.utils import resolve_device, write_json
 
     rec = load_recognizer(args.model)
+    decoder = _beam_decoder(args, rec.tokenizer)
     json_path = Path(args.json) if args.json else None
     results = evaluate_recognizer(
         rec,
@@ -89,11 +117,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device=resolve_device(args.device),
         threads=args.threads,
         recogs_dir=json_path.parent if json_path else None,
+        decoder=decoder,
     )
     results["model"] = str(args.model)
+    results["decoding"] = _decoding_name(decoder)
     if json_path:
         write_json(json_path, results)
     print(format_results(results))
+
+
+def _decoding_name(decoder: Any) -> str:
+    if decoder is None:
+        return "greedy"
+    cfg = decoder.config
+    lm = f", lm {cfg.lm}, lm_weight {cfg.lm_weight}, word_score {cfg.word_score}" if cfg.lm else ""
+    return f"beam {cfg.beam}{lm}"
 
 
 def format_results(results: dict[str, object]) -> str:
@@ -118,8 +156,14 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 
         files = args.inputs
         onnx_rec = OnnxRecognizer(args.onnx, threads=args.threads)
+        onnx_decoder = _beam_decoder(args, onnx_rec.tokenizer)
         for path in files:
-            print(f"{path}\t{onnx_rec.transcribe([load_audio(path, onnx_rec.sample_rate)])[0]}")
+            waves = [load_audio(path, onnx_rec.sample_rate)]
+            if onnx_decoder:
+                text = onnx_decoder.decode(*onnx_rec.log_probs(waves))
+            else:
+                text = onnx_rec.transcribe(waves)
+            print(f"{path}\t{text[0]}")
         return
     from conformer_prune.model import load_recognizer
     from conformer_prune.utils import resolve_device
@@ -129,13 +173,30 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     model, *files = args.inputs
     rec = load_recognizer(model)
     device = resolve_device(args.device)
+    decoder = _beam_decoder(args, rec.tokenizer)
     for path in files:
         audio = load_audio(path, rec.features.config.sample_rate)
-        print(f"{path}\t{rec.transcribe([audio], device=device)[0]}")
+        text = rec.transcribe([audio], device=device, decode=decoder.decode if decoder else None)[0]
+        print(f"{path}\t{text}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from conformer_prune.export import export_with_report
+
+    if args.sherpa_onnx:
+        from conformer_prune.export.sherpa import export_sherpa_with_report
+
+        report = export_sherpa_with_report(
+            Path(args.model),
+            Path(args.sherpa_onnx),
+            data=Path(args.data) if args.data else None,
+            threads=args.threads,
+        )
+        print(json.dumps(report, indent=2))
+        if not args.onnx:
+            return
+    if not args.onnx:
+        raise ValueError("expected --onnx FILE.onnx and/or --sherpa-onnx DIR")
 
     report = export_with_report(
         Path(args.model),
@@ -147,6 +208,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         teacher=Path(args.teacher) if args.teacher else None,
     )
     print(json.dumps(report, indent=2))
+
+
+def cmd_lm(args: argparse.Namespace) -> None:
+    from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.evaluate.lm import build_arpa
+
+    texts = [u.text for source in args.data for u in read_corpus(source)]
+    path = build_arpa(texts, args.out, order=args.order, lmplz=args.lmplz)
+    print(f"{args.order}-gram LM of {len(texts)} transcripts: {path}")
 
 
 def cmd_import_nemo(args: argparse.Namespace) -> None:
@@ -369,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
     p.add_argument("--device", default="auto")
+    _add_decoding_args(p)
 
     p = add(
         "transcribe",
@@ -382,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="an exported .onnx file: transcribe with ONNX Runtime, no checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _add_decoding_args(p)
 
     p = add(
         "export",
@@ -390,7 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
         "conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test",
     )
     p.add_argument("model", help="checkpoint (.pt)")
-    p.add_argument("--onnx", required=True, help="output file; --int8 also writes NAME.int8.onnx")
+    p.add_argument("--onnx", help="output file; --int8 also writes NAME.int8.onnx")
+    p.add_argument(
+        "--sherpa-onnx",
+        metavar="DIR",
+        help="also (or instead) write model.onnx, model.int8.onnx and tokens.txt for sherpa-onnx here",
+    )
     p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 model")
     p.add_argument(
         "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
@@ -398,6 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
     p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
+
+    p = add(
+        "lm",
+        cmd_lm,
+        "Estimate a word n-gram LM (ARPA) of corpus transcripts with KenLM's lmplz, for --lm.",
+        "conformer-prune lm --data corpus/train --out runs/lm/3gram.arpa --order 3",
+    )
+    p.add_argument("--data", nargs="+", required=True, help="corpora (LibriSpeech dir or manifest)")
+    p.add_argument("--out", required=True, help="the ARPA file to write")
+    p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    p.add_argument("--lmplz", help="path of KenLM's lmplz (default: beside Python, then PATH)")
 
     p = add(
         "import-nemo",

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.dataset import BucketBatchSampler, SpeechDataset, collate
+from conformer_prune.evaluate.decode import BeamSearchDecoder
 from conformer_prune.evaluate.metrics import (
     count_params,
     cpu_latency_ms,
@@ -43,8 +44,9 @@ def recognize_dataset(
     max_frames: int = 40000,
     progress: bool = True,
     desc: str = "decode",
+    decoder: BeamSearchDecoder | None = None,
 ) -> list[Recognition]:
-    """Greedy transcripts of every utterance in `dataset`, in dataset order."""
+    """Transcripts of every utterance in `dataset`, in dataset order: greedy, or by `decoder`."""
     model = rec.model.eval().to(device)
     sampler = BucketBatchSampler(dataset.frames, max(max_frames, max(dataset.frames)), shuffle=False)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
@@ -52,10 +54,12 @@ def recognize_dataset(
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
         batch = batch.to(device)
         log_probs, lengths = model(batch.feats, batch.feat_lengths)
-        for index, ids in zip(
-            batch.indices.tolist(), greedy_decode(log_probs, lengths, model.blank), strict=True
-        ):
-            hyps[index] = rec.tokenizer.decode(ids)
+        if decoder is not None:
+            texts = decoder.decode(log_probs.float().cpu().numpy(), lengths.cpu().numpy())
+        else:
+            texts = [rec.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths, model.blank)]
+        for index, text in zip(batch.indices.tolist(), texts, strict=True):
+            hyps[index] = text
     return [Recognition(u.utt_id, u.text, hyps[i]) for i, u in enumerate(dataset.utts)]
 
 
@@ -96,8 +100,10 @@ def evaluate_recognizer(
     threads: int = 2,
     recogs_dir: Path | None = None,
     progress: bool = True,
+    decoder: BeamSearchDecoder | None = None,
 ) -> dict[str, Any]:
-    """WER/CER on each named corpus (keys ``wer_<name>``, ``cer_<name>``) and the cost report.
+    """WER/CER on each named corpus (keys ``wer_<name>``, ``cer_<name>``) and the cost report,
+    decoding greedily or with `decoder` (beam search, optionally with an LM).
 
     When `recogs_dir` is given, writes ``recogs-<name>.txt`` with reference and hypothesis per
     utterance there.
@@ -107,7 +113,9 @@ def evaluate_recognizer(
         dataset = SpeechDataset(
             read_corpus(source), rec.tokenizer, rec.features, cache=False, skip_too_short=False
         )
-        recs = recognize_dataset(rec, dataset, device=device, progress=progress, desc=f"decode {name}")
+        recs = recognize_dataset(
+            rec, dataset, device=device, progress=progress, desc=f"decode {name}", decoder=decoder
+        )
         rates = error_rates([r.ref for r in recs], [r.hyp for r in recs])
         results[f"wer_{name}"] = rates["wer"]
         results[f"cer_{name}"] = rates["cer"]

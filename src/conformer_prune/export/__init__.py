@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         onnx_latency_ms,
     )
     from conformer_prune.export.runtime import OnnxRecognizer
+    from conformer_prune.export.sherpa import export_sherpa, export_sherpa_with_report
 
 _HOME = {
     "ExportCheck": "onnx",
@@ -37,12 +38,16 @@ _HOME = {
     "onnx_error_rates": "run",
     "onnx_latency_ms": "run",
     "OnnxRecognizer": "runtime",
+    "export_sherpa": "sherpa",
+    "export_sherpa_with_report": "sherpa",
 }
 
 __all__ = [
     "ExportCheck",
     "OnnxRecognizer",
     "export_onnx",
+    "export_sherpa",
+    "export_sherpa_with_report",
     "export_with_report",
     "int8_path",
     "onnx_error_rates",

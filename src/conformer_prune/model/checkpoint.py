@@ -7,6 +7,7 @@ nothing is inferred from parameter names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,14 @@ class Recognizer:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @torch.no_grad()
-    def transcribe(self, waveforms: list[np.ndarray], device: torch.device | str = "cpu") -> list[str]:
-        """Greedy transcripts of 1-D float waveforms at the front end's sample rate."""
+    def transcribe(
+        self,
+        waveforms: list[np.ndarray],
+        device: torch.device | str = "cpu",
+        decode: Callable[[np.ndarray, np.ndarray], list[str]] | None = None,
+    ) -> list[str]:
+        """Transcripts of 1-D float waveforms at the front end's sample rate: greedy, or by
+        `decode` (log-probabilities (B, T', V) and lengths (B,) as NumPy arrays -> texts)."""
         self.model.eval().to(device)
         self.features.eval().to(device)
         tensors = [torch.as_tensor(w, dtype=torch.float32) for w in waveforms]
@@ -55,6 +62,8 @@ class Recognizer:
         batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True).to(device)
         feats, feat_lengths = self.features(batch, lengths)
         log_probs, out_lengths = self.model(feats, feat_lengths)
+        if decode is not None:
+            return decode(log_probs.float().cpu().numpy(), out_lengths.cpu().numpy())
         return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, self.model.blank)]
 
 
