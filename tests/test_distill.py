@@ -144,3 +144,7 @@ def test_gradient_norms_are_logged_and_grad_norm_balance_matches_ctcs_scale() ->
     balanced.config.balance = "fixed"  # (so a second probe would not change the scale)
     _, again = balanced.loss(student, _batch())
     assert again["grad_norm_ctc"] == parts["grad_norm_ctc"] and float(balanced.probe_step) == 2
+    _perturb(student, seed=4)
+    balanced.probe_next()  # as the engine does at every epoch's start
+    _, fresh = balanced.loss(student, _batch())
+    assert fresh["grad_norm_ctc"] != again["grad_norm_ctc"]

@@ -250,6 +250,7 @@ def test_prune_command_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: P
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "epoch" in r]  # each loss part's gradient norm, every epoch
     assert all(r["grad_norm_ctc"] > 0 and r["grad_norm_layer"] >= 0 for r in epochs)
+    assert len({r["grad_norm_ctc"] for r in epochs}) == len(epochs)  # measured in every epoch
 
 
 def test_prune_resume_continues_from_the_same_step(

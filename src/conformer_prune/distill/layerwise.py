@@ -30,9 +30,9 @@ Each choice is named in `DistillConfig`:
   the reference run it was 12 times smaller). The ratio is ours, in the spirit of GradNorm (Chen et
   al. 2018) without its learned weights.
 
-Every `probe_every` steps the gradient norm of each part on the student's weights is measured and
-logged (``grad_norm_ctc``, ``grad_norm_layer``, ...; held between probes, so an epoch's mean is
-the mean of its probes).
+Every `probe_every` steps, and at the first step of every epoch, the gradient norm of each part on
+the student's weights is measured and logged (``grad_norm_ctc``, ``grad_norm_layer``, ...; held
+between probes, so an epoch's mean is the mean of its probes weighted by how long each held).
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class LayerwiseDistiller(nn.Module):
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("probe_step", torch.zeros((), dtype=torch.long))
         self._norms: dict[str, float] = {}
+        self._probe_next = True
         self.last_alignment: list[tuple[int, int]] = []
 
     def loss(
@@ -205,8 +206,9 @@ class LayerwiseDistiller(nn.Module):
                 s_log_probs = torch.log_softmax(logits / temp, dim=-1)
                 kl_frames = (t_log_probs.exp() * (t_log_probs - s_log_probs)).sum(-1)  # (B, T)
                 terms["kl"] = (cfg.kl_weight, temp * temp * (kl_frames * mask[..., 0]).sum() / mask.sum())
-        if torch.is_grad_enabled() and (int(self.probe_step) % cfg.probe_every == 0 or not self._norms):
+        if torch.is_grad_enabled() and (int(self.probe_step) % cfg.probe_every == 0 or self._probe_next):
             self._probe(student, ctc, terms)
+            self._probe_next = False
         if torch.is_grad_enabled():
             self.probe_step += 1
         distill = sum((w * v for w, v in terms.values()), torch.zeros((), device=ctc.device))
@@ -218,6 +220,11 @@ class LayerwiseDistiller(nn.Module):
         if cfg.balance == "grad-norm":
             parts["distill_scale"] = float(self.scale)
         return total, parts
+
+    def probe_next(self) -> None:
+        """Measure the gradient norms at the next step too (the engine asks at every epoch's
+        start, so every epoch's log has figures of its own however few steps it has)."""
+        self._probe_next = True
 
     def _layer_term(
         self, student: list[Tensor], teacher: list[Tensor], mask: Tensor, remaining: list[bool] | None

@@ -214,6 +214,7 @@ def _prune(
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
             _freeze(gates, target_abs, cfg, run)
+        distiller.probe_next()  # every epoch logs gradient norms measured in it
         result = epochs.run(epoch, f"{stage} {epoch + 1}/{total_epochs}")
         if result is None:
             continue
