@@ -93,7 +93,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from conformer_prune.data.corpus import read_corpus
     from conformer_prune.distributed import is_main_process
     from conformer_prune.train import TrainConfig, run_training
+    from conformer_prune.utils import check_output_dir
 
+    check_output_dir(args.out)
     config = recipe_path(args.config) if args.config else None
     if args.resume and config is None:
         config = Path(args.out) / "config.yaml"  # continue with the run's own resolved config
@@ -105,12 +107,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from conformer_prune.evaluate import evaluate_recognizer
+    from conformer_prune.evaluate.run import recogs_path
     from conformer_prune.model import load_recognizer
-    from conformer_prune.utils import resolve_device, write_json
+    from conformer_prune.utils import check_output_file, resolve_device, write_json
 
+    json_path = Path(args.json) if args.json else None
+    if json_path:  # before any work: a run that cannot write its results is refused at once
+        for path in [json_path, *(recogs_path(json_path.parent, name) for name in _corpora(args.data))]:
+            check_output_file(path, force=args.force)
     rec = load_recognizer(args.model)
     decoder = _beam_decoder(args, rec.tokenizer)
-    json_path = Path(args.json) if args.json else None
     results = evaluate_recognizer(
         rec,
         _corpora(args.data),
@@ -182,7 +188,17 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from conformer_prune.export import export_with_report
+    from conformer_prune.export.run import int8_path
+    from conformer_prune.export.sherpa import SHERPA_FILES
+    from conformer_prune.utils import check_output_file
 
+    if not args.onnx and not args.sherpa_onnx:
+        raise ValueError("expected --onnx FILE.onnx and/or --sherpa-onnx DIR")
+    outputs = [Path(args.onnx), *([int8_path(Path(args.onnx))] if args.int8 else [])] if args.onnx else []
+    if args.sherpa_onnx:
+        outputs += [Path(args.sherpa_onnx) / name for name in SHERPA_FILES]
+    for path in outputs:  # before any work
+        check_output_file(path, force=args.force)
     if args.sherpa_onnx:
         from conformer_prune.export.sherpa import export_sherpa_with_report
 
@@ -195,9 +211,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(json.dumps(report, indent=2))
         if not args.onnx:
             return
-    if not args.onnx:
-        raise ValueError("expected --onnx FILE.onnx and/or --sherpa-onnx DIR")
-
     report = export_with_report(
         Path(args.model),
         Path(args.onnx),
@@ -222,7 +235,9 @@ def cmd_lm(args: argparse.Namespace) -> None:
 def cmd_import_nemo(args: argparse.Namespace) -> None:
     from conformer_prune.evaluate.metrics import count_params
     from conformer_prune.model.nemo import import_nemo
+    from conformer_prune.utils import check_output_file
 
+    check_output_file(args.out, force=args.force)
     rec = import_nemo(Path(args.nemo), Path(args.out))
     cfg = rec.model.config
     print(
@@ -318,7 +333,9 @@ def prune_and_report(
 def cmd_prune(args: argparse.Namespace) -> None:
     from conformer_prune.config import load_config
     from conformer_prune.prune.config import PruneConfig
+    from conformer_prune.utils import check_output_dir
 
+    check_output_dir(args.out)
     overrides = list(args.set)
     if args.target_macs is not None:
         overrides += ["target_params=null", f"target_macs={args.target_macs}"]
@@ -389,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: object, help_: str, example: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
-            help=help_,
+            help=help_.replace("%", "%%"),  # argparse %-formats help strings, not descriptions
             description=help_,
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -437,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (.pt)")
     p.add_argument("--data", nargs="+", required=True, help="corpora, as PATH or NAME=PATH")
     p.add_argument("--json", help="write the results here (and recogs-NAME.txt beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json and recogs files")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure")
     p.add_argument("--device", default="auto")
     _add_decoding_args(p)
@@ -475,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
     p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
+    p.add_argument("--force", action="store_true", help="overwrite existing --onnx and --sherpa-onnx files")
 
     p = add(
         "lm",
@@ -495,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("nemo", help="the .nemo file")
     p.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
     p = add(
         "prune",
@@ -543,8 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as err:
-        print(f"conformer-prune {args.command}: error: {err}", file=sys.stderr)
+    # OSError covers unreadable and unwritable files; FloatingPointError a diverged loss
+    except (OSError, ConfigError, ValueError, FloatingPointError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        print(f"conformer-prune {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -56,7 +56,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, found {len(value)}")
             return tuple(
-                _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True))
+                _convert(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
             )
         item = args[0] if args else Any
         converted = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -153,8 +153,16 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_one_line(err)})") from err
     return nested
+
+
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line (YAML and PyTorch errors span several)."""
+    return " ".join(str(err).split())
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +188,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at the top level")
         data = loaded or {}

@@ -27,7 +27,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioError: the file cannot be decoded or holds no samples.
+        AudioError: the file cannot be decoded, holds no samples or holds NaN or infinite ones.
     """
     path = Path(path)
     if not path.is_file():
@@ -40,6 +40,9 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         ) from err
     if audio.shape[0] == 0:
         raise AudioError(f"audio file {path} holds no samples; expected speech audio")
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:
+        raise AudioError(f"audio file {path} holds {bad} NaN or infinite samples; expected finite samples")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if rate != sample_rate:
         g = gcd(int(rate), int(sample_rate))

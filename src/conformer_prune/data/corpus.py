@@ -83,6 +83,7 @@ def read_librispeech(root: str | Path) -> list[Utterance]:
 
 
 _MANIFEST_KEYS = ("audio_filepath", "duration", "text")
+_DURATION_TOLERANCE_S = 0.1
 
 
 def read_manifest(path: str | Path) -> list[Utterance]:
@@ -91,7 +92,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
 
     Raises:
         FileNotFoundError: the manifest or an audio file is missing.
-        ValueError: a line is not JSON, lacks a key, or has an empty transcript.
+        ValueError: a line is not a JSON object, lacks a key, has a value of the wrong type or an
+            empty transcript, or a duration that differs from its file's.
     """
     path = Path(path)
     if not path.is_file():
@@ -104,10 +106,18 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             entry = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, found {type(entry).__name__}")
         missing = [k for k in _MANIFEST_KEYS if k not in entry]
         if missing:
             raise ValueError(f"{path}:{lineno}: missing key(s) {missing}; expected {list(_MANIFEST_KEYS)}")
-        text = " ".join(str(entry["text"]).split())
+        for key, kind in (("audio_filepath", str), ("text", str), ("duration", int | float)):
+            if not isinstance(entry[key], kind) or isinstance(entry[key], bool):
+                raise ValueError(
+                    f"{path}:{lineno}: {key} is {entry[key]!r}; expected a "
+                    f"{'number' if key == 'duration' else 'string'}"
+                )
+        text = " ".join(entry["text"].split())
         if not text:
             raise ValueError(f"{path}:{lineno}: empty transcript for {entry['audio_filepath']}")
         audio = Path(entry["audio_filepath"])
@@ -115,8 +125,15 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             audio = path.parent / audio
         if not audio.is_file():
             raise FileNotFoundError(f"{path}:{lineno}: audio file {audio} does not exist")
+        declared, actual = float(entry["duration"]), _duration(audio)
+        # batching and the hours reported come from the duration: a wrong one would change both
+        if not abs(declared - actual) <= _DURATION_TOLERANCE_S:
+            raise ValueError(
+                f"{path}:{lineno}: duration {declared} s, but {audio} holds {actual:.3f} s; "
+                f"expected the file's duration (within {_DURATION_TOLERANCE_S} s)"
+            )
         utt_id = str(entry.get("utt_id", audio.stem))
-        utts.append(Utterance(utt_id, audio, text, float(entry["duration"])))
+        utts.append(Utterance(utt_id, audio, text, actual))
     return utts
 
 

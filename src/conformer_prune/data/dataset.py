@@ -50,17 +50,21 @@ class Batch:
 class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
     """Features and token ids of a list of utterances.
 
-    Transcripts are tokenised up front, so a character the tokenizer cannot encode fails at once,
-    naming the utterance. Features are computed on first access and kept in memory when `cache`
-    is set (about 32 MB per hour of audio), so later epochs skip decoding and the STFT.
+    For training, transcripts are tokenised up front, so a character the tokenizer cannot encode
+    fails at once, naming the utterance. For evaluation (`training=False`) every utterance is kept
+    and its reference stays text: it is decoded and scored whatever it holds. Features are computed
+    on first access and kept in memory when `cache` is set (about 32 MB per hour of audio), so
+    later epochs skip decoding and the STFT.
 
     Args:
         utts: the utterances.
         tokenizer: encodes transcripts.
         features: the shared front end.
         cache: keep features in memory.
-        skip_too_short: drop (with one counted warning) utterances whose encoder output is shorter
-            than their token sequence, which CTC cannot align; otherwise raise.
+        training: tokenise the transcripts and drop, with one counted warning each, utterances
+            whose encoder output is shorter than their token sequence (CTC cannot align them) and
+            utterances longer than `max_frames` (they would not fit a batch).
+        max_frames: the training batch budget in feature frames (None: no limit).
     """
 
     def __init__(
@@ -69,35 +73,51 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         tokenizer: Tokenizer,
         features: LogMelFeatures,
         cache: bool = True,
-        skip_too_short: bool = True,
+        training: bool = True,
+        max_frames: int | None = None,
     ) -> None:
         self.features = features.eval()
         self.sample_rate = features.config.sample_rate
         hop = features.config.hop_length
-        kept, tokens, too_short = [], [], []
+        kept, tokens, too_short, too_long = [], [], [], []
         for utt in utts:
-            ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
             frames = int(utt.duration * self.sample_rate) // hop + 1
-            if subsampled_length(frames) < len(ids):
-                if not skip_too_short:
-                    raise ValueError(
-                        f"utterance {utt.utt_id} ({utt.audio_path}): {utt.duration:.2f} s is too "
-                        f"short for its {len(ids)} tokens"
-                    )
-                too_short.append(utt.utt_id)
+            if not training:
+                kept.append(utt)
+                tokens.append(torch.zeros(0, dtype=torch.long))
                 continue
-            kept.append(utt)
-            tokens.append(torch.tensor(ids, dtype=torch.long))
+            ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
+            if subsampled_length(frames) < len(ids):
+                too_short.append(utt.utt_id)
+            elif max_frames is not None and frames > max_frames:
+                too_long.append(utt.utt_id)
+            else:
+                kept.append(utt)
+                tokens.append(torch.tensor(ids, dtype=torch.long))
         if too_short:
             log.warning(
-                "skipped %d utterances too short for their transcripts (e.g. %s)",
+                "training skips %d of %d utterances too short for their transcripts (e.g. %s)",
                 len(too_short),
+                len(utts),
                 too_short[0],
             )
+        if too_long:
+            log.warning(
+                "training skips %d of %d utterances longer than max_frames %d (e.g. %s)",
+                len(too_long),
+                len(utts),
+                max_frames,
+                too_long[0],
+            )
         if not kept:
-            raise ValueError("no usable utterances in the corpus")
+            raise ValueError(
+                f"no usable utterances in the corpus: {len(too_short)} too short for their "
+                f"transcripts, {len(too_long)} longer than max_frames {max_frames}"
+            )
         self.utts = kept
         self.tokens = tokens
+        self.skipped_too_short = len(too_short)
+        self.skipped_too_long = len(too_long)
         self.frames = [int(u.duration * self.sample_rate) // hop + 1 for u in kept]
         self._cache: dict[int, Tensor] | None = {} if cache else None
 

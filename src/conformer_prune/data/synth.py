@@ -122,7 +122,11 @@ _STRAY_APOSTROPHE_RE = re.compile(r"(?<![A-Z])'|'(?![A-Z])")
 _WORDS_RE = re.compile(r"[A-Z']+( [A-Z']+)*")
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"')\u201d\u2019]*\s+")
 _ACRONYM_RE = re.compile(r"\b[A-Z]{2,}\b")
-_NO_VOWEL_RE = re.compile(r"\b[B-DF-HJ-NP-TV-XZ']+\b")
+# a whole word (apostrophes included: DON'T has a vowel, its T after the apostrophe is no word)
+_NO_VOWEL_RE = re.compile(r"(?<!\S)[B-DF-HJ-NP-TV-XZ']+(?!\S)")
+# bumped when the text rules change which sentences a corpus holds, so that an older corpus is
+# not silently resumed with other sentences (2: words with apostrophes are kept)
+_TEXT_RULES = 2
 
 
 @dataclass(frozen=True)
@@ -686,6 +690,7 @@ def synthesize(
         "test_fraction": test_fraction,
         "snr_db": None if snr_db is None else [float(snr_db[0]), float(snr_db[1])],
         "engines": list(chosen),
+        "text_rules": _TEXT_RULES,
     }
     _check_resumable(out / "corpus.json", settings)
     out.mkdir(parents=True, exist_ok=True)

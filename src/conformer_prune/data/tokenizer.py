@@ -37,7 +37,10 @@ class Tokenizer:
 
     def __init__(self, model_proto: bytes) -> None:
         self._proto = model_proto
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except (RuntimeError, TypeError) as err:
+            raise TokenizerError(f"not a SentencePiece model ({err})") from err
         self.alphabet = {
             ch
             for i in range(self._sp.get_piece_size())
@@ -83,12 +86,20 @@ class Tokenizer:
         """Pieces, without the CTC blank."""
         return int(self._sp.get_piece_size())
 
+    def fold(self, text: str) -> str:
+        """`text` in the tokenizer's case (unchanged for a tokenizer of both cases)."""
+        return text.lower() if self.case == "lower" else text.upper() if self.case == "upper" else text
+
+    def unspellable(self, text: str) -> list[str]:
+        """The characters of `text` (after case folding) that no piece contains, sorted."""
+        return sorted({ch for ch in self.fold(text) if ch != " " and ch not in self.alphabet})
+
     def encode(self, text: str, where: str = "transcript") -> list[int]:
         """Token ids of `text`; `where` names the utterance in errors."""
         if not text.strip():
             raise TokenizerError(f"{where}: empty transcript; expected at least one word")
-        text = text.lower() if self.case == "lower" else text.upper() if self.case == "upper" else text
-        unknown = sorted({ch for ch in text if ch != " " and ch not in self.alphabet})
+        text = self.fold(text)
+        unknown = self.unspellable(text)
         if unknown:
             raise TokenizerError(
                 f"{where}: characters {unknown} are not in the tokenizer's alphabet "

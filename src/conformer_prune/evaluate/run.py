@@ -6,6 +6,8 @@ Usage:
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,18 @@ from conformer_prune.evaluate.metrics import (
     macs_per_second,
 )
 from conformer_prune.model.checkpoint import Recognizer, greedy_decode
+from conformer_prune.utils import atomic_write_text
 
-__all__ = ["Recognition", "cost_report", "evaluate_recognizer", "recognize_dataset"]
+__all__ = [
+    "Recognition",
+    "cost_report",
+    "evaluate_recognizer",
+    "read_recogs",
+    "recognize_dataset",
+    "recogs_path",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,10 +90,12 @@ def cost_report(rec: Recognizer, threads: int = 2, latency_runs: int = 10) -> di
 
 def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
     """Utterance id -> (reference, hypothesis) from a ``recogs-<name>.txt`` that
-    `evaluate_recognizer` wrote."""
+    `evaluate_recognizer` wrote (its ``# run_id`` line is skipped)."""
     refs: dict[str, str] = {}
     hyps: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("#"):
+            continue
         utt, sep, text = line.partition("\t")
         kind, _, words = text.partition("=")
         if not sep or kind not in ("ref", "hyp"):
@@ -91,6 +105,18 @@ def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
         missing = sorted(refs.keys() ^ hyps.keys())
         raise ValueError(f"{path}: utterances without both ref= and hyp=: {missing}")
     return {utt: (refs[utt], hyps[utt]) for utt in refs}
+
+
+def recogs_path(recogs_dir: Path, name: str) -> Path:
+    """Where `evaluate_recognizer` writes the recognitions of corpus `name`."""
+    return recogs_dir / f"recogs-{name}.txt"
+
+
+def _unspellable_words(rec: Recognizer, refs: list[str]) -> tuple[int, list[str]]:
+    """How many reference words hold a character the tokenizer cannot produce, and which
+    characters."""
+    words = [w for ref in refs for w in ref.split() if rec.tokenizer.unspellable(w)]
+    return len(words), rec.tokenizer.unspellable(" ".join(words))
 
 
 def evaluate_recognizer(
@@ -105,25 +131,44 @@ def evaluate_recognizer(
     """WER/CER on each named corpus (keys ``wer_<name>``, ``cer_<name>``) and the cost report,
     decoding greedily or with `decoder` (beam search, optionally with an LM).
 
+    Every utterance is decoded and scored: references are compared as text, so a word with a
+    character the tokenizer cannot produce counts as an error (with a warning giving how many
+    words hold one), and an utterance too short for its transcript is scored like any other.
+
     When `recogs_dir` is given, writes ``recogs-<name>.txt`` with reference and hypothesis per
-    utterance there.
+    utterance there, all at the end, each starting with a ``# run_id`` line whose id is also the
+    result's ``run_id``: files of two runs into the same place can be told apart.
     """
     results: dict[str, Any] = {}
+    recogs: dict[str, list[Recognition]] = {}
     for name, source in corpora.items():
-        dataset = SpeechDataset(
-            read_corpus(source), rec.tokenizer, rec.features, cache=False, skip_too_short=False
-        )
+        dataset = SpeechDataset(read_corpus(source), rec.tokenizer, rec.features, cache=False, training=False)
         recs = recognize_dataset(
             rec, dataset, device=device, progress=progress, desc=f"decode {name}", decoder=decoder
         )
-        rates = error_rates([r.ref for r in recs], [r.hyp for r in recs])
+        refs = [r.ref for r in recs]
+        n_words, chars = _unspellable_words(rec, refs)
+        if n_words:
+            log.warning(
+                "%s: %d of %d reference words hold characters the model cannot produce (%s); "
+                "they count as errors",
+                name,
+                n_words,
+                sum(len(r.split()) for r in refs),
+                " ".join(chars),
+            )
+        rates = error_rates(refs, [r.hyp for r in recs])
         results[f"wer_{name}"] = rates["wer"]
         results[f"cer_{name}"] = rates["cer"]
         results[f"utterances_{name}"] = len(recs)
         results[f"hours_{name}"] = sum(u.duration for u in dataset.utts) / 3600
-        if recogs_dir is not None:
-            recogs_dir.mkdir(parents=True, exist_ok=True)
-            lines = [f"{r.utt_id}\tref={r.ref}\n{r.utt_id}\thyp={r.hyp}" for r in recs]
-            (recogs_dir / f"recogs-{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        recogs[name] = recs
     results.update(cost_report(rec, threads=threads))
+    if recogs_dir is not None:
+        run_id = uuid.uuid4().hex
+        results["run_id"] = run_id
+        for name, recs in recogs.items():
+            lines = [f"# run_id {run_id}"]
+            lines += [f"{r.utt_id}\tref={r.ref}\n{r.utt_id}\thyp={r.hyp}" for r in recs]
+            atomic_write_text(recogs_path(recogs_dir, name), "\n".join(lines) + "\n")
     return results

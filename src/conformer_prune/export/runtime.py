@@ -52,7 +52,11 @@ class OnnxRecognizer:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"{path} is not a readable ONNX model ({detail})") from err
         self.meta = read_metadata(self.session)
         missing = {"tokenizer", "blank", "input", "sample_rate"} - set(self.meta)
         if missing:

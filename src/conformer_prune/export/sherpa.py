@@ -43,6 +43,7 @@ from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, SUBSAMPLI
 from conformer_prune.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "SHERPA_FILES",
     "SherpaExport",
     "export_sherpa",
     "export_sherpa_with_report",
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 BATCH = 8
+SHERPA_FILES = ("model.onnx", "model.int8.onnx", "tokens.txt")  # what `export_sherpa` writes
 
 
 class _SherpaGraph(nn.Module):

@@ -101,9 +101,16 @@ def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"{path} is not a conformer-prune checkpoint; expected keys config, state_dict, meta"
         )
-    model = build_model(from_dict(ConformerConfig, ckpt["config"]["model"], "model"))
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    features = LogMelFeatures(from_dict(FeatureConfig, ckpt["config"]["features"], "features"))
-    meta = dict(ckpt["meta"])
-    tokenizer = Tokenizer(meta.pop("tokenizer"))
+    try:
+        config, meta = ckpt["config"], dict(ckpt["meta"])
+        model = build_model(from_dict(ConformerConfig, config["model"], "model"))
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        features = LogMelFeatures(from_dict(FeatureConfig, config["features"], "features"))
+        tokenizer = Tokenizer(meta.pop("tokenizer"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # RuntimeError: load_state_dict
+        detail = " ".join(str(err).split())
+        raise ValueError(
+            f"checkpoint {path} does not hold a usable model ({type(err).__name__}: {detail[:300]}); "
+            "expected a file written by conformer-prune"
+        ) from err
     return Recognizer(model.eval(), features.eval(), tokenizer, meta)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import math
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -158,16 +159,24 @@ def _unsupported(where: str, key: str, value: Any, supported: str) -> ValueError
 
 
 def _tar_files(path: Path) -> dict[str, bytes]:
-    """Every regular file of the archive by its base name (NeMo stores them flat, as ./NAME)."""
+    """Every regular file at the archive's top level by name (NeMo stores them flat, as ./NAME).
+    Members in sub-folders, or with absolute or ``..`` paths, are never read, so that such a
+    member cannot stand in for a part of the model; a name stored twice is refused."""
     files = {}
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar.getmembers():
-                extracted = tar.extractfile(member) if member.isfile() else None
+                parts = [p for p in PurePosixPath(member.name).parts if p != "."]
+                if not member.isfile() or len(parts) != 1 or member.name.startswith("/"):
+                    continue
+                if parts[0] in files:
+                    raise ValueError(f"{path}: the archive holds {parts[0]} twice; expected one")
+                extracted = tar.extractfile(member)
                 if extracted is not None:
-                    files[PurePosixPath(member.name).name] = extracted.read()
-    except tarfile.TarError as err:
-        raise ValueError(f"{path} is not a .nemo archive (a tar file): {err}") from err
+                    files[parts[0]] = extracted.read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:  # gzip/tar truncated or foreign
+        detail = " ".join(str(err).split())
+        raise ValueError(f"{path} is not a .nemo archive (a tar file) or is truncated: {detail}") from err
     return files
 
 
@@ -185,7 +194,12 @@ def read_nemo(path: str | Path) -> NemoArchive:
     for name in ("model_config.yaml", "model_weights.ckpt"):
         if name not in files:
             raise ValueError(f"{path} has no {name}; found {sorted(files)}")
-    config = yaml.safe_load(files["model_config.yaml"])
+    try:
+        config = yaml.safe_load(files["model_config.yaml"])
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"{path}: model_config.yaml is not valid YAML ({' '.join(str(err).split())})"
+        ) from err
     if not isinstance(config, dict):
         raise ValueError(f"{path}: model_config.yaml is not a mapping")
     model_path = str((config.get("tokenizer") or {}).get("model_path") or "")

@@ -89,6 +89,16 @@ class PruneConfig:
             raise ValueError("set exactly one of target_params and target_macs")
         if not 0 < given[0] < 1:
             raise ValueError(f"the target is a kept fraction in (0, 1), found {given[0]}")
+        for name in ("prune_epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected 0 or more, found {getattr(self, name)}")
+        if self.prune_epochs + self.finetune_epochs < 1:
+            raise ValueError(
+                "prune_epochs + finetune_epochs: expected at least 1 epoch in all, found "
+                f"{self.prune_epochs} + {self.finetune_epochs}"
+            )
+        if self.max_frames < 1:
+            raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")
 
     @property
     def metric(self) -> Metric:

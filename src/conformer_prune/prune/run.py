@@ -56,10 +56,12 @@ from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.methods import METHODS, Method
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
-from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, restore, start_run
+from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, start_run
 from conformer_prune.utils import resolve_device
 
 __all__ = ["PruneResult", "make_prune_optimizer", "run_pruning"]
+
+_STATE_KEYS = ["student", "distiller", "lagrangian", "optimizer", "scheduler", "epoch", "elapsed"]
 
 
 @dataclass
@@ -122,7 +124,6 @@ def _prune(
     dist: Distributed,
 ) -> PruneResult:
     run = RunDir(out, "prune_state.pt", "pruning", resume)
-    run.write_config("prune_config.yaml", cfg, dist)
     device = dist.device
     start_run(cfg.threads, cfg.seed)
 
@@ -173,9 +174,12 @@ def _prune(
     trained = {"student": student, "distiller": distiller, "lagrangian": lagrangian}
     start_epoch, elapsed = 0, 0.0
     if resume:
-        start_epoch, elapsed = restore(run.load_state(device), trained, optimizer, scheduler)
+        state = run.load_state(_STATE_KEYS, device)
+        start_epoch, elapsed = run.restore(state, trained, optimizer, scheduler, dist)
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
+    # only once the state fits: a refused resume leaves the run as it was
+    run.write_config("prune_config.yaml", cfg, dist)
 
     budget = Budget.for_stage(
         1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps

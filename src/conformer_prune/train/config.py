@@ -66,3 +66,12 @@ class TrainConfig:
     time_budget_minutes: float = 0.0
     threads: int = 0
     cache_features: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs: expected at least 1, found {self.epochs}")
+        if self.time_budget_minutes < 0:
+            budget = self.time_budget_minutes
+            raise ValueError(f"time_budget_minutes: expected 0 (none) or more, found {budget}")
+        if self.max_frames < 1:
+            raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")

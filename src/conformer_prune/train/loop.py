@@ -11,8 +11,8 @@ epoch; written atomically every epoch), ``model.pt`` (the best recognizer on dev
 
 The engine, shared with `conformer_prune.prune.run`: `RunDir` (the guard against starting over a
 run, the resolved config, the resumable state and the log), `start_run` (threads and seed),
-`Epochs` (the body of an epoch: seeding it, `train_one_epoch`, `validate`) and `restore`. A run
-plugs in its model, loss, parameter groups and stage logic.
+`Epochs` (the body of an epoch: seeding it, `train_one_epoch`, `validate`) and `RunDir.restore`. A
+run plugs in its model, loss, parameter groups and stage logic.
 
 Launched by torchrun, every process trains on its share of each step's batches with DDP, and rank 0
 validates and writes the run directory (see `conformer_prune.distributed`):
@@ -50,7 +50,15 @@ from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerCTC, build_model
 from conformer_prune.train.config import TrainConfig
-from conformer_prune.utils import atomic_save, atomic_write_text, resolve_device
+from conformer_prune.utils import (
+    atomic_save,
+    atomic_write_text,
+    load_state,
+    log_size,
+    resolve_device,
+    truncate_log,
+)
+from conformer_prune.utils import restore as restore_state
 
 __all__ = [
     "EpochResult",
@@ -63,13 +71,15 @@ __all__ = [
     "lr_schedule",
     "make_data",
     "make_optimizer",
-    "restore",
     "run_training",
     "seed_epoch",
     "start_run",
     "train_one_epoch",
     "validate",
 ]
+
+
+_STATE_KEYS = ["model", "optimizer", "scheduler", "epoch", "best_wer", "elapsed", "tokenizer"]
 
 
 @dataclass
@@ -93,11 +103,11 @@ def make_data(
     world_size: int = 1,
 ) -> TrainData:
     """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list)."""
-    train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache)
-    dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, skip_too_short=False)
+    train_set = SpeechDataset(train_utts, tokenizer, features, cache=cache, max_frames=max_frames)
+    dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, training=False)
     sampler = BucketBatchSampler(
         train_set.frames,
-        max(max_frames, max(train_set.frames)),
+        max_frames,
         seed=seed,
         num_replicas=world_size,
         rank=rank,
@@ -208,7 +218,7 @@ def train_one_epoch(
                 else []
             )
             where = f"utterances {names or batch.indices.tolist()}" if not finite else "another rank"
-            raise FloatingPointError(f"non-finite loss {float(loss)} on {where}")
+            raise FloatingPointError(f"non-finite loss {float(loss.detach())} on {where}")
         optimizer.zero_grad(set_to_none=True)
         (loss * share).backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -260,9 +270,9 @@ class RunDir:
     def log(self, record: dict[str, Any]) -> None:
         append_log(self.out / "log.jsonl", record)
 
-    def load_state(self, map_location: str | torch.device) -> dict[str, Any]:
-        state: dict[str, Any] = torch.load(self.state_path, map_location=map_location, weights_only=True)
-        return state
+    def load_state(self, keys: list[str], map_location: str | torch.device) -> dict[str, Any]:
+        """The state file, which must hold `keys` (a truncated or foreign file is a ValueError)."""
+        return load_state(self.state_path, keys, map_location)
 
     def save_state(
         self,
@@ -274,25 +284,29 @@ class RunDir:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         **extra: Any,
     ) -> None:
-        """Everything `restore` needs to continue after `epoch` epochs, plus `extra`."""
+        """Everything `restore` needs to continue after `epoch` epochs, plus `extra`, and the size
+        the log has now."""
         state: dict[str, Any] = {name: module.state_dict() for name, module in modules.items()}
         state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         state |= {"epoch": epoch, "elapsed": elapsed, **extra, "config": to_dict(cfg)}
+        state["log_bytes"] = log_size(self.out / "log.jsonl")
         atomic_save(state, self.state_path)
 
-
-def restore(
-    state: dict[str, Any],
-    modules: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[int, float]:
-    """Load a state written by `RunDir.save_state`; returns (epochs done, elapsed seconds)."""
-    for name, module in modules.items():
-        module.load_state_dict(state[name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"], state["elapsed"]
+    def restore(
+        self,
+        state: dict[str, Any],
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        dist: Distributed,
+    ) -> tuple[int, float]:
+        """Load a state written by `save_state` (one that does not fit is a ValueError naming the
+        file) and cut the log back to the size it had then, so that a resumed run's log is that of
+        an uninterrupted one; returns (epochs done, elapsed seconds)."""
+        restore_state(self.state_path, state, **modules, optimizer=optimizer, scheduler=scheduler)
+        if dist.is_main:
+            truncate_log(self.out / "log.jsonl", state.get("log_bytes"))
+        return state["epoch"], state["elapsed"]
 
 
 def start_run(threads: int, seed: int) -> None:
@@ -390,14 +404,13 @@ def _train(
     device = dist.device
     start_run(cfg.threads, cfg.seed)
 
-    state = run.load_state("cpu") if resume else None
+    state = run.load_state(_STATE_KEYS, "cpu") if resume else None
     tokenizer = Tokenizer(  # trained on rank 0 only, so every rank has the same pieces
         state["tokenizer"]
         if state
         else dist.from_main(lambda: Tokenizer.train((u.text for u in train_utts), cfg.tokenizer).to_bytes())
     )
     cfg.model.vocab_size = tokenizer.vocab_size
-    run.write_config("config.yaml", cfg, dist)
 
     features = LogMelFeatures(cfg.features)
     data = make_data(
@@ -421,8 +434,10 @@ def _train(
     )
     start_epoch, best_wer, elapsed = 0, math.inf, 0.0
     if state:
-        start_epoch, elapsed = restore(state, {"model": model}, optimizer, scheduler)
+        start_epoch, elapsed = run.restore(state, {"model": model}, optimizer, scheduler, dist)
         best_wer = state["best_wer"]
+    # only once the state fits: a refused resume leaves the run as it was
+    run.write_config("config.yaml", cfg, dist)
     rec = Recognizer(model, features, tokenizer)
     specaug_gen = torch.Generator()
 
