@@ -16,11 +16,12 @@ from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like, dense_params
 from conformer_prune.prune.gates import STRUCTURES, ConformerGates
-from conformer_prune.prune.hardconcrete import HardConcrete
+from conformer_prune.prune.hardconcrete import LOG_ALPHA_RANGE, HardConcrete
 from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
+from conformer_prune.prune.run import make_prune_optimizer
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
 from tests.conftest import hetero_config
@@ -246,6 +247,10 @@ def test_prune_command_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: P
     rec = load_recognizer(out / "model.pt")  # loads on its own, without the teacher
     assert count_params(rec.model) == pruned["params"]
     assert (out / "layers.png").stat().st_size > 0 and "| layer |" in (out / "layers.md").read_text()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "epoch" in r]  # each loss part's gradient norm, every epoch
+    assert all(r["grad_norm_ctc"] > 0 and r["grad_norm_layer"] >= 0 for r in epochs)
+    assert len({r["grad_norm_ctc"] for r in epochs}) == len(epochs)  # measured in every epoch
 
 
 def test_prune_resume_continues_from_the_same_step(
@@ -447,3 +452,136 @@ def test_one_registry_names_the_methods_for_config_and_command_line() -> None:
         assert load_config(PruneConfig, None, [f"method={name}"]).method == name
     with pytest.raises(ConfigError, match="method"):
         load_config(PruneConfig, None, ["method=l1-distill"])
+
+
+def test_target_matching_never_reopens_a_module_that_its_gate_closed() -> None:
+    """The deterministic masks close layer 0's first feed-forward module (its gate's P(z != 0) is
+    tiny) while its unit gates are stale and open; the shortfall to the target is larger than
+    the whole module, so a restore loop that treats module gates as candidates reopens it."""
+    model = _model(seed=5)
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
+    with torch.no_grad():
+        for name, gate in gates:
+            gate.log_alpha.fill_(3.0 if gates.slots[name].unit else 5.0)
+        gates.slots["layers.0.ffn1"].gate.log_alpha.fill_(-3.0)
+        for name in ("layers.0.ffn2.units", "layers.1.ffn1.units", "layers.2.conv.units"):
+            gates.slots[name].gate.log_alpha.fill_(-4.0)  # closed, ranked below the module gate
+    full = as_float(conformer_cost(model.config).params)
+    closed = gates.deterministic_masks()
+    assert closed["layers.0.ffn1"].sum() == 0
+    assert full - as_float(gates.mask_cost(closed).params) > 0.1 * full  # a large shortfall ...
+    module = 64 * (2 * 32 + 1) + 3 * 32
+    assert module < 0.1 * full  # ... larger than the module
+    masks = gates.deterministic_masks(target=full, metric="params")
+    assert masks["layers.0.ffn1"].sum() == 0
+    assert as_float(gates.mask_cost(masks).params) <= full
+
+
+def test_target_matching_ranks_units_by_probability_per_unit_of_cost() -> None:
+    """Heads are a little more likely to stay than neurons but cost 20 times more each: to shed
+    1,000 parameters, one head goes (P(z != 0) per parameter ranks it last), not 16 neurons."""
+    model = _model(seed=5)
+    gates = ConformerGates.attach(model, ["heads", "ffn"])
+    with torch.no_grad():
+        for name, gate in gates:
+            gate.log_alpha.fill_(5.5 if name.endswith("attn.units") else 5.0)
+    kept = gates.deterministic_masks()
+    assert all(bool(m.all()) for m in kept.values())
+    target = as_float(gates.mask_cost(kept).params) - 1000
+    masks = gates.deterministic_masks(target=target, metric="params")
+    removed = {name: int((m == 0).sum()) for name, m in masks.items() if (m == 0).any()}
+    assert sum(removed.values()) == 1 and next(iter(removed)).endswith("attn.units"), removed
+    assert as_float(gates.mask_cost(masks).params) <= target
+
+
+def _budget_only(steps: int, reference_steps: int, clamp: bool = True) -> tuple[list[float], ConformerGates]:
+    """The kept fraction at every step of a pruning stage of `steps` steps in which only the budget
+    acts (no data), with the run's optimizer, ramp and multipliers; target 50% of parameters."""
+    model = _model()
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
+    cfg = PruneConfig(budget_reference_steps=reference_steps, clamp_log_alpha=clamp)
+    budget = Budget.for_stage(1 - cfg.ratio, steps, cfg.target_warmup, cfg.budget_reference_steps)
+    lagrangian = Lagrangian(budget.quadratic_scale)
+    optimizer = make_prune_optimizer([], gates, lagrangian, cfg)
+    full = as_float(conformer_cost(model.config).params)
+    kept = []
+    for step in range(steps):
+        target = budget.target(step)
+        assert target is not None
+        sparsity = 1 - gates.expected_cost().params / full
+        loss = lagrangian(torch.as_tensor(sparsity), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        kept.append(1 - float(torch.as_tensor(sparsity).detach()))
+    return kept, gates
+
+
+def test_a_one_epoch_pruning_stage_does_not_overshoot_below_half_its_target() -> None:
+    before, _ = _budget_only(100, reference_steps=100)  # the plain ramp and multipliers
+    after, _ = _budget_only(100, reference_steps=1000)  # scaled for a stage of 100 steps
+    assert min(before) < 0.25  # what a one-epoch stage did
+    assert min(after) >= 0.25 and abs(after[-1] - 0.5) < 0.1, (min(after), after[-1])
+    long = Budget.for_stage(0.5, 2000, 0.3, 1000)  # a long stage is left as it was
+    assert (long.ramp_steps, long.quadratic_scale) == (600, 1.0)
+
+
+def test_log_alpha_is_clamped_to_cofis_range_after_every_step() -> None:
+    low, high = LOG_ALPHA_RANGE
+    assert (low, high) == pytest.approx((-4.60517, 4.60517))
+
+    def pushed(clamp: bool) -> torch.Tensor:
+        """log_alpha after 200 steps of a loss that pushes unit gates down and module gates up."""
+        gates = ConformerGates.attach(_model(), ["heads", "ffn", "modules"])
+        optimizer = make_prune_optimizer([], gates, Lagrangian(), PruneConfig(clamp_log_alpha=clamp))
+        for _ in range(200):
+            loss = sum((1 if gates.slots[name].unit else -1) * gate.log_alpha.sum() for name, gate in gates)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+        return torch.cat([la.detach() for la in gates.log_alphas()])
+
+    free, clamped = pushed(clamp=False), pushed(clamp=True)
+    assert float(free.min()) < low - 1 and float(free.max()) > high + 1
+    bounds = torch.tensor([low, high])  # in float32, as log_alpha is
+    assert bool(clamped.min() >= bounds[0]) and bool(clamped.max() <= bounds[1])
+
+
+@torch.no_grad()
+def _real_frames(model: ConformerCTC) -> torch.Tensor:
+    feats, lengths = _inputs()
+    out, out_lengths = model(feats, lengths)
+    return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())])
+
+
+def test_folding_soft_gate_values_makes_the_switch_to_fixed_masks_smooth() -> None:
+    """In eval mode, the soft-gated model just before the masks are fixed equals the model with
+    E[z] folded into its weights and 0/1 masks just after (and the physically pruned one)."""
+    model, unfolded = _model(seed=6), _model(seed=6)
+    gates = ConformerGates.attach(model, ALL, soft=True)
+    plain = ConformerGates.attach(unfolded, ALL)
+    for (name, gate), (_, other) in zip(gates, plain, strict=True):
+        values = torch.empty(gate.n).uniform_(-3.0, 4.0, generator=torch.Generator().manual_seed(gate.n))
+        gate.log_alpha.data.copy_(values if name != "layers.1" else torch.full((1,), 4.0))
+        other.log_alpha.data.copy_(gate.log_alpha.data)
+    soft_values = gates.slots["layers.0.ffn1.units"].gate.eval()()
+    assert 0 < float(soft_values[soft_values > 0].min()) < 0.9  # the gates really are soft
+    before = _real_frames(model.eval())
+    masks = gates.deterministic_masks()
+    gates.fold(masks)
+    gates.freeze(masks)
+    after = _real_frames(model)
+    assert float((after - before).abs().max()) <= 1e-5
+    plain.freeze(plain.deterministic_masks())  # kept units jump from E[z] to 1: a visible change
+    assert float((_real_frames(unfolded.eval()) - before).abs().max()) > 0.1
+    pruned = physically_prune(model, gates.current_masks())
+    assert float((_real_frames(pruned) - after).abs().max()) <= 1e-4
+
+
+def test_expected_gate_value_matches_the_sampled_mean() -> None:
+    gate = HardConcrete(3, init_log_alpha=0.0, init_std=0.0)
+    gate.log_alpha.data = torch.tensor([-1.0, 0.0, 2.0])
+    gate.generator = torch.Generator().manual_seed(0)
+    sampled = torch.stack([gate.sample() for _ in range(20000)]).mean(0)
+    torch.testing.assert_close(gate.expected_value(), sampled, atol=0.01, rtol=0)
+    assert float(gate.expected_value()[1]) == pytest.approx(0.5, abs=1e-4)  # symmetric at 0

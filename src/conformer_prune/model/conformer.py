@@ -246,6 +246,12 @@ class Prunable(nn.Module, metaclass=abc.ABCMeta):
         """Keep only the units at the (sorted) indices `keep[group]`, slicing every tensor in place."""
 
     @abc.abstractmethod
+    def fold_units(self, group: str, scale: Tensor) -> None:
+        """Multiply, in place, the weights that read the outputs of `group`'s units by `scale`
+        (one factor per unit), so that the module with scaled weights and a gate of ones computes
+        what it computed with `scale` as the gate."""
+
+    @abc.abstractmethod
     def unit_scores(self) -> dict[str, Tensor]:
         """L1 norm of all the weights that belong to each unit, per group."""
 
@@ -397,6 +403,15 @@ class ConvSubsampling(Prunable):
         self.out.weight = nn.Parameter(out_w[:, kept[-1]].reshape(out_w.shape[0], -1).clone())
         self.out.in_features = len(kept[-1]) * self.freq
 
+    @torch.no_grad()
+    def fold_units(self, group: str, scale: Tensor) -> None:
+        _, conv1 = self._convs()
+        if group == "0":  # a first-convolution channel is read by the second convolution
+            conv1.weight.mul_(scale.to(conv1.weight)[None, :, None, None])
+        else:  # a second-convolution channel by its `freq` columns of `out`
+            out_w = self.out.weight.view(self.out.out_features, -1, self.freq)  # (D, C2, F)
+            out_w.mul_(scale.to(out_w)[None, :, None])
+
     def unit_scores(self) -> dict[str, Tensor]:
         producers, depthwise = self._producers(), self._depthwise()
         c = producers[-1].out_channels
@@ -535,6 +550,11 @@ class RelPositionMultiHeadAttention(Prunable):
         self.pos_bias_u, self.pos_bias_v = _kept(self.pos_bias_u, index), _kept(self.pos_bias_v, index)
         self.heads = len(index)
 
+    @torch.no_grad()
+    def fold_units(self, group: str, scale: Tensor) -> None:
+        w = self.linear_out.weight
+        w.view(w.shape[0], self.heads, self.head_dim).mul_(scale.to(w)[None, :, None])  # (D, H, dh)
+
     def unit_scores(self) -> dict[str, Tensor]:
         h, d = self.heads, self.head_dim
         rows = sum(
@@ -590,6 +610,10 @@ class FeedForward(Prunable):
         self.linear1.bias = _kept_bias(self.linear1.bias, index)  # type: ignore[assignment]
         self.linear2.weight = _kept(self.linear2.weight, index, 1)
         self.linear1.out_features = self.linear2.in_features = len(index)
+
+    @torch.no_grad()
+    def fold_units(self, group: str, scale: Tensor) -> None:
+        self.linear2.weight.mul_(scale.to(self.linear2.weight)[None, :])
 
     def unit_scores(self) -> dict[str, Tensor]:
         lin1, lin2 = self.linear1, self.linear2
@@ -666,6 +690,10 @@ class ConvolutionModule(Prunable):
         bn.num_features = len(index)
         pw2.weight = _kept(pw2.weight, index, 1)
         pw2.in_channels = len(index)
+
+    @torch.no_grad()
+    def fold_units(self, group: str, scale: Tensor) -> None:
+        self.pointwise_conv2.weight.mul_(scale.to(self.pointwise_conv2.weight)[None, :, None])  # (D, C, 1)
 
     def unit_scores(self) -> dict[str, Tensor]:
         c = self.pointwise_conv2.in_channels

@@ -9,6 +9,15 @@ minimised in the gates and maximised in the multipliers (gradient ascent, their 
 group), so the multipliers grow until the constraint holds. The target ramps linearly from 0 to
 its final value over a warm-up, so the student is not pruned harder than it can follow, and the
 constraint applies during the pruning stage only: afterwards the masks are fixed (`Budget`).
+
+Short stages. With Adam, both multipliers move by about their learning rate per step whatever the
+gradient's size, so at the step where the expected sparsity first passes a target it lagged behind,
+lambda1 and lambda2 are about equal, and the gates only turn back once the gap reaches
+|lambda1| / (2 lambda2), about 0.5: a one-epoch stage of 100 steps (Conformer-S, the budget alone)
+overshoots a 50% target to 12% kept, whatever the multipliers' learning rate. Raising lambda2's
+rate relative to lambda1's turns the gates back sooner. `Budget.for_stage` therefore scales, for a
+stage shorter than `reference_steps`, the quadratic multiplier by reference / steps and lengthens the
+ramp, and leaves longer stages exactly as before (measured in `tests/test_prune.py`).
 """
 
 from __future__ import annotations
@@ -26,16 +35,27 @@ class UnreachableTargetError(ValueError):
 
 
 class Lagrangian(nn.Module):
-    """lambda1 (s - t) + lambda2 (s - t)^2 with learned multipliers (both start at 0)."""
+    """lambda1 (s - t) + lambda2 (s - t)^2 with learned multipliers (both start at 0).
 
-    def __init__(self) -> None:
+    Args:
+        quadratic_scale: lambda2 is `quadratic_scale` times its parameter, so that under Adam it
+            moves that many times faster than lambda1 (see `Budget.for_stage`).
+    """
+
+    def __init__(self, quadratic_scale: float = 1.0) -> None:
         super().__init__()
         self.lambda1 = nn.Parameter(torch.zeros(()))
         self.lambda2 = nn.Parameter(torch.zeros(()))
+        self.quadratic_scale = quadratic_scale
+
+    @property
+    def quadratic(self) -> Tensor:
+        """The multiplier of the squared gap."""
+        return self.quadratic_scale * self.lambda2
 
     def forward(self, sparsity: Tensor, target: float) -> Tensor:
         gap = sparsity - target
-        return self.lambda1 * gap + self.lambda2 * gap * gap
+        return self.lambda1 * gap + self.quadratic * gap * gap
 
 
 def target_sparsity(step: int, warmup_steps: int, final: float) -> float:
@@ -64,6 +84,21 @@ class Budget:
     final: float
     steps: int
     ramp_steps: int
+    quadratic_scale: float = 1.0
+
+    @classmethod
+    def for_stage(cls, final: float, steps: int, warmup: float, reference_steps: int) -> Budget:
+        """The budget of a pruning stage of `steps` steps with a ramp over the fraction `warmup`.
+
+        A stage of at least `reference_steps` keeps that ramp and scale 1. A shorter one ramps over
+        at least warmup x reference_steps steps, but at most twice its fraction, and scales the
+        quadratic multiplier by reference_steps / steps (ours; see the module docstring).
+        """
+        ramp = int(warmup * steps)
+        if steps >= reference_steps or steps <= 0:
+            return cls(final, steps, ramp)
+        ramp = min(max(ramp, int(warmup * reference_steps)), int(min(1.0, 2 * warmup) * steps))
+        return cls(final, steps, ramp, reference_steps / steps)
 
     def target(self, step: int) -> float | None:
         """The target sparsity at `step`, or None once the pruning stage is over."""

@@ -31,14 +31,23 @@ class PruneConfig:
         prune_epochs: epochs with learned gates and the budget.
         finetune_epochs: epochs with fixed masks afterwards.
         target_warmup: fraction of the pruning steps over which the target ramps up from 0.
+        budget_reference_steps: a pruning stage shorter than this ramps longer and scales up the
+            quadratic Lagrange multiplier, so that a short stage does not overshoot its target
+            (`Budget.for_stage`); longer stages are unaffected.
         lr: peak learning rate of the weights (and distillation projections).
         gate_lr: learning rate of the gates' log_alpha (no weight decay).
         lambda_lr: learning rate of the Lagrange multipliers (gradient ascent).
+        clamp_log_alpha: clamp every gate's log_alpha to CoFiPruning's range [ln 0.01, ln 100]
+            after each step (`HardConcrete.LOG_ALPHA_RANGE`).
         weight_decay: on weight matrices only.
         warmup_steps: linear learning-rate warm-up of the weights.
         grad_clip: max norm of the weights' gradient.
         init_unit_log_alpha: initial log_alpha of head, neuron and channel gates.
         init_module_log_alpha: initial log_alpha of module and layer gates.
+        mask_switch: what kept units become when the masks are fixed after pruning: "fold" (their
+            expected gate value E[z], which the gates also apply in eval mode while pruning, is
+            folded into the following weights, so the model does not change at the switch; as
+            CoFiPruning and DPHuBERT do when they slice) or "hard" (they jump from E[z] to 1).
         distill: loss weights (method "l0" sets the distillation weights to zero).
         specaug: SpecAugment of the shared input of teacher and student.
         max_frames: padded feature frames per batch.
@@ -55,14 +64,17 @@ class PruneConfig:
     prune_epochs: int = 10
     finetune_epochs: int = 5
     target_warmup: float = 0.3
+    budget_reference_steps: int = 1000
     lr: float = 5e-4
     gate_lr: float = 0.05
     lambda_lr: float = 0.05
+    clamp_log_alpha: bool = True
     weight_decay: float = 1e-3
     warmup_steps: int = 50
     grad_clip: float = 1.0
     init_unit_log_alpha: float = 3.0
     init_module_log_alpha: float = 5.0
+    mask_switch: Literal["fold", "hard"] = "fold"
     distill: DistillConfig = field(default_factory=DistillConfig)
     specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     max_frames: int = 10000

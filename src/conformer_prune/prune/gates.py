@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from conformer_prune.model.conformer import ConformerCTC, Num
+from conformer_prune.model.conformer import ConformerCTC, Num, Prunable
 from conformer_prune.prune.cost import Cost, Metric, conformer_cost
 from conformer_prune.prune.hardconcrete import HardConcrete
 
@@ -43,7 +43,8 @@ STRUCTURES: tuple[Structure, ...] = ("heads", "ffn", "conv", "modules", "fronten
 @dataclass
 class _Slot:
     """A gate and where it lives: `owner.attr`. A unit gate of a removable module names the gate
-    that removes the whole module (`closes`)."""
+    that removes the whole module (`closes`), and every gate inside a block that block's layer
+    gate (`layer`, present or not)."""
 
     gate: HardConcrete
     owner: torch.nn.Module
@@ -51,6 +52,9 @@ class _Slot:
     learned: bool
     unit: bool = False
     closes: str | None = None
+    layer: str | None = None
+    module: Prunable | None = None  # the module whose units (`group`) or output the gate scales
+    group: str | None = None
 
 
 class ConformerGates:
@@ -69,6 +73,7 @@ class ConformerGates:
         structures: list[str],
         init_unit: float = 3.0,
         init_module: float = 5.0,
+        soft: bool = False,
     ) -> ConformerGates:
         """Create the gates for `structures` inside `model`'s modules.
 
@@ -78,6 +83,10 @@ class ConformerGates:
             init_unit: initial log_alpha of unit gates (heads, neurons, channels); 3 starts them
                 open with P(z > 0) = 0.99.
             init_module: initial log_alpha of module and layer gates.
+            soft: in eval mode, unit and module gates keep their kept units at E[z] rather than 1
+                (`HardConcrete`), which `fold` moves into the weights when the masks are fixed.
+                Layer gates stay binary: a block's output mixes with its input after the final
+                LayerNorm, so no weight can absorb a soft layer gate.
         """
         unknown = sorted(set(structures) - set(STRUCTURES))
         if unknown:
@@ -100,7 +109,8 @@ class ConformerGates:
         pre = model.encoder.pre_encode
         if pre.STRUCTURE in structures:
             for group, n in pre.unit_groups().items():
-                add(f"frontend.{group}", pre, pre.GATES[group], n, init_unit, True).unit = True
+                slot = add(f"frontend.{group}", pre, pre.GATES[group], n, init_unit, True)
+                slot.unit, slot.module, slot.group = True, pre, group
         for i, block in enumerate(model.blocks()):
             for branch, module in block.branches():
                 if module is None:
@@ -110,11 +120,15 @@ class ConformerGates:
                 if unit_gated:
                     for group, n in module.unit_groups().items():
                         slot = add(f"{name}.{group}", module, module.GATES[group], n, init_unit, True)
-                        slot.unit, slot.closes = True, name
+                        slot.unit, slot.closes, slot.layer = True, name, f"layers.{i}"
+                        slot.module, slot.group = module, group
                 if unit_gated or "modules" in structures:
-                    add(name, block, f"gate_{branch}", 1, init_module, "modules" in structures)
+                    slot = add(name, block, f"gate_{branch}", 1, init_module, "modules" in structures)
+                    slot.layer, slot.module = f"layers.{i}", module
             if "layers" in structures:
                 add(f"layers.{i}", block, "gate_layer", 1, init_module, True)
+        for slot in slots.values():
+            slot.gate.soft = soft and slot.learned and slot.module is not None
         return cls(model, slots, list(structures))
 
     def __iter__(self) -> Iterator[tuple[str, HardConcrete]]:
@@ -122,6 +136,25 @@ class ConformerGates:
 
     def log_alphas(self) -> list[Tensor]:
         return [slot.gate.log_alpha for slot in self.slots.values() if slot.learned]
+
+    def clamp_(self) -> None:
+        """Clamp every learned gate's log_alpha to CoFiPruning's range (`LOG_ALPHA_RANGE`)."""
+        for slot in self.slots.values():
+            if slot.learned:
+                slot.gate.clamp_()
+
+    def remaining_layers(self) -> list[bool]:
+        """Per block, whether its layer gate (if any) keeps it: the fixed mask once frozen, else
+        the deterministic one (what CoFiPruning's dynamic layer mapping matches students among)."""
+        out = []
+        for i in range(len(self.model.blocks())):
+            slot = self.slots.get(f"layers.{i}")
+            if slot is None:
+                out.append(True)
+            else:
+                gate = slot.gate
+                out.append(bool((gate.fixed if gate.frozen else gate.deterministic()).sum() > 0))
+        return out
 
     def set_step(self, seed: int, step: int) -> None:
         """Seed every gate's sampling from (seed, step), identically on every rank."""
@@ -146,9 +179,9 @@ class ConformerGates:
     # -- deterministic masks ----------------------------------------------------------------------
 
     def current_masks(self) -> dict[str, Tensor]:
-        """The masks the gates apply in eval mode now."""
+        """The 0/1 masks of the gates in eval mode now (a soft gate's kept units count as 1)."""
         with torch.no_grad():
-            return {name: slot.gate.eval()().detach().clone() for name, slot in self.slots.items()}
+            return {name: (slot.gate.eval()() > 0).float() for name, slot in self.slots.items()}
 
     def normalized(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """Close a module whose units are all removed, and keep one front-end channel at least."""
@@ -163,15 +196,33 @@ class ConformerGates:
                 out[name][int(torch.argmax(slot.gate.log_alpha))] = 1.0
         return out
 
+    def unit_costs(self, masks: dict[str, Tensor], metric: Metric = "params") -> dict[str, float]:
+        """The marginal cost of one unit of each gate at `masks` (the derivative of the closed-form
+        cost in the gate's kept count; a unit of a closed module or layer costs 0)."""
+        kept = {
+            name: torch.tensor(float(m.sum()), dtype=torch.float64, requires_grad=True)
+            for name, m in self.normalized(masks).items()
+        }
+        cost = conformer_cost(self.model.config, kept).value(metric)
+        assert isinstance(cost, Tensor)
+        grads = torch.autograd.grad(cost, list(kept.values()), allow_unused=True)
+        return {name: 0.0 if g is None else float(g) for name, g in zip(kept, grads, strict=True)}
+
     def deterministic_masks(
         self, target: float | None = None, metric: Metric = "params"
     ) -> dict[str, Tensor]:
         """0/1 masks: each gate keeps its round(E[#non-zero]) best units; then, if `target` (an
-        absolute parameter or MAC count) is given, units are removed or restored in order of
-        log_alpha until the exact cost is at or just under it.
+        absolute parameter or MAC count) is given, units are removed or restored until the exact
+        cost is at or just under it.
 
         The adjustment guarantees the target is met within one unit's cost (a head is about 0.4%
-        of a Conformer-S), where independent rounding per gate can miss it by several percent.
+        of a Conformer-S), where independent rounding per gate can miss it by several percent. It
+        ranks units by P(z != 0) per unit of cost (the greedy order of a knapsack: a cheap likely
+        unit before an expensive one), so gates that start at different log_alpha or whose units
+        cost differently compare fairly; and it moves units only, inside the modules and layers
+        that the deterministic masks keep. A module or layer whose own gate closed it stays closed:
+        its unit gates learned nothing while it was off, so reopening it would bring back stale
+        units.
         """
         masks = {
             name: slot.gate.deterministic() if slot.learned else slot.gate.fixed.clone()
@@ -179,17 +230,22 @@ class ConformerGates:
         }
         if target is None:
             return self.normalized(masks)
+        masks = self.normalized(masks)
 
         def cost(m: dict[str, Tensor]) -> float:
             return float(self.mask_cost(m).value(metric))
 
-        # candidate units, best first: (log_alpha, gate name, index)
+        def is_open(name: str | None) -> bool:
+            return name is None or name not in masks or bool(masks[name].sum() > 0)
+
+        unit_cost = self.unit_costs(masks, metric)
+        # candidate units, best first: (P(z != 0) per unit of cost, gate name, index)
         ranked = sorted(
             (
-                (float(slot.gate.log_alpha[j].detach()), name, j)
+                (float(p) / max(unit_cost[name], 1e-12), name, j)
                 for name, slot in self.slots.items()
-                if slot.learned
-                for j in range(slot.gate.n)
+                if slot.learned and slot.unit and is_open(slot.closes) and is_open(slot.layer)
+                for j, p in enumerate(slot.gate.prob_nonzero().detach().tolist())
             ),
             reverse=True,
         )
@@ -212,6 +268,24 @@ class ConformerGates:
                 else:
                     current = new
         return self.normalized(masks)
+
+    @torch.no_grad()
+    def fold(self, masks: dict[str, Tensor]) -> None:
+        """Multiply the weights that follow every soft gate by the E[z] of the units `masks` keeps,
+        so that with these 0/1 masks frozen the model computes what it computed in eval mode with
+        the soft gates (exactly, where the masks are the gates' own deterministic ones). Call it
+        once, just before `freeze`."""
+        for name, mask in self.normalized(masks).items():
+            slot = self.slots[name]
+            if not slot.gate.soft or slot.gate.frozen or slot.module is None:
+                continue
+            scale = torch.where(mask > 0, slot.gate.expected_value(), torch.ones_like(mask))
+            if slot.group is not None:
+                slot.module.fold_units(slot.group, scale)
+            else:  # a module gate scales the module's output: its residual writers
+                for layer in slot.module.residual_writers():
+                    for p in layer.parameters():
+                        p.mul_(scale.to(p))
 
     def freeze(self, masks: dict[str, Tensor]) -> None:
         for name, mask in self.normalized(masks).items():

@@ -11,7 +11,8 @@ the optimizer with all three parameter groups, the scheduler and the stage):
 1. pruning (``prune_epochs``): the student (a copy of the teacher) carries hard-concrete gates;
    loss = distillation (+ CTC) + the Lagrangian budget; the target ramps up over a warm-up;
 2. at the boundary the masks become deterministic and are adjusted to meet the target exactly
-   (within one unit), then frozen;
+   (within one unit), the kept units' expected gate values are folded into the following weights
+   (``mask_switch: fold``), and the masks are frozen;
 3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues;
 4. physical pruning: the compact model is written to ``model.pt``.
 
@@ -72,17 +73,18 @@ class PruneResult:
 
 
 def make_prune_optimizer(
-    weights: list[nn.Parameter], gates: list[Tensor], lagrangian: Lagrangian, cfg: PruneConfig
+    weights: list[nn.Parameter], gates: ConformerGates, lagrangian: Lagrangian, cfg: PruneConfig
 ) -> torch.optim.AdamW:
     """One AdamW, three groups: weights (decay on matrices), gate logits (own lr, no decay),
-    Lagrange multipliers (own lr, gradient ascent)."""
+    Lagrange multipliers (own lr, gradient ascent). With `cfg.clamp_log_alpha`, every step ends
+    by clamping the gate logits (CoFiPruning's range)."""
     decay = [p for p in weights if p.dim() >= 2]
     no_decay = [p for p in weights if p.dim() < 2]
-    return torch.optim.AdamW(
+    optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "weights"},
             {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "name": "weights_no_decay"},
-            {"params": gates, "weight_decay": 0.0, "lr": cfg.gate_lr, "name": "gates"},
+            {"params": gates.log_alphas(), "weight_decay": 0.0, "lr": cfg.gate_lr, "name": "gates"},
             {
                 "params": list(lagrangian.parameters()),
                 "weight_decay": 0.0,
@@ -93,6 +95,9 @@ def make_prune_optimizer(
         ],
         lr=cfg.lr,
     )
+    if cfg.clamp_log_alpha:
+        optimizer.register_step_post_hook(lambda *_: gates.clamp_())
+    return optimizer
 
 
 def run_pruning(
@@ -133,10 +138,11 @@ def _prune(
         cfg.structures if method.has_gates else [],
         cfg.init_unit_log_alpha,
         cfg.init_module_log_alpha,
+        soft=method.learns_masks and cfg.mask_switch == "fold",
     )
     distill_cfg = copy.deepcopy(cfg.distill)
     if not method.distill:  # CTC loss only
-        distill_cfg.layer_weight = distill_cfg.kl_weight = 0.0
+        distill_cfg.layer_weight = distill_cfg.kl_weight = distill_cfg.frontend_weight = 0.0
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
     )
@@ -159,7 +165,7 @@ def _prune(
         subsampling_factor=teacher_rec.model.config.subsampling_factor,
     )
     weights = [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
-    optimizer = make_prune_optimizer(weights, gates.log_alphas(), lagrangian, cfg)
+    optimizer = make_prune_optimizer(weights, gates, lagrangian, cfg)
     steps_per_epoch = len(data.sampler)
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     weight_schedule = lr_schedule(cfg.warmup_steps, total_epochs * steps_per_epoch, 0.02)
@@ -176,11 +182,10 @@ def _prune(
     # only once the state fits: a refused resume leaves the run as it was
     run.write_config("prune_config.yaml", cfg, dist)
 
-    budget = Budget(
-        final=1.0 - cfg.ratio,
-        steps=prune_epochs * steps_per_epoch,
-        ramp_steps=int(cfg.target_warmup * prune_epochs * steps_per_epoch),
+    budget = Budget.for_stage(
+        1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps
     )
+    lagrangian.quadratic_scale = budget.quadratic_scale
     specaug = SpecAugment(cfg.specaug)
     loss = _PruningLoss(
         student,
@@ -214,6 +219,7 @@ def _prune(
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
             _freeze(gates, target_abs, cfg, run)
+        distiller.probe_next()  # every epoch logs gradient norms measured in it
         result = epochs.run(epoch, f"{stage} {epoch + 1}/{total_epochs}")
         if result is None:
             continue
@@ -271,7 +277,7 @@ class _PruningLoss:
     def __call__(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         self.gates.set_step(self.seed, self.step)
         batch.feats = self.specaug(batch.feats, batch.feat_lengths, generator=self.specaug_gen)
-        loss, parts = self.distiller.loss(self.student, batch)
+        loss, parts = self.distiller.loss(self.student, batch, self.gates.remaining_layers())
         expected = self.gates.expected_cost()
         sparsity = expected_sparsity(expected.value(self.metric), self.teacher_cost.value(self.metric))
         target = self.budget.target(self.step)
@@ -282,7 +288,7 @@ class _PruningLoss:
         parts.update(
             expected_sparsity=as_float(sparsity),
             lambda1=float(self.lagrangian.lambda1.detach()),
-            lambda2=float(self.lagrangian.lambda2.detach()),
+            lambda2=float(self.lagrangian.quadratic.detach()),
         )
         self.step += 1
         return loss, parts
@@ -326,6 +332,7 @@ def _freeze(
     close they come to the target."""
     if masks is None:
         masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
+    gates.fold(masks)  # soft gates only (mask_switch "fold"): kept units keep their E[z]
     gates.freeze(masks)
     achieved = as_float(gates.mask_cost(masks).value(cfg.metric))
     run.log(

@@ -1,0 +1,150 @@
+"""Layerwise distillation's options, each chosen by name, on tiny CPU models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conformer_prune.config import ConfigError, load_config
+from conformer_prune.data.dataset import Batch
+from conformer_prune.distill.layerwise import (
+    DistillConfig,
+    LayerwiseDistiller,
+    _distance,
+    default_teacher_layers,
+)
+from conformer_prune.model import ConformerCTC, build_model
+from conformer_prune.prune.config import PruneConfig
+from tests.conftest import hetero_config
+
+
+def _pair(seed: int = 0) -> tuple[ConformerCTC, ConformerCTC]:
+    torch.manual_seed(seed)
+    teacher = build_model(hetero_config()).eval()
+    return teacher, copy.deepcopy(teacher).eval()
+
+
+def _batch() -> Batch:
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([83, 61, 40])
+    feats = torch.randn(3, 83, 80, generator=g) * (torch.arange(83)[None, :, None] < lengths[:, None, None])
+    targets = torch.randint(0, 20, (3, 6), generator=g)
+    return Batch(feats, lengths, targets, torch.tensor([6, 4, 5]), torch.arange(3))
+
+
+def _perturb(model: ConformerCTC, seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_options_are_chosen_by_name_in_the_typed_config() -> None:
+    cfg = load_config(
+        PruneConfig,
+        None,
+        ["distill.layer_loss=l1-cosine", "distill.layer_map=dynamic", "distill.balance=grad-norm"],
+    )
+    assert (cfg.distill.layer_loss, cfg.distill.layer_map, cfg.distill.balance) == (
+        "l1-cosine",
+        "dynamic",
+        "grad-norm",
+    )
+    with pytest.raises(ConfigError, match="layer_loss"):
+        load_config(PruneConfig, None, ["distill.layer_loss=cosine"])
+    assert default_teacher_layers(12) == [2, 5, 8, 11]  # CoFiPruning's four of twelve
+
+
+def test_distances_are_zero_on_equal_outputs_and_normalized_mse_ignores_scale() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 7, 16, generator=g), torch.randn(2, 7, 16, generator=g)
+    mask = torch.ones(2, 7, 1)
+    mask[1, 5:] = 0
+    assert float(_distance("mse", t, t, mask)) == 0.0
+    assert float(_distance("normalized-mse", 10 * s, 10 * t, mask)) == pytest.approx(
+        float(_distance("normalized-mse", s, t, mask)), rel=1e-5
+    )
+    assert float(_distance("mse", 10 * s, 10 * t, mask)) == pytest.approx(
+        100 * float(_distance("mse", s, t, mask))
+    )
+    # L1 + -log sigmoid(cos): its minimum, at equal outputs, is -log sigmoid(1)
+    assert float(_distance("l1-cosine", t, t, mask)) == pytest.approx(-F.logsigmoid(torch.tensor(1.0)).item())
+    assert float(_distance("l1-cosine", s, t, mask)) > float(_distance("l1-cosine", t, t, mask)) + 0.1
+    padded = t.clone()
+    padded[1, 5:] += 100.0  # padded frames do not count
+    assert float(_distance("normalized-mse", s, padded, mask)) == pytest.approx(
+        float(_distance("normalized-mse", s, t, mask)), rel=1e-5
+    )
+
+
+def test_dynamic_map_matches_each_teacher_layer_to_the_nearest_remaining_student_layer() -> None:
+    teacher, student = _pair()
+    cfg = DistillConfig(layer_map="dynamic", teacher_layers=[0, 2])
+    distiller = LayerwiseDistiller(teacher, 3, 32, cfg)
+    _, parts = distiller.loss(student, _batch())
+    assert distiller.last_alignment == [(0, 0), (2, 2)] and parts["layer_mse"] == 0.0
+    # without student block 0, teacher block 0 goes to the nearest block below block 2's match
+    distiller.loss(student, _batch(), remaining=[False, True, True])
+    assert distiller.last_alignment == [(0, 1), (2, 2)]
+    # the order holds: a teacher block's match lies below the next one's; none is left for 0 here
+    distiller.loss(student, _batch(), remaining=[False, False, True])
+    assert distiller.last_alignment == [(2, 2)]
+    same = LayerwiseDistiller(teacher, 3, 32, DistillConfig())  # one to one, every block
+    _perturb(student)
+    _, dynamic_parts = distiller.loss(student, _batch(), remaining=[True, True, True])
+    _, same_parts = same.loss(student, _batch())
+    assert dynamic_parts["layer_mse"] > 0 and same_parts["layer_mse"] > 0
+
+
+def test_kl_with_temperature_and_front_end_distillation() -> None:
+    teacher, student = _pair()
+    cfg = DistillConfig(layer_weight=0.0, kl_weight=1.0, kl_temperature=2.0, frontend_weight=1.0)
+    distiller = LayerwiseDistiller(teacher, 3, 32, cfg)
+    _, parts = distiller.loss(student, _batch())
+    assert parts["kl"] == pytest.approx(0.0, abs=1e-6) and parts["frontend"] == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():  # change only the front end: both terms see it
+        student.encoder.pre_encode.out.weight.mul_(1.5)
+    _, parts = distiller.loss(student, _batch())
+    assert parts["frontend"] > 1e-3 and parts["kl"] > 1e-4
+    # the KL term is T^2 KL(p_T^teacher || p_T^student) over real frames
+    batch = _batch()
+    with torch.no_grad():
+        s_logits = student.decoder(student.encoder(batch.feats, batch.feat_lengths)[0])
+        t_logits = teacher.decoder(teacher.encoder(batch.feats, batch.feat_lengths)[0])
+    lengths = student.encoder(batch.feats, batch.feat_lengths)[1]
+    frames = [
+        F.kl_div(
+            F.log_softmax(s_logits[i, :n] / 2, -1),
+            F.log_softmax(t_logits[i, :n] / 2, -1),
+            log_target=True,
+            reduction="sum",
+        )
+        for i, n in enumerate(lengths.tolist())
+    ]
+    assert parts["kl"] == pytest.approx(4 * float(sum(frames)) / int(lengths.sum()), rel=1e-4)
+
+
+def test_gradient_norms_are_logged_and_grad_norm_balance_matches_ctcs_scale() -> None:
+    teacher, student = _pair()
+    student.train()
+    _perturb(student)
+    fixed = LayerwiseDistiller(teacher, 3, 32, DistillConfig(kl_weight=0.5))
+    _, parts = fixed.loss(student, _batch())
+    assert {"grad_norm_ctc", "grad_norm_layer", "grad_norm_kl", "grad_norm_distill"} <= set(parts)
+    assert parts["grad_norm_ctc"] > 0 and parts["grad_norm_layer"] > 0
+    assert student.encoder.pre_encode.out.weight.grad is None  # the probe leaves .grad alone
+    balanced = LayerwiseDistiller(teacher, 3, 32, DistillConfig(kl_weight=0.5, balance="grad-norm"))
+    _, parts = balanced.loss(student, _batch())
+    ratio = parts["grad_norm_ctc"] / parts["grad_norm_distill"]
+    assert parts["distill_scale"] == pytest.approx(ratio, rel=1e-5) and ratio != pytest.approx(1.0, abs=0.05)
+    # the probe runs every `probe_every` steps and holds its figures in between
+    balanced.config.balance = "fixed"  # (so a second probe would not change the scale)
+    _, again = balanced.loss(student, _batch())
+    assert again["grad_norm_ctc"] == parts["grad_norm_ctc"] and float(balanced.probe_step) == 2
+    _perturb(student, seed=4)
+    balanced.probe_next()  # as the engine does at every epoch's start
+    _, fresh = balanced.loss(student, _batch())
+    assert fresh["grad_norm_ctc"] != again["grad_norm_ctc"]
