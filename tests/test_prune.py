@@ -554,10 +554,16 @@ def _real_frames(model: ConformerCTC) -> torch.Tensor:
     return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())])
 
 
-def test_folding_soft_gate_values_makes_the_switch_to_fixed_masks_smooth() -> None:
+@pytest.mark.parametrize(
+    "front_end",
+    [{}, {"subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_channels": [8, 6, 7]}],
+    ids=["striding-4x", "dw_striding-8x"],
+)
+def test_folding_soft_gate_values_makes_the_switch_to_fixed_masks_smooth(front_end: dict[str, Any]) -> None:
     """In eval mode, the soft-gated model just before the masks are fixed equals the model with
-    E[z] folded into its weights and 0/1 masks just after (and the physically pruned one)."""
-    model, unfolded = _model(seed=6), _model(seed=6)
+    E[z] folded into its weights and 0/1 masks just after (and the physically pruned one), with
+    either front end."""
+    model, unfolded = _model(seed=6, **front_end), _model(seed=6, **front_end)
     gates = ConformerGates.attach(model, ALL, soft=True)
     plain = ConformerGates.attach(unfolded, ALL)
     for (name, gate), (_, other) in zip(gates, plain, strict=True):

@@ -405,12 +405,18 @@ class ConvSubsampling(Prunable):
 
     @torch.no_grad()
     def fold_units(self, group: str, scale: Tensor) -> None:
-        _, conv1 = self._convs()
-        if group == "0":  # a first-convolution channel is read by the second convolution
-            conv1.weight.mul_(scale.to(conv1.weight)[None, :, None, None])
-        else:  # a second-convolution channel by its `freq` columns of `out`
-            out_w = self.out.weight.view(self.out.out_features, -1, self.freq)  # (D, C2, F)
+        i, producers, depthwise = int(group), self._producers(), self._depthwise()
+        if i == len(producers) - 1:  # the last stage's channel c is read by its `freq` columns of `out`
+            out_w = self.out.weight.view(self.out.out_features, -1, self.freq)  # (D, C, F)
             out_w.mul_(scale.to(out_w)[None, :, None])
+        elif depthwise:  # read by depthwise filter c, whose output (bias included) the gate scales
+            dw = depthwise[i]  # again in `forward`: scale^2 on its weights, scale on its bias
+            dw.weight.mul_((scale**2).to(dw.weight)[:, None, None, None])
+            if dw.bias is not None:
+                dw.bias.mul_(scale.to(dw.bias))
+        else:  # read by input column c of the next stage's convolution
+            reader = producers[i + 1]
+            reader.weight.mul_(scale.to(reader.weight)[None, :, None, None])
 
     def unit_scores(self) -> dict[str, Tensor]:
         producers, depthwise = self._producers(), self._depthwise()
