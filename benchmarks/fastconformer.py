@@ -37,8 +37,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, git_commit, markdown_table, save_result, update_doc_section
 
-from conformer_prune.config import recipe_path
-from conformer_prune.config import load_config
+from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
