@@ -235,8 +235,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"`{r['command']}` at commit {r['commit']}: random weights, the `teacher` and `fastconformer` "
         f"recipes' shapes, {r['threads']} threads, a training step on {r['batch']} x {r['seconds']:.0f} s "
         f"(forward, CTC, backward, clipping, AdamW), medians of {r['rounds']} steps per model "
-        "taken in alternation. Other engineers' processes shared the 2 cores during the run, so the "
-        "absolute figures are low and noisy; the ratios are what alternation protects.",
+        "taken in alternation. Absolute figures move with the load of a shared machine; the ratios "
+        "are what alternation protects.",
         "",
     ]
     rows = []
