@@ -19,6 +19,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.utils import atomic_write, atomic_write_bytes
 
-__all__ = ["ExportCheck", "export_onnx", "onnx_metadata", "quantize_int8", "verify_onnx"]
+__all__ = ["ExportCheck", "export_onnx", "exported_proto", "onnx_metadata", "quantize_int8", "verify_onnx"]
 
 OPSET = 18
 
@@ -89,6 +90,42 @@ def onnx_metadata(rec: Recognizer, frontend: bool, teacher_params: int | None = 
     return meta
 
 
+def exported_proto(
+    graph: torch.nn.Module,
+    example: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[dict[int, Any], ...],
+    metadata: dict[str, str],
+) -> Any:
+    """`graph` exported by PyTorch's `torch.export`-based exporter (opset `OPSET`) as a checked
+    ONNX ModelProto carrying `metadata`."""
+    import onnx
+
+    # the exporter logs one line per torchvision operator it cannot register; we need none
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            example,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    return proto
+
+
 def export_onnx(
     rec: Recognizer,
     path: str | Path,
@@ -97,7 +134,6 @@ def export_onnx(
     example_seconds: float = 3.0,
 ) -> Path:
     """Export `rec` to `path` (written atomically) with dynamic batch and time axes."""
-    import onnx
 
     path = Path(path)
     graph = _graph(rec, frontend)
@@ -109,27 +145,14 @@ def export_onnx(
         {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("time", min=min_time)},
         {0: torch.export.Dim("batch", min=1, max=1024)},
     )
-    # the exporter logs one line per torchvision operator it cannot register; we need none
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph,
-            example,
-            input_names=[name, "lengths"],
-            output_names=["log_probs", "out_lengths"],
-            dynamic_shapes=dims,
-            opset_version=OPSET,
-            dynamo=True,
-            verbose=False,
-        )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    for key, value in onnx_metadata(rec, frontend, teacher_params).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
+    proto = exported_proto(
+        graph,
+        example,
+        [name, "lengths"],
+        ["log_probs", "out_lengths"],
+        dims,
+        onnx_metadata(rec, frontend, teacher_params),
+    )
     atomic_write_bytes(path, proto.SerializeToString())
     return path
 

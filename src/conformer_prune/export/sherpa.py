@@ -25,8 +25,6 @@ scale and offset differences, and `benchmarks/deploy.py` measures what the rest 
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from torch import Tensor, nn
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance
 from conformer_prune.evaluate.metrics import error_rates
-from conformer_prune.export.onnx import OPSET, onnx_metadata, quantize_int8
+from conformer_prune.export.onnx import exported_proto, onnx_metadata, quantize_int8
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.utils import atomic_write_bytes, atomic_write_text
@@ -134,27 +132,8 @@ def export_sherpa(rec: Recognizer, out_dir: str | Path, example_seconds: float =
         {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("time", min=16)},
         {0: torch.export.Dim("batch", min=1, max=1024)},
     )
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph,
-            (x, lengths),
-            input_names=["audio_signal", "length"],
-            output_names=["logprobs"],
-            dynamic_shapes=dims,
-            opset_version=OPSET,
-            dynamo=True,
-            verbose=False,
-        )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    proto = program.model_proto
     meta = sherpa_metadata(rec)
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
+    proto = exported_proto(graph, (x, lengths), ["audio_signal", "length"], ["logprobs"], dims, meta)
     model_path = out_dir / "model.onnx"
     atomic_write_bytes(model_path, proto.SerializeToString())
     tokens = out_dir / "tokens.txt"
