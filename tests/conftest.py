@@ -62,3 +62,15 @@ def hetero_config(**overrides: object) -> ConformerConfig:
     )
     fields.update(overrides)
     return ConformerConfig.create(**fields)
+
+
+@torch.no_grad()
+def assert_same_real_frames(
+    a: torch.nn.Module, b: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor, atol: float = 1e-4
+) -> None:
+    """Two models give the same output lengths, and outputs within `atol` on real frames."""
+    ya, la = a(feats, lengths)
+    yb, lb = b(feats, lengths)
+    assert torch.equal(la, lb)
+    for i, n in enumerate(la.tolist()):
+        assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol

@@ -25,7 +25,7 @@ from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.physical import physically_prune, without_gates
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import TrainConfig
-from tests.conftest import hetero_config
+from tests.conftest import assert_same_real_frames, hetero_config
 
 ALL = list(STRUCTURES)
 
@@ -62,16 +62,6 @@ def _inputs(frames: int = 171) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([frames, 118, 45])
     feats = torch.randn(3, frames, 80, generator=torch.Generator().manual_seed(1))
     return feats * (torch.arange(frames)[None, :, None] < lengths[:, None, None]), lengths
-
-
-@torch.no_grad()
-def _assert_same_real_frames(a: ConformerCTC, b: ConformerCTC, atol: float = 1e-4) -> None:
-    feats, lengths = _inputs()
-    ya, la = a(feats, lengths)
-    yb, lb = b(feats, lengths)
-    assert torch.equal(la, lb)
-    for i, n in enumerate(la.tolist()):
-        assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol
 
 
 @pytest.mark.parametrize("factor", [4, 8, 16])
@@ -163,7 +153,7 @@ def test_gated_fastconformer_equals_physically_pruned(factor: int) -> None:
             masks[name][0] = 1.0
     gates.freeze(masks)
     pruned = physically_prune(model, gates.current_masks())
-    _assert_same_real_frames(model, pruned)
+    assert_same_real_frames(model, pruned, *_inputs())
     cost = gates.mask_cost(gates.current_masks())
     assert as_float(cost.params) == count_params(pruned)
     assert as_float(cost.macs_per_second) == pytest.approx(macs_per_second(pruned), rel=1e-9)
@@ -189,7 +179,7 @@ def test_a_depthwise_filter_is_kept_exactly_when_its_input_channel_is() -> None:
     assert torch.equal(new[3].weight, old[3].weight[k1][:, k0])  # pointwise: rows k1, columns k0
     assert torch.equal(new[5].weight, old[5].weight[k1]) and new[5].groups == 3
     assert torch.equal(new[6].weight, old[6].weight[:, k1])  # stage 3 keeps its 7 outputs
-    _assert_same_real_frames(model, pruned)
+    assert_same_real_frames(model, pruned, *_inputs())
 
 
 def test_magnitude_and_dense_baselines_prune_a_fastconformer() -> None:
@@ -199,7 +189,7 @@ def test_magnitude_and_dense_baselines_prune_a_fastconformer() -> None:
     gates.freeze(magnitude_masks(gates, 0.5 * full))
     pruned = physically_prune(model, gates.current_masks())
     assert 0.49 * full <= count_params(pruned) <= 0.5 * full
-    _assert_same_real_frames(model, pruned)
+    assert_same_real_frames(model, pruned, *_inputs())
     uniform = _fast(8, heads=4, ffn1=64, ffn2=64, conv_channels=32).config  # dense: every layer alike
     full = count_params(build_model(uniform))
     dense = dense_config_like(uniform, 0.5 * full)
@@ -240,7 +230,7 @@ def test_prune_slices_layers_built_without_biases() -> None:
     gates.freeze(magnitude_masks(gates, 0.6 * count_params(model)))
     sliced = without_gates(model)
     sliced.prune(gates.current_masks())  # in place: the config cannot say "no biases"
-    _assert_same_real_frames(model, sliced)
+    assert_same_real_frames(model, sliced, *_inputs())
     assert count_params(sliced) < 0.6 * count_params(model)
     assert all(not k.endswith("linear1.bias") for k in sliced.state_dict())
 

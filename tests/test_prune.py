@@ -24,7 +24,7 @@ from conformer_prune.prune.report import kept_per_layer
 from conformer_prune.prune.run import make_prune_optimizer
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
-from tests.conftest import hetero_config
+from tests.conftest import assert_same_real_frames, hetero_config
 
 ALL = list(STRUCTURES)
 
@@ -55,29 +55,19 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return feats * (torch.arange(83)[None, :, None] < lengths[:, None, None]), lengths
 
 
-@torch.no_grad()
-def _assert_same_real_frames(a: ConformerCTC, b: ConformerCTC, atol: float = 1e-4) -> None:
-    feats, lengths = _inputs()
-    ya, la = a(feats, lengths)
-    yb, lb = b(feats, lengths)
-    assert torch.equal(la, lb)
-    for i, n in enumerate(la.tolist()):
-        assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol
-
-
 def test_all_one_gates_equal_the_ungated_model() -> None:
     dense = _model()
     gated = _model()
     gates = ConformerGates.attach(gated, ALL)
     gates.freeze({name: torch.ones(g.n) for name, g in gates})
-    _assert_same_real_frames(dense, gated, atol=1e-6)  # multiplying by 1 may change kernel paths
+    assert_same_real_frames(dense, gated, *_inputs(), atol=1e-6)  # multiplying by 1 may change kernel paths
     sampled = _model()
     ConformerGates.attach(sampled, ALL, init_unit=50.0, init_module=50.0)  # P(z = 1) -> 1 in training too
     sampled.train()
     for m in sampled.modules():
         if isinstance(m, torch.nn.BatchNorm1d | torch.nn.Dropout):
             m.eval()
-    _assert_same_real_frames(dense, sampled, atol=1e-6)
+    assert_same_real_frames(dense, sampled, *_inputs(), atol=1e-6)
 
 
 def _random_masks(gates: ConformerGates, seed: int) -> dict[str, torch.Tensor]:
@@ -104,7 +94,7 @@ def test_gated_model_equals_physically_pruned_model(case: str) -> None:
         masks["layers.1"] = torch.zeros(1)
     gates.freeze(masks)
     pruned = physically_prune(model, gates.current_masks())
-    _assert_same_real_frames(model, pruned)
+    assert_same_real_frames(model, pruned, *_inputs())
     assert not any(".gate" in k for k in pruned.state_dict())
     cost = gates.mask_cost(gates.current_masks())
     assert as_float(cost.params) == count_params(pruned)
