@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv libsndfile1 espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes \
+	festvox-kdlpc16k fortune-anarchism \
 	build-essential cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
 	libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -20,7 +21,7 @@ LMPLZ := $(VENV)/bin/lmplz
 
 .PHONY: setup demo test test-nemo lint typecheck lmplz
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES)
 	python3 -m venv $(VENV)

@@ -7,14 +7,21 @@ festival). A "speaker" is one voice setting: engine, voice, tempo and pitch. The
 byte-identical FLAC files and transcripts; an interrupted run can be re-run into the same
 directory and skips the utterances already written.
 
+An optional ``test-unseen`` split measures generalisation as a new user's audio would: it is
+spoken only by voices (engine plus voice or variant) that no other split uses, and its text comes
+from another source (Debian's ``fortune-anarchism`` quotes), minus any sentence the main text
+also holds.
+
 Usage:
     from conformer_prune.data.synth import synthesize
     stats = synthesize("data/synth", hours=0.05, seed=0, snr_db=(10.0, 30.0), workers=2)
     # data/synth/{train,dev,test}/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+    stats = synthesize("data/synth", hours=0.05, unseen_hours=0.01)  # and data/synth/test-unseen
     # data/synth/{train,dev,test}/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     # data/synth/corpus.json
 
-Needs: ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes``.
+Needs: ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts fortunes``,
+and for ``test-unseen`` also ``festvox-kdlpc16k fortune-anarchism``.
 """
 
 from __future__ import annotations
@@ -41,18 +48,45 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-__all__ = ["ENGINES", "SAMPLE_RATE", "SPLITS", "Voice", "normalize_text", "synthesize", "voices"]
+__all__ = [
+    "ENGINES",
+    "REFERENCE_CORPUS",
+    "SAMPLE_RATE",
+    "SPLITS",
+    "UNSEEN_SPLIT",
+    "Voice",
+    "normalize_text",
+    "synthesize",
+    "voices",
+]
 
 Engine = Literal["espeak-ng", "flite", "festival"]
-Split = Literal["train", "dev", "test"]
+Split = Literal["train", "dev", "test", "test-unseen"]
 
 ENGINES: tuple[Engine, ...] = ("espeak-ng", "flite", "festival")
-SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")  # same voices, disjoint sentences
+UNSEEN_SPLIT: Split = "test-unseen"  # other voices, other text
 SAMPLE_RATE = 16000
 
 _FORTUNE_DIR = Path("/usr/share/games/fortunes")
+
+# The reference corpus of the benchmarks and the demo (`synthesize(out, **REFERENCE_CORPUS)`;
+# the demo takes a smaller `hours`, whose splits are prefixes of these): splits large enough to
+# separate two methods (a test split of about 1,900 utterances and 20,000 words, dev about 700
+# utterances) and about 560 test-unseen utterances. 8% of the sentences go to test, so that a
+# test sentence is heard at most twice.
+REFERENCE_CORPUS: dict = {
+    "hours": 22.0,
+    "seed": 0,
+    "dev_fraction": 0.03,
+    "test_fraction": 0.08,
+    "unseen_hours": 0.8,
+}
+
+# The text of test-unseen (package fortune-anarchism), never read for the other splits.
+_UNSEEN_TEXT = "anarchism"
 # ascii-art is pictures, not prose.
-_SKIP_FORTUNE_FILES = frozenset({"ascii-art"})
+_SKIP_FORTUNE_FILES = frozenset({"ascii-art", _UNSEEN_TEXT})
 _MIN_WORDS, _MAX_WORDS = 3, 30
 
 # The binary each engine runs and the Debian package that ships it.
@@ -64,6 +98,7 @@ _BINARIES: dict[Engine, tuple[str, str]] = {
 _FESTIVAL_PACKAGES = {
     "kal_diphone": "festvox-kallpc16k",
     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
+    "ked_diphone": "festvox-kdlpc16k",
 }
 _ESPEAK_ACCENTS = (
     "en-us",
@@ -77,24 +112,33 @@ _ESPEAK_ACCENTS = (
 # Human-sounding variants from `espeak-ng --voices=variant`; whisper, croak and the robots are left
 # out because they would teach a recognizer little about speech.
 _ESPEAK_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7",
-    "f1", "f2", "f3", "f4", "f5",
-    "Annie", "Alicia", "klatt", "klatt3",
+    "m1", "m2", "m3", "m5", "m6", "m7",
+    "f1", "f2", "f4", "f5",
+    "Annie", "klatt", "klatt3",
 )  # fmt: skip
 _ESPEAK_PER_VARIANT = 2
 _FLITE_VOICES = ("kal16", "awb", "rms")
 _FESTIVAL_VOICES = ("kal_diphone", "cmu_us_slt_arctic_hts")
+# Held out for test-unseen: no other split uses these (engine, voice or variant) pairs. Two
+# espeak-ng variants of each sex and one female named variant; flite's female clustergen voice
+# (its other clustergen voice, awb, is male); festival's second American diphone voice.
+_UNSEEN_ESPEAK_VARIANTS = ("m4", "f3", "Alicia")
+_UNSEEN_FLITE_VOICES = ("slt",)
+_UNSEEN_FESTIVAL_VOICES = ("ked_diphone",)
 _SPEAKERS_PER_VOICE = 2  # flite and festival: two tempo/pitch settings per voice
-# Speaker ids: engine prefix plus slot, so an id names the same slot under every seed.
+# Speaker ids: engine prefix plus slot, so an id names the same slot under every seed; held-out
+# voices count from 500 above their engine's prefix.
 _ID_BASE: dict[Engine, int] = {"espeak-ng": 1000, "flite": 2000, "festival": 3000}
+_HELD_OUT_ID_OFFSET = 500
 # Chapter ids: one range per split, a new chapter every `_UTTS_PER_CHAPTER` utterances of a speaker.
-_CHAPTER_BASE: dict[Split, int] = {"train": 1000, "dev": 2000, "test": 3000}
+_CHAPTER_BASE: dict[Split, int] = {"train": 1000, "dev": 2000, "test": 3000, "test-unseen": 4000}
 _UTTS_PER_CHAPTER = 100
 _MAX_CHAPTERS = 1000
 
 _ESPEAK_DEFAULT_WPM = 175
 _KAL16_F0_HZ = 95.0  # flite kal16's default int_f0_target_mean (measured)
-_KAL_DIPHONE_F0 = (105.0, 14.0)  # festival kal_diphone's int_lr_params target mean and std
+# festival's diphone voices' int_lr_params target mean and std
+_DIPHONE_F0 = {"kal_diphone": (105.0, 14.0), "ked_diphone": (105.0, 15.0)}
 _SPEED_RANGE = (0.85, 1.15)  # tempo relative to the engine default
 _PITCH_RANGE = (-3.0, 3.0)  # semitones relative to the voice default
 _PEAK_DBFS_RANGE = (-12.0, -1.0)  # per-utterance level, so loudness varies as in real recordings
@@ -218,12 +262,14 @@ def _speakable(raw: str, normalized: str) -> bool:
     return not _NO_VOWEL_RE.search(normalized.replace("Y", "A"))
 
 
-def _fortunes(fortune_dir: Path) -> Iterator[str]:
-    """Every fortune (the text between ``%`` lines) of the plain-text files, attributions cut."""
+def _fortunes(fortune_dir: Path, only: str | None = None) -> Iterator[str]:
+    """Every fortune (the text between ``%`` lines) of the plain-text files, attributions cut:
+    of every file but the skipped ones, or of the file named `only`."""
+    package = "fortunes" if only is None else f"fortune-{only}"
     if not fortune_dir.is_dir():
         raise FileNotFoundError(
-            f"fortune directory {fortune_dir} does not exist; expected Debian's fortunes "
-            "(apt-get install fortunes)"
+            f"fortune directory {fortune_dir} does not exist; expected Debian's {package} "
+            f"(apt-get install {package})"
         )
     files = sorted(
         p
@@ -231,17 +277,30 @@ def _fortunes(fortune_dir: Path) -> Iterator[str]:
         if p.is_file()
         and not p.is_symlink()
         and p.suffix not in (".dat", ".u8")
-        and p.name not in _SKIP_FORTUNE_FILES
+        and (p.name == only if only is not None else p.name not in _SKIP_FORTUNE_FILES)
     )
     if not files:
+        where = fortune_dir if only is None else fortune_dir / only
         raise FileNotFoundError(
-            f"no fortune files in {fortune_dir}; expected Debian's fortunes (apt-get install fortunes)"
+            f"no fortune text at {where}; expected Debian's {package} (apt-get install {package})"
         )
     for path in files:
         content = path.read_bytes().decode("utf-8", errors="replace")
         for fortune in re.split(r"^%[ \t]*$", content, flags=re.MULTILINE):
             # "\t\t-- Mark Twain" and everything after it is the attribution, not the quote.
             yield re.split(r"^\s*--", fortune, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+@lru_cache(maxsize=4)
+def _speakable_sentences(fortune_dir: Path, only: str | None = None) -> frozenset[str]:
+    """The unique speakable normalised sentences of `_fortunes(fortune_dir, only)`."""
+    seen: set[str] = set()
+    for fortune in _fortunes(fortune_dir, only):
+        for raw in _SENTENCE_END_RE.split(" ".join(fortune.split())):
+            normalized = normalize_text(raw)
+            if normalized is not None and _speakable(raw, normalized):
+                seen.add(normalized)
+    return frozenset(seen)
 
 
 def _split_of(sentence: str, dev_fraction: float, test_fraction: float) -> Split:
@@ -256,17 +315,19 @@ def _split_of(sentence: str, dev_fraction: float, test_fraction: float) -> Split
 
 @lru_cache(maxsize=4)
 def _sentences(fortune_dir: Path, dev_fraction: float, test_fraction: float) -> dict[Split, tuple[str, ...]]:
-    """The unique speakable normalised sentences of the fortunes, by split, sorted."""
-    seen: set[str] = set()
-    for fortune in _fortunes(fortune_dir):
-        for raw in _SENTENCE_END_RE.split(" ".join(fortune.split())):
-            normalized = normalize_text(raw)
-            if normalized is not None and _speakable(raw, normalized):
-                seen.add(normalized)
+    """The sentences of each split, sorted: those of the main text by a hash of each sentence,
+    and for test-unseen those of its own text that the main text does not hold."""
+    main = _speakable_sentences(fortune_dir)
     by_split: dict[Split, list[str]] = {s: [] for s in SPLITS}
-    for sentence in sorted(seen):
+    for sentence in sorted(main):
         by_split[_split_of(sentence, dev_fraction, test_fraction)].append(sentence)
     return {s: tuple(v) for s, v in by_split.items()}
+
+
+@lru_cache(maxsize=2)
+def _unseen_sentences(fortune_dir: Path) -> tuple[str, ...]:
+    """The sentences of test-unseen, sorted: its own text's, minus any the main text holds."""
+    return tuple(sorted(_speakable_sentences(fortune_dir, _UNSEEN_TEXT) - _speakable_sentences(fortune_dir)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,23 +335,25 @@ def _sentences(fortune_dir: Path, dev_fraction: float, test_fraction: float) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def voices(seed: int = 0, engines: Sequence[str] = ENGINES) -> list[Voice]:
+def voices(seed: int = 0, engines: Sequence[str] = ENGINES, held_out: bool = False) -> list[Voice]:
     """The speakers of a corpus built with `seed`: every espeak-ng accent and variant, every
     flite and festival voice, each with a seeded tempo and pitch.
 
     Each espeak-ng variant is used by two speakers with different accents (accents are dealt
-    round-robin from a seeded permutation, so each appears four or five times); each flite and
-    festival voice by two speakers.
+    round-robin from a seeded permutation); each flite and festival voice by two speakers.
 
     Args:
         seed: chooses accents, tempi and pitches.
         engines: which of ``espeak-ng``, ``flite``, ``festival`` to use.
+        held_out: the voices of test-unseen instead (variants and voices no other split uses).
 
     Raises:
         ValueError: an unknown or no engine.
     """
     chosen = _validate_engines(engines)
-    rng = np.random.default_rng([seed, 0])
+    rng = np.random.default_rng([seed, 0] if not held_out else [seed, 0, 1])
+    variants = _UNSEEN_ESPEAK_VARIANTS if held_out else _ESPEAK_VARIANTS
+    id_offset = _HELD_OUT_ID_OFFSET if held_out else 0
 
     def speed_pitch() -> tuple[float, float]:
         # Rounded so that the values written to corpus.json and the command line agree.
@@ -299,15 +362,14 @@ def voices(seed: int = 0, engines: Sequence[str] = ENGINES) -> list[Voice]:
     out: list[Voice] = []
     # Draw for every engine even when it is not chosen, so that a voice's setting does not depend
     # on which other engines were asked for.
-    n_espeak = len(_ESPEAK_VARIANTS) * _ESPEAK_PER_VARIANT
     accents = [_ESPEAK_ACCENTS[i] for i in rng.permutation(len(_ESPEAK_ACCENTS))]
-    for slot in range(n_espeak):
-        variant = _ESPEAK_VARIANTS[slot % len(_ESPEAK_VARIANTS)]
-        voice = f"{accents[slot % len(accents)]}+{variant}"
-        out.append(Voice(_ID_BASE["espeak-ng"] + slot + 1, "espeak-ng", voice, *speed_pitch()))
+    for slot in range(len(variants) * _ESPEAK_PER_VARIANT):
+        voice = f"{accents[slot % len(accents)]}+{variants[slot % len(variants)]}"
+        speaker = _ID_BASE["espeak-ng"] + id_offset + slot + 1
+        out.append(Voice(speaker, "espeak-ng", voice, *speed_pitch()))
     others: tuple[tuple[Engine, tuple[str, ...]], ...] = (
-        ("flite", _FLITE_VOICES),
-        ("festival", _FESTIVAL_VOICES),
+        ("flite", _UNSEEN_FLITE_VOICES if held_out else _FLITE_VOICES),
+        ("festival", _UNSEEN_FESTIVAL_VOICES if held_out else _FESTIVAL_VOICES),
     )
     for engine, names in others:
         for slot in range(len(names) * _SPEAKERS_PER_VOICE):
@@ -315,7 +377,7 @@ def voices(seed: int = 0, engines: Sequence[str] = ENGINES) -> list[Voice]:
             speed, pitch = speed_pitch()
             if name == "rms":  # a unit-selection voice: flite cannot shift its pitch
                 pitch = 0.0
-            out.append(Voice(_ID_BASE[engine] + slot + 1, engine, name, speed, pitch))
+            out.append(Voice(_ID_BASE[engine] + id_offset + slot + 1, engine, name, speed, pitch))
     return [v for v in out if v.engine in chosen]
 
 
@@ -369,13 +431,13 @@ def _engine_command(voice: Voice, text: str, wav: Path, workdir: Path) -> list[s
         ]
         if voice.voice == "kal16":  # a diphone voice: pitch follows its intonation target
             args += ["--setf", f"int_f0_target_mean={_KAL16_F0_HZ * semitones:.2f}"]
-        elif voice.voice == "awb":  # a clustergen voice: pitch is a multiplier on its F0
+        elif voice.voice in ("awb", "slt"):  # clustergen voices: pitch is a multiplier on F0
             args += ["--setf", f"f0_shift={semitones:.4f}"]
         return [*args, "-t", spoken, "-o", str(wav)]
     text_file = workdir / "text.txt"
     text_file.write_text(spoken + "\n", encoding="utf-8")
-    if voice.voice == "kal_diphone":
-        mean, std = _KAL_DIPHONE_F0
+    if voice.voice in _DIPHONE_F0:
+        mean, std = _DIPHONE_F0[voice.voice]
         setup = (
             f"(begin (Parameter.set 'Duration_Stretch {1.0 / voice.speed:.4f}) "
             f"(set! int_lr_params '((target_f0_mean {mean * semitones:.2f}) "
@@ -512,7 +574,7 @@ def _plan(
     """The endless, seeded sequence of a split's utterances. Sentences are drawn without
     replacement (reshuffled once all are used) and speakers round-robin in seeded order, so a
     larger `hours` extends a smaller corpus rather than changing it."""
-    rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
+    rng = np.random.default_rng([seed, 1 + (*SPLITS, UNSEEN_SPLIT).index(split)])
     counts: dict[int, int] = defaultdict(int)
     speaker_queue: deque[Voice] = deque()
     while True:
@@ -624,6 +686,7 @@ def synthesize(
     test_fraction: float = 0.05,
     snr_db: tuple[float, float] | None = None,
     engines: Sequence[str] = ENGINES,
+    unseen_hours: float = 0.0,
     workers: int = 2,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -633,7 +696,8 @@ def synthesize(
     16-bit FLAC), one sorted ``<speaker>-<chapter>.trans.txt`` per chapter, and
     ``out_dir/corpus.json`` with the settings, the voices and the statistics. Each split stops at
     the first utterance that brings it to its share of `hours`. Sentences never appear in two
-    splits; every voice may appear in every split. The same arguments give byte-identical files;
+    splits; every voice may appear in every split but test-unseen, whose voices and text no other
+    split uses. The same arguments give byte-identical files;
     re-running into the same directory skips utterances already written (so an interrupted run
     can be resumed) and removes files that are not part of the corpus.
 
@@ -646,6 +710,7 @@ def synthesize(
         snr_db: if given, add white or pink noise to each utterance at an SNR drawn uniformly
             from ``(low, high)`` dB.
         engines: which of ``espeak-ng``, ``flite``, ``festival`` to use.
+        unseen_hours: hours of the ``test-unseen`` split (none when 0), on top of `hours`.
         workers: utterances synthesized in parallel (each runs an engine process).
         progress: show a tqdm progress bar.
 
@@ -655,13 +720,16 @@ def synthesize(
     Raises:
         ValueError: bad sizes, fractions, SNR range or engines, or `out_dir` holds a corpus built
             with other settings.
-        FileNotFoundError: the fortunes text is not installed.
+        FileNotFoundError: the fortunes text (or, for test-unseen, fortune-anarchism) is not
+            installed.
         RuntimeError: an engine is not installed or fails on an utterance.
     """
     out = Path(out_dir)
     chosen = _validate_engines(engines)
     if not hours > 0:
         raise ValueError(f"hours must be positive; found {hours}")
+    if not unseen_hours >= 0:
+        raise ValueError(f"unseen_hours must be >= 0; found {unseen_hours}")
     if not (dev_fraction >= 0 and test_fraction >= 0 and dev_fraction + test_fraction < 1):
         raise ValueError(
             "dev_fraction and test_fraction must be >= 0 with a sum below 1; "
@@ -674,11 +742,16 @@ def synthesize(
     _check_engines(chosen)
 
     speakers = voices(seed, chosen)
-    sentences = _sentences(_FORTUNE_DIR, float(dev_fraction), float(test_fraction))
+    held_out = voices(seed, chosen, held_out=True)
+    sentences: dict[Split, tuple[str, ...]] = {
+        **_sentences(_FORTUNE_DIR, float(dev_fraction), float(test_fraction)),
+        UNSEEN_SPLIT: _unseen_sentences(_FORTUNE_DIR) if unseen_hours > 0 else (),
+    }
     targets: dict[Split, float] = {
         "train": hours * 3600.0 * (1.0 - dev_fraction - test_fraction),
         "dev": hours * 3600.0 * dev_fraction,
         "test": hours * 3600.0 * test_fraction,
+        UNSEEN_SPLIT: unseen_hours * 3600.0,
     }
     for split, target in targets.items():
         if target > 0 and not sentences[split]:
@@ -691,6 +764,9 @@ def synthesize(
         "snr_db": None if snr_db is None else [float(snr_db[0]), float(snr_db[1])],
         "engines": list(chosen),
         "text_rules": _TEXT_RULES,
+        # which voices the main splits leave to test-unseen (a corpus from before there was one
+        # used them all, and is refused rather than extended with other voices)
+        "held_out_voices": sorted({v.voice.split("+")[-1] for v in held_out}),
     }
     _check_resumable(out / "corpus.json", settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -698,8 +774,10 @@ def synthesize(
         **settings,
         "hours": hours,
         "sample_rate": SAMPLE_RATE,
+        "unseen_hours": unseen_hours,
         "sentences": {s: len(v) for s, v in sentences.items()},
         "voices": [asdict(v) for v in speakers],
+        "unseen_voices": [asdict(v) for v in held_out] if unseen_hours > 0 else [],
     }
     # Written first (without stats) so that a resumed run can check it continues the same corpus.
     _write_json(out / "corpus.json", {**meta, "splits": None})
@@ -717,14 +795,17 @@ def synthesize(
             disable=not progress,
         ) as bar,
     ):
-        for split in SPLITS:
+        for split in (*SPLITS, UNSEEN_SPLIT):
             split_dir = out / split
             done: list[tuple[_Job, float]] = []
             if targets[split] > 0:
-                plan = _plan(split, sentences[split], speakers, seed, snr_db)
+                who = held_out if split == UNSEEN_SPLIT else speakers
+                plan = _plan(split, sentences[split], who, seed, snr_db)
                 done = _build_split(plan, targets[split], out, pool, 4 * workers, bar)
             keep = {job.path(out) for job, _ in done} | _write_transcripts(split_dir, done)
             _remove_stale(split_dir, keep)
+            if split == UNSEEN_SPLIT and not done:
+                continue
             stats[split] = {
                 "utterances": len(done),
                 "seconds": round(sum(s for _, s in done), 3),
