@@ -68,9 +68,56 @@ def test_voices_cover_every_accent_variant_and_voice() -> None:
     assert voices(seed=3, engines=["flite"]) == [v for v in vs if v.engine == "flite"]
 
 
+def test_held_out_voices_are_no_voice_of_the_main_splits() -> None:
+    main, held = voices(seed=3), voices(seed=3, held_out=True)
+    # engine plus voice (or espeak-ng variant): no pair of test-unseen is a pair of the others
+    pair = lambda v: (v.engine, v.voice.split("+")[-1])  # noqa: E731
+    assert {pair(v) for v in held}.isdisjoint({pair(v) for v in main})
+    assert {pair(v) for v in held} == {
+        *(("espeak-ng", x) for x in synth._UNSEEN_ESPEAK_VARIANTS),
+        ("flite", "slt"),
+        ("festival", "ked_diphone"),
+    }
+    assert {v.speaker for v in held}.isdisjoint({v.speaker for v in main})
+    assert len({v.speaker for v in held}) == len(held)
+
+
+def test_unseen_text_is_its_own_source_and_not_in_the_main_text() -> None:
+    unseen = set(synth._unseen_sentences(synth._FORTUNE_DIR))
+    main = synth._speakable_sentences(synth._FORTUNE_DIR)
+    assert len(unseen) > 500 and unseen.isdisjoint(main)
+    own = synth._speakable_sentences(synth._FORTUNE_DIR, synth._UNSEEN_TEXT)
+    assert unseen <= own and len(own & main) < 0.05 * len(own)  # the two sources barely overlap
+
+
+def test_unseen_split_uses_held_out_voices_and_unseen_text(tmp_path: Path) -> None:
+    stats = synthesize(tmp_path, **_TINY, unseen_hours=0.004, workers=2, progress=False)
+    unseen = _transcripts(tmp_path / synth.UNSEEN_SPLIT)
+    assert stats[synth.UNSEEN_SPLIT]["utterances"] == len(unseen) > 0
+    held = {str(v.speaker) for v in voices(seed=_TINY["seed"], held_out=True)}
+    assert {u.split("-")[0] for u in unseen} <= held
+    for split in SPLITS:
+        assert not {u.split("-")[0] for u in _transcripts(tmp_path / split)} & held
+    assert set(unseen.values()) <= set(synth._unseen_sentences(synth._FORTUNE_DIR))
+    meta = json.loads((tmp_path / "corpus.json").read_text())
+    assert meta["splits"][synth.UNSEEN_SPLIT] == stats[synth.UNSEEN_SPLIT]
+    # the main splits are those of the same corpus without test-unseen
+    again = synthesize(tmp_path, **_TINY, workers=2, progress=False)
+    assert synth.UNSEEN_SPLIT not in again and not (tmp_path / synth.UNSEEN_SPLIT).exists()
+    assert {s: again[s] for s in SPLITS} == {s: stats[s] for s in SPLITS}
+
+
+def test_missing_unseen_text_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fortunes = tmp_path / "fortunes"
+    fortunes.mkdir()
+    (fortunes / "cookie").write_text("The cat sat on the mat today.\n%\n")
+    with pytest.raises(FileNotFoundError, match="apt-get install fortune-anarchism"):
+        synth._unseen_sentences(fortunes)
+
+
 @pytest.mark.parametrize("engine", synth.ENGINES)
 def test_every_voice_renders_16k_mono(engine: str) -> None:
-    for voice in voices(seed=0, engines=[engine]):
+    for voice in voices(seed=0, engines=[engine]) + voices(seed=0, engines=[engine], held_out=True):
         job = synth._Job("train", voice, "THE CAT SAT ON THE MAT", 1000, 0, -3.0, 20.0, "pink", 7)
         samples = synth._render(job)
         assert samples.dtype == np.int16 and samples.ndim == 1
@@ -174,6 +221,7 @@ def test_engine_failure_names_text_and_command(monkeypatch: pytest.MonkeyPatch) 
         {"hours": 1.0, "snr_db": (20.0, 10.0)},
         {"hours": 1.0, "engines": ["say"]},
         {"hours": 1.0, "workers": 0},
+        {"hours": 1.0, "unseen_hours": -1.0},
     ],
 )
 def test_bad_arguments(kwargs: dict, tmp_path: Path) -> None:

@@ -805,6 +805,8 @@ def synthesize(
             keep = {job.path(out) for job, _ in done} | _write_transcripts(split_dir, done)
             _remove_stale(split_dir, keep)
             if split == UNSEEN_SPLIT and not done:
+                if split_dir.is_dir():
+                    split_dir.rmdir()  # emptied by _remove_stale: this corpus has no test-unseen
                 continue
             stats[split] = {
                 "utterances": len(done),

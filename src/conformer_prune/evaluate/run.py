@@ -128,7 +128,8 @@ def evaluate_recognizer(
     progress: bool = True,
     decoder: BeamSearchDecoder | None = None,
 ) -> dict[str, Any]:
-    """WER/CER on each named corpus (keys ``wer_<name>``, ``cer_<name>``) and the cost report,
+    """WER/CER on each named corpus (keys ``wer_<name>``, ``cer_<name>``, with its size in
+    ``utterances_<name>``, ``words_<name>`` and ``hours_<name>``) and the cost report,
     decoding greedily or with `decoder` (beam search, optionally with an LM).
 
     Every utterance is decoded and scored: references are compared as text, so a word with a
@@ -161,6 +162,7 @@ def evaluate_recognizer(
         results[f"wer_{name}"] = rates["wer"]
         results[f"cer_{name}"] = rates["cer"]
         results[f"utterances_{name}"] = len(recs)
+        results[f"words_{name}"] = sum(len(ref.split()) for ref in refs)
         results[f"hours_{name}"] = sum(u.duration for u in dataset.utts) / 3600
         recogs[name] = recs
     results.update(cost_report(rec, threads=threads))
