@@ -3,6 +3,8 @@
 Usage:
     nohup python benchmarks/teacher.py > benchmarks/cache/teacher.log 2>&1 &
     python benchmarks/teacher.py --quick          # same code path, minutes
+    python benchmarks/teacher.py --pilot v512 --minutes 25 --set tokenizer.vocab_size=512 epochs=1
+                                                  # a short run to choose a lever: dev only
 
 Stages are cached under benchmarks/cache/: the synthetic reference corpus (`REFERENCE_CORPUS`:
 train, dev, test and test-unseen), the training run (one run within `--minutes` of training on
@@ -74,16 +76,14 @@ def plot_training(log: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def flattening(log: list[dict[str, float]]) -> dict[str, float]:
-    """How much the dev WER still fell at the end: points over the last epoch and the last
-    quarter of the epochs (at least two epochs)."""
+def flattening(log: list[dict[str, float]]) -> dict[str, float | None]:
+    """How much the dev WER still fell at the end: points over the last epoch and over the last
+    quarter of the epochs (at least two); None where there are too few epochs."""
     wers = [100 * r["dev_wer"] for r in log]
     quarter = max(2, len(wers) // 4)
     return {
-        "dev_wer_drop_last_epoch_points": wers[-2] - wers[-1] if len(wers) > 1 else float("nan"),
-        "dev_wer_drop_last_quarter_points": wers[-quarter - 1] - wers[-1]
-        if len(wers) > quarter
-        else float("nan"),
+        "dev_wer_drop_last_epoch_points": wers[-2] - wers[-1] if len(wers) > 1 else None,
+        "dev_wer_drop_last_quarter_points": wers[-quarter - 1] - wers[-1] if len(wers) > quarter else None,
         "epochs_in_last_quarter": quarter,
     }
 
@@ -93,22 +93,30 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small corpus and few epochs (smoke test)")
+    parser.add_argument(
+        "--pilot",
+        metavar="NAME",
+        help="a short run on the reference corpus to choose a lever: evaluated on dev only (test is "
+        "for the chosen recipe), written to results/teacher-pilot-NAME.json",
+    )
     parser.add_argument("--recipe", default="reference-teacher", help="training recipe (name or YAML)")
     parser.add_argument("--minutes", type=float, default=150.0, help="training wall-time budget")
     parser.add_argument("--set", nargs="*", default=[], help="training overrides")
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
-    tag = "quick" if args.quick else "reference"
+    tag = "quick" if args.quick else f"pilot-{args.pilot}" if args.pilot else "reference"
     spec = dict(REFERENCE_CORPUS)
     if args.quick:
         spec.update(hours=0.3, unseen_hours=0.03)
-    corpus = CACHE / f"corpus-{tag}"
+    corpus = CACHE / ("corpus-quick" if args.quick else "corpus-reference")
     run = CACHE / f"teacher-{tag}"
 
     print(f"[corpus] {spec} in {corpus}", flush=True)
     stats = synthesize(corpus, workers=2, **spec)
 
-    overrides = (["epochs=2", "model.n_layers=4"] if args.quick else []) + args.set
+    overrides = (
+        ["epochs=2", "model.n_layers=4", "tokenizer.vocab_size=256"] if args.quick else []
+    ) + args.set
     cfg = load_config(TrainConfig, recipe_path(args.recipe), overrides)
     cfg.time_budget_minutes = args.minutes
     run.mkdir(parents=True, exist_ok=True)
@@ -131,13 +139,14 @@ def main() -> None:
     finished = log[-1]["epoch"]
     print(f"[evaluate] after {finished}/{cfg.epochs} epochs", flush=True)
     rec = load_recognizer(run / "model.pt")
-    results = evaluate_recognizer(rec, {name: corpus / name for name in EVALUATED}, threads=2, recogs_dir=run)
+    evaluated = ("dev",) if args.pilot else EVALUATED
+    results = evaluate_recognizer(rec, {name: corpus / name for name in evaluated}, threads=2, recogs_dir=run)
     starts = (run / "starts.txt").read_text().splitlines()
     record = {
         **results,
-        "unseen_over_test": results[f"wer_{UNSEEN_SPLIT}"] / results["wer_test"]
-        if results["wer_test"]
-        else None,
+        "unseen_over_test": (
+            results[f"wer_{UNSEEN_SPLIT}"] / results["wer_test"] if results.get("wer_test") else None
+        ),
         "train_audio_seconds_per_second": statistics.median(r["audio_seconds_per_second"] for r in log),
         "train_wall_seconds": log[-1]["elapsed_seconds"],
         "uninterrupted": len(starts) == 1,
@@ -160,10 +169,9 @@ def main() -> None:
         "commit": commit,
         "command": command_line(),
     }
-    name = "teacher" if not args.quick else "teacher-quick"
     print(json.dumps(record, indent=2))
-    save_result(name, record)
-    if args.quick:
+    save_result("teacher" if tag == "reference" else f"teacher-{tag}", record)
+    if tag != "reference":
         return
     models = ROOT / "benchmarks" / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,13 @@ def test_fastconformer_recipe_is_the_reference_shape_with_nemos_front_end() -> N
     assert count_params(build_model(fast)) == as_float(conformer_cost(fast).params)
 
 
+def test_reference_teacher_recipe_is_the_fastconformer_recipe() -> None:
+    fast = load_config(TrainConfig, recipe_path("fastconformer"))
+    reference = load_config(TrainConfig, recipe_path("reference-teacher"))
+    assert reference.model == fast.model and reference.tokenizer == fast.tokenizer
+    assert reference.specaug == fast.specaug and reference.precision == fast.precision == "bf16"
+
+
 def test_sherpa_metadata_gives_the_models_subsampling_factor() -> None:
     tokenizer = Tokenizer.train(["HELLO WORLD", "A CAT SAT ON THE MAT"], TokenizerConfig(vocab_size=20))
     for factor in (4, 8, 16):

@@ -23,7 +23,7 @@ __all__ = ["RECIPES", "ConfigError", "from_dict", "load_config", "parse_override
 
 T = TypeVar("T")
 
-RECIPES = ("teacher", "fastconformer", "demo", "tiny", "prune", "demo-prune")
+RECIPES = ("teacher", "fastconformer", "reference-teacher", "demo", "tiny", "prune", "demo-prune")
 
 
 def recipe_path(name_or_path: str) -> Path:
