@@ -183,9 +183,12 @@ def sherpa_features(waveform: np.ndarray, n_mels: int = 80, normalize: bool = Tr
     fbank.input_finished()
     frames = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)]).astype(np.float32)
     if normalize:
-        mean = frames.mean(axis=0)
-        var = np.maximum((frames**2).mean(axis=0) - mean**2, 0.0)
-        frames = (frames - mean) / (np.sqrt(var) + 1e-5)
+        # the variance as the mean squared deviation, as sherpa-onnx computes it since 1.13.5:
+        # E[x^2] - E[x]^2 cancels catastrophically in float32 for a mel bin that sits at the log
+        # floor (a synthetic voice with nothing above 4 kHz), and its 1/std then blows up
+        mean = frames.mean(axis=0, dtype=np.float64)
+        var = ((frames - mean) ** 2).mean(axis=0)
+        frames = ((frames - mean) / (np.sqrt(var) + 1e-5)).astype(np.float32)
     return frames
 
 
