@@ -6,14 +6,17 @@ Usage:
 
 Each (method, target) is a cached, resumable stage in benchmarks/cache/compare[-quick]/: the
 pruning engine's own run directory, skipped once its eval.json exists. All methods at 50% of the
-teacher's parameters; l0-distill, magnitude-distill and torch-pruning also at 30% and 70%. Every
+teacher's parameters; l0-distill, magnitude-distill and torch-pruning also at 30% and 70%; and the
+equal-training control `continued` (the teacher, unpruned, trained as long with distillation from
+its frozen copy), against which every method's test WER carries a paired-bootstrap interval. Every
 method trains for 1 + 1 epochs (pruning + fine-tuning) after the teacher exists, the budget that
 lets all 13 runs finish in 3 hours on 2 CPU cores, except `scratch`, which gets the teacher's own
 number of epochs. The reference pruning run (`benchmarks/prune.py`) gives the method 10 + 5
-epochs; this table compares the methods at an equal, smaller budget. The dense methods start from
-random weights and use the teacher recipe's learning rate and SpecAugment (`scratch` also its 400 warm-up
-steps, `dense-distill` the pruning recipe's 100) instead of the pruning one (chosen a priori, not
-tuned; nothing is tuned on test). Finally every model's CPU latency is measured in one process,
+epochs; this table compares the methods at an equal, smaller budget. Every method trains under the
+teacher's own SpecAugment (the pruning config's default). The dense methods start from random
+weights and use the teacher recipe's learning rate (`scratch` also its 400 warm-up steps,
+`dense-distill` the pruning recipe's 100) instead of the pruning one (chosen a priori, not tuned;
+nothing is tuned on test). Finally every model's CPU latency is measured in one process,
 interleaved. Writes benchmarks/results/compare.json, the compare section of docs/benchmark.md and
 docs/compare.png (with --quick: compare-quick.json and the table and plot in
 benchmarks/cache/compare-quick/, not in docs/).
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,8 @@ from common import (
 )
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.data.synth import synthesize
+from conformer_prune.data.corpus import read_corpus
+from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
 from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
 from conformer_prune.evaluate.run import read_recogs
 from conformer_prune.model import load_recognizer
@@ -57,31 +60,53 @@ from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import write_json
 
 METHODS = tuple(REGISTRY)
-RUNS = [(m, 0.5) for m in METHODS]
+CONTROL: MethodName = "continued"  # prunes nothing: its one run keeps 100% of the parameters
+RUNS = [(m, 0.5) for m in METHODS if m != CONTROL] + [(CONTROL, 1.0)]
 RUNS += [(m, r) for r in (0.3, 0.7) for m in ("l0-distill", "magnitude-distill", "torch-pruning")]
-KEYS = ("wer_dev", "wer_test", "cer_test", "params", "macs_per_second")
+SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
+KEYS = ("wer_dev", "wer_test", "cer_test", "wer_test_unseen", "params", "macs_per_second")
 
 
 def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: bool) -> list[str]:
-    out = [f"method={method}", f"target_params={ratio}", "prune_epochs=1", "finetune_epochs=1"]
+    """The PruneConfig overrides of one run; SpecAugment is left to the default, the teacher's own,
+    for every method (NeMo's 10 time masks kept a dense model from scratch at 96% dev WER for 16
+    epochs on these short utterances)."""
+    out = [f"method={method}", "prune_epochs=1", "finetune_epochs=1"]
+    if method != CONTROL:  # the control has no target (the recipe's is ignored)
+        out.append(f"target_params={ratio}")
     if method == "scratch":  # the dense model from scratch gets the teacher's epochs
         out += ["prune_epochs=0", f"finetune_epochs={teacher_epochs}", "warmup_steps=400"]
-    if REGISTRY[method].masks == "dense":
-        # random weights: the teacher recipe's learning rate and SpecAugment (the pruning recipe's
-        # NeMo default of 10 time masks kept a dense model from scratch at 96% dev WER for 16 epochs)
-        teacher = load_config(TrainConfig, recipe_path("teacher"))
-        out += [f"lr={teacher.optim.lr}"]
-        out += [f"specaug.{k}={v}" for k, v in asdict(teacher.specaug).items()]
+    if REGISTRY[method].masks == "dense":  # random weights: the teacher recipe's learning rate
+        out += [f"lr={load_config(TrainConfig, recipe_path('teacher')).optim.lr}"]
     return out
 
 
 def _teacher_eval(teacher: Path, evaluated: dict[str, Path], cache: Path) -> dict[str, Any]:
     """The teacher's WER, parameters and MACs, computed once for all stages."""
+    _check_fresh(cache)
     if not cache.exists():
         rec = load_recognizer(teacher)
         write_json(cache, evaluate_recognizer(rec, evaluated, threads=2))
     result: dict[str, Any] = json.loads(cache.read_text())
     return result
+
+
+def _check_fresh(eval_json: Path) -> None:
+    """A cached evaluation from before the test-unseen split (an older corpus) is not reused."""
+    if eval_json.exists():
+        report = json.loads(eval_json.read_text())
+        missing = [s for s in SPLITS if f"wer_{s}" not in report.get("pruned", report)]
+        if missing:
+            raise SystemExit(f"{eval_json}: no WER on {missing} (an older corpus); remove {eval_json.parent}")
+
+
+def split_sizes(evaluated: dict[str, Path]) -> dict[str, dict[str, int]]:
+    """Utterances and words of every evaluated split."""
+    sizes = {}
+    for split, path in evaluated.items():
+        utts = read_corpus(path)
+        sizes[split] = {"utterances": len(utts), "words": sum(len(u.text.split()) for u in utts)}
+    return sizes
 
 
 def wall_seconds(run: Path) -> float:
@@ -122,12 +147,12 @@ def main() -> None:
         teacher_epochs = 2
     else:
         corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
-        synthesize(corpus, 3.0, seed=0, workers=2)  # no-op when cached
+        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
         teacher_epochs = int(
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
         )
     work = CACHE / ("compare-quick" if args.quick else "compare")
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
+    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
     reports: dict[tuple[str, float], dict[str, Any]] = {}
     unreachable: dict[tuple[str, float], str] = {}
     teacher_eval = _teacher_eval(teacher, evaluated, work / "teacher-eval.json")
@@ -136,6 +161,7 @@ def main() -> None:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
     for method, ratio in RUNS:
         run = work / f"{method}-{round(100 * ratio)}"
+        _check_fresh(run / "eval.json")
         if (run / "eval.json").exists():
             reports[(method, ratio)] = json.loads((run / "eval.json").read_text())
             continue
@@ -178,11 +204,15 @@ def main() -> None:
         name = f"{method}-{round(100 * ratio)}"
         row = {"method": method, "target_params": ratio, **{k: report["pruned"][k] for k in KEYS}}
         row |= {"latency_ms_10s": latency[name], "wall_seconds": wall_seconds(work / name)}
-        if method != "l0-distill" and ("l0-distill", ratio) in reports:
-            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{round(100 * ratio)}", work / name)
+        if method != "l0-distill" and ("l0-distill", 0.5 if method == CONTROL else ratio) in reports:
+            reference = 50 if method == CONTROL else round(100 * ratio)
+            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{reference}", work / name)
+        if method != CONTROL and (CONTROL, 1.0) in reports:
+            row["wer_test_vs_continued"] = versus(work / f"{CONTROL}-100", work / name)
         results.append(row)
         print(row, flush=True)
     record = {
+        "splits": split_sizes(evaluated),
         "teacher": teacher_row,
         "results": results,
         "not_run": [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in {*reports, *unreachable}],
@@ -228,7 +258,9 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
             "speed-up",
             "dev WER",
             "test WER",
+            "test-unseen WER",
             "vs l0-distill (95% CI)",
+            "vs continued (95% CI)",
             "wall (min)",
         ],
         [
@@ -241,6 +273,8 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 "1.00x",
                 f"{100 * t['wer_dev']:.2f}%",
                 f"{100 * t['wer_test']:.2f}%",
+                f"{100 * t['wer_test_unseen']:.2f}%",
+                "-",
                 "-",
                 "-",
             ]
@@ -255,7 +289,9 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 f"{t['latency_ms_10s'] / r['latency_ms_10s']:.2f}x",
                 f"{100 * r['wer_dev']:.2f}%",
                 f"{100 * r['wer_test']:.2f}%",
+                f"{100 * r['wer_test_unseen']:.2f}%",
                 _versus_cell(r.get("wer_test_vs_l0_distill")),
+                _versus_cell(r.get("wer_test_vs_continued")),
                 f"{r['wall_seconds'] / 60:.0f}",
             ]
             for r in rows
@@ -291,6 +327,10 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
     out = CACHE / "compare-quick" if quick else DOCS
     fig.savefig(out / png, dpi=120)
     not_run = ", ".join(record["not_run"]) or "none"
+    sizes = "; ".join(
+        f"{split.replace('_', '-')} {n['utterances']:,} utterances, {n['words']:,} words"
+        for split, n in record["splits"].items()
+    )
     cannot = "".join(f"Cannot reach its target: {k} ({why}). " for k, why in record["unreachable"].items())
     section = (
         "## Methods compared (`benchmarks/compare.py`)\n\n"
@@ -298,10 +338,13 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         f"{' = '.join(best['dev']) or '-'}); the target, `l0-distill` lowest on test, is **{verdict}**. "
         f"Not run: {not_run}. {cannot}"
         f"Every method trains 1 + 1 epochs after the teacher exists (`scratch`: the teacher's "
-        f"epochs; `scratch` and `dense-distill` with the teacher recipe's learning rate and "
-        f"SpecAugment). Latency: 2 threads, batch 1, 10 s, median of 60 rounds with all models "
-        f"interleaved in one process. The interval is the paired bootstrap's (10,000 resamples of "
-        f"the test utterances) for the test WER minus l0-distill's at the same target. "
+        f"epochs; `scratch` and `dense-distill` with the teacher recipe's learning rate), all under "
+        f"the teacher's SpecAugment; `continued` is the equal-training control, the teacher unpruned "
+        f"and trained as long with distillation from its frozen copy. Latency: 2 threads, batch 1, "
+        f"10 s, median of 60 rounds with all models interleaved in one process. The intervals are "
+        f"the paired bootstrap's (10,000 resamples of the test utterances) for the test WER minus "
+        f"l0-distill's at the same target (`continued`: at 50%) and minus `continued`'s. Splits: "
+        f"{sizes}. "
         f"Commit `{record['commit']}`.\n\n{table}\n\n![WER against size and latency]({png})\n\n"
         f"Reproduce: `{record['command']}`."
     )

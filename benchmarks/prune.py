@@ -1,14 +1,19 @@
-"""The method on the reference teacher: L0 pruning with layerwise distillation to 50% of the parameters.
+"""The method on the reference teacher: L0 pruning with layerwise distillation to 50% of the
+parameters, beside the equal-training control `continued` (the teacher itself, unpruned, trained
+for the same steps with the same recipe, data order, SpecAugment and distillation).
 
 Usage:
     nohup python benchmarks/prune.py > benchmarks/cache/prune.log 2>&1 &
     python benchmarks/prune.py --quick        # same code path on the quick teacher (teacher.py --quick)
 
 Stages are cached under benchmarks/cache/ and resume where they stopped: the reference corpus
-(rebuilt deterministically by `synthesize` if missing), the pruning run (resumable at every epoch),
-then the evaluation of teacher and pruned model in the same process (CPU latencies measured
-interleaved). Writes benchmarks/results/prune-50.json, the prune section of docs/benchmark.md,
-docs/prune-50-layers.png and the compact model benchmarks/models/pruned-50.pt (for latency.py).
+(`synthesize(..., **REFERENCE_CORPUS)`, rebuilt deterministically if missing), the teacher's
+evaluation (with its recognitions, for the paired bootstrap), the pruning run and the `continued`
+run (each resumable at every epoch, skipped once its eval.json exists). The WER differences of the
+pruned model against the teacher and against `continued` carry the paired bootstrap's 95% interval
+on dev, test and test-unseen. Writes benchmarks/results/prune-50.json, the prune section of
+docs/benchmark.md, docs/prune-50-layers.png and the compact model benchmarks/models/pruned-50.pt
+(for latency.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -32,9 +40,17 @@ from common import (
 )
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.data.synth import synthesize
+from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
+from conformer_prune.evaluate import evaluate_recognizer, paired_bootstrap_wer
+from conformer_prune.evaluate.run import read_recogs, recogs_path
+from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.report import prune_and_report
+from conformer_prune.utils import write_json
+
+SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
+TARGET_RATIO = 1.03  # pruned test WER at most 1.03x continued's (issue 15)
+KEYS = ("params", "macs_per_second", "latency_ms_10s", "rtf", "threads")
 
 
 def stage_seconds(log_path: Path) -> tuple[float, float]:
@@ -45,12 +61,69 @@ def stage_seconds(log_path: Path) -> tuple[float, float]:
     return prune_end, epochs[-1]["elapsed_seconds"] - prune_end
 
 
+def teacher_eval(teacher: Path, evaluated: dict[str, Path], out: Path) -> dict[str, Any]:
+    """The teacher's WER and cost, with its recognitions in `out` (cached in out/eval.json)."""
+    cache = out / "eval.json"
+    _check_fresh(cache)
+    if not cache.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(cache, evaluate_recognizer(load_recognizer(teacher), evaluated, threads=2, recogs_dir=out))
+    result: dict[str, Any] = json.loads(cache.read_text())
+    return result
+
+
+def run_stage(
+    cfg: PruneConfig,
+    teacher: Path,
+    corpus: Path,
+    evaluated: dict[str, Path],
+    run: Path,
+    teacher_result: dict[str, Any],
+) -> dict[str, Any]:
+    """One pruning-engine run (resumable), skipped once its eval.json exists."""
+    _check_fresh(run / "eval.json")
+    if (run / "eval.json").exists():
+        report: dict[str, Any] = json.loads((run / "eval.json").read_text())
+        return report
+    resume = (run / "prune_state.pt").exists()
+    return prune_and_report(
+        cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, resume, teacher_eval=teacher_result
+    )
+
+
+def _check_fresh(eval_json: Path) -> None:
+    """A cached evaluation from before the test-unseen split (an older corpus) is not reused."""
+    if eval_json.exists():
+        report = json.loads(eval_json.read_text())
+        scored = report.get("pruned", report)
+        missing = [s for s in SPLITS if f"wer_{s}" not in scored]
+        if missing:
+            raise SystemExit(f"{eval_json}: no WER on {missing} (an older corpus); remove {eval_json.parent}")
+
+
+def versus(a: Path, b: Path, split: str) -> dict[str, float]:
+    """WER of the recognitions in `b` minus those in `a` on `split`, with the paired bootstrap's
+    95% interval."""
+    rec_a, rec_b = read_recogs(recogs_path(a, split)), read_recogs(recogs_path(b, split))
+    if rec_a.keys() != rec_b.keys():
+        raise ValueError(f"{a} and {b} recognised different {split} utterances")
+    utts = sorted(rec_a)
+    return paired_bootstrap_wer(
+        [rec_a[u][0] for u in utts], [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts]
+    )
+
+
+def split_sizes(recogs_dir: Path, split: str, hours: float) -> dict[str, Any]:
+    refs = [ref for ref, _ in read_recogs(recogs_path(recogs_dir, split)).values()]
+    return {"utterances": len(refs), "words": sum(len(r.split()) for r in refs), "hours": hours}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="quick teacher and corpus, two epochs")
-    parser.add_argument("--set", nargs="*", default=[], help="PruneConfig overrides")
+    parser.add_argument("--set", nargs="*", default=[], help="PruneConfig overrides (both runs)")
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     if args.quick:
@@ -61,77 +134,152 @@ def main() -> None:
     else:
         corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
         overrides = list(args.set)
-        synthesize(corpus, 3.0, seed=0, workers=2)  # no-op when cached
+        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
+    if not (corpus / UNSEEN_SPLIT).is_dir():
+        raise SystemExit(f"{corpus} has no {UNSEEN_SPLIT} split; synthesize it again")
+    name = "prune-50-quick" if args.quick else "prune-50"
+    work = {"teacher": CACHE / f"{name}-teacher", "pruned": CACHE / name}
+    work["continued"] = CACHE / f"{name}-continued"
+    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
     cfg = load_config(PruneConfig, recipe_path("prune"), overrides)
-    run = CACHE / ("prune-50-quick" if args.quick else "prune-50")
-    resume = (run / "prune_state.pt").exists()
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test"}
-    report = prune_and_report(cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, resume)
-    prune_wall, finetune_wall = stage_seconds(run / "log.jsonl")
-    keys = (
-        "wer_dev",
-        "wer_test",
-        "cer_dev",
-        "cer_test",
-        "params",
-        "macs_per_second",
-        "latency_ms_10s",
-        "rtf",
-        "threads",
-    )
-    record = {
+    if cfg.method == "continued":
+        raise SystemExit("--set method=continued: the control runs beside the method anyway")
+    control = load_config(PruneConfig, recipe_path("prune"), [*overrides, "method=continued"])
+
+    teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
+    reports = {
+        "pruned": run_stage(cfg, teacher, corpus, evaluated, work["pruned"], teacher_result),
+        "continued": run_stage(control, teacher, corpus, evaluated, work["continued"], teacher_result),
+    }
+    wer_keys = [f"{m}_{s}" for s in SPLITS for m in ("wer", "cer")]
+    systems = {"teacher": teacher_result} | {k: r["pruned"] for k, r in reports.items()}
+    record: dict[str, Any] = {
         "target_params": cfg.ratio,
         "method": cfg.method,
-        "teacher": {k: report["teacher"][k] for k in keys},
-        "pruned": {k: report["pruned"][k] for k in keys},
-        "prune_wall_seconds": prune_wall,
-        "finetune_wall_seconds": finetune_wall,
+        "splits": {s: split_sizes(work["teacher"], s, teacher_result[f"hours_{s}"]) for s in SPLITS},
+        # every system's latency from the interleaved pair it was measured in (with the teacher)
+        **{k: {key: v[key] for key in (*wer_keys, *KEYS)} for k, v in systems.items()},
+        "pruned_vs_teacher": {s: versus(work["teacher"], work["pruned"], s) for s in SPLITS},
+        "pruned_vs_continued": {s: versus(work["continued"], work["pruned"], s) for s in SPLITS},
+        "specaug": _written(work["pruned"])["specaug"],
         "epochs": {"prune": cfg.prune_epochs, "finetune": cfg.finetune_epochs},
         "commit": commit,
         "command": command_line(),
     }
+    if _written(work["continued"])["specaug"] != record["specaug"]:
+        raise SystemExit("the pruned and continued runs trained under different SpecAugment")
+    p, c, t = record["pruned"], record["continued"], record["teacher"]
+    record["ratios"] = {
+        "wer_test_pruned_over_continued": p["wer_test"] / c["wer_test"] if c["wer_test"] else None,
+        "wer_test_pruned_over_continued_target": TARGET_RATIO,
+        "params_pruned_over_teacher": p["params"] / t["params"],
+        "params_continued_over_teacher": c["params"] / t["params"],
+    }
+    prune_wall, finetune_wall = stage_seconds(work["pruned"] / "log.jsonl")
+    record |= {"prune_wall_seconds": prune_wall, "finetune_wall_seconds": finetune_wall}
+    record["continued_wall_seconds"] = sum(stage_seconds(work["continued"] / "log.jsonl"))
     print(json.dumps(record, indent=2))
-    save_result("prune-50-quick" if args.quick else "prune-50", record)
+    save_result(name, record)
     if args.quick:
         return
-    shutil.copyfile(run / "layers.png", DOCS / "prune-50-layers.png")
-    shutil.copyfile(run / "model.pt", ROOT / "benchmarks" / "models" / "pruned-50.pt")  # for latency.py
-    t, p = record["teacher"], record["pruned"]
-    rows = []
-    for name, r in (("teacher", t), ("pruned (l0-distill, 50% params)", p)):
-        rows.append(
-            [
-                name,
-                f"{r['params']:,}",
-                f"{r['macs_per_second'] / 1e6:.1f} M",
-                f"{r['latency_ms_10s']:.0f}",
-                f"{100 * r['wer_dev']:.2f}%",
-                f"{100 * r['wer_test']:.2f}%",
-            ]
+    shutil.copyfile(work["pruned"] / "layers.png", DOCS / "prune-50-layers.png")
+    # the compact model, for latency.py
+    shutil.copyfile(work["pruned"] / "model.pt", ROOT / "benchmarks" / "models" / "pruned-50.pt")
+    update_doc_section("prune", section(record, cfg, (work["pruned"] / "layers.md").read_text()))
+
+
+def _written(run: Path) -> dict[str, Any]:
+    """The resolved config a run wrote (the SpecAugment it used among it)."""
+    written: dict[str, Any] = yaml.safe_load((run / "prune_config.yaml").read_text())
+    return written
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _interval(v: dict[str, float]) -> str:
+    return f"{100 * v['delta']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
+
+
+def section(record: dict[str, Any], cfg: PruneConfig, layers: str) -> str:
+    """The prune section of docs/benchmark.md: the three systems with split sizes, and the
+    pruned model's WER loss against the teacher and against `continued`, with intervals."""
+    t, p, c = record["teacher"], record["pruned"], record["continued"]
+    names = {"dev": "dev", "test": "test", "test_unseen": "test-unseen"}
+    rows = [
+        [
+            name,
+            f"{r['params']:,}",
+            f"{r['macs_per_second'] / 1e6:.1f} M",
+            f"{r['latency_ms_10s']:.0f}",
+            *[_percent(r[f"wer_{s}"]) for s in SPLITS],
+        ]
+        for name, r in (
+            ("teacher", t),
+            (f"pruned ({record['method']}, {record['target_params']:.0%} params)", p),
+            ("continued (teacher trained as long, unpruned)", c),
         )
+    ]
     rows.append(
         [
             "pruned / teacher",
             f"{p['params'] / t['params']:.3f}",
             f"{p['macs_per_second'] / t['macs_per_second']:.3f}",
             f"{p['latency_ms_10s'] / t['latency_ms_10s']:.3f}",
-            f"{p['wer_dev'] / t['wer_dev']:.3f}" if t["wer_dev"] else "-",
-            f"{p['wer_test'] / t['wer_test']:.3f}" if t["wer_test"] else "-",
+            *[f"{p[f'wer_{s}'] / t[f'wer_{s}']:.3f}" if t[f"wer_{s}"] else "-" for s in SPLITS],
         ]
     )
-    table = markdown_table(
-        ["model", "params", "MACs / s audio", "latency 10 s (ms)", "dev WER", "test WER"], rows
+    rows.append(
+        [
+            "pruned / continued",
+            f"{p['params'] / c['params']:.3f}",
+            f"{p['macs_per_second'] / c['macs_per_second']:.3f}",
+            f"{p['latency_ms_10s'] / c['latency_ms_10s']:.3f}",
+            *[f"{p[f'wer_{s}'] / c[f'wer_{s}']:.3f}" if c[f"wer_{s}"] else "-" for s in SPLITS],
+        ]
     )
-    layers = (run / "layers.md").read_text()
-    update_doc_section(
-        "prune",
+    header = ["model", "params", "MACs / s audio", "latency 10 s (ms)"]
+    header += [f"{names[s]} WER" for s in SPLITS]
+    table = markdown_table(header, rows)
+    sizes = markdown_table(
+        ["split", "utterances", "words", "hours", "pruned minus teacher", "pruned minus continued"],
+        [
+            [
+                names[s],
+                f"{record['splits'][s]['utterances']:,}",
+                f"{record['splits'][s]['words']:,}",
+                f"{record['splits'][s]['hours']:.2f}",
+                _interval(record["pruned_vs_teacher"][s]),
+                _interval(record["pruned_vs_continued"][s]),
+            ]
+            for s in SPLITS
+        ],
+    )
+    ratio = record["ratios"]["wer_test_pruned_over_continued"]
+    verdict = "-" if ratio is None else "met" if ratio <= TARGET_RATIO else "not met"
+    vs_t, vs_c = record["pruned_vs_teacher"]["test"], record["pruned_vs_continued"]["test"]
+    specaug = ", ".join(f"{k} {v}" for k, v in record["specaug"].items())
+    return (
         "## Pruning to 50% of the parameters (`benchmarks/prune.py`)\n\n"
         f"L0 gates + Lagrangian budget + layerwise distillation, {cfg.prune_epochs} pruning and "
-        f"{cfg.finetune_epochs} fine-tuning epochs ({prune_wall / 60:.0f} + {finetune_wall / 60:.0f} min "
-        f"on 2 CPU cores, {cfg.precision}). Latencies: CPU, 2 threads, batch 1, 10 s utterance, medians "
-        f"of interleaved runs in one process. Commit `{record['commit']}`.\n\n{table}\n\n"
+        f"{cfg.finetune_epochs} fine-tuning epochs ({record['prune_wall_seconds'] / 60:.0f} + "
+        f"{record['finetune_wall_seconds'] / 60:.0f} min on 2 CPU cores, {cfg.precision}), beside the "
+        f"equal-training control `continued`: the teacher itself, unpruned, trained for the same "
+        f"{cfg.prune_epochs + cfg.finetune_epochs} epochs on the same batches with the same learning "
+        f"rate, CTC and layerwise distillation from its frozen copy "
+        f"({record['continued_wall_seconds'] / 60:.0f} min). Both train under the teacher's own "
+        f"SpecAugment ({specaug}). Latencies: CPU, 2 threads, batch 1, 10 s utterance, medians of "
+        f"runs interleaved with the teacher's in one process. Commit `{record['commit']}`.\n\n"
+        f"{table}\n\n"
+        f"WER loss of the pruned model on test: {_interval(vs_t)} points against the teacher, "
+        f"{_interval(vs_c)} points against `continued` (WER difference with the paired bootstrap's "
+        f"95% interval, 10,000 resamples of the utterances; negative: the pruned model is better). "
+        f"Pruned test WER / continued's: {'-' if ratio is None else f'{ratio:.3f}'} (target at most "
+        f"{TARGET_RATIO}: **{verdict}**); parameters / teacher's: "
+        f"{record['ratios']['params_pruned_over_teacher']:.3f}.\n\n{sizes}\n\n"
         f"Kept per layer:\n\n{layers}\n"
-        f"![kept per layer](prune-50-layers.png)\n\nReproduce: `{record['command']}`.",
+        f"![kept per layer](prune-50-layers.png)\n\nReproduce: `{record['command']}`."
     )
 
 

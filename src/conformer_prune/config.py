@@ -54,6 +54,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, option, where)
             except ConfigError as err:
                 errors.append(str(err))
+        if len(errors) == 1:  # an optional value (X | None): X's own error names the key
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: expected {tp}, found {value!r}")
     if origin is typing.Literal:
         if value not in get_args(tp):

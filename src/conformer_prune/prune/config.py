@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from conformer_prune.config import from_dict
 from conformer_prune.data.features import SpecAugmentConfig
 from conformer_prune.distill.layerwise import DistillConfig
 from conformer_prune.prune.cost import Metric
 from conformer_prune.prune.methods import MethodName
 
-__all__ = ["PruneConfig"]
+__all__ = ["PruneConfig", "teacher_specaug"]
 
 
 @dataclass
@@ -23,8 +24,9 @@ class PruneConfig:
             (one-shot L1 structured pruning, the same kept fraction in every gate), "torch-pruning"
             (the Torch-Pruning library's one-shot group-L2 global pruning), "scratch" and
             "dense-distill" (a dense model of the teacher's depth, narrower to the parameter
-            target, from random weights). Every method but the learned ones fine-tunes its fixed
-            shape for all prune_epochs + finetune_epochs.
+            target, from random weights), "continued" (the control: the teacher, unpruned, trained
+            with distillation from its frozen copy; the target is ignored). Every method but the
+            learned ones fine-tunes its fixed shape for all prune_epochs + finetune_epochs.
         target_params: kept fraction of the teacher's parameters (exclusive with target_macs).
         target_macs: kept fraction of the teacher's MACs per second of audio.
         structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
@@ -49,7 +51,13 @@ class PruneConfig:
             folded into the following weights, so the model does not change at the switch; as
             CoFiPruning and DPHuBERT do when they slice) or "hard" (they jump from E[z] to 1).
         distill: loss weights (method "l0" sets the distillation weights to zero).
-        specaug: SpecAugment of the shared input of teacher and student.
+        specaug: SpecAugment of the shared input of teacher and student; None (the default) takes
+            the one the teacher was trained with, from its checkpoint (`teacher_specaug`), so that
+            pruning does not train under a harder augmentation than the teacher learned under
+            (NeMo's 10 time masks kept models from learning on the reference corpus's short
+            utterances, see recipes/teacher.yaml). A value given here replaces it whole (fields
+            not given take `SpecAugmentConfig`'s defaults). The resolved one is written to the
+            run's prune_config.yaml.
         max_frames: padded feature frames per batch.
         seed: seeds batching, augmentation, dropout and gate sampling.
         device: "auto", "cpu" or "cuda[:N]".
@@ -76,7 +84,7 @@ class PruneConfig:
     init_module_log_alpha: float = 5.0
     mask_switch: Literal["fold", "hard"] = "fold"
     distill: DistillConfig = field(default_factory=DistillConfig)
-    specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    specaug: SpecAugmentConfig | None = None
     max_frames: int = 10000
     seed: int = 0
     device: str = "auto"
@@ -109,3 +117,15 @@ class PruneConfig:
         value = self.target_params if self.target_params is not None else self.target_macs
         assert value is not None
         return value
+
+
+def teacher_specaug(meta: dict[str, Any]) -> tuple[SpecAugmentConfig, str]:
+    """The SpecAugment a teacher was trained with, and where it was read: its training config
+    (``train_config``, written by `conformer-prune train`) or, for a teacher that is itself a
+    pruned model, its pruning config (``prune_config``). A teacher that records neither (e.g. one
+    imported from NeMo) gets `SpecAugmentConfig`'s defaults, which are NeMo's own recipe's."""
+    for key in ("train_config", "prune_config"):
+        recorded = meta.get(key, {}).get("specaug")
+        if recorded is not None:
+            return from_dict(SpecAugmentConfig, recorded, f"teacher {key}.specaug"), f"the teacher's {key}"
+    return SpecAugmentConfig(), "SpecAugmentConfig defaults (NeMo's; the teacher records none)"

@@ -1,6 +1,7 @@
 """The pruning methods, as two typed axes: where the masks come from, and whether the student
 learns from the teacher layer by layer. The one registry that the prune config, the command line
-and the benchmarks read.
+and the benchmarks read. It also holds the control that prunes nothing (`continued`): the teacher
+trained for the same steps, so that a WER loss can be told from the effect of the extra training.
 
 Usage:
     method = METHODS[cfg.method]
@@ -14,9 +15,16 @@ from typing import Literal, get_args
 
 __all__ = ["METHODS", "MaskSource", "Method", "MethodName"]
 
-MaskSource = Literal["learned", "magnitude", "torch-pruning", "dense"]
+MaskSource = Literal["learned", "magnitude", "torch-pruning", "dense", "none"]
 MethodName = Literal[
-    "l0-distill", "l0", "magnitude", "magnitude-distill", "torch-pruning", "scratch", "dense-distill"
+    "l0-distill",
+    "l0",
+    "magnitude",
+    "magnitude-distill",
+    "torch-pruning",
+    "scratch",
+    "dense-distill",
+    "continued",
 ]
 
 
@@ -28,7 +36,8 @@ class Method:
         masks: "learned" (hard-concrete gates under the Lagrangian budget, then fixed), "magnitude"
             (one-shot L1 structured masks before training, `prune.magnitude`), "torch-pruning"
             (the Torch-Pruning library's one-shot group-L2 pruning, `prune.torch_pruning`) or
-            "dense" (a narrower dense model of the target size from random weights, `prune.dense`).
+            "dense" (a narrower dense model of the target size from random weights, `prune.dense`)
+            or "none" (nothing is removed: the teacher itself trains on, the equal-training control).
         distill: layerwise distillation from the teacher (else CTC on the labels only).
         summary: one line for `--help`.
     """
@@ -60,6 +69,12 @@ METHODS: dict[MethodName, Method] = {
         Method("torch-pruning", "torch-pruning", False, "Torch-Pruning's global group L2, then CTC"),
         Method("scratch", "dense", False, "a narrower dense model trained from scratch with CTC"),
         Method("dense-distill", "dense", True, "the same dense model trained with distillation"),
+        Method(
+            "continued",
+            "none",
+            True,
+            "the control: the unpruned teacher trained for the same steps, distilled from its frozen copy",
+        ),
     )
 }
 assert set(METHODS) == set(get_args(MethodName)), "METHODS and MethodName list different methods"

@@ -19,6 +19,7 @@ from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import ConformerBlock, ConformerConfig
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.run import run_pruning
 from conformer_prune.utils import write_json
 
@@ -140,8 +141,9 @@ def prune_and_report(
     teacher_eval = dict(teacher_eval)
     pruned_rec = load_recognizer(result.model_path)
     pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
+    prunes = METHODS[cfg.method].masks != "none"  # the control keeps every parameter
     report = {
-        "target": {cfg.metric: cfg.ratio},
+        "target": {cfg.metric: cfg.ratio} if prunes else None,
         "method": cfg.method,
         "teacher": teacher_eval,
         "pruned": pruned_eval,
@@ -159,7 +161,9 @@ def prune_and_report(
         pruned_rec.model.config,
         result.masks,
         out / "layers.png",
-        f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})",
+        f"{cfg.method}: kept per layer ({cfg.metric} target {cfg.ratio:.0%})"
+        if prunes
+        else f"{cfg.method}: nothing pruned",
     )
     print(table)
     print(format_comparison(teacher_eval, pruned_eval))

@@ -20,7 +20,12 @@ The run directory, seeding, resume, the epoch body, validation and the state sav
 engine's (`conformer_prune.train.loop`); pruning plugs in its student (`_student`), its loss
 (`_PruningLoss`, with the `Budget` of `prune.budget`), its parameter groups
 (`make_prune_optimizer`) and its stage logic (`_freeze` at the boundary, `_slice_and_save`). The
-baselines differ only along the axes of their `prune.methods.Method`.
+baselines differ only along the axes of their `prune.methods.Method`; so does the control
+`continued`, which removes nothing (no gates) and trains the teacher itself with distillation from
+its frozen copy for the same steps, so its "compact model" is the teacher's shape.
+
+SpecAugment is the teacher's own (read from its checkpoint) unless the config gives one; the one
+used is printed and written to ``prune_config.yaml``.
 
 Launched by torchrun, every process trains on its share of each step's batches with DDP over the
 student (gate logits included), the projections and the multipliers, and rank 0 validates and
@@ -33,6 +38,7 @@ writes the run directory (see `conformer_prune.distributed`):
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +54,7 @@ from conformer_prune.distributed import Distributed, launch
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_recognizer
 from conformer_prune.model.conformer import ConformerCTC, build_model
 from conformer_prune.prune.budget import Budget, Lagrangian, expected_sparsity
-from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.config import PruneConfig, teacher_specaug
 from conformer_prune.prune.cost import Cost, Metric, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
@@ -129,6 +135,14 @@ def _prune(
 
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
+    if cfg.specaug is None:  # resolved here, so the written config says which one the run used
+        specaug_cfg, source = teacher_specaug(teacher_rec.meta)
+        cfg = dataclasses.replace(cfg, specaug=specaug_cfg)
+    else:
+        source = "the pruning config"
+    assert cfg.specaug is not None
+    if dist.is_main:
+        print(f"SpecAugment: {to_dict(cfg.specaug)}, from {source}", flush=True)
     teacher_cost = conformer_cost(teacher.config)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
     method = METHODS[cfg.method]
@@ -147,8 +161,8 @@ def _prune(
         device
     )
     lagrangian = Lagrangian().to(device)
-    # one-shot and dense baselines: nothing is learned about the shape, every epoch fine-tunes
-    # with a fixed one (the same total number of steps as the method)
+    # one-shot and dense baselines and the control: nothing is learned about the shape, every
+    # epoch fine-tunes with a fixed one (the same total number of steps as the method)
     prune_epochs = cfg.prune_epochs if method.learns_masks else 0
     if method.masks == "magnitude" and not resume:
         _freeze(gates, target_abs, cfg, run, magnitude_masks(gates, target_abs, cfg.metric))
@@ -245,8 +259,9 @@ def _prune(
 
 
 def _student(method: Method, teacher: ConformerCTC, target_abs: float, metric: Metric) -> ConformerCTC:
-    """The model training starts from: the teacher itself (learned or magnitude masks), the
-    library's pruned teacher (torch-pruning) or a narrower dense model from random weights."""
+    """The model training starts from: the teacher itself (learned or magnitude masks; unpruned for
+    the control), the library's pruned teacher (torch-pruning) or a narrower dense model from
+    random weights."""
     if method.masks == "dense":
         if metric != "params":
             raise ValueError(f"method {method.name} takes a parameter target (--target-params)")
