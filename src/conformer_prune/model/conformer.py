@@ -53,6 +53,7 @@ __all__ = [
     "HIDDEN",
     "ConformerCTC",
     "ConformerConfig",
+    "HiddenMask",
     "Num",
     "Prunable",
     "Size",
@@ -280,17 +281,29 @@ def _keep_columns(layer: nn.Linear | nn.Conv1d, index: Tensor) -> None:
         layer.in_channels = len(index)
 
 
-def _kept_layer_norm(norm: nn.LayerNorm, x: Tensor, hidden: Tensor) -> Tensor:
-    """`norm` over the dimensions that the hidden mask (D,) keeps (its non-zeros) only, scaled by
-    the mask, and 0 elsewhere: on the kept dimensions, what the LayerNorm sliced to them computes
+class HiddenMask(NamedTuple):
+    """One draw of the hidden gate: the mask (D,) and its non-zero dimensions (D',), found once
+    per forward pass (finding them waits for the device)."""
+
+    mask: Tensor
+    kept: Tensor
+
+    @classmethod
+    def of(cls, mask: Tensor) -> HiddenMask:
+        return cls(mask, torch.nonzero(mask.detach()).flatten())
+
+
+def _kept_layer_norm(norm: nn.LayerNorm, x: Tensor, hidden: HiddenMask) -> Tensor:
+    """`norm` over the dimensions that the hidden mask keeps (its non-zeros) only, scaled by the
+    mask, and 0 elsewhere: on the kept dimensions, what the LayerNorm sliced to them computes
     (CoFiPruning's `CoFiLayerNorm`, Xia et al. 2022). Shapes: (..., D) -> (..., D)."""
-    index = torch.nonzero(hidden.detach()).flatten()
+    index = hidden.kept
     if len(index) == 0:  # a sampled mask may close every dimension
         return torch.zeros_like(x)
     weight, bias = norm.weight[index], norm.bias[index]
     kept = F.layer_norm(x.index_select(-1, index), (len(index),), weight, bias, norm.eps)  # (..., D')
     out = torch.zeros(x.shape, dtype=kept.dtype, device=kept.device)
-    return out.index_copy(-1, index, kept * hidden[index])
+    return out.index_copy(-1, index, kept * hidden.mask[index])
 
 
 class Prunable(nn.Module, metaclass=abc.ABCMeta):
@@ -870,7 +883,7 @@ class ConformerBlock(nn.Module):
     residual stream is 0 on removed dimensions and the block computes on the kept ones what the
     block sliced to them computes.
 
-    Shapes: x (B, T, D), pos_emb (1, 2T-1, D), frame_mask (B, T), hidden (D,) -> (B, T, D).
+    Shapes: x (B, T, D), pos_emb (1, 2T-1, D), frame_mask (B, T) -> (B, T, D).
     """
 
     BRANCHES: ClassVar[dict[str, Branch]] = {
@@ -913,15 +926,17 @@ class ConformerBlock(nn.Module):
         return y if gate is None else y * gate()
 
     @staticmethod
-    def _norm(norm: nn.LayerNorm, x: Tensor, hidden: Tensor | None) -> Tensor:
+    def _norm(norm: nn.LayerNorm, x: Tensor, hidden: HiddenMask | None) -> Tensor:
         return norm(x) if hidden is None else _kept_layer_norm(norm, x, hidden)
 
     @staticmethod
-    def _written(y: Tensor, hidden: Tensor | None) -> Tensor:
+    def _written(y: Tensor, hidden: HiddenMask | None) -> Tensor:
         """A module's output as it enters the residual stream (B, T, D)."""
-        return y if hidden is None else y * hidden
+        return y if hidden is None else y * hidden.mask
 
-    def forward(self, x: Tensor, pos_emb: Tensor, frame_mask: Tensor, hidden: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, pos_emb: Tensor, frame_mask: Tensor, hidden: HiddenMask | None = None
+    ) -> Tensor:
         residual = x
         if self.feed_forward1 is not None and self.norm_feed_forward1 is not None:
             y = self.feed_forward1(self._norm(self.norm_feed_forward1, x, hidden))
@@ -1001,12 +1016,13 @@ class ConformerEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Encode; when `layer_outputs` is a list, every block's output is appended to it."""
         x, lengths = self.pre_encode(feats, lengths)
-        hidden = None if self.gate_hidden is None else self.gate_hidden()  # (D,), one draw for all
+        # (D,): one draw for all its uses
+        hidden = None if self.gate_hidden is None else HiddenMask.of(self.gate_hidden())
         if hidden is not None:
-            x = x * hidden
+            x = x * hidden.mask
         x, pos_emb = self.pos_enc(x)
         if hidden is not None:  # what the position projections read
-            pos_emb = pos_emb * hidden
+            pos_emb = pos_emb * hidden.mask
         frame_mask = _lengths_to_mask(lengths, x.shape[1])
         for layer in self.layers:
             x = layer(x, pos_emb, frame_mask, hidden)
@@ -1128,6 +1144,28 @@ class ConformerCTC(nn.Module):
         self.config = dataclasses.replace(
             cfg, d_model=len(index), d_model_unpruned=cfg.position_width, hidden_dims=dims.tolist()
         )
+
+    def hidden_scores(self) -> Tensor:
+        """L1 norm of all the weights that belong to each model dimension, (D,): its row of every
+        writer to the residual stream (bias included), its entries of every LayerNorm, its column
+        of every reader and of the CTC head."""
+
+        def rows(layer: nn.Module) -> Tensor:
+            w = layer.weight.abs().flatten(1).sum(1)  # type: ignore[operator]
+            return w if layer.bias is None else w + layer.bias.abs()  # type: ignore[operator]
+
+        def columns(layer: nn.Linear | nn.Conv1d) -> Tensor:
+            return layer.weight.abs().transpose(0, 1).flatten(1).sum(1)
+
+        score = rows(self.encoder.pre_encode.out) + columns(self.decoder)
+        for block in self.blocks():
+            for norm in block.norms():
+                score = score + norm.weight.abs() + norm.bias.abs()
+            for _, module in block.branches():
+                if module is not None:
+                    score = score + sum(rows(w) for w in module.residual_writers())
+                    score = score + sum(columns(r) for r in module.residual_readers())
+        return score
 
     @torch.no_grad()
     def fold_hidden(self, scale: Tensor) -> None:
