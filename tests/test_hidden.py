@@ -199,3 +199,29 @@ def test_magnitude_masks_rank_model_dimensions_by_all_their_weights() -> None:
     torch.testing.assert_close(score[j], by_hand.detach())
     gates.freeze(masks)
     assert_same_real_frames(model, physically_prune(model, gates.current_masks()), *_inputs())
+
+
+def test_expected_cost_is_the_mean_cost_of_sampled_masks() -> None:
+    """The closed-form expected cost, a polynomial in the gates' expected counts, is the mean of
+    the exact cost over independently sampled masks (within 4 standard errors): a weight that the
+    hidden mask and another gate both mask counts the product of their expectations. Counting the
+    model dimension as dense instead is far outside."""
+    model = _model(seed=11)
+    gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "frontend", HIDDEN])
+    g = torch.Generator().manual_seed(0)
+    for _, gate in gates:
+        gate.log_alpha.data.uniform_(-2.0, 3.0, generator=g)
+    probs = {name: (gate.fixed if gate.frozen else gate.prob_nonzero()).detach() for name, gate in gates}
+    expected = gates.expected_cost()
+    closed_form = torch.tensor([as_float(expected.params), as_float(expected.macs_per_second)])
+    dense_hidden = conformer_cost(model.config, {k: p.sum() for k, p in probs.items() if k != HIDDEN})
+    samples = []
+    for _ in range(4000):
+        kept = {name: float(torch.bernoulli(p, generator=g).sum()) for name, p in probs.items()}
+        cost = conformer_cost(model.config, kept)
+        samples.append([as_float(cost.params), as_float(cost.macs_per_second)])
+    sampled = torch.tensor(samples, dtype=torch.float64)
+    mean, error = sampled.mean(0), sampled.std(0) / len(samples) ** 0.5
+    assert bool(((mean - closed_form.double()).abs() <= 4 * error).all()), (mean, closed_form, error)
+    wrong = torch.tensor([as_float(dense_hidden.params), as_float(dense_hidden.macs_per_second)])
+    assert bool(((mean - wrong.double()).abs() > 20 * error).all())
