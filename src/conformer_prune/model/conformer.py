@@ -346,7 +346,7 @@ class Prunable(nn.Module, metaclass=abc.ABCMeta):
         """L1 norm of all the weights that belong to each unit, per group."""
 
     @abc.abstractmethod
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         """The layers whose outputs are the residual stream (d_model)."""
 
     @abc.abstractmethod
@@ -557,7 +557,7 @@ class ConvSubsampling(Prunable):
             scores[str(i)] = score
         return scores
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.out]
 
     def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
@@ -717,7 +717,7 @@ class RelPositionMultiHeadAttention(Prunable):
         pos = self.pos_bias_u.abs().sum(1) + self.pos_bias_v.abs().sum(1)
         return {"units": rows + biases + out + pos}
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.linear_out]
 
     def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
@@ -770,7 +770,7 @@ class FeedForward(Prunable):
         bias = 0.0 if lin1.bias is None else lin1.bias.abs()
         return {"units": lin1.weight.abs().sum(1) + bias + lin2.weight.abs().sum(0)}
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.linear2]
 
     def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
@@ -857,7 +857,7 @@ class ConvolutionModule(Prunable):
         depthwise = self.depthwise_conv.weight.abs().sum((1, 2))
         return {"units": glu + depthwise + self.pointwise_conv2.weight.abs().sum((0, 2))}
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.pointwise_conv2]
 
     def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
@@ -1087,9 +1087,9 @@ class ConformerCTC(nn.Module):
         return Size(params + d * v + v, macs + d * v * t)  # CTC head
 
     def prune(self, masks: Mapping[str, Tensor]) -> None:
-        """Slice away, in place, every unit, branch and block whose 0/1 mask (by gate name, see
-        `named_prunable`) is 0; absent names keep everything. A branch left without units is
-        removed. Gates are left alone: prune a model without them."""
+        """Slice away, in place, every unit, branch, block and model dimension (`HIDDEN`) whose
+        0/1 mask (by gate name, see `named_prunable`) is 0; absent names keep everything. A branch
+        left without units is removed. Gates are left alone: prune a model without them."""
 
         def kept(name: str, n: int) -> Tensor:
             mask = masks.get(name)
@@ -1132,7 +1132,6 @@ class ConformerCTC(nn.Module):
                 if module is None:
                     continue
                 for writer in module.residual_writers():
-                    assert isinstance(writer, nn.Linear | nn.Conv1d)
                     _keep_rows(writer, index)
                 for reader in module.residual_readers():
                     _keep_columns(reader, index)
@@ -1150,9 +1149,9 @@ class ConformerCTC(nn.Module):
         writer to the residual stream (bias included), its entries of every LayerNorm, its column
         of every reader and of the CTC head."""
 
-        def rows(layer: nn.Module) -> Tensor:
-            w = layer.weight.abs().flatten(1).sum(1)  # type: ignore[operator]
-            return w if layer.bias is None else w + layer.bias.abs()  # type: ignore[operator]
+        def rows(layer: nn.Linear | nn.Conv1d) -> Tensor:
+            w = layer.weight.abs().flatten(1).sum(1)
+            return w if layer.bias is None else w + layer.bias.abs()
 
         def columns(layer: nn.Linear | nn.Conv1d) -> Tensor:
             return layer.weight.abs().transpose(0, 1).flatten(1).sum(1)
@@ -1173,7 +1172,7 @@ class ConformerCTC(nn.Module):
         model with a mask of ones computes what it computed with `scale` as the mask: the rows of
         every writer to the residual stream, every LayerNorm's weight and bias, and the columns of
         every position projection (which read the masked position embeddings)."""
-        writers: list[nn.Module] = [self.encoder.pre_encode.out]
+        writers: list[nn.Linear | nn.Conv1d] = [self.encoder.pre_encode.out]
         for block in self.blocks():
             for norm in block.norms():
                 norm.weight.mul_(scale.to(norm.weight))
