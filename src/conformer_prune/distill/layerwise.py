@@ -10,7 +10,10 @@ The loss (weights configurable, every part logged) is
 where h_l are the outputs of Conformer block l and f the front end's output (real frames only),
 P a learned d x d linear projection initialised to the identity (DPHuBERT's prediction heads start
 as identity too), so at the start of pruning the student matches the teacher exactly and the
-distillation terms are zero; p_T are the CTC posteriors softened by the temperature T.
+distillation terms are zero; p_T are the CTC posteriors softened by the temperature T. With
+hidden-dimension pruning the student's h_l and f are masked by its hidden gate (0 on removed
+dimensions), so each projection reads, and learns from, the kept dimensions only: its columns go
+with the student's model dimensions, as CoFiPruning's distillation layer does with ``hidden_z``.
 
 Each choice is named in `DistillConfig`:
 - the distance D (`layer_loss`): "mse"; "normalized-mse", the MSE divided by the variance of the
@@ -293,17 +296,19 @@ def _real(lengths: Tensor, x: Tensor) -> Tensor:
 
 
 class _FrontEndOutput:
-    """Holds the front end's output of `model` (encoder.pre_encode) during a forward pass."""
+    """Holds the front end's output of `model` during a forward pass, as the blocks see it: the
+    input of the positional encoding (masked by the hidden gate when the model has one, so the
+    projection reads only the kept dimensions, as it would after slicing)."""
 
     def __init__(self, model: ConformerCTC) -> None:
-        self.module = model.encoder.pre_encode
+        self.module = model.encoder.pos_enc
         self.out: list[Tensor] = []
 
     def __enter__(self) -> list[Tensor]:
-        def hook(_module: nn.Module, _inputs: object, output: tuple[Tensor, Tensor]) -> None:
-            self.out.append(output[0])
+        def hook(_module: nn.Module, inputs: tuple[Tensor]) -> None:
+            self.out.append(inputs[0])
 
-        self.handle = self.module.register_forward_hook(hook)
+        self.handle = self.module.register_forward_pre_hook(hook)
         return self.out
 
     def __exit__(self, *_: object) -> None:

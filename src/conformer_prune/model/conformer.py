@@ -17,14 +17,16 @@ outputs of real frames.
 Pruning lives beside the model (DPHuBERT's `components.py`, nanoGPT's `crop_block_size`): every
 prunable module subclasses `Prunable` and says, in one place, what its units are (`unit_groups`),
 what it costs in closed form given the kept units (`size`), how it slices itself (`prune`), how its
-units score by magnitude (`unit_scores`) and which of its layers write the residual stream
-(`residual_writers`). Its gate slots (``None`` in a dense model) hold modules whose call returns a
-mask (see `conformer_prune.prune`): heads multiply the per-head attention context, neurons the
-feed-forward hidden units, channels the convolution module's activations before pointwise_conv2
-(so BatchNorm sees the channel as removed), front-end channels the outputs of each subsampling
-convolution, and module and layer gates scale a residual branch. A mask of ones leaves the output
-unchanged; a zero is exactly what slicing the unit away computes. `ConformerCTC.named_prunable`,
-`ConformerCTC.size` and `ConformerCTC.prune` loop over these modules.
+units score by magnitude (`unit_scores`) and which of its layers write and read the residual stream
+(`residual_writers`, `residual_readers`: what hidden-dimension pruning slices). Its gate slots
+(``None`` in a dense model) hold modules whose call returns a mask (see `conformer_prune.prune`):
+heads multiply the per-head attention context, neurons the feed-forward hidden units, channels the
+convolution module's activations before pointwise_conv2 (so BatchNorm sees the channel as removed),
+front-end channels the outputs of each subsampling convolution, and module and layer gates scale a
+residual branch; the hidden gate of the encoder (`HIDDEN`) masks the model dimension everywhere (see
+`ConformerEncoder`). A mask of ones leaves the output unchanged; a zero is exactly what slicing the
+unit away computes. `ConformerCTC.named_prunable`, `ConformerCTC.size` and `ConformerCTC.prune` loop
+over these modules.
 
 Frame arithmetic (the feature frame rate and the subsampled length) is defined here once.
 """
@@ -48,8 +50,10 @@ from conformer_prune.config import from_dict
 
 __all__ = [
     "FEATURE_FRAMES_PER_SECOND",
+    "HIDDEN",
     "ConformerCTC",
     "ConformerConfig",
+    "HiddenMask",
     "Num",
     "Prunable",
     "Size",
@@ -63,6 +67,9 @@ Gate = nn.Module  # a module whose call returns a mask; see conformer_prune.prun
 Num = Tensor | float  # a unit count: exact (0/1 mask sums), expected (gate probabilities) or dense
 
 PER_LAYER = ("heads", "ffn1", "ffn2", "conv_channels")
+# the structure, gate and mask name of hidden-dimension (d_model) pruning; in a size's `kept`
+# mapping, the kept (or expected) number of d_model dimensions
+HIDDEN = "hidden"
 
 FEATURE_FRAMES_PER_SECOND = 100  # log-mel frames per second of audio: a 10 ms hop
 SUBSAMPLING = 4  # the default: encoder frame = 4 feature frames, two stride-2 convolutions
@@ -129,6 +136,12 @@ class ConformerConfig:
         dropout: dropout in the blocks.
         dropout_att: dropout on attention weights.
         dropout_emb: dropout on the relative position embeddings.
+        d_model_unpruned: 0, or, after hidden-dimension pruning, the d_model the model was
+            trained with: it sets the sinusoidal position embeddings' frequencies and xscaling's
+            sqrt(d_model), which pruning keeps.
+        hidden_dims: empty, or, after hidden-dimension pruning, which of the d_model_unpruned
+            dimensions the model kept (sorted, d_model of them); the position embeddings are
+            those dimensions of the unpruned sinusoid.
     """
 
     n_mels: int = 80
@@ -148,6 +161,8 @@ class ConformerConfig:
     dropout: float = 0.1
     dropout_att: float = 0.1
     dropout_emb: float = 0.0
+    d_model_unpruned: int = 0
+    hidden_dims: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in PER_LAYER:
@@ -156,8 +171,25 @@ class ConformerConfig:
                 raise ValueError(f"{name} has {len(values)} entries; expected n_layers = {self.n_layers}")
             if any(v < 0 for v in values):
                 raise ValueError(f"{name} must be non-negative, found {values}")
-        if self.d_model % 2:
-            raise ValueError(f"d_model must be even (sinusoidal position embeddings), found {self.d_model}")
+        if self.position_width % 2:
+            raise ValueError(
+                f"d_model must be even (sinusoidal position embeddings), found {self.position_width}"
+            )
+        if bool(self.d_model_unpruned) != bool(self.hidden_dims):
+            raise ValueError(
+                "d_model_unpruned and hidden_dims are set together (after hidden-dimension pruning) "
+                f"or not at all, found {self.d_model_unpruned} and {len(self.hidden_dims)} dims"
+            )
+        dims = self.hidden_dims
+        if dims and (
+            len(dims) != self.d_model
+            or any(a >= b for a, b in itertools.pairwise(dims))
+            or not 0 <= dims[0] <= dims[-1] < self.d_model_unpruned
+        ):
+            raise ValueError(
+                f"hidden_dims must be d_model = {self.d_model} sorted distinct dims of "
+                f"d_model_unpruned = {self.d_model_unpruned}, found {dims}"
+            )
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, found {self.conv_kernel}")
         if self.subsampling not in get_args(SubsamplingKind):
@@ -195,6 +227,12 @@ class ConformerConfig:
         return out
 
     @property
+    def position_width(self) -> int:
+        """Width of the sinusoidal position embeddings (and xscaling's d_model): d_model, or the
+        unpruned d_model after hidden-dimension pruning."""
+        return self.d_model_unpruned or self.d_model
+
+    @property
     def frames_per_second(self) -> float:
         """Encoder output frames per second of audio."""
         return FEATURE_FRAMES_PER_SECOND / self.subsampling_factor
@@ -219,6 +257,55 @@ def _kept_bias(bias: Tensor | None, index: Tensor) -> nn.Parameter | None:
     return None if bias is None else _kept(bias, index)
 
 
+def _d_model(cfg: ConformerConfig, kept: Mapping[str, Num]) -> Num:
+    """The kept d_model dimensions in a size's `kept` mapping (as in `cfg` when absent)."""
+    return kept.get(HIDDEN, cfg.d_model)
+
+
+def _keep_rows(layer: nn.Linear | nn.Conv1d, index: Tensor) -> None:
+    """Keep the output features (rows, with the bias) `index` of a Linear or Conv1d."""
+    layer.weight = _kept(layer.weight, index)
+    layer.bias = _kept_bias(layer.bias, index)
+    if isinstance(layer, nn.Linear):
+        layer.out_features = len(index)
+    else:
+        layer.out_channels = len(index)
+
+
+def _keep_columns(layer: nn.Linear | nn.Conv1d, index: Tensor) -> None:
+    """Keep the input features (columns) `index` of a Linear or Conv1d (without groups)."""
+    layer.weight = _kept(layer.weight, index, 1)
+    if isinstance(layer, nn.Linear):
+        layer.in_features = len(index)
+    else:
+        layer.in_channels = len(index)
+
+
+class HiddenMask(NamedTuple):
+    """One draw of the hidden gate: the mask (D,) and its non-zero dimensions (D',), found once
+    per forward pass (finding them waits for the device)."""
+
+    mask: Tensor
+    kept: Tensor
+
+    @classmethod
+    def of(cls, mask: Tensor) -> HiddenMask:
+        return cls(mask, torch.nonzero(mask.detach()).flatten())
+
+
+def _kept_layer_norm(norm: nn.LayerNorm, x: Tensor, hidden: HiddenMask) -> Tensor:
+    """`norm` over the dimensions that the hidden mask keeps (its non-zeros) only, scaled by the
+    mask, and 0 elsewhere: on the kept dimensions, what the LayerNorm sliced to them computes
+    (CoFiPruning's `CoFiLayerNorm`, Xia et al. 2022). Shapes: (..., D) -> (..., D)."""
+    index = hidden.kept
+    if len(index) == 0:  # a sampled mask may close every dimension
+        return torch.zeros_like(x)
+    weight, bias = norm.weight[index], norm.bias[index]
+    kept = F.layer_norm(x.index_select(-1, index), (len(index),), weight, bias, norm.eps)  # (..., D')
+    out = torch.zeros(x.shape, dtype=kept.dtype, device=kept.device)
+    return out.index_copy(-1, index, kept * hidden.mask[index])
+
+
 class Prunable(nn.Module, metaclass=abc.ABCMeta):
     """A module with prunable units: the one class to write for a new prunable structure.
 
@@ -239,8 +326,10 @@ class Prunable(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         """Closed-form parameters and MACs for one utterance of `frames` feature frames, given the
-        kept units of each group (exact counts or expected values) and the probability `present`
-        that the module is kept at all; equal to ``numel()`` and the flop counter once sliced."""
+        kept units of each group (exact counts or expected values), the kept model dimensions
+        under `HIDDEN` (as in `cfg` when absent) and the probability `present` that the module is
+        kept at all; equal to ``numel()`` and the flop counter once sliced. A weight that two
+        gates mask counts the product of their expected counts (the gates are independent)."""
 
     @abc.abstractmethod
     def prune(self, keep: Mapping[str, Tensor]) -> None:
@@ -257,8 +346,13 @@ class Prunable(nn.Module, metaclass=abc.ABCMeta):
         """L1 norm of all the weights that belong to each unit, per group."""
 
     @abc.abstractmethod
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         """The layers whose outputs are the residual stream (d_model)."""
+
+    @abc.abstractmethod
+    def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
+        """The layers whose inputs are d_model wide (the normalised residual stream, or the
+        position embeddings): their columns go with hidden-dimension pruning."""
 
 
 def _conv2d_channels_last(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -398,7 +492,7 @@ class ConvSubsampling(Prunable):
 
     @staticmethod
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
-        d = cfg.d_model
+        d = _d_model(cfg, kept)
         c = [kept[str(i)] for i in range(len(cfg.subsampling_channels))]
         t, f = _halved(frames), _halved(cfg.n_mels)  # after the first convolution
         params: Num = 10 * c[0]  # 9 weights and a bias per channel
@@ -463,22 +557,38 @@ class ConvSubsampling(Prunable):
             scores[str(i)] = score
         return scores
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.out]
+
+    def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
+        return []
 
 
 class RelPositionalEncoding(nn.Module):
     """Sinusoidal embeddings of relative positions T-1 ... -(T-1) (NeMo's `RelPositionalEncoding`).
 
     Returns the (optionally sqrt(d)-scaled) input and pos_emb of shape (1, 2T-1, D).
+
+    Args:
+        d_model: width of the sinusoid, and the d of xscaling's sqrt(d).
+        xscaling: scale the input by sqrt(d_model).
+        dropout: dropout on the scaled input.
+        dropout_emb: dropout on the embeddings.
+        dims: after hidden-dimension pruning, the dimensions of the sinusoid the model kept (then
+            D = len(dims)); empty: all.
     """
 
-    def __init__(self, d_model: int, xscaling: bool, dropout: float, dropout_emb: float) -> None:
+    def __init__(
+        self, d_model: int, xscaling: bool, dropout: float, dropout_emb: float, dims: list[int] | None = None
+    ) -> None:
         super().__init__()
         self.d_model = d_model
         self.xscale = math.sqrt(d_model) if xscaling else 1.0
         self.dropout = nn.Dropout(dropout)
         self.dropout_emb = nn.Dropout(dropout_emb)
+        self.dims: Tensor | None
+        # not persistent: the config holds the dims, and checkpoints keep the keys they had
+        self.register_buffer("dims", torch.tensor(dims) if dims else None, persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         t = x.shape[1]
@@ -489,6 +599,8 @@ class RelPositionalEncoding(nn.Module):
         )
         angles = positions * div  # (2T-1, D/2)
         pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).reshape(2 * t - 1, self.d_model)
+        if self.dims is not None:
+            pe = pe.index_select(1, self.dims)  # (2T-1, D)
         x = x * self.xscale
         return self.dropout(x), self.dropout_emb(pe[None].to(x.dtype))
 
@@ -563,7 +675,7 @@ class RelPositionMultiHeadAttention(Prunable):
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         # LayerNorm (2d), q/k/v (d e + e each), out (e d + d), pos (d e), biases u and v (2 e) with
         # e = heads * head_dim; products q.k, q.p and attn.v per head
-        d, t = cfg.d_model, cfg.encoder_frames(frames)
+        d, t = _d_model(cfg, kept), cfg.encoder_frames(frames)
         tp = 2 * t - 1  # relative positions
         e = kept["units"] * cfg.head_dim
         params = present * (3 * d + e * (5 * d + 5))
@@ -605,8 +717,11 @@ class RelPositionMultiHeadAttention(Prunable):
         pos = self.pos_bias_u.abs().sum(1) + self.pos_bias_v.abs().sum(1)
         return {"units": rows + biases + out + pos}
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.linear_out]
+
+    def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
+        return [self.linear_q, self.linear_k, self.linear_v, self.linear_pos]
 
 
 class FeedForward(Prunable):
@@ -636,7 +751,7 @@ class FeedForward(Prunable):
     @staticmethod
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         # LayerNorm (2d), linear1 (d f + f), linear2 (f d + d)
-        d, f, t = cfg.d_model, kept["units"], cfg.encoder_frames(frames)
+        d, f, t = _d_model(cfg, kept), kept["units"], cfg.encoder_frames(frames)
         return Size(present * (3 * d + f * (2 * d + 1)), present * 2 * d * f * t)
 
     def prune(self, keep: Mapping[str, Tensor]) -> None:
@@ -655,8 +770,11 @@ class FeedForward(Prunable):
         bias = 0.0 if lin1.bias is None else lin1.bias.abs()
         return {"units": lin1.weight.abs().sum(1) + bias + lin2.weight.abs().sum(0)}
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.linear2]
+
+    def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
+        return [self.linear1]
 
 
 class ConvolutionModule(Prunable):
@@ -708,7 +826,7 @@ class ConvolutionModule(Prunable):
     def size(cfg: ConformerConfig, kept: Mapping[str, Num], frames: int, present: Num = 1.0) -> Size:
         # LayerNorm (2d), pointwise_conv1 (2c d + 2c), depthwise (c k + c), BatchNorm (2c),
         # pointwise_conv2 (c d + d)
-        d, k, c, t = cfg.d_model, cfg.conv_kernel, kept["units"], cfg.encoder_frames(frames)
+        d, k, c, t = _d_model(cfg, kept), cfg.conv_kernel, kept["units"], cfg.encoder_frames(frames)
         return Size(present * (3 * d + c * (3 * d + k + 5)), present * c * (3 * d + k) * t)
 
     def prune(self, keep: Mapping[str, Tensor]) -> None:
@@ -739,8 +857,11 @@ class ConvolutionModule(Prunable):
         depthwise = self.depthwise_conv.weight.abs().sum((1, 2))
         return {"units": glu + depthwise + self.pointwise_conv2.weight.abs().sum((0, 2))}
 
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self) -> list[nn.Linear | nn.Conv1d]:
         return [self.pointwise_conv2]
+
+    def residual_readers(self) -> list[nn.Linear | nn.Conv1d]:
+        return [self.pointwise_conv1]
 
 
 @dataclass(frozen=True)
@@ -756,6 +877,11 @@ class Branch:
 
 class ConformerBlock(nn.Module):
     """x + FF1/2, x + MHSA, x + Conv, x + FF2/2, LayerNorm. Absent modules (width 0) are skipped.
+
+    With a hidden mask (D,) (hidden-dimension pruning), every LayerNorm normalises over the kept
+    dimensions only and its output is scaled by the mask, as is every module's output, so the
+    residual stream is 0 on removed dimensions and the block computes on the kept ones what the
+    block sliced to them computes.
 
     Shapes: x (B, T, D), pos_emb (1, 2T-1, D), frame_mask (B, T) -> (B, T, D).
     """
@@ -799,21 +925,32 @@ class ConformerBlock(nn.Module):
     def _scaled(y: Tensor, gate: Gate | None) -> Tensor:
         return y if gate is None else y * gate()
 
-    def forward(self, x: Tensor, pos_emb: Tensor, frame_mask: Tensor) -> Tensor:
+    @staticmethod
+    def _norm(norm: nn.LayerNorm, x: Tensor, hidden: HiddenMask | None) -> Tensor:
+        return norm(x) if hidden is None else _kept_layer_norm(norm, x, hidden)
+
+    @staticmethod
+    def _written(y: Tensor, hidden: HiddenMask | None) -> Tensor:
+        """A module's output as it enters the residual stream (B, T, D)."""
+        return y if hidden is None else y * hidden.mask
+
+    def forward(
+        self, x: Tensor, pos_emb: Tensor, frame_mask: Tensor, hidden: HiddenMask | None = None
+    ) -> Tensor:
         residual = x
         if self.feed_forward1 is not None and self.norm_feed_forward1 is not None:
-            y = self.feed_forward1(self.norm_feed_forward1(x))
-            x = x + 0.5 * self.dropout(self._scaled(y, self.gate_ffn1))
+            y = self.feed_forward1(self._norm(self.norm_feed_forward1, x, hidden))
+            x = x + 0.5 * self.dropout(self._scaled(self._written(y, hidden), self.gate_ffn1))
         if self.self_attn is not None and self.norm_self_att is not None:
-            y = self.self_attn(self.norm_self_att(x), pos_emb, frame_mask)
-            x = x + self.dropout(self._scaled(y, self.gate_attn))
+            y = self.self_attn(self._norm(self.norm_self_att, x, hidden), pos_emb, frame_mask)
+            x = x + self.dropout(self._scaled(self._written(y, hidden), self.gate_attn))
         if self.conv is not None and self.norm_conv is not None:
-            y = self.conv(self.norm_conv(x), frame_mask)
-            x = x + self.dropout(self._scaled(y, self.gate_conv))
+            y = self.conv(self._norm(self.norm_conv, x, hidden), frame_mask)
+            x = x + self.dropout(self._scaled(self._written(y, hidden), self.gate_conv))
         if self.feed_forward2 is not None and self.norm_feed_forward2 is not None:
-            y = self.feed_forward2(self.norm_feed_forward2(x))
-            x = x + 0.5 * self.dropout(self._scaled(y, self.gate_ffn2))
-        x = self.norm_out(x)
+            y = self.feed_forward2(self._norm(self.norm_feed_forward2, x, hidden))
+            x = x + 0.5 * self.dropout(self._scaled(self._written(y, hidden), self.gate_ffn2))
+        x = self._norm(self.norm_out, x, hidden)
         if self.gate_layer is not None:  # z = 0 makes the block the identity, so it can be removed
             x = residual + self.gate_layer() * (x - residual)
         return x
@@ -822,6 +959,11 @@ class ConformerBlock(nn.Module):
         """(branch name, its module or None when absent), in the order of `forward`."""
         for name, branch in self.BRANCHES.items():
             yield name, getattr(self, branch.attr)
+
+    def norms(self) -> list[nn.LayerNorm]:
+        """The LayerNorms present: one per branch, then the final one."""
+        names = [branch.norm for branch in self.BRANCHES.values()] + ["norm_out"]
+        return [norm for name in names if (norm := getattr(self, name)) is not None]
 
     def remove(self, branch: str) -> None:
         """Drop a residual branch with its LayerNorm (the block then skips it)."""
@@ -833,16 +975,17 @@ class ConformerBlock(nn.Module):
         """Closed-form size of block `index` given kept units by gate name (absent names: as in
         `cfg`); each branch is weighted by its presence, the whole by the layer's."""
         sizes: dict[str, Size] = {}
+        d = _d_model(cfg, kept)
         for name, branch in ConformerBlock.BRANCHES.items():
             width = getattr(cfg, branch.field)[index]
             gate = f"layers.{index}.{name}"
-            units = {"units": kept.get(f"{gate}.units", float(width))}
+            units = {"units": kept.get(f"{gate}.units", float(width)), HIDDEN: d}
             sizes[name] = branch.module.size(cfg, units, frames, kept.get(gate, float(width > 0)))
         layer = kept.get(f"layers.{index}", 1.0)
         ffn1, attn, conv, ffn2 = sizes["ffn1"], sizes["attn"], sizes["conv"], sizes["ffn2"]
         # 2d: norm_out. The terms are summed in this order so that the float32 expected cost, and
         # with it the budget, stays bit-identical with earlier runs.
-        params = layer * (2 * cfg.d_model + (ffn1.params + ffn2.params) + attn.params + conv.params)
+        params = layer * (2 * d + (ffn1.params + ffn2.params) + attn.params + conv.params)
         macs = layer * ((ffn1.macs + ffn2.macs) + attn.macs + conv.macs)
         return Size(params, macs)
 
@@ -850,24 +993,39 @@ class ConformerBlock(nn.Module):
 class ConformerEncoder(nn.Module):
     """Subsampling, positional encoding and Conformer blocks.
 
+    Its gate slot `gate_hidden` (``None`` in a dense model) holds the hidden mask (D,) of
+    hidden-dimension pruning (CoFiPruning's ``hidden_z``, Xia et al. 2022, Sec. 3.1): drawn once
+    per forward pass and shared by every writer to the residual stream (the front end, each
+    module's output, each block's final LayerNorm) and every reader (each LayerNorm, normalising
+    over the kept dimensions, and the position projections, through the position embeddings).
+
     Shapes: feats (B, T, n_mels), lengths (B,) -> (B, T', D), (B,).
     """
 
     def __init__(self, cfg: ConformerConfig) -> None:
         super().__init__()
         self.pre_encode = ConvSubsampling(cfg.n_mels, cfg.subsampling_channels, cfg.d_model, cfg.subsampling)
-        self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.xscaling, cfg.dropout, cfg.dropout_emb)
+        self.pos_enc = RelPositionalEncoding(
+            cfg.position_width, cfg.xscaling, cfg.dropout, cfg.dropout_emb, cfg.hidden_dims
+        )
         self.layers = nn.ModuleList(ConformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.gate_hidden: Gate | None = None  # (D,) model dimensions
 
     def forward(
         self, feats: Tensor, lengths: Tensor, layer_outputs: list[Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Encode; when `layer_outputs` is a list, every block's output is appended to it."""
         x, lengths = self.pre_encode(feats, lengths)
+        # (D,): one draw for all its uses
+        hidden = None if self.gate_hidden is None else HiddenMask.of(self.gate_hidden())
+        if hidden is not None:
+            x = x * hidden.mask
         x, pos_emb = self.pos_enc(x)
+        if hidden is not None:  # what the position projections read
+            pos_emb = pos_emb * hidden.mask
         frame_mask = _lengths_to_mask(lengths, x.shape[1])
         for layer in self.layers:
-            x = layer(x, pos_emb, frame_mask)
+            x = layer(x, pos_emb, frame_mask, hidden)
             if layer_outputs is not None:
                 layer_outputs.append(x)
         return x, lengths
@@ -919,19 +1077,19 @@ class ConformerCTC(nn.Module):
         `kept` units, presence probabilities or mask sums by gate name; absent names as in `cfg`.
         As the flop counter does, only matrix products and convolutions count as MACs."""
         groups = ConvSubsampling.config_groups(cfg)
-        params, macs = ConvSubsampling.size(
-            cfg, {g: kept.get(f"frontend.{g}", float(n)) for g, n in groups.items()}, frames
-        )
+        d = _d_model(cfg, kept)
+        front: dict[str, Num] = {g: kept.get(f"frontend.{g}", float(n)) for g, n in groups.items()}
+        params, macs = ConvSubsampling.size(cfg, {**front, HIDDEN: d}, frames)
         for i in range(cfg.n_layers):
             layer = ConformerBlock.size(cfg, i, kept, frames)
             params, macs = params + layer.params, macs + layer.macs
-        d, v, t = cfg.d_model, cfg.vocab_size + 1, cfg.encoder_frames(frames)
+        v, t = cfg.vocab_size + 1, cfg.encoder_frames(frames)
         return Size(params + d * v + v, macs + d * v * t)  # CTC head
 
     def prune(self, masks: Mapping[str, Tensor]) -> None:
-        """Slice away, in place, every unit, branch and block whose 0/1 mask (by gate name, see
-        `named_prunable`) is 0; absent names keep everything. A branch left without units is
-        removed. Gates are left alone: prune a model without them."""
+        """Slice away, in place, every unit, branch, block and model dimension (`HIDDEN`) whose
+        0/1 mask (by gate name, see `named_prunable`) is 0; absent names keep everything. A branch
+        left without units is removed. Gates are left alone: prune a model without them."""
 
         def kept(name: str, n: int) -> Tensor:
             mask = masks.get(name)
@@ -956,7 +1114,77 @@ class ConformerCTC(nn.Module):
                     module.prune(keep)
             blocks.append(block)
         self.encoder.layers = nn.ModuleList(blocks)
+        if HIDDEN in masks:
+            self._prune_hidden(kept(HIDDEN, self.config.d_model))
         self.config = self.current_config()
+
+    def _prune_hidden(self, index: Tensor) -> None:
+        """Keep the model dimensions `index` (sorted) everywhere: the rows of every writer to the
+        residual stream, every LayerNorm, the columns of every reader and of the CTC head; the
+        position embeddings keep those dimensions of the sinusoid, and xscaling its scale."""
+        pre = self.encoder.pre_encode
+        _keep_rows(pre.out, index)
+        for block in self.blocks():
+            for norm in block.norms():
+                norm.weight, norm.bias = _kept(norm.weight, index), _kept(norm.bias, index)
+                norm.normalized_shape = (len(index),)
+            for _, module in block.branches():
+                if module is None:
+                    continue
+                for writer in module.residual_writers():
+                    _keep_rows(writer, index)
+                for reader in module.residual_readers():
+                    _keep_columns(reader, index)
+        _keep_columns(self.decoder, index)
+        cfg = self.config
+        dims = torch.tensor(cfg.hidden_dims)[index] if cfg.hidden_dims else index  # of the unpruned
+        pos_enc = self.encoder.pos_enc
+        pos_enc.dims = dims.to(pre.out.weight.device)
+        self.config = dataclasses.replace(
+            cfg, d_model=len(index), d_model_unpruned=cfg.position_width, hidden_dims=dims.tolist()
+        )
+
+    def hidden_scores(self) -> Tensor:
+        """L1 norm of all the weights that belong to each model dimension, (D,): its row of every
+        writer to the residual stream (bias included), its entries of every LayerNorm, its column
+        of every reader and of the CTC head."""
+
+        def rows(layer: nn.Linear | nn.Conv1d) -> Tensor:
+            w = layer.weight.abs().flatten(1).sum(1)
+            return w if layer.bias is None else w + layer.bias.abs()
+
+        def columns(layer: nn.Linear | nn.Conv1d) -> Tensor:
+            return layer.weight.abs().transpose(0, 1).flatten(1).sum(1)
+
+        score = rows(self.encoder.pre_encode.out) + columns(self.decoder)
+        for block in self.blocks():
+            for norm in block.norms():
+                score = score + norm.weight.abs() + norm.bias.abs()
+            for _, module in block.branches():
+                if module is not None:
+                    score = score + sum(rows(w) for w in module.residual_writers())
+                    score = score + sum(columns(r) for r in module.residual_readers())
+        return score
+
+    @torch.no_grad()
+    def fold_hidden(self, scale: Tensor) -> None:
+        """Multiply, in place, the weights that follow the hidden mask by `scale` (D,), so that the
+        model with a mask of ones computes what it computed with `scale` as the mask: the rows of
+        every writer to the residual stream, every LayerNorm's weight and bias, and the columns of
+        every position projection (which read the masked position embeddings)."""
+        writers: list[nn.Linear | nn.Conv1d] = [self.encoder.pre_encode.out]
+        for block in self.blocks():
+            for norm in block.norms():
+                norm.weight.mul_(scale.to(norm.weight))
+                norm.bias.mul_(scale.to(norm.bias))
+            for _, module in block.branches():
+                if module is not None:
+                    writers += module.residual_writers()
+                if isinstance(module, RelPositionMultiHeadAttention):
+                    module.linear_pos.weight.mul_(scale.to(module.linear_pos.weight)[None, :])
+        for writer in writers:
+            for p in writer.parameters():
+                p.mul_(scale.to(p).view(-1, *[1] * (p.dim() - 1)))
 
     def current_config(self) -> ConformerConfig:
         """The config of the model as its modules now are (after pruning, in place or by a

@@ -36,6 +36,8 @@ def _scaled(teacher: ConformerConfig, scale: float, ffn: int | None = None) -> C
         ffn2=[ffn if ffn is not None else width(max(teacher.ffn2))] * n,
         conv_channels=[width(max(teacher.conv_channels))] * n,
         subsampling_channels=[width(c) for c in teacher.subsampling_channels],
+        d_model_unpruned=0,  # a plain model of its own width, even if the teacher's d_model was pruned
+        hidden_dims=[],
     )
 
 

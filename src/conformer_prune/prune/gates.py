@@ -14,7 +14,9 @@ units, so a new prunable module brings its own):
   column);
 - ``modules``: one gate per self-attention, feed-forward and convolution module;
 - ``frontend``: output channels of the two subsampling convolutions;
-- ``layers``: one gate per whole block.
+- ``layers``: one gate per whole block;
+- ``hidden``: the model dimension (d_model), one mask shared by every writer to the residual stream
+  and every reader of it (CoFiPruning's ``hidden_z``; see `ConformerEncoder`).
 
 A module gate is attached wherever unit gates are, even when ``modules`` is not learned: it then
 stays fixed at one until `freeze` closes it because all its units were removed, so that an
@@ -30,14 +32,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from conformer_prune.model.conformer import ConformerCTC, Num, Prunable
+from conformer_prune.model.conformer import HIDDEN, ConformerCTC, Num, Prunable
 from conformer_prune.prune.cost import Cost, Metric, conformer_cost
 from conformer_prune.prune.hardconcrete import HardConcrete
 
 __all__ = ["STRUCTURES", "ConformerGates", "Structure"]
 
-Structure = Literal["heads", "ffn", "conv", "modules", "frontend", "layers"]
-STRUCTURES: tuple[Structure, ...] = ("heads", "ffn", "conv", "modules", "frontend", "layers")
+Structure = Literal["heads", "ffn", "conv", "modules", "frontend", "layers", "hidden"]
+STRUCTURES: tuple[Structure, ...] = ("heads", "ffn", "conv", "modules", "frontend", "layers", "hidden")
 
 
 @dataclass
@@ -127,8 +129,10 @@ class ConformerGates:
                     slot.layer, slot.module = f"layers.{i}", module
             if "layers" in structures:
                 add(f"layers.{i}", block, "gate_layer", 1, init_module, True)
-        for slot in slots.values():
-            slot.gate.soft = soft and slot.learned and slot.module is not None
+        if HIDDEN in structures:  # created last: the other gates' noise and seeds stay as they were
+            add(HIDDEN, model.encoder, "gate_hidden", model.config.d_model, init_unit, True).unit = True
+        for name, slot in slots.items():
+            slot.gate.soft = soft and slot.learned and (slot.module is not None or name == HIDDEN)
         return cls(model, slots, list(structures))
 
     def __iter__(self) -> Iterator[tuple[str, HardConcrete]]:
@@ -184,7 +188,8 @@ class ConformerGates:
             return {name: (slot.gate.eval()() > 0).float() for name, slot in self.slots.items()}
 
     def normalized(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Close a module whose units are all removed, and keep one front-end channel at least."""
+        """Close a module whose units are all removed, and keep one front-end channel and one model
+        dimension at least."""
         out = {k: v.clone() for k, v in masks.items()}
         for name in list(out):
             slot = self.slots.get(name)
@@ -192,7 +197,7 @@ class ConformerGates:
                 continue
             if slot.closes is not None:
                 out[slot.closes] = torch.zeros(1, device=out[name].device)
-            else:  # a module that cannot be removed (the front end) keeps its best unit
+            else:  # what cannot be removed (the front end, the model dimension) keeps its best unit
                 out[name][int(torch.argmax(slot.gate.log_alpha))] = 1.0
         return out
 
@@ -277,12 +282,14 @@ class ConformerGates:
         once, just before `freeze`."""
         for name, mask in self.normalized(masks).items():
             slot = self.slots[name]
-            if not slot.gate.soft or slot.gate.frozen or slot.module is None:
+            if not slot.gate.soft or slot.gate.frozen:
                 continue
             scale = torch.where(mask > 0, slot.gate.expected_value(), torch.ones_like(mask))
-            if slot.group is not None:
+            if name == HIDDEN:
+                self.model.fold_hidden(scale)
+            elif slot.module is not None and slot.group is not None:
                 slot.module.fold_units(slot.group, scale)
-            else:  # a module gate scales the module's output: its residual writers
+            elif slot.module is not None:  # a module gate scales the module's output: its writers
                 for layer in slot.module.residual_writers():
                     for p in layer.parameters():
                         p.mul_(scale.to(p))

@@ -1,12 +1,12 @@
 """One-shot structured magnitude pruning: the `magnitude` and `magnitude-distill` baselines.
 
-Every head, feed-forward neuron, convolution channel and front-end channel is scored by the L1 norm
-of all the weights that belong to it (the rows it writes and the columns it reads); every gate then
-keeps the same fraction of its units, its best by score, with the fraction chosen by bisection so
-that the exact cost of the pruned model is at or just under the target. Whole modules are kept.
-Because a common fraction rounds differently in gates of different widths, the remaining gap to
-the target is filled with the best-scoring removed units (relative to their gate's mean score)
-that still fit, as the learned masks are in `ConformerGates.deterministic_masks`.
+Every head, feed-forward neuron, convolution channel, front-end channel and model dimension is
+scored by the L1 norm of all the weights that belong to it (the rows it writes and the columns it
+reads); every gate then keeps the same fraction of its units, its best by score, with the fraction
+chosen by bisection so that the exact cost of the pruned model is at or just under the target. Whole
+modules are kept. Because a common fraction rounds differently in gates of different widths, the
+remaining gap to the target is filled with the best-scoring removed units (relative to their gate's
+mean score) that still fit, as the learned masks are in `ConformerGates.deterministic_masks`.
 
 Usage:
     masks = magnitude_masks(gates, target=0.5 * teacher_params, metric="params")
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from conformer_prune.model.conformer import ConformerCTC
+from conformer_prune.model.conformer import HIDDEN, ConformerCTC
 from conformer_prune.prune.cost import Metric
 from conformer_prune.prune.gates import ConformerGates
 
@@ -41,6 +41,8 @@ def magnitude_masks(gates: ConformerGates, target: float, metric: Metric = "para
     """0/1 masks for every gate: the same kept fraction of units everywhere (at least one per
     gate), best first by L1 score, at or just under `target` (an absolute count)."""
     all_scores = unit_scores(gates.model)
+    if HIDDEN in gates.slots:
+        all_scores[HIDDEN] = gates.model.hidden_scores().detach().float().cpu()
     # masks live on the gates' device (CPU here, CUDA when the student is there), like learned ones
     fixed = {name: gate.fixed.clone() if gate.frozen else torch.ones_like(gate.fixed) for name, gate in gates}
     pruned = {name: s for name, s in all_scores.items() if name in fixed and gates.slots[name].learned}
