@@ -32,6 +32,7 @@ from conformer_prune.data.corpus import Utterance, read_corpus
 from conformer_prune.evaluate.decode import BeamSearchConfig, BeamSearchDecoder, arpa_unigrams
 from conformer_prune.evaluate.lm import build_arpa
 from conformer_prune.evaluate.metrics import error_rates, paired_bootstrap_wer
+from conformer_prune.evaluate.report import format_interval as _interval
 from conformer_prune.export.sherpa import (
     export_sherpa,
     sherpa_features,
@@ -218,10 +219,6 @@ def main() -> None:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
-
-
-def _interval(d: dict[str, float]) -> str:
-    return f"{100 * d['delta']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
 def write_docs(record: dict[str, Any]) -> None:

@@ -198,6 +198,31 @@ def test_paired_bootstrap_wer_separates_a_real_difference_from_luck() -> None:
         paired_bootstrap_wer(refs, good, bad[:-1])
 
 
+def test_compare_recogs_pairs_the_same_utterances(tmp_path: Path) -> None:
+    from conformer_prune.evaluate.report import format_interval
+    from conformer_prune.evaluate.run import compare_recogs
+
+    refs = {"u1": "THE CAT SAT", "u2": "ON THE MAT", "u3": "A DOG"}
+
+    def write(name: str, hyps: dict[str, str], refs: dict[str, str] = refs) -> Path:
+        lines = [f"{u}\tref={refs[u]}\n{u}\thyp={h}" for u, h in hyps.items()]
+        path = tmp_path / f"recogs-{name}.txt"
+        path.write_text("# run_id x\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    a = write("a", {"u1": "THE CAT SAT", "u2": "ON THE MAT", "u3": "A DOG"})
+    b = write("b", {"u3": "A DOG", "u1": "THE HAT SAT", "u2": "ON MAT"})  # the order does not matter
+    d = compare_recogs(a, b)
+    assert (d["utterances"], d["words"]) == (3, 8)
+    assert d["delta"] == pytest.approx(2 / 8) and d["low"] <= d["delta"] <= d["high"]
+    assert compare_recogs(b, a)["delta"] == pytest.approx(-2 / 8)
+    assert format_interval({"delta": 0.025, "low": -0.001, "high": 0.05}) == "+2.50 [-0.10, +5.00]"
+    with pytest.raises(ValueError, match="same utterances"):
+        compare_recogs(a, write("c", {"u1": "THE CAT SAT", "u2": "ON THE MAT"}))
+    with pytest.raises(ValueError, match="different references"):
+        compare_recogs(a, write("d", {"u1": "X", "u2": "Y", "u3": "Z"}, {**refs, "u3": "A CAT"}))
+
+
 def test_recogs_files_read_back(tmp_path: Path) -> None:
     from conformer_prune.evaluate.run import read_recogs
 

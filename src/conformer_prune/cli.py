@@ -2,7 +2,7 @@
 declared beside it (`_add_NAME`). What the subcommands run lives in the library.
 
 Usage:
-    conformer-prune demo
+    conformer-prune demo   # or: conformer-prune demo --teacher runs/teacher/model.pt --work runs/demo-mine
     conformer-prune synth corpus --hours 0.5
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher
     conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json
@@ -422,21 +422,32 @@ def _add_demo(sub: _Subparsers) -> None:
         sub,
         "demo",
         cmd_demo,
-        "The main job on embedded defaults: corpus, teacher, 50% pruning, evaluation.",
+        "The main job on the committed reference teacher: a small subset of the reference corpus, "
+        "50% pruning with layerwise distillation, teacher and pruned model side by side, ONNX export.",
         "conformer-prune demo --work runs/demo",
     )
     p.add_argument("--work", default="runs/demo", help="working directory (stages are cached here)")
-    p.add_argument("--hours", type=float, default=0.5, help="hours of synthetic audio")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher training overrides")
+    p.add_argument(
+        "--teacher",
+        help="the trained model to prune (.pt; default: the repository's benchmarks/models/teacher.pt)",
+    )
+    p.add_argument("--hours", type=float, help="hours of the reference corpus's train/dev/test (default 1)")
+    p.add_argument("--unseen-hours", type=float, help="hours of its test-unseen split (default 0.1)")
+    p.add_argument("--workers", type=int, default=2, help="synthesis processes and evaluation threads")
     p.add_argument("--prune-set", nargs="*", default=[], metavar="KEY=VALUE", help="pruning overrides")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from conformer_prune.demo import run_demo
+    from conformer_prune.demo import DEFAULT_TEACHER, DEMO_HOURS, DEMO_UNSEEN_HOURS, run_demo
 
-    run_demo(Path(args.work), args.hours, args.seed, args.workers, args.set, args.prune_set)
+    run_demo(
+        Path(args.work),
+        teacher=Path(args.teacher) if args.teacher else DEFAULT_TEACHER,
+        hours=DEMO_HOURS if args.hours is None else args.hours,
+        unseen_hours=DEMO_UNSEEN_HOURS if args.unseen_hours is None else args.unseen_hours,
+        workers=args.workers,
+        prune_overrides=args.prune_set,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

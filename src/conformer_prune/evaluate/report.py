@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["decoding_name", "format_results"]
+__all__ = ["decoding_name", "format_interval", "format_results"]
 
 
 def decoding_name(decoder: Any) -> str:
@@ -28,3 +28,9 @@ def format_results(results: dict[str, object]) -> str:
             shown = str(value)
         rows.append(f"  {key:<22} {shown}")
     return "\n".join(rows)
+
+
+def format_interval(d: dict[str, float]) -> str:
+    """A WER difference and its 95% interval (`paired_bootstrap_wer`'s dict) in points:
+    ``+1.23 [+0.45, +2.01]``."""
+    return f"{100 * d['delta']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"

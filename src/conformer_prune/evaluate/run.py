@@ -25,12 +25,14 @@ from conformer_prune.evaluate.metrics import (
     cpu_latency_ms,
     error_rates,
     macs_per_second,
+    paired_bootstrap_wer,
 )
 from conformer_prune.model.checkpoint import Recognizer, greedy_decode
 from conformer_prune.utils import atomic_write_text
 
 __all__ = [
     "Recognition",
+    "compare_recogs",
     "cost_report",
     "evaluate_recognizer",
     "read_recogs",
@@ -105,6 +107,24 @@ def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
         missing = sorted(refs.keys() ^ hyps.keys())
         raise ValueError(f"{path}: utterances without both ref= and hyp=: {missing}")
     return {utt: (refs[utt], hyps[utt]) for utt in refs}
+
+
+def compare_recogs(a: Path, b: Path) -> dict[str, Any]:
+    """WER of system `b` minus system `a` from their ``recogs-<name>.txt`` files of the same
+    utterances, with the paired bootstrap's 95% interval (`paired_bootstrap_wer`) and the size of
+    the split (``utterances``, ``words``)."""
+    rec_a, rec_b = read_recogs(a), read_recogs(b)
+    if rec_a.keys() != rec_b.keys():
+        raise ValueError(
+            f"expected recognitions of the same utterances in {a} and {b}; "
+            f"found {len(rec_a.keys() ^ rec_b.keys())} that only one of them holds"
+        )
+    utts = sorted(rec_a)
+    refs = [rec_a[u][0] for u in utts]
+    if refs != [rec_b[u][0] for u in utts]:
+        raise ValueError(f"{a} and {b} hold different references for the same utterances")
+    result: dict[str, Any] = {"utterances": len(utts), "words": sum(len(r.split()) for r in refs)}
+    return result | paired_bootstrap_wer(refs, [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts])
 
 
 def recogs_path(recogs_dir: Path, name: str) -> Path:
