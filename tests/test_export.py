@@ -16,7 +16,7 @@ import torch
 from conformer_prune.cli import main
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.features import ConvDFTLogMel, FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.export import OnnxRecognizer, export_onnx, quantize_int8, verify_onnx
@@ -56,8 +56,35 @@ def _check_parity(rec: Recognizer, path: Path, frontend: bool) -> None:
 
 @pytest.mark.parametrize("shape", [DENSE, PRUNED], ids=["dense", "pruned"])
 def test_onnx_runtime_matches_pytorch_from_waveforms(shape: dict[str, object], tmp_path: Path) -> None:
+    import onnx
+
     rec = _recognizer(shape)
-    _check_parity(rec, export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6), frontend=True)
+    path = export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6)
+    _check_parity(rec, path, frontend=True)
+    # the front end's spectrum is a convolution, not ONNX Runtime's slow STFT
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert "Conv" in ops and not ops & {"STFT", "DFT"}, ops
+
+
+FRONT_ENDS = {
+    "ours": FeatureConfig(),
+    "nemo": FeatureConfig(frame_count="nemo", log_guard_type="clamp", pad_to=16),
+    "odd_window": FeatureConfig(win_length=401, hop_length=150, preemph=0.0, normalize="none"),
+}
+
+
+@pytest.mark.parametrize("config", FRONT_ENDS.values(), ids=FRONT_ENDS.keys())
+@pytest.mark.parametrize("samples", [1600, 1601, 16000, 23457, 48001])
+def test_conv_dft_front_end_equals_log_mel_features(config: FeatureConfig, samples: int) -> None:
+    """The exported front end (STFT as a strided convolution) gives PyTorch's features."""
+    gen = torch.Generator().manual_seed(samples)
+    waves = 0.1 * torch.randn(2, samples, generator=gen)
+    lengths = torch.tensor([samples, samples * 2 // 3 + 1])
+    with torch.no_grad():
+        ref, ref_lengths = LogMelFeatures(config).eval()(waves, lengths)
+        out, out_lengths = ConvDFTLogMel(config).eval()(waves, lengths)
+    assert torch.equal(out_lengths, ref_lengths) and out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-4
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureConfig", "LogMelFeatures", "SpecAugment", "SpecAugmentConfig", "mel_filterbank"]
+__all__ = [
+    "ConvDFTLogMel",
+    "FeatureConfig",
+    "LogMelFeatures",
+    "SpecAugment",
+    "SpecAugmentConfig",
+    "mel_filterbank",
+]
 
 
 @dataclass
@@ -133,6 +140,21 @@ class LogMelFeatures(nn.Module):
             return torch.div(padded, cfg.hop_length, rounding_mode="floor")
         return torch.div(lengths, cfg.hop_length, rounding_mode="floor") + 1
 
+    def power_spectrum(self, x: Tensor) -> Tensor:
+        """|STFT|^2 of centred, zero-padded frames: (B, N) -> (B, n_fft // 2 + 1, N // hop + 1)."""
+        cfg = self.config
+        spec = torch.stft(
+            x,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )  # (B, n_freqs, T)
+        return spec.real.pow(2) + spec.imag.pow(2)
+
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
         if waveforms.dim() != 2:
@@ -145,17 +167,7 @@ class LogMelFeatures(nn.Module):
         if cfg.preemph > 0:
             x = torch.cat([x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]], dim=1)
         x = x.masked_fill(~sample_mask, 0.0)
-        spec = torch.stft(
-            x,
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            window=self.window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )  # (B, n_freqs, T)
-        power = spec.real.pow(2) + spec.imag.pow(2)
+        power = self.power_spectrum(x)  # (B, n_freqs, T)
         mel = torch.matmul(self.fbank, power)  # (B, n_mels, T)
         if cfg.log_guard_type == "clamp":
             feats = torch.log(torch.clamp(mel, min=cfg.log_guard))
@@ -169,6 +181,45 @@ class LogMelFeatures(nn.Module):
         if cfg.pad_to > 0:
             feats = F.pad(feats, (0, (-feats.shape[-1]) % cfg.pad_to))
         return feats.transpose(1, 2), out_lengths  # (B, T, n_mels)
+
+
+class ConvDFTLogMel(LogMelFeatures):
+    """`LogMelFeatures` with its STFT computed as one strided convolution, for export.
+
+    ONNX Runtime runs the exported `torch.stft` (an ONNX DFT) about three times slower than
+    PyTorch's FFT; a real DFT of the frames written as a Conv1d with `2 * n_freqs` output
+    channels (cosine and sine kernels, the window folded in) runs on its convolution kernels.
+    Only the spectrum differs in how it is computed: pre-emphasis, masking, log, normalisation
+    and frame counts are `LogMelFeatures`' own (dither too: added in training mode only; the
+    export graph is in eval mode).
+
+    Args:
+        config: the front-end settings.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__(config)
+        n_freqs = config.n_fft // 2 + 1
+        # torch.stft centres the window in the n_fft frame: its first sample is at `offset`
+        offset = (config.n_fft - config.win_length) // 2
+        k = torch.arange(n_freqs, dtype=torch.float64)[:, None]
+        m = torch.arange(config.win_length, dtype=torch.float64)[None, :] + offset
+        # the phase k * m mod n_fft is exact in float64, so the kernels are exact to float32
+        phase = 2 * math.pi * torch.remainder(k * m, config.n_fft) / config.n_fft  # (F, win)
+        window = self.window.double()[None, :]
+        kernels = torch.cat([torch.cos(phase) * window, -torch.sin(phase) * window])  # (2F, win)
+        self.dft: Tensor
+        self.register_buffer("dft", kernels.float()[:, None, :], persistent=False)  # (2F, 1, win)
+        # centring pads n_fft // 2 zeros before the frame start, of which `offset` fall in the
+        # window's zero margin; the right pad (never negative) leaves exactly N // hop + 1 frames
+        self.pad_left = config.n_fft // 2 - offset
+        self.pad_right = config.win_length - self.pad_left
+
+    def power_spectrum(self, x: Tensor) -> Tensor:
+        n_freqs = self.dft.shape[0] // 2
+        frames = F.pad(x[:, None, :], (self.pad_left, self.pad_right))  # (B, 1, N + win)
+        spec = F.conv1d(frames, self.dft, stride=self.config.hop_length)  # (B, 2F, T)
+        return spec[:, :n_freqs].pow(2) + spec[:, n_freqs:].pow(2)
 
 
 def _normalize_per_feature(feats: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:

@@ -4,8 +4,9 @@ Usage:
     conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx [--int8] [--data corpus/test]
 
 The graph maps waveforms (B, N) and their lengths to CTC log-probabilities (B, T', V) and output
-lengths, with the log-mel front end inside (the same `LogMelFeatures` module that training and
-evaluation use), so that ONNX Runtime alone can transcribe audio; `frontend=False` exports
+lengths, with the log-mel front end inside (the `LogMelFeatures` that training and evaluation use,
+its STFT written as a strided convolution: `ConvDFTLogMel`), so that ONNX Runtime alone can
+transcribe audio; `frontend=False` exports
 features (B, T, n_mels) to log-probabilities instead. Batch and time axes are dynamic. The file's
 metadata carries the tokenizer, the model and feature config, the sparsity against the teacher and
 the versions. Export uses PyTorch's `torch.export`-based exporter (`dynamo=True`).
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from conformer_prune import __version__
 from conformer_prune.config import to_dict
+from conformer_prune.data.features import ConvDFTLogMel
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
@@ -38,11 +40,16 @@ OPSET = 18
 
 
 class _WaveformGraph(nn.Module):
-    """Front end and model in one graph: waveforms (B, N), lengths -> log_probs, lengths."""
+    """Front end and model in one graph: waveforms (B, N), lengths -> log_probs, lengths.
 
-    def __init__(self, rec: Recognizer) -> None:
+    Args:
+        rec: the recognizer.
+        features: its front end as the graph computes it (default `rec.features`).
+    """
+
+    def __init__(self, rec: Recognizer, features: nn.Module | None = None) -> None:
         super().__init__()
-        self.features = rec.features
+        self.features = rec.features if features is None else features
         self.model = rec.model
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,6 +58,15 @@ class _WaveformGraph(nn.Module):
 
 
 def _graph(rec: Recognizer, frontend: bool) -> nn.Module:
+    """The module that `export_onnx` exports: the front end's STFT becomes a strided convolution
+    (`ConvDFTLogMel`; ONNX Runtime's STFT costs 3x PyTorch's FFT), the rest is `rec` itself."""
+    if not frontend:
+        return rec.model.eval().cpu()
+    return _WaveformGraph(rec, ConvDFTLogMel(rec.features.config)).eval().cpu()
+
+
+def _reference(rec: Recognizer, frontend: bool) -> nn.Module:
+    """What the export must agree with: `rec` as PyTorch runs it (its own `LogMelFeatures`)."""
     return (_WaveformGraph(rec) if frontend else rec.model).eval().cpu()
 
 
@@ -180,7 +196,7 @@ def verify_onnx(
 
     ort_rec = OnnxRecognizer(path, threads=threads)
     frontend = ort_rec.input == "waveforms"
-    graph = _graph(rec, frontend)
+    graph = _reference(rec, frontend)
     cases: dict[str, tuple[Tensor, Tensor]] = {
         "random_b1": _example(rec, frontend, 1.3, batch=1),
         "random_b3": _example(rec, frontend, 2.1, batch=3),
