@@ -10,8 +10,8 @@ file. Static variants calibrate on the first utterances of the corpus's train sp
 utterances scored). Latency: one 10 s utterance, batch 1, 2 threads, every variant timed in
 alternation in one process (median times, and the median over rounds of each round's ratio to
 fp32; idle ONNX Runtime threads do not spin, so one session does not slow the next). WER: greedy,
-on the test split, with the paired-bootstrap 95% interval of each variant's difference from fp32. Writes benchmarks/results/int8.json and the `int8` section
-of docs/benchmark.md.
+on the test split, with the paired-bootstrap 95% interval of each variant's difference from fp32.
+Writes benchmarks/results/int8.json and the `int8` section of docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -188,8 +188,9 @@ def write_docs(record: dict[str, Any]) -> None:
         f"`{record['model']}` as a waveform graph; one 10 s utterance, batch 1, {record['threads']} "
         f"threads, medians of {record['rounds']} interleaved rounds in one process; the speed-up is "
         f"the median of the rounds' ratios. Static variants calibrated on "
-        f"{record['calibration_utterances']} train utterances; test WER on {record['test_utterances']} utterances ({record['test_words']} "
-        f"words), differences in points. {record['note']} Commit `{record['commit']}`.\n\n{table}\n\n"
+        f"{record['calibration_utterances']} train utterances; test WER on "
+        f"{record['test_utterances']} utterances ({record['test_words']} words), differences in "
+        f"points. {record['note']} Commit `{record['commit']}`.\n\n{table}\n\n"
         f"Reproduce: `{record['command']}`.",
     )
 

@@ -288,6 +288,7 @@ def test_export_command_static_int8(tiny_corpus: Path, tiny_run: Path, tmp_path:
         (["--int8", "--int8-ops", "Softmax"], "int8 op types must be some of"),
         (["--int8", "--int8-modules", "ffn"], "int8 modules must be some of"),
         (["--int8", "static", "--calibration", "c", "--calibration-utterances", "0"], "at least 1"),
+        (["--int8-ops", "MatMul"], "add --int8"),
     ],
 )
 def test_bad_int8_options_are_clear_errors(

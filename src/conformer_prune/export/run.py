@@ -22,7 +22,7 @@ from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance, read_corpus
 from conformer_prune.evaluate.metrics import count_params, error_rates, interleaved_medians_ms
 from conformer_prune.export.onnx import (
-    INT8_MODULES,
+    INT8_DEFAULTS,
     Int8Mode,
     check_int8_choices,
     export_onnx,
@@ -120,8 +120,8 @@ def export_with_report(
     data: Path | None = None,
     threads: int | None = 2,
     teacher: Path | None = None,
-    int8_ops: Sequence[str] = ("MatMul", "Gemm"),
-    int8_modules: Sequence[str] = INT8_MODULES,
+    int8_ops: Sequence[str] | None = None,
+    int8_modules: Sequence[str] | None = None,
     calibration: Path | None = None,
     calibration_utterances: int = CALIBRATION_UTTERANCES,
 ) -> dict[str, Any]:
@@ -131,7 +131,7 @@ def export_with_report(
 
     Args:
         int8: False, or the quantization mode ("dynamic", "static"; True means "dynamic").
-        int8_ops, int8_modules: what to quantize (see `quantize_int8`).
+        int8_ops, int8_modules: what to quantize (None: the mode's default, see `quantize_int8`).
         calibration: a corpus whose first `calibration_utterances` calibrate static int8.
 
     Raises:
@@ -140,6 +140,8 @@ def export_with_report(
     """
     mode: Int8Mode | None = "dynamic" if int8 is True else (int8 or None)
     if mode is not None:
+        int8_ops = INT8_DEFAULTS[mode][0] if int8_ops is None else int8_ops
+        int8_modules = INT8_DEFAULTS[mode][1] if int8_modules is None else int8_modules
         check_int8_choices(int8_ops, int8_modules)
     if mode == "static" and calibration is None:
         raise ValueError("static int8 needs a calibration corpus, found none")
@@ -173,8 +175,8 @@ def export_with_report(
             else None
         )
         q_path = quantize_int8(onnx_path, int8_path(onnx_path), mode, int8_ops, int8_modules, inputs)
-        report |= {"onnx_int8": str(q_path), "int8_mode": mode, "int8_ops": list(int8_ops)}
-        report["int8_modules"] = list(int8_modules)
+        report |= {"onnx_int8": str(q_path), "int8_mode": mode, "int8_ops": list(int8_ops or [])}
+        report["int8_modules"] = list(int8_modules or [])
         if utts and frontend:
             wer = onnx_error_rates(OnnxRecognizer(q_path, threads), utts)["wer"]
             report["wer_ort_int8"] = wer
