@@ -12,8 +12,8 @@ The peak is the median rate of a 2048^3 fp32 matmul with the same threads, measu
 run; achieved GFLOP/s count 2 x the model's MACs (also for int8, whose work is the same).
 WER on the test split compares PyTorch, ONNX Runtime fp32 and int8 (waveform graphs, front end
 inside). The log-mel front end of the waveform graph is also timed alone (2 threads, batch 1, 10 s):
-the exported `torch.stft` (an ONNX STFT) against the strided convolution that the export uses
-(`ConvDFTLogMel`), and PyTorch. Writes benchmarks/results/latency.json, the latency and
+the exported `torch.stft` (an ONNX STFT) against the matrix products that the export uses
+(`MatmulDFTLogMel`), and PyTorch. Writes benchmarks/results/latency.json, the latency and
 latency-frontend sections of docs/benchmark.md and docs/latency.png. Run it on a quiet machine:
 nothing else should share the cores.
 """
@@ -46,7 +46,7 @@ from common import (
 )
 
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.data.features import ConvDFTLogMel, FeatureConfig, LogMelFeatures
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulDFTLogMel
 from conformer_prune.evaluate.metrics import interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.export.onnx import exported_proto
@@ -97,7 +97,7 @@ def time_interleaved(
 
 def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[str, Any]:
     """The log-mel front end alone on one 10 s utterance (batch 1): ONNX Runtime on the exported
-    STFT graph and on the strided-convolution graph, and PyTorch, interleaved; with each ONNX
+    STFT graph and on the matrix-product graph, and PyTorch, interleaved; with each ONNX
     graph's largest feature difference from PyTorch on that utterance."""
     import onnxruntime as ort
 
@@ -118,7 +118,7 @@ def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[s
         reference = torch_features(waves, lengths)[0].numpy()
     runners: dict[str, Any] = {}
     max_abs_diff = {}
-    for name, module in (("ort-stft", torch_features), ("ort-conv", ConvDFTLogMel(config).eval())):
+    for name, module in (("ort-stft", torch_features), ("ort-matmul", MatmulDFTLogMel(config).eval())):
         example = (waves[:, : 3 * config.sample_rate].repeat(2, 1), torch.tensor([48000, 32000]))
         proto = exported_proto(
             module, example, ["waveforms", "lengths"], ["features", "lengths_out"], dims, {}
@@ -312,7 +312,7 @@ def write_frontend_docs(frontend: dict[str, Any]) -> None:
     diffs = frontend["max_abs_diff_vs_torch"]
     labels = {
         "ort-stft": "ONNX Runtime, exported `torch.stft` (ONNX STFT)",
-        "ort-conv": "ONNX Runtime, STFT as a strided Conv1d (`ConvDFTLogMel`, what export uses)",
+        "ort-matmul": "ONNX Runtime, framing and matrix products (`MatmulDFTLogMel`, what export uses)",
         "torch": "PyTorch `LogMelFeatures` (`torch.stft`)",
     }
     rows = [
@@ -322,7 +322,7 @@ def write_frontend_docs(frontend: dict[str, Any]) -> None:
             f"{ms['ort-stft'] / ms[name]:.2f}x",
             f"{diffs[name]:.1e}" if name in diffs else "-",
         ]
-        for name in ("ort-stft", "ort-conv", "torch")
+        for name in ("ort-stft", "ort-matmul", "torch")
     ]
     table = markdown_table(
         ["front end", "latency (ms)", "speed-up vs ONNX STFT", "max abs feature diff vs PyTorch"], rows

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "ConvDFTLogMel",
     "FeatureConfig",
     "LogMelFeatures",
+    "MatmulDFTLogMel",
     "SpecAugment",
     "SpecAugmentConfig",
     "mel_filterbank",
@@ -159,7 +159,7 @@ class LogMelFeatures(nn.Module):
         cfg = self.config
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(waveforms.shape)}")
-        x = waveforms.float()
+        x = waveforms.to(self.fbank.dtype)  # float32, or float64 for a module made .double()
         n = x.shape[1]
         sample_mask = torch.arange(n, device=x.device)[None, :] < lengths[:, None]  # (B, N)
         if self.training and cfg.dither > 0:
@@ -183,15 +183,18 @@ class LogMelFeatures(nn.Module):
         return feats.transpose(1, 2), out_lengths  # (B, T, n_mels)
 
 
-class ConvDFTLogMel(LogMelFeatures):
-    """`LogMelFeatures` with its STFT computed as one strided convolution, for export.
+class MatmulDFTLogMel(LogMelFeatures):
+    """`LogMelFeatures` with its STFT computed as two matrix products, for export.
 
-    ONNX Runtime runs the exported `torch.stft` (an ONNX DFT) about three times slower than
-    PyTorch's FFT; a real DFT of the frames written as a Conv1d with `2 * n_freqs` output
-    channels (cosine and sine kernels, the window folded in) runs on its convolution kernels.
-    Only the spectrum differs in how it is computed: pre-emphasis, masking, log, normalisation
-    and frame counts are `LogMelFeatures`' own (dither too: added in training mode only; the
-    export graph is in eval mode).
+    ONNX Runtime runs the exported `torch.stft` (an ONNX STFT) about three times slower than
+    PyTorch's FFT. Here the frames are cut by reshaping the padded waveform into hop-long blocks
+    and concatenating neighbours (no gather), and the real DFT is a matrix product with cosine
+    and sine kernels that hold the window. The window is symmetric about the frame centre, so
+    the cosine part sees x[j] + x[win-1-j] and the sine part x[j] - x[win-1-j]: half the products
+    of a plain real DFT, and the phase about the centre, which |X|^2 ignores. Only the spectrum
+    differs in how it is computed: pre-emphasis, masking, log, normalisation and frame counts are
+    `LogMelFeatures`' own (dither too: added in training mode only; the export graph is in eval
+    mode).
 
     Args:
         config: the front-end settings.
@@ -199,27 +202,42 @@ class ConvDFTLogMel(LogMelFeatures):
 
     def __init__(self, config: FeatureConfig) -> None:
         super().__init__(config)
-        n_freqs = config.n_fft // 2 + 1
+        n, win, hop = config.n_fft, config.win_length, config.hop_length
         # torch.stft centres the window in the n_fft frame: its first sample is at `offset`
-        offset = (config.n_fft - config.win_length) // 2
-        k = torch.arange(n_freqs, dtype=torch.float64)[:, None]
-        m = torch.arange(config.win_length, dtype=torch.float64)[None, :] + offset
-        # the phase k * m mod n_fft is exact in float64, so the kernels are exact to float32
-        phase = 2 * math.pi * torch.remainder(k * m, config.n_fft) / config.n_fft  # (F, win)
+        offset = (n - win) // 2
+        # centring pads n_fft // 2 zeros before the first frame, `offset` of them in the
+        # window's zero margin
+        self.pad_left = n // 2 - offset
+        self.fold = win // 2
+        self.blocks = -(-win // hop)  # hop-long blocks that one frame spans
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+        j = torch.arange(win, dtype=torch.float64)[None, :]
+        # twice the distance of sample j from the window centre, an integer, so that the phase
+        # k * twice mod 2 n is exact in float64 and the kernels exact to float32
+        twice = 2 * j - (win - 1)
+        phase = math.pi * torch.remainder(k * twice, 2 * n) / n  # (F, win)
         window = self.window.double()[None, :]
-        kernels = torch.cat([torch.cos(phase) * window, -torch.sin(phase) * window])  # (2F, win)
-        self.dft: Tensor
-        self.register_buffer("dft", kernels.float()[:, None, :], persistent=False)  # (2F, 1, win)
-        # centring pads n_fft // 2 zeros before the frame start, of which `offset` fall in the
-        # window's zero margin; the right pad (never negative) leaves exactly N // hop + 1 frames
-        self.pad_left = config.n_fft // 2 - offset
-        self.pad_right = config.win_length - self.pad_left
+        self.cos_t: Tensor
+        self.sin_t: Tensor
+        cos = (torch.cos(phase) * window)[:, : win - self.fold]  # (F, ceil(win / 2))
+        sin = (torch.sin(phase) * window)[:, : self.fold]  # (F, win // 2)
+        self.register_buffer("cos_t", cos.T.float().contiguous(), persistent=False)
+        self.register_buffer("sin_t", sin.T.float().contiguous(), persistent=False)
 
     def power_spectrum(self, x: Tensor) -> Tensor:
-        n_freqs = self.dft.shape[0] // 2
-        frames = F.pad(x[:, None, :], (self.pad_left, self.pad_right))  # (B, 1, N + win)
-        spec = F.conv1d(frames, self.dft, stride=self.config.hop_length)  # (B, 2F, T)
-        return spec[:, :n_freqs].pow(2) + spec[:, n_freqs:].pow(2)
+        cfg = self.config
+        hop, win, fold, blocks = cfg.hop_length, cfg.win_length, self.fold, self.blocks
+        b, t = x.shape[0], x.shape[1] // hop + 1
+        padded = F.pad(x, (self.pad_left, (blocks + 1) * hop))
+        chunks = padded[:, : (t + blocks - 1) * hop].reshape(b, t + blocks - 1, hop)
+        frames = torch.cat([chunks[:, i : i + t] for i in range(blocks)], dim=-1)[..., :win]  # (B, T, win)
+        head, tail = frames[..., :fold], frames[..., win - fold :].flip(-1)  # (B, T, win // 2)
+        even = head + tail
+        if win % 2:  # the centre sample pairs with itself, and only in the cosine part
+            even = torch.cat([even, frames[..., fold : fold + 1]], dim=-1)
+        real = torch.matmul(even, self.cos_t)  # (B, T, F)
+        imag = torch.matmul(head - tail, self.sin_t)
+        return (real * real + imag * imag).transpose(1, 2)  # (B, F, T)
 
 
 def _normalize_per_feature(feats: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ Usage:
 
 The graph maps waveforms (B, N) and their lengths to CTC log-probabilities (B, T', V) and output
 lengths, with the log-mel front end inside (the `LogMelFeatures` that training and evaluation use,
-its STFT written as a strided convolution: `ConvDFTLogMel`), so that ONNX Runtime alone can
+its STFT written as matrix products: `MatmulDFTLogMel`), so that ONNX Runtime alone can
 transcribe audio; `frontend=False` exports
 features (B, T, n_mels) to log-probabilities instead. Batch and time axes are dynamic. The file's
 metadata carries the tokenizer, the model and feature config, the sparsity against the teacher and
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from conformer_prune import __version__
 from conformer_prune.config import to_dict
-from conformer_prune.data.features import ConvDFTLogMel
+from conformer_prune.data.features import MatmulDFTLogMel
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
@@ -73,11 +73,11 @@ class _WaveformGraph(nn.Module):
 
 
 def _graph(rec: Recognizer, frontend: bool) -> nn.Module:
-    """The module that `export_onnx` exports: the front end's STFT becomes a strided convolution
-    (`ConvDFTLogMel`; ONNX Runtime's STFT costs 3x PyTorch's FFT), the rest is `rec` itself."""
+    """The module that `export_onnx` exports: the front end's STFT becomes matrix products
+    (`MatmulDFTLogMel`; ONNX Runtime's STFT costs 3x PyTorch's FFT), the rest is `rec` itself."""
     if not frontend:
         return rec.model.eval().cpu()
-    return _WaveformGraph(rec, ConvDFTLogMel(rec.features.config)).eval().cpu()
+    return _WaveformGraph(rec, MatmulDFTLogMel(rec.features.config)).eval().cpu()
 
 
 def _reference(rec: Recognizer, frontend: bool) -> nn.Module:
