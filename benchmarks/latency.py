@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/latency.py                     # reference teacher and the 50% pruned model
     python benchmarks/latency.py --models a=x.pt b=y.pt --rounds 5
+    python benchmarks/latency.py --frontend-only      # only the log-mel front end (about a minute)
 
 For every model: export to ONNX (features to log-probabilities, the graph that `latency_ms_10s`
 times in PyTorch) and quantize it to int8; then, for 1 and 2 threads and batches 1 and 8, time a
@@ -10,13 +11,18 @@ times in PyTorch) and quantize it to int8; then, for 1 and 2 threads and batches
 The peak is the median rate of a 2048^3 fp32 matmul with the same threads, measured in the same
 run; achieved GFLOP/s count 2 x the model's MACs (also for int8, whose work is the same).
 WER on the test split compares PyTorch, ONNX Runtime fp32 and int8 (waveform graphs, front end
-inside). Writes benchmarks/results/latency.json, the latency section of docs/benchmark.md and
-docs/latency.png. Run it on a quiet machine: nothing else should share the cores.
+inside). The log-mel front end of the waveform graph is also timed alone (2 threads, batch 1, 10 s):
+the exported `torch.stft` (an ONNX STFT) against the matrix products that the export uses
+(`MatmulDFTLogMel`), and PyTorch. Writes benchmarks/results/latency.json, the latency and
+latency-frontend sections of docs/benchmark.md and docs/latency.png. Run it on a quiet machine:
+nothing else should share the cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import statistics
 import sys
 import time
@@ -30,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
+    RESULTS,
     ROOT,
     command_line,
     git_commit,
@@ -39,8 +46,10 @@ from common import (
 )
 
 from conformer_prune.data.corpus import read_corpus
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulDFTLogMel
 from conformer_prune.evaluate.metrics import interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
+from conformer_prune.export.onnx import exported_proto
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
@@ -86,6 +95,54 @@ def time_interleaved(
     return interleaved_medians_ms(runners, rounds)
 
 
+def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[str, Any]:
+    """The log-mel front end alone on one 10 s utterance (batch 1): ONNX Runtime on the exported
+    STFT graph and on the matrix-product graph, and PyTorch, interleaved; with each ONNX
+    graph's largest feature difference from PyTorch on that utterance."""
+    import onnxruntime as ort
+
+    samples = int(SECONDS * config.sample_rate)
+    waves = 0.1 * torch.randn(1, samples, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([samples])
+    torch_features = LogMelFeatures(config).eval()
+    dims = (
+        {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("time", min=1600)},
+        {0: torch.export.Dim("batch", min=1, max=1024)},
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # idle ORT threads spin for a while after a run, which would slow whatever runs next
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    inputs = {"waveforms": waves.numpy(), "lengths": lengths.numpy()}
+    with torch.inference_mode():
+        reference = torch_features(waves, lengths)[0].numpy()
+    runners: dict[str, Any] = {}
+    max_abs_diff = {}
+    for name, module in (("ort-stft", torch_features), ("ort-matmul", MatmulDFTLogMel(config).eval())):
+        example = (waves[:, : 3 * config.sample_rate].repeat(2, 1), torch.tensor([48000, 32000]))
+        proto = exported_proto(
+            module, example, ["waveforms", "lengths"], ["features", "lengths_out"], dims, {}
+        )
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        max_abs_diff[name] = float(np.abs(session.run(None, inputs)[0] - reference).max())
+        runners[name] = functools.partial(session.run, None, inputs)
+
+    def run_torch() -> None:
+        with torch.inference_mode():
+            torch_features(waves, lengths)
+
+    runners["torch"] = run_torch
+    medians = time_interleaved(runners, threads, rounds)
+    return {
+        "threads": threads,
+        "batch": 1,
+        "seconds_of_audio": SECONDS,
+        "rounds": rounds,
+        "latency_ms": medians,
+        "max_abs_diff_vs_torch": max_abs_diff,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,8 +150,23 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="NAME=checkpoint (default: teacher and pruned-50)")
     parser.add_argument("--test", default=str(CACHE / "corpus-reference" / "test"), help="corpus for WER")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--frontend-only",
+        action="store_true",
+        help="time only the front end and update that entry of latency.json (keeps the other rows)",
+    )
+    parser.add_argument("--note", default="", help="how the machine was loaded, kept with the results")
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
+    frontend = frontend_latency(FeatureConfig(), threads=2, rounds=max(args.rounds, 15))
+    frontend |= {"commit": commit, "command": command_line(), "note": args.note}
+    print("front end:", frontend, flush=True)
+    if args.frontend_only:
+        record = json.loads((RESULTS / "latency.json").read_text())
+        record["frontend"] = frontend
+        save_result("latency", record)
+        write_frontend_docs(frontend)
+        return
     models = (
         dict(m.split("=", 1) for m in args.models)
         if args.models
@@ -153,12 +225,14 @@ def main() -> None:
         "seconds_of_audio": SECONDS,
         "rows": rows,
         "wer_test": wer,
+        "frontend": frontend,
         "torch_version": torch.__version__,
         "commit": commit,
         "command": command_line(),
     }
     save_result("latency", record)
     write_docs(record)
+    write_frontend_docs(frontend)
 
 
 def write_docs(record: dict[str, Any]) -> None:
@@ -230,6 +304,36 @@ def write_docs(record: dict[str, Any]) -> None:
         f"exported waveform graphs. Commit `{record['commit']}`.\n\n{table}\n\n"
         "![latency](latency.png)\n\n"
         f"Reproduce: `{record['command']}`.",
+    )
+
+
+def write_frontend_docs(frontend: dict[str, Any]) -> None:
+    ms = frontend["latency_ms"]
+    diffs = frontend["max_abs_diff_vs_torch"]
+    labels = {
+        "ort-stft": "ONNX Runtime, exported `torch.stft` (ONNX STFT)",
+        "ort-matmul": "ONNX Runtime, framing and matrix products (`MatmulDFTLogMel`, what export uses)",
+        "torch": "PyTorch `LogMelFeatures` (`torch.stft`)",
+    }
+    rows = [
+        [
+            labels[name],
+            f"{ms[name]:.1f}",
+            f"{ms['ort-stft'] / ms[name]:.2f}x",
+            f"{diffs[name]:.1e}" if name in diffs else "-",
+        ]
+        for name in ("ort-stft", "ort-matmul", "torch")
+    ]
+    table = markdown_table(
+        ["front end", "latency (ms)", "speed-up vs ONNX STFT", "max abs feature diff vs PyTorch"], rows
+    )
+    update_doc_section(
+        "latency-frontend",
+        "## The log-mel front end alone (`benchmarks/latency.py`)\n\n"
+        f"One 10 s utterance, batch 1, {frontend['threads']} threads, medians of "
+        f"{frontend['rounds']} interleaved rounds in one process; compare the rows as ratios. "
+        f"{frontend['note']} Commit `{frontend['commit']}`.\n\n"
+        f"{table}\n\nReproduce: `{frontend['command']}`.",
     )
 
 

@@ -16,10 +16,12 @@ import torch
 from conformer_prune.cli import main
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulDFTLogMel
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.export import OnnxRecognizer, export_onnx, quantize_int8, verify_onnx
+from conformer_prune.export.onnx import INT8_MODULES, int8_nodes
+from conformer_prune.export.run import calibration_inputs
 from conformer_prune.model import Recognizer, build_model, load_recognizer
 from tests.conftest import hetero_config
 
@@ -56,8 +58,42 @@ def _check_parity(rec: Recognizer, path: Path, frontend: bool) -> None:
 
 @pytest.mark.parametrize("shape", [DENSE, PRUNED], ids=["dense", "pruned"])
 def test_onnx_runtime_matches_pytorch_from_waveforms(shape: dict[str, object], tmp_path: Path) -> None:
+    import onnx
+
     rec = _recognizer(shape)
-    _check_parity(rec, export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6), frontend=True)
+    path = export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6)
+    _check_parity(rec, path, frontend=True)
+    # the front end's spectrum is matrix products, not ONNX Runtime's slow STFT
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert not ops & {"STFT", "DFT"}, ops
+
+
+FRONT_ENDS = {
+    "ours": FeatureConfig(),
+    "nemo": FeatureConfig(frame_count="nemo", log_guard_type="clamp", pad_to=16),
+    "odd_window": FeatureConfig(win_length=401, hop_length=150, preemph=0.0, normalize="none"),
+}
+
+
+@pytest.mark.parametrize("config", FRONT_ENDS.values(), ids=FRONT_ENDS.keys())
+@pytest.mark.parametrize("samples", [1600, 1601, 16000, 23457, 48001])
+def test_matmul_dft_front_end_equals_log_mel_features(config: FeatureConfig, samples: int) -> None:
+    """The exported front end (the STFT as matrix products) gives PyTorch's features: within
+    1e-4 of the exact (float64) features, and no further from them than PyTorch's own float32
+    `LogMelFeatures`. (The two float32 computations can differ from each other by up to the sum
+    of their errors: 1.1e-4 on one of these inputs.)"""
+    gen = torch.Generator().manual_seed(samples)
+    waves = 0.1 * torch.randn(2, samples, generator=gen)
+    lengths = torch.tensor([samples, samples * 2 // 3 + 1])
+    with torch.no_grad():
+        exact, exact_lengths = LogMelFeatures(config).double().eval()(waves.double(), lengths)
+        ref, ref_lengths = LogMelFeatures(config).eval()(waves, lengths)
+        out, out_lengths = MatmulDFTLogMel(config).eval()(waves, lengths)
+    assert torch.equal(out_lengths, ref_lengths) and torch.equal(out_lengths, exact_lengths)
+    assert out.shape == ref.shape == exact.shape
+    error, torch_error = (out.double() - exact).abs().max(), (ref.double() - exact).abs().max()
+    assert error <= 1e-4 and error <= torch_error + 1e-5, (error, torch_error)
+    assert (out - ref).abs().max() <= 2e-4
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +182,142 @@ def test_quantized_features_model_runs(features_export: tuple[Recognizer, Path],
     log_probs, lengths = OnnxRecognizer(q).log_probs(feats)
     assert log_probs.shape == (1, 30, rec.model.config.vocab_size + 1) and lengths.tolist() == [30]
     assert np.allclose(np.exp(log_probs).sum(-1), 1.0, atol=1e-3)
+
+
+def _calibration(n: int) -> list[dict[str, np.ndarray]]:
+    gen = np.random.default_rng(n)
+    waves = [0.1 * gen.standard_normal((1, 16000 + 1601 * i)).astype(np.float32) for i in range(n)]
+    return [{"waveforms": w, "lengths": np.array([w.shape[1]])} for w in waves]
+
+
+def _weight_consumers(path: Path) -> set[str]:
+    """Names of the nodes that read an int8 weight: through a DequantizeLinear of an initializer
+    (static, QDQ) or as the node that replaced them (dynamic: NAME_quant)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    weights = {t.name for t in graph.initializer}
+    dequantized = {
+        out
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights
+        for out in n.output
+    }
+    static = {n.name for n in graph.node if set(n.input) & dequantized}
+    dynamic = {
+        n.name.removesuffix("_quant") for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger")
+    }
+    return static | dynamic
+
+
+def _weighted(path: Path, names: set[str]) -> set[str]:
+    """Those of `names` that multiply by a weight (an initializer), not two activations (as the
+    attention scores do)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    weights = {t.name for t in graph.initializer}
+    return {n.name for n in graph.node if n.name in names and set(n.input) & weights}
+
+
+@pytest.mark.parametrize(
+    ("mode", "op_types", "modules"),
+    [
+        ("dynamic", ["MatMul", "Gemm"], INT8_MODULES),
+        ("dynamic", ["MatMul"], ["feed_forward"]),
+        ("static", ["Conv"], ["subsampling"]),
+        ("static", ["MatMul", "Conv"], ["attention", "convolution"]),
+    ],
+)
+def test_int8_quantizes_only_the_chosen_operators(
+    mode: str, op_types: list[str], modules: list[str], tmp_path: Path
+) -> None:
+    import onnx
+
+    rec = _recognizer(DENSE)
+    fp32 = export_onnx(rec, tmp_path / "m.onnx")
+    chosen = set(int8_nodes(onnx.load(fp32), op_types, modules))
+    graph = onnx.load(fp32).graph
+    front_end = {n.name for n in graph.node if any("'features'" in p.value for p in n.metadata_props)}
+    assert front_end and not chosen & front_end  # the log-mel front end stays fp32
+    assert {n.op_type for n in graph.node if n.name in chosen} <= set(op_types)
+    calibration = _calibration(3) if mode == "static" else None
+    q = quantize_int8(fp32, tmp_path / "q.onnx", mode, op_types, modules, calibration)  # type: ignore[arg-type]
+    assert _weight_consumers(q) == _weighted(fp32, chosen) != set()
+
+
+def test_static_int8_stays_close_to_fp32(tiny_corpus: Path, tiny_run: Path, tiny_export: Path) -> None:
+    """Static int8 (MatMul, Gemm and Conv calibrated on 8 train utterances) of the tiny trained
+    model keeps its log-probabilities near fp32 on test audio and the best token of most frames."""
+    rec = load_recognizer(tiny_run / "model.pt")
+    calibration = calibration_inputs(rec, read_corpus(tiny_corpus / "train"), count=8)
+    assert len(calibration) == 8 and set(calibration[0]) == {"waveforms", "lengths"}
+    q = quantize_int8(
+        tiny_export,
+        tiny_export.with_name("tiny.static.onnx"),
+        "static",
+        ["MatMul", "Gemm", "Conv"],
+        INT8_MODULES,
+        calibration,
+    )
+    audio = [load_audio(u.audio_path, 16000) for u in read_corpus(tiny_corpus / "test")[:4]]
+    lp32, n32 = OnnxRecognizer(tiny_export).log_probs(audio)
+    lp8, n8 = OnnxRecognizer(q).log_probs(audio)
+    assert np.array_equal(n32, n8)
+    real = np.arange(lp32.shape[1])[None, :] < n32[:, None]
+    probs32, probs8 = np.exp(lp32)[real], np.exp(lp8)[real]  # (frames, V)
+    assert np.abs(probs8 - probs32).max() <= 0.2, np.abs(probs8 - probs32).max()
+    assert np.abs(probs8 - probs32).mean() <= 0.01, np.abs(probs8 - probs32).mean()
+    assert (lp32.argmax(-1) == lp8.argmax(-1))[real].mean() >= 0.95
+
+
+def test_export_command_static_int8(tiny_corpus: Path, tiny_run: Path, tmp_path: Path) -> None:
+    out = io.StringIO()
+    onnx_path = tmp_path / "m.onnx"
+    argv = ["export", str(tiny_run / "model.pt"), "--onnx", str(onnx_path), "--int8", "static"]
+    argv += ["--calibration", str(tiny_corpus / "train"), "--calibration-utterances", "4"]
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--int8-ops", "MatMul", "--int8-modules", "feed_forward", "attention"]) == 0
+    report = json.loads(out.getvalue())
+    assert report["int8_mode"] == "static" and report["int8_modules"] == ["feed_forward", "attention"]
+    assert report["latency_ms_10s_ort_int8"] > 0
+    import onnx
+
+    chosen = int8_nodes(onnx.load(onnx_path), ["MatMul"], ["feed_forward", "attention"])
+    assert _weight_consumers(onnx_path.with_name("m.int8.onnx")) == _weighted(onnx_path, set(chosen)) != set()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8", "static"], "--int8 static needs --calibration"),
+        (["--int8", "dynamic", "--calibration", "corpus"], "--calibration is for --int8 static"),
+        (["--int8", "--int8-ops", "Softmax"], "int8 op types must be some of"),
+        (["--int8", "--int8-modules", "ffn"], "int8 modules must be some of"),
+        (["--int8", "static", "--calibration", "c", "--calibration-utterances", "0"], "at least 1"),
+        (["--int8-ops", "MatMul"], "add --int8"),
+    ],
+)
+def test_bad_int8_options_are_clear_errors(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tmp_path / "model.pt"), "--onnx", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_int8_arguments_are_clear_errors(
+    features_export: tuple[Recognizer, Path], tmp_path: Path
+) -> None:
+    path = features_export[1]
+    with pytest.raises(ValueError, match="mode must be 'dynamic' or 'static'"):
+        quantize_int8(path, tmp_path / "q.onnx", "fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs calibration inputs"):
+        quantize_int8(path, tmp_path / "q.onnx", "static")
+    with pytest.raises(ValueError, match="no Conv node in the modules"):
+        quantize_int8(path, tmp_path / "q.onnx", "dynamic", ["Conv"], ["feed_forward"])
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_transcribing_audio_with_a_features_model_is_a_clear_error(

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeatureConfig", "LogMelFeatures", "SpecAugment", "SpecAugmentConfig", "mel_filterbank"]
+__all__ = [
+    "FeatureConfig",
+    "LogMelFeatures",
+    "MatmulDFTLogMel",
+    "SpecAugment",
+    "SpecAugmentConfig",
+    "mel_filterbank",
+]
 
 
 @dataclass
@@ -133,18 +140,9 @@ class LogMelFeatures(nn.Module):
             return torch.div(padded, cfg.hop_length, rounding_mode="floor")
         return torch.div(lengths, cfg.hop_length, rounding_mode="floor") + 1
 
-    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def power_spectrum(self, x: Tensor) -> Tensor:
+        """|STFT|^2 of centred, zero-padded frames: (B, N) -> (B, n_fft // 2 + 1, N // hop + 1)."""
         cfg = self.config
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(waveforms.shape)}")
-        x = waveforms.float()
-        n = x.shape[1]
-        sample_mask = torch.arange(n, device=x.device)[None, :] < lengths[:, None]  # (B, N)
-        if self.training and cfg.dither > 0:
-            x = x + cfg.dither * torch.randn_like(x)
-        if cfg.preemph > 0:
-            x = torch.cat([x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]], dim=1)
-        x = x.masked_fill(~sample_mask, 0.0)
         spec = torch.stft(
             x,
             n_fft=cfg.n_fft,
@@ -155,7 +153,21 @@ class LogMelFeatures(nn.Module):
             pad_mode="constant",
             return_complex=True,
         )  # (B, n_freqs, T)
-        power = spec.real.pow(2) + spec.imag.pow(2)
+        return spec.real.pow(2) + spec.imag.pow(2)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (batch, samples), found {tuple(waveforms.shape)}")
+        x = waveforms.to(self.fbank.dtype)  # float32, or float64 for a module made .double()
+        n = x.shape[1]
+        sample_mask = torch.arange(n, device=x.device)[None, :] < lengths[:, None]  # (B, N)
+        if self.training and cfg.dither > 0:
+            x = x + cfg.dither * torch.randn_like(x)
+        if cfg.preemph > 0:
+            x = torch.cat([x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]], dim=1)
+        x = x.masked_fill(~sample_mask, 0.0)
+        power = self.power_spectrum(x)  # (B, n_freqs, T)
         mel = torch.matmul(self.fbank, power)  # (B, n_mels, T)
         if cfg.log_guard_type == "clamp":
             feats = torch.log(torch.clamp(mel, min=cfg.log_guard))
@@ -169,6 +181,63 @@ class LogMelFeatures(nn.Module):
         if cfg.pad_to > 0:
             feats = F.pad(feats, (0, (-feats.shape[-1]) % cfg.pad_to))
         return feats.transpose(1, 2), out_lengths  # (B, T, n_mels)
+
+
+class MatmulDFTLogMel(LogMelFeatures):
+    """`LogMelFeatures` with its STFT computed as two matrix products, for export.
+
+    ONNX Runtime runs the exported `torch.stft` (an ONNX STFT) about three times slower than
+    PyTorch's FFT. Here the frames are cut by reshaping the padded waveform into hop-long blocks
+    and concatenating neighbours (no gather), and the real DFT is a matrix product with cosine
+    and sine kernels that hold the window. The window is symmetric about the frame centre, so
+    the cosine part sees x[j] + x[win-1-j] and the sine part x[j] - x[win-1-j]: half the products
+    of a plain real DFT, and the phase about the centre, which |X|^2 ignores. Only the spectrum
+    differs in how it is computed: pre-emphasis, masking, log, normalisation and frame counts are
+    `LogMelFeatures`' own (dither too: added in training mode only; the export graph is in eval
+    mode).
+
+    Args:
+        config: the front-end settings.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__(config)
+        n, win, hop = config.n_fft, config.win_length, config.hop_length
+        # torch.stft centres the window in the n_fft frame: its first sample is at `offset`
+        offset = (n - win) // 2
+        # centring pads n_fft // 2 zeros before the first frame, `offset` of them in the
+        # window's zero margin
+        self.pad_left = n // 2 - offset
+        self.fold = win // 2
+        self.blocks = -(-win // hop)  # hop-long blocks that one frame spans
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+        j = torch.arange(win, dtype=torch.float64)[None, :]
+        # twice the distance of sample j from the window centre, an integer, so that the phase
+        # k * twice mod 2 n is exact in float64 and the kernels exact to float32
+        twice = 2 * j - (win - 1)
+        phase = math.pi * torch.remainder(k * twice, 2 * n) / n  # (F, win)
+        window = self.window.double()[None, :]
+        self.cos_t: Tensor
+        self.sin_t: Tensor
+        cos = (torch.cos(phase) * window)[:, : win - self.fold]  # (F, ceil(win / 2))
+        sin = (torch.sin(phase) * window)[:, : self.fold]  # (F, win // 2)
+        self.register_buffer("cos_t", cos.T.float().contiguous(), persistent=False)
+        self.register_buffer("sin_t", sin.T.float().contiguous(), persistent=False)
+
+    def power_spectrum(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        hop, win, fold, blocks = cfg.hop_length, cfg.win_length, self.fold, self.blocks
+        b, t = x.shape[0], x.shape[1] // hop + 1
+        padded = F.pad(x, (self.pad_left, (blocks + 1) * hop))
+        chunks = padded[:, : (t + blocks - 1) * hop].reshape(b, t + blocks - 1, hop)
+        frames = torch.cat([chunks[:, i : i + t] for i in range(blocks)], dim=-1)[..., :win]  # (B, T, win)
+        head, tail = frames[..., :fold], frames[..., win - fold :].flip(-1)  # (B, T, win // 2)
+        even = head + tail
+        if win % 2:  # the centre sample pairs with itself, and only in the cosine part
+            even = torch.cat([even, frames[..., fold : fold + 1]], dim=-1)
+        real = torch.matmul(even, self.cos_t)  # (B, T, F)
+        imag = torch.matmul(head - tail, self.sin_t)
+        return (real * real + imag * imag).transpose(1, 2)  # (B, F, T)
 
 
 def _normalize_per_feature(feats: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:

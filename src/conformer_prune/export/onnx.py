@@ -4,8 +4,9 @@ Usage:
     conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx [--int8] [--data corpus/test]
 
 The graph maps waveforms (B, N) and their lengths to CTC log-probabilities (B, T', V) and output
-lengths, with the log-mel front end inside (the same `LogMelFeatures` module that training and
-evaluation use), so that ONNX Runtime alone can transcribe audio; `frontend=False` exports
+lengths, with the log-mel front end inside (the `LogMelFeatures` that training and evaluation use,
+its STFT written as matrix products: `MatmulDFTLogMel`), so that ONNX Runtime alone can
+transcribe audio; `frontend=False` exports
 features (B, T, n_mels) to log-probabilities instead. Batch and time axes are dynamic. The file's
 metadata carries the tokenizer, the model and feature config, the sparsity against the teacher and
 the versions. Export uses PyTorch's `torch.export`-based exporter (`dynamo=True`).
@@ -13,13 +14,15 @@ the versions. Export uses PyTorch's `torch.export`-based exporter (`dynamo=True`
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,22 +30,41 @@ from torch import Tensor, nn
 
 from conformer_prune import __version__
 from conformer_prune.config import to_dict
+from conformer_prune.data.features import MatmulDFTLogMel
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.utils import atomic_write, atomic_write_bytes
 
-__all__ = ["ExportCheck", "export_onnx", "exported_proto", "onnx_metadata", "quantize_int8", "verify_onnx"]
+__all__ = [
+    "INT8_DEFAULTS",
+    "INT8_MODULES",
+    "INT8_OP_TYPES",
+    "ExportCheck",
+    "Int8Mode",
+    "check_int8_choices",
+    "export_onnx",
+    "exported_proto",
+    "int8_nodes",
+    "onnx_metadata",
+    "quantize_int8",
+    "verify_onnx",
+]
 
 OPSET = 18
 
 
 class _WaveformGraph(nn.Module):
-    """Front end and model in one graph: waveforms (B, N), lengths -> log_probs, lengths."""
+    """Front end and model in one graph: waveforms (B, N), lengths -> log_probs, lengths.
 
-    def __init__(self, rec: Recognizer) -> None:
+    Args:
+        rec: the recognizer.
+        features: its front end as the graph computes it (default `rec.features`).
+    """
+
+    def __init__(self, rec: Recognizer, features: nn.Module | None = None) -> None:
         super().__init__()
-        self.features = rec.features
+        self.features = rec.features if features is None else features
         self.model = rec.model
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,6 +73,15 @@ class _WaveformGraph(nn.Module):
 
 
 def _graph(rec: Recognizer, frontend: bool) -> nn.Module:
+    """The module that `export_onnx` exports: the front end's STFT becomes matrix products
+    (`MatmulDFTLogMel`; ONNX Runtime's STFT costs 3x PyTorch's FFT), the rest is `rec` itself."""
+    if not frontend:
+        return rec.model.eval().cpu()
+    return _WaveformGraph(rec, MatmulDFTLogMel(rec.features.config)).eval().cpu()
+
+
+def _reference(rec: Recognizer, frontend: bool) -> nn.Module:
+    """What the export must agree with: `rec` as PyTorch runs it (its own `LogMelFeatures`)."""
     return (_WaveformGraph(rec) if frontend else rec.model).eval().cpu()
 
 
@@ -180,7 +211,7 @@ def verify_onnx(
 
     ort_rec = OnnxRecognizer(path, threads=threads)
     frontend = ort_rec.input == "waveforms"
-    graph = _graph(rec, frontend)
+    graph = _reference(rec, frontend)
     cases: dict[str, tuple[Tensor, Tensor]] = {
         "random_b1": _example(rec, frontend, 1.3, batch=1),
         "random_b3": _example(rec, frontend, 2.1, batch=3),
@@ -211,16 +242,151 @@ def verify_onnx(
     return ExportCheck(diffs, lengths_equal)
 
 
-def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """ONNX Runtime dynamic quantization: int8 weights of every MatMul/Gemm (the Linear layers),
-    activations quantized at run time; convolutions and the front end stay fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+Int8Mode = Literal["dynamic", "static"]
+INT8_OP_TYPES = ("MatMul", "Gemm", "Conv")
+INT8_MODULES = ("subsampling", "feed_forward", "attention", "convolution", "head")
+# What each mode quantizes unless told otherwise, chosen by latency and WER on the pruned model
+# (benchmarks/int8.py, docs/benchmark.md): dynamic int8 convolutions (ConvInteger) run slower than
+# fp32, so dynamic keeps to the Linear layers; static gains most from the convolutions (the
+# subsampling's above all): 1.36-1.53x over fp32 at 2 threads in two runs, against 1.1x for its
+# Linear layers alone; test WER +0.6 and +1.5 points on 40.0 (335 words, both 95% intervals
+# include 0).
+INT8_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "dynamic": (("MatMul", "Gemm"), INT8_MODULES),
+    "static": (("MatMul", "Gemm", "Conv"), INT8_MODULES),
+}
 
+
+def _module_of(node: Any) -> str | None:
+    """Which part of the recognizer an exported node belongs to (one of `INT8_MODULES`,
+    "frontend", or None), from the module path the exporter records on it."""
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    if scopes is None:
+        return None
+    parts = set(".".join(ast.literal_eval(scopes)).split("."))
+    if "features" in parts:
+        return "frontend"
+    if "pre_encode" in parts:  # before "conv": the subsampling holds a `conv` Sequential
+        return "subsampling"
+    for name, module in (
+        ("feed_forward1", "feed_forward"),
+        ("feed_forward2", "feed_forward"),
+        ("self_attn", "attention"),
+        ("conv", "convolution"),
+        ("decoder", "head"),
+    ):
+        if name in parts:
+            return module
+    return None
+
+
+def check_int8_choices(op_types: Sequence[str], modules: Sequence[str]) -> None:
+    """Raise ValueError unless `op_types` and `modules` are non-empty subsets of `INT8_OP_TYPES`
+    and `INT8_MODULES`."""
+    if not op_types or set(op_types) - set(INT8_OP_TYPES):
+        raise ValueError(f"int8 op types must be some of {list(INT8_OP_TYPES)}, found {list(op_types)}")
+    if not modules or set(modules) - set(INT8_MODULES):
+        raise ValueError(f"int8 modules must be some of {list(INT8_MODULES)}, found {list(modules)}")
+
+
+def int8_nodes(model: Any, op_types: Sequence[str], modules: Sequence[str]) -> list[str]:
+    """Names of the nodes of an exported ModelProto that int8 quantization touches: those of
+    `op_types` inside `modules`. The front end is never among them: one int8 scale cannot hold a
+    power spectrum that spans ten orders of magnitude before its log.
+
+    Raises:
+        ValueError: an unknown op type or module, or no node to quantize.
+    """
+    check_int8_choices(op_types, modules)
+    nodes = [n.name for n in model.graph.node if n.op_type in op_types and _module_of(n) in modules]
+    if not nodes:
+        raise ValueError(
+            f"no {'/'.join(op_types)} node in the modules {list(modules)} of this graph; expected a "
+            "file written by `conformer-prune export` that has such layers"
+        )
+    return nodes
+
+
+def quantize_int8(
+    src: str | Path,
+    dst: str | Path,
+    mode: Int8Mode = "dynamic",
+    op_types: Sequence[str] | None = None,
+    modules: Sequence[str] | None = None,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+) -> Path:
+    """Quantize an exported graph to int8 with ONNX Runtime; the front end stays fp32.
+
+    Args:
+        src: the fp32 file from `export_onnx`.
+        dst: the int8 file (written atomically).
+        mode: "dynamic" (int8 weights, activations quantized at run time, `quantize_dynamic`) or
+            "static" (weights and activations in QDQ form with activation ranges calibrated on
+            `calibration`, `quantize_static`, per-channel weights).
+        op_types: which operators to quantize (of `INT8_OP_TYPES`); Linear layers export as
+            MatMul (Gemm when 2-D), the convolution module's and the subsampling's convolutions
+            as Conv. None: the mode's default (`INT8_DEFAULTS`).
+        modules: which parts of the model to quantize (of `INT8_MODULES`); None: the mode's
+            default. Static mode also quantizes the activation products of chosen attention.
+        calibration: static only: graph inputs (`{"waveforms" or "features": (1, N...),
+            "lengths": (1,)}`), typically a few dozen real utterances.
+
+    Raises:
+        ValueError: an unknown mode, op type or module, no node to quantize, or static without
+            calibration inputs.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode not in ("dynamic", "static"):
+        raise ValueError(f"int8 mode must be 'dynamic' or 'static', found {mode!r}")
+    if mode == "static" and not calibration:
+        raise ValueError("static int8 needs calibration inputs (a few real utterances), found none")
+    op_types = INT8_DEFAULTS[mode][0] if op_types is None else op_types
+    modules = INT8_DEFAULTS[mode][1] if modules is None else modules
+    nodes = int8_nodes(onnx.load(str(src), load_external_data=False), op_types, modules)
     dst = Path(dst)
+    if mode == "dynamic":
+        atomic_write(
+            dst,
+            lambda tmp: quantize_dynamic(
+                str(src),
+                tmp,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(op_types),
+                nodes_to_quantize=nodes,
+            ),
+        )
+        return dst
+
+    class Calibration(CalibrationDataReader):
+        """Feeds the calibrator one prepared input dict at a time."""
+
+        def __init__(self, inputs: list[dict[str, np.ndarray]]) -> None:
+            self._inputs = iter(inputs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._inputs, None)
+
+    reader = Calibration(list(calibration or []))
     atomic_write(
         dst,
-        lambda tmp: quantize_dynamic(
-            str(src), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        lambda tmp: quantize_static(
+            str(src),
+            tmp,
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
         ),
     )
     return dst
