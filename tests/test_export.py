@@ -63,8 +63,11 @@ def test_onnx_runtime_matches_pytorch_from_waveforms(shape: dict[str, object], t
     rec = _recognizer(shape)
     path = export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6)
     _check_parity(rec, path, frontend=True)
-    # the front end's spectrum is matrix products, not ONNX Runtime's slow STFT
-    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert "STFT" in {node.op_type for node in onnx.load(path).graph.node}
+    # on request the front end's spectrum is matrix products, not ONNX Runtime's slow STFT
+    fast = export_onnx(rec, tmp_path / "fast.onnx", teacher_params=10**6, matmul_frontend=True)
+    _check_parity(rec, fast, frontend=True)
+    ops = {node.op_type for node in onnx.load(fast).graph.node}
     assert not ops & {"STFT", "DFT"}, ops
 
 
