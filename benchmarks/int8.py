@@ -20,8 +20,6 @@ import argparse
 import functools
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from common import CACHE, ROOT, command_line, git_commit, markdown_table, save_r
 
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.evaluate.metrics import error_rates, paired_bootstrap_wer
+from conformer_prune.evaluate.metrics import error_rates, interleaved_times_ms, paired_bootstrap_wer
 from conformer_prune.export.onnx import INT8_MODULES, export_onnx, quantize_int8
 from conformer_prune.export.run import calibration_inputs
 from conformer_prune.export.runtime import OnnxRecognizer
@@ -50,19 +48,6 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "static-subsampling-conv": ("static", ("Conv",), ("subsampling",)),
     "static-subsampling-conv-ffn": ("static", ("MatMul", "Gemm", "Conv"), ("subsampling", "feed_forward")),
 }
-
-
-def interleaved_times_ms(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Every wall time (ms) of each call, after one warm-up call each, in alternation."""
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
 
 
 def _session(path: Path) -> Any:

@@ -21,6 +21,7 @@ __all__ = [
     "error_rates",
     "interleaved_latency_ms",
     "interleaved_medians_ms",
+    "interleaved_times_ms",
     "macs_per_second",
 ]
 
@@ -123,8 +124,8 @@ def cpu_latency_ms(
         torch.set_num_threads(old_threads)
 
 
-def interleaved_medians_ms(runs: Mapping[K, Callable[[], object]], rounds: int) -> dict[K, float]:
-    """Median wall time (ms) of each zero-argument call, after one warm-up call each, measured in
+def interleaved_times_ms(runs: Mapping[K, Callable[[], object]], rounds: int) -> dict[K, list[float]]:
+    """Every wall time (ms) of each zero-argument call, after one warm-up call each, measured in
     alternation (A, B, A, B, ...) so that a noisy, shared machine slows all of them alike."""
     for run in runs.values():
         run()
@@ -134,7 +135,12 @@ def interleaved_medians_ms(runs: Mapping[K, Callable[[], object]], rounds: int) 
             start = time.perf_counter()
             run()
             times[key].append((time.perf_counter() - start) * 1000)
-    return {key: statistics.median(t) for key, t in times.items()}
+    return times
+
+
+def interleaved_medians_ms(runs: Mapping[K, Callable[[], object]], rounds: int) -> dict[K, float]:
+    """Median wall time (ms) of each call of `interleaved_times_ms`."""
+    return {key: statistics.median(t) for key, t in interleaved_times_ms(runs, rounds).items()}
 
 
 @torch.no_grad()
