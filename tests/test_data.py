@@ -174,6 +174,19 @@ def test_bucketed_batches_cover_everything_within_budget() -> None:
     assert not {i for b in halves[0] for i in b} & {i for b in halves[1] for i in b}
 
 
+def test_sortagrad_epochs_run_short_to_long_then_shuffle() -> None:
+    lengths = [(37 * i) % 500 + 10 for i in range(200)]
+    sampler = BucketBatchSampler(lengths, max_frames=1000, seed=0, sorted_epochs=1)
+
+    def longest(batches: list[list[int]]) -> list[int]:
+        return [max(lengths[i] for i in b) for b in batches]
+
+    first = longest(list(sampler))
+    assert first == sorted(first) and len(first) > 10
+    sampler.set_epoch(1)
+    assert longest(list(sampler)) != sorted(first)
+
+
 def test_collate_pads_with_zeros() -> None:
     batch = collate([(torch.ones(5, 80), torch.tensor([1, 2]), 0), (torch.ones(3, 80), torch.tensor([3]), 1)])
     assert batch.feats.shape == (2, 5, 80) and torch.all(batch.feats[1, 3:] == 0)

@@ -165,7 +165,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     Utterances are sorted by length (ties broken at random per epoch), cut greedily into batches,
     and the batch order is shuffled per epoch with a generator seeded by ``seed + epoch``, so an
     interrupted run that resumes at an epoch boundary sees the same batches. With several
-    replicas each rank takes every `num_replicas`-th batch of the same list.
+    replicas each rank takes every `num_replicas`-th batch of the same list. The first
+    `sorted_epochs` epochs keep the batches short to long (SortaGrad, Amodei et al. 2016), which
+    helps CTC leave its all-blank plateau sooner.
 
     Args:
         lengths: feature frames per utterance.
@@ -174,6 +176,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: base seed.
         num_replicas: data-parallel world size.
         rank: this process's rank.
+        sorted_epochs: epochs (from 0) whose batches run from shortest to longest.
     """
 
     def __init__(
@@ -184,6 +187,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        sorted_epochs: int = 0,
     ) -> None:
         if max_frames < max(lengths):
             raise ValueError(
@@ -195,6 +199,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
+        self.sorted_epochs = sorted_epochs
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -214,7 +219,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             current.append(i)
         if current:
             batches.append(current)
-        if self.shuffle:
+        if self.shuffle and self.epoch >= self.sorted_epochs:
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[p] for p in perm]
         usable = len(batches) - len(batches) % self.num_replicas if self.num_replicas > 1 else len(batches)

@@ -45,6 +45,7 @@ class TrainConfig:
         optim: optimizer and schedule.
         epochs: passes over the training data (the schedule spans all of them).
         max_frames: padded feature frames per batch (100 frames = 1 s of audio).
+        sorted_epochs: the first epochs that run short utterances first (SortaGrad).
         seed: seeds batching, SpecAugment, dropout and initialisation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:N]".
         precision: "bf16" runs forward passes under bfloat16 autocast.
@@ -60,6 +61,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 30
     max_frames: int = 20000
+    sorted_epochs: int = 0
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -73,5 +75,7 @@ class TrainConfig:
         if self.time_budget_minutes < 0:
             budget = self.time_budget_minutes
             raise ValueError(f"time_budget_minutes: expected 0 (none) or more, found {budget}")
+        if self.sorted_epochs < 0:
+            raise ValueError(f"sorted_epochs: expected 0 or more, found {self.sorted_epochs}")
         if self.max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")

@@ -102,6 +102,7 @@ def make_data(
     rank: int = 0,
     world_size: int = 1,
     subsampling_factor: int = SUBSAMPLING,
+    sorted_epochs: int = 0,
 ) -> TrainData:
     """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list);
     `subsampling_factor`: the model's, which decides which utterances are too short for CTC."""
@@ -115,6 +116,7 @@ def make_data(
         seed=seed,
         num_replicas=world_size,
         rank=rank,
+        sorted_epochs=sorted_epochs,
     )
     if len(sampler) == 0:
         raise ValueError(
@@ -428,6 +430,7 @@ def _train(
         rank=dist.rank,
         world_size=dist.world_size,
         subsampling_factor=cfg.model.subsampling_factor,
+        sorted_epochs=cfg.sorted_epochs,
     )
 
     model = build_model(cfg.model).to(device)
