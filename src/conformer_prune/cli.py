@@ -414,6 +414,22 @@ def _add_prune(sub: _Subparsers) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-params", type=float, help="kept fraction of parameters (default 0.5)")
     target.add_argument("--target-macs", type=float, help="kept fraction of MACs per second of audio")
+    target.add_argument(
+        "--target-latency",
+        type=float,
+        help="kept fraction of the teacher's latency on --latency-runtime (predicted by a latency "
+        "table; the sliced model's measured latency is reported beside it)",
+    )
+    p.add_argument(
+        "--latency-table",
+        help="the table of --target-latency (conformer-prune profile); default: profile the teacher "
+        "at the start of the run",
+    )
+    p.add_argument(
+        "--latency-runtime",
+        choices=["torch", "ort", "ort-int8"],
+        help="runtime of the profile the run makes without --latency-table (default ort)",
+    )
     p.add_argument(
         "--method",
         choices=list(METHODS),
@@ -437,10 +453,16 @@ def cmd_prune(args: argparse.Namespace) -> None:
     overrides = list(args.set)
     if args.target_macs is not None:
         overrides += ["target_params=null", f"target_macs={args.target_macs}"]
+    elif args.target_latency is not None:
+        overrides += ["target_params=null", f"target_latency={args.target_latency}"]
     elif args.target_params is not None:
         overrides += [f"target_params={args.target_params}"]
     if args.method:
         overrides.append(f"method={args.method}")
+    if args.latency_table:
+        overrides.append(f"latency_table={args.latency_table}")
+    if args.latency_runtime:
+        overrides.append(f"latency_runtime={args.latency_runtime}")
     config = Path(args.config) if args.config else None
     if args.resume and config is None:
         config = Path(args.out) / "prune_config.yaml"
@@ -455,6 +477,49 @@ def cmd_prune(args: argparse.Namespace) -> None:
         Path(args.out),
         args.resume,
         args.threads,
+    )
+
+
+def _add_profile(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "profile",
+        cmd_profile,
+        "Measure the latency of a model's prunable parts on a runtime: the table of --target-latency.",
+        "conformer-prune profile runs/teacher/model.pt --runtime ort --threads 2 --out latency-ort.json",
+    )
+    p.add_argument("model", help="the model whose shape is profiled (.pt; its weights do not matter)")
+    p.add_argument("--out", required=True, help="the latency table (.json)")
+    p.add_argument("--runtime", choices=["torch", "ort", "ort-int8"], default="ort", help="default ort")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--batch", type=int, default=1, help="utterances per forward pass (default 1)")
+    p.add_argument("--seconds", type=float, default=10.0, help="utterance length (default 10 s)")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds; each graph keeps its median")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from conformer_prune.evaluate.profile import profile_latency, write_table
+    from conformer_prune.model.checkpoint import load_recognizer
+    from conformer_prune.utils import check_output_file
+
+    check_output_file(args.out, force=args.force)
+    for name in ("threads", "batch", "rounds"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}: expected at least 1, found {getattr(args, name)}")
+    if args.seconds <= 0:
+        raise ValueError(f"--seconds: expected a positive length, found {args.seconds}")
+    cfg = load_recognizer(args.model).model.config
+    table = profile_latency(cfg, args.runtime, args.threads, args.batch, args.seconds, args.rounds)
+    write_table(table, Path(args.out))
+    parts = table["parts"]
+    print(
+        f"{args.out}: {args.runtime}, {args.threads} threads, batch {args.batch}, {args.seconds:g} s; "
+        f"whole model {table['model_ms'][-1]:.2f} ms; per module at full width: feed-forward "
+        f"{parts['ffn']['ms'][-1][-1]:.3f} ms, attention {parts['heads']['ms'][-1][-1]:.3f} ms, "
+        f"convolution {parts['conv']['ms'][-1][-1]:.3f} ms; "
+        f"front end {parts['frontend']['ms'][-1][-1]:.2f} ms "
+        f"(profiled in {table['profile_seconds']:.0f} s)"
     )
 
 
@@ -507,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm(sub)
     _add_import_nemo(sub)
     _add_prune(sub)
+    _add_profile(sub)
     _add_demo(sub)
     return parser
 

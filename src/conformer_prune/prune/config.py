@@ -9,6 +9,7 @@ from conformer_prune.config import from_dict
 from conformer_prune.data.features import SpecAugmentConfig
 from conformer_prune.distill.layerwise import DistillConfig
 from conformer_prune.prune.cost import Metric
+from conformer_prune.prune.latency import Runtime
 from conformer_prune.prune.methods import MethodName
 
 __all__ = ["PruneConfig", "teacher_specaug"]
@@ -27,8 +28,16 @@ class PruneConfig:
             target, from random weights), "continued" (the control: the teacher, unpruned, trained
             with distillation from its frozen copy; the target is ignored). Every method but the
             learned ones fine-tunes its fixed shape for all prune_epochs + finetune_epochs.
-        target_params: kept fraction of the teacher's parameters (exclusive with target_macs).
+        target_params: kept fraction of the teacher's parameters (exactly one target is set).
         target_macs: kept fraction of the teacher's MACs per second of audio.
+        target_latency: kept fraction of the teacher's latency on a runtime, as a latency table
+            predicts it (`conformer_prune.prune.latency`); the sliced model's measured latency is
+            reported beside the prediction.
+        latency_table: the table (``conformer-prune profile``) of the latency target; None
+            profiles the teacher on `latency_runtime` at the start of the run (into the run
+            directory's latency_table.json, which a resumed run reuses).
+        latency_runtime: "torch", "ort" or "ort-int8", for a table the run profiles.
+        latency_threads: threads of that profile (batch 1, a 10 s utterance).
         structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
         prune_epochs: epochs with learned gates and the budget.
         finetune_epochs: epochs with fixed masks afterwards.
@@ -68,6 +77,10 @@ class PruneConfig:
     method: MethodName = "l0-distill"
     target_params: float | None = 0.5
     target_macs: float | None = None
+    target_latency: float | None = None
+    latency_table: str | None = None
+    latency_runtime: Runtime = "ort"
+    latency_threads: int = 2
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])
     prune_epochs: int = 10
     finetune_epochs: int = 5
@@ -92,9 +105,9 @@ class PruneConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        given = [x for x in (self.target_params, self.target_macs) if x is not None]
+        given = [x for x in (self.target_params, self.target_macs, self.target_latency) if x is not None]
         if len(given) != 1:
-            raise ValueError("set exactly one of target_params and target_macs")
+            raise ValueError("set exactly one of target_params, target_macs and target_latency")
         if not 0 < given[0] < 1:
             raise ValueError(f"the target is a kept fraction in (0, 1), found {given[0]}")
         for name in ("prune_epochs", "finetune_epochs"):
@@ -110,13 +123,16 @@ class PruneConfig:
 
     @property
     def metric(self) -> Metric:
-        return "params" if self.target_params is not None else "macs"
+        if self.target_params is not None:
+            return "params"
+        return "macs" if self.target_macs is not None else "latency"
 
     @property
     def ratio(self) -> float:
-        value = self.target_params if self.target_params is not None else self.target_macs
-        assert value is not None
-        return value
+        value = {"params": self.target_params, "macs": self.target_macs, "latency": self.target_latency}
+        ratio = value[self.metric]
+        assert ratio is not None
+        return ratio
 
 
 def teacher_specaug(meta: dict[str, Any]) -> tuple[SpecAugmentConfig, str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ from torch import Tensor
 from conformer_prune.model.conformer import HIDDEN, ConformerCTC, Num, Prunable
 from conformer_prune.prune.cost import Cost, Metric, conformer_cost
 from conformer_prune.prune.hardconcrete import HardConcrete
+
+if TYPE_CHECKING:
+    from conformer_prune.prune.latency import LatencyModel
 
 __all__ = ["STRUCTURES", "ConformerGates", "Structure"]
 
@@ -61,12 +64,14 @@ class _Slot:
 
 class ConformerGates:
     """The gates attached to one model, by name (``layers.3.attn.units``, ``layers.3.attn``,
-    ``frontend.1``; see `ConformerCTC.named_prunable`)."""
+    ``frontend.1``; see `ConformerCTC.named_prunable`). With a `latency` model, every cost also
+    carries the predicted latency (the "latency" metric)."""
 
     def __init__(self, model: ConformerCTC, slots: dict[str, _Slot], structures: list[str]) -> None:
         self.model = model
         self.slots = slots
         self.structures = structures
+        self.latency: LatencyModel | None = None
 
     @classmethod
     def attach(
@@ -173,12 +178,13 @@ class ConformerGates:
         for name, slot in self.slots.items():
             gate = slot.gate
             value[name] = gate.fixed.sum() if gate.frozen else gate.prob_nonzero().sum()
-        return conformer_cost(self.model.config, value, seconds)
+        return conformer_cost(self.model.config, value, seconds, self.latency)
 
     def mask_cost(self, masks: dict[str, Tensor], seconds: float = 10.0) -> Cost:
         """Exact cost of the model that `masks` would leave after physical pruning."""
         masks = self.normalized(masks)
-        return conformer_cost(self.model.config, {k: float(m.sum()) for k, m in masks.items()}, seconds)
+        kept = {k: float(m.sum()) for k, m in masks.items()}
+        return conformer_cost(self.model.config, kept, seconds, self.latency)
 
     # -- deterministic masks ----------------------------------------------------------------------
 
@@ -208,7 +214,7 @@ class ConformerGates:
             name: torch.tensor(float(m.sum()), dtype=torch.float64, requires_grad=True)
             for name, m in self.normalized(masks).items()
         }
-        cost = conformer_cost(self.model.config, kept).value(metric)
+        cost = conformer_cost(self.model.config, kept, latency=self.latency).value(metric)
         assert isinstance(cost, Tensor)
         grads = torch.autograd.grad(cost, list(kept.values()), allow_unused=True)
         return {name: 0.0 if g is None else float(g) for name, g in zip(kept, grads, strict=True)}

@@ -17,13 +17,24 @@ from conformer_prune.data.corpus import read_corpus
 from conformer_prune.distributed import is_main_process
 from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
 from conformer_prune.model import load_recognizer
-from conformer_prune.model.conformer import ConformerBlock, ConformerConfig
+from conformer_prune.model.conformer import ConformerBlock, ConformerConfig, ConformerCTC
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.cost import as_float
+from conformer_prune.prune.latency import LatencyModel
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.run import run_pruning
 from conformer_prune.utils import write_json
 
-__all__ = ["format_comparison", "kept_per_layer", "layers_markdown", "plot_layers", "prune_and_report"]
+__all__ = [
+    "format_comparison",
+    "kept_per_layer",
+    "latency_check",
+    "layers_markdown",
+    "plot_layers",
+    "prune_and_report",
+]
+
+LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
 
 _LABELS = {"ffn1": "FFN 1", "attn": "heads", "conv": "conv", "ffn2": "FFN 2"}
 # (branch, the config field of its width, its label), in the block's order
@@ -116,6 +127,43 @@ def format_comparison(teacher: dict[str, Any], pruned: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def latency_check(
+    table: Path, teacher: ConformerCTC, pruned: ConformerCTC, target: float, rounds: int = 10
+) -> dict[str, Any]:
+    """The pruned model's latency on the table's runtime, predicted and measured (interleaved with
+    the teacher's in this process, at the table's threads, batch and length), against `target`
+    (a kept fraction of the teacher's latency)."""
+    from conformer_prune.evaluate.profile import measure_models_ms
+
+    model = LatencyModel.load(table)
+    measured_teacher, measured = measure_models_ms(
+        [teacher, pruned],
+        model.runtime,
+        model.threads,
+        model.batch,
+        model.seconds,
+        rounds,
+    )
+    predicted_teacher = as_float(model.predict(teacher.config))
+    predicted = as_float(model.predict(pruned.config))
+    ratio = measured / measured_teacher
+    return {
+        "target_latency": target,
+        "runtime": model.runtime,
+        "threads": model.threads,
+        "batch": model.batch,
+        "seconds": model.seconds,
+        "latency_ms_teacher": measured_teacher,
+        "latency_ms_teacher_predicted": predicted_teacher,
+        "latency_ms_predicted": predicted,
+        "latency_ms_measured": measured,
+        "predicted_ratio": predicted / predicted_teacher,
+        "measured_ratio": ratio,
+        "target_met": abs(ratio / target - 1) <= LATENCY_TOLERANCE,
+        "table": str(table),
+    }
+
+
 def prune_and_report(
     cfg: PruneConfig,
     teacher: Path,
@@ -153,6 +201,18 @@ def prune_and_report(
     teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
     for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
         result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
+    if result.latency_table is not None:
+        check = latency_check(result.latency_table, teacher_rec.model, pruned_rec.model, cfg.ratio)
+        report["latency_target"] = check
+        print(
+            f"latency on {check['runtime']} ({check['threads']} threads, batch {check['batch']}, "
+            f"{check['seconds']:g} s): teacher {check['latency_ms_teacher']:.2f} ms, pruned "
+            f"{check['latency_ms_measured']:.2f} ms measured ({check['measured_ratio']:.3f} of the "
+            f"teacher) and {check['latency_ms_predicted']:.2f} ms predicted "
+            f"({check['predicted_ratio']:.3f}); "
+            f"target {check['target_latency']:.3f}: {'met' if check['target_met'] else 'missed'} "
+            f"(within {LATENCY_TOLERANCE:.0%})"
+        )
     write_json(out / "eval.json", report)
     table = layers_markdown(teacher_rec.model.config, pruned_rec.model.config, result.masks)
     (out / "layers.md").write_text(table + "\n", encoding="utf-8")

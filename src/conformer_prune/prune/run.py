@@ -41,6 +41,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +59,7 @@ from conformer_prune.prune.config import PruneConfig, teacher_specaug
 from conformer_prune.prune.cost import Cost, Metric, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
+from conformer_prune.prune.latency import LatencyModel
 from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.methods import METHODS, Method
 from conformer_prune.prune.physical import physically_prune
@@ -65,7 +67,9 @@ from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, start_run
 from conformer_prune.utils import resolve_device
 
-__all__ = ["PruneResult", "make_prune_optimizer", "run_pruning"]
+__all__ = ["LATENCY_TABLE", "PruneResult", "make_prune_optimizer", "run_pruning"]
+
+LATENCY_TABLE = "latency_table.json"  # in the run directory, when the run profiles the teacher
 
 _STATE_KEYS = ["student", "distiller", "lagrangian", "optimizer", "scheduler", "epoch", "elapsed"]
 
@@ -76,6 +80,31 @@ class PruneResult:
     masks: dict[str, Tensor]
     teacher_cost: Cost
     pruned_cost: Cost
+    latency_table: Path | None = None  # the table of a latency target
+
+
+def _latency_model(cfg: PruneConfig, teacher: ConformerCTC, out: Path, dist: Distributed) -> LatencyModel:
+    """The latency model of a latency target: `cfg.latency_table`, or the run's own profile of the
+    teacher (out/latency_table.json, made once by rank 0 and reused when the run resumes)."""
+    path = Path(cfg.latency_table) if cfg.latency_table else out / LATENCY_TABLE
+
+    def table() -> dict[str, Any]:
+        if cfg.latency_table or path.is_file():
+            return LatencyModel.load(path).table
+        from conformer_prune.evaluate.profile import profile_latency, write_table
+
+        print(
+            f"profiling the teacher on {cfg.latency_runtime} ({cfg.latency_threads} threads, batch 1, "
+            "10 s) for the latency target",
+            flush=True,
+        )
+        made = profile_latency(teacher.config, cfg.latency_runtime, cfg.latency_threads)
+        write_table(made, path)
+        return made
+
+    model = LatencyModel(dist.from_main(table))
+    model.describes(teacher.config)
+    return model
 
 
 def make_prune_optimizer(
@@ -143,10 +172,11 @@ def _prune(
     assert cfg.specaug is not None
     if dist.is_main:
         print(f"SpecAugment: {to_dict(cfg.specaug)}, from {source}", flush=True)
-    teacher_cost = conformer_cost(teacher.config)
+    latency = _latency_model(cfg, teacher, out, dist) if cfg.metric == "latency" else None
+    teacher_cost = conformer_cost(teacher.config, latency=latency)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
     method = METHODS[cfg.method]
-    student = _student(method, teacher, target_abs, cfg.metric).to(device)
+    student = _student(method, teacher, target_abs, cfg.metric, latency).to(device)
     gates = ConformerGates.attach(
         student,
         cfg.structures if method.has_gates else [],
@@ -154,6 +184,7 @@ def _prune(
         cfg.init_module_log_alpha,
         soft=method.learns_masks and cfg.mask_switch == "fold",
     )
+    gates.latency = latency
     distill_cfg = copy.deepcopy(cfg.distill)
     if not method.distill:  # CTC loss only
         distill_cfg.layer_weight = distill_cfg.kl_weight = distill_cfg.frontend_weight = 0.0
@@ -248,6 +279,11 @@ def _prune(
                 "dev_cer": result.dev["cer"],
                 "deterministic_params": as_float(mask_cost.params),
                 "deterministic_macs_per_second": as_float(mask_cost.macs_per_second),
+                **(
+                    {"deterministic_latency_ms": as_float(mask_cost.latency_ms)}
+                    if mask_cost.latency_ms is not None
+                    else {}
+                ),
                 "train_seconds": result.train_seconds,
                 "elapsed_seconds": elapsed,
             }
@@ -255,10 +291,19 @@ def _prune(
         run.save_state(cfg, epoch + 1, elapsed, trained, optimizer, scheduler)
     if not all(g.frozen for _, g in gates):
         _freeze(gates, target_abs, cfg, run)
-    return _slice_and_save(student, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
+    pruned = _slice_and_save(student, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
+    if latency is not None:
+        pruned.latency_table = Path(cfg.latency_table) if cfg.latency_table else out / LATENCY_TABLE
+    return pruned
 
 
-def _student(method: Method, teacher: ConformerCTC, target_abs: float, metric: Metric) -> ConformerCTC:
+def _student(
+    method: Method,
+    teacher: ConformerCTC,
+    target_abs: float,
+    metric: Metric,
+    latency: LatencyModel | None = None,
+) -> ConformerCTC:
     """The model training starts from: the teacher itself (learned or magnitude masks; unpruned for
     the control), the library's pruned teacher (torch-pruning) or a narrower dense model from
     random weights."""
@@ -267,7 +312,7 @@ def _student(method: Method, teacher: ConformerCTC, target_abs: float, metric: M
             raise ValueError(f"method {method.name} takes a parameter target (--target-params)")
         return build_model(dense_config_like(teacher.config, target_abs))
     if method.masks == "torch-pruning":  # pruned by the library before training, without gates
-        return torch_pruning_prune(teacher, target_abs, metric)
+        return torch_pruning_prune(teacher, target_abs, metric, latency=latency)
     return copy.deepcopy(teacher)
 
 
@@ -322,7 +367,7 @@ def _slice_and_save(
     """The last stage: slice the student by its fixed masks and write the compact model."""
     masks = gates.current_masks()
     pruned = physically_prune(student, masks)
-    pruned_cost = conformer_cost(pruned.config)
+    pruned_cost = conformer_cost(pruned.config, latency=gates.latency)
     model_path = out / "model.pt"
     if dist.is_main:
         save_recognizer(

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from conformer_prune.model.conformer import ConformerCTC, RelPositionMultiHeadAttention, build_model
 from conformer_prune.prune.budget import UnreachableTargetError
 from conformer_prune.prune.cost import Metric, as_float, conformer_cost
+from conformer_prune.prune.latency import LatencyModel
 
 __all__ = ["torch_pruning_prune"]
 
@@ -108,8 +109,8 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
     return out
 
 
-def _cost(model: ConformerCTC, metric: Metric) -> float:
-    return as_float(conformer_cost(model.config).value(metric))
+def _cost(model: ConformerCTC, metric: Metric, latency: LatencyModel | None = None) -> float:
+    return as_float(conformer_cost(model.config, latency=latency).value(metric))
 
 
 def torch_pruning_prune(
@@ -118,6 +119,7 @@ def torch_pruning_prune(
     metric: Metric,
     tolerance: float = 0.005,
     frames: int = 200,
+    latency: LatencyModel | None = None,
 ) -> ConformerCTC:
     """Torch-Pruning at the global ratio whose pruned model is largest within `target`.
 
@@ -127,6 +129,7 @@ def torch_pruning_prune(
         metric: what `target` counts.
         tolerance: stop the bisection once the cost is within this fraction under the target.
         frames: length of the example input the dependency graph is traced with.
+        latency: the latency model of a "latency" metric.
 
     Raises:
         UnreachableTargetError: no ratio the bisection tries reaches the target. The size falls with the ratio
@@ -141,7 +144,7 @@ def torch_pruning_prune(
     for _ in range(12):  # whole heads and channels: 2^-12 resolves the finest step
         mid = (lo + hi) / 2
         pruned = _prune_once(teacher, mid, frames)
-        cost = _cost(pruned, metric)
+        cost = _cost(pruned, metric, latency)
         smallest = min(smallest, (cost, mid))
         if cost <= target:
             hi, best = mid, pruned

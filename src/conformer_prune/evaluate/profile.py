@@ -1,0 +1,326 @@
+"""Profile a Conformer-CTC's prunable parts on a runtime: the latency table of the latency budget.
+
+Usage:
+    conformer-prune profile runs/teacher/model.pt --runtime ort --threads 2 --out latency-ort.json
+
+Every part is built at a grid of widths, with random weights (latency does not depend on their
+values), and timed on the runtime at `threads` threads, batch `batch`, one utterance of `seconds`:
+
+- one Conformer block holding only a feed-forward module of `units` neurons, only a
+  self-attention module of `units` heads, only a convolution module of `units` channels, and the
+  empty block (its final LayerNorm alone), at every model dimension of the `hidden` grid; a
+  module's latency is its block's minus the empty block's;
+- the subsampling front end with every stage's channels scaled by each fraction of the grid;
+- the whole model at every model dimension, whose latency less its parts' is ``rest``.
+
+All graphs are timed interleaved, round by round (`interleaved_medians_ms`), so a noisy machine
+slows them alike, and each keeps its median. Runtimes: ``torch`` (PyTorch eager, fp32), ``ort``
+(ONNX Runtime fp32, each graph exported as `conformer-prune export` does, opset 18) and
+``ort-int8`` (those graphs with ONNX Runtime's dynamic int8 quantization of their MatMul and Gemm
+nodes, the default of ``export --int8``). The table names the runtime, the machine and the library
+versions; `conformer_prune.prune.latency.LatencyModel` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from conformer_prune.config import to_dict
+from conformer_prune.evaluate.metrics import interleaved_medians_ms
+from conformer_prune.model.conformer import (
+    HIDDEN,
+    ConformerBlock,
+    ConformerConfig,
+    ConformerCTC,
+    ConvSubsampling,
+    build_model,
+    feature_frames,
+)
+from conformer_prune.prune.latency import FORMAT, PARTS, RUNTIMES, LatencyModel, Runtime
+from conformer_prune.utils import atomic_write_text
+
+__all__ = ["RUNTIMES", "Runtime", "measure_models_ms", "profile_latency", "write_table"]
+
+UNIT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
+HIDDEN_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+FRONTEND_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
+_INT8_OPS = ["MatMul", "Gemm"]
+
+
+class _Block(nn.Module):
+    """One block as a graph of (x, pos_emb, frame_mask)."""
+
+    def __init__(self, block: ConformerBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor, pos_emb: Tensor, frame_mask: Tensor) -> Tensor:
+        return self.block(x, pos_emb, frame_mask)
+
+
+@dataclasses.dataclass
+class _Graph:
+    module: nn.Module
+    inputs: tuple[Tensor, ...]
+
+
+def _features(cfg: ConformerConfig, seconds: float, batch: int) -> tuple[Tensor, Tensor]:
+    frames = feature_frames(seconds)
+    feats = torch.randn(batch, frames, cfg.n_mels, generator=torch.Generator().manual_seed(0))
+    return feats, torch.full((batch,), frames)
+
+
+def _block_graph(cfg: ConformerConfig, d: int, widths: dict[str, int], seconds: float, batch: int) -> _Graph:
+    """A one-block model at dimension `d` with the given module widths (field -> width; the rest 0)."""
+    fields = {branch.field: 0 for branch in ConformerBlock.BRANCHES.values()}
+    fields.update(widths)
+    per_layer: dict[str, Any] = {k: [v] for k, v in fields.items()}
+    one = dataclasses.replace(cfg, d_model=d, n_layers=1, d_model_unpruned=0, hidden_dims=[], **per_layer)
+    model = build_model(one).eval()
+    t = one.encoder_frames(feature_frames(seconds))
+    x = torch.randn(batch, t, d, generator=torch.Generator().manual_seed(1))
+    x, pos_emb = model.encoder.pos_enc(x)
+    mask = torch.ones(batch, t, dtype=torch.bool)
+    block = model.encoder.layers[0]
+    assert isinstance(block, ConformerBlock)
+    return _Graph(_Block(block).eval(), (x.detach(), pos_emb.detach(), mask))
+
+
+def _frontend_graph(cfg: ConformerConfig, d: int, fraction: float, seconds: float, batch: int) -> _Graph:
+    channels = [max(1, round(fraction * c)) for c in cfg.subsampling_channels]
+    module = ConvSubsampling(cfg.n_mels, channels, d, cfg.subsampling).eval()
+    return _Graph(module, _features(cfg, seconds, batch))
+
+
+def _model_graph(cfg: ConformerConfig, d: int, seconds: float, batch: int) -> _Graph:
+    full = dataclasses.replace(cfg, d_model=d, d_model_unpruned=0, hidden_dims=[])
+    return _Graph(build_model(full).eval(), _features(cfg, seconds, batch))
+
+
+def _torch_runner(graph: _Graph) -> Callable[[], object]:
+    @torch.no_grad()
+    def run() -> object:
+        return graph.module(*graph.inputs)
+
+    return run
+
+
+def _ort_runner(graph: _Graph, threads: int, int8: bool, workdir: Path, name: str) -> Callable[[], object]:
+    import onnxruntime as ort
+
+    from conformer_prune.export.onnx import exported_proto
+
+    names = [f"input{i}" for i in range(len(graph.inputs))]
+    with torch.no_grad():
+        outputs = graph.module(*graph.inputs)
+    n_out = len(outputs) if isinstance(outputs, tuple) else 1
+    proto = exported_proto(
+        graph.module, graph.inputs, names, [f"output{i}" for i in range(n_out)], tuple({} for _ in names), {}
+    )
+    path = workdir / f"{name}.onnx"
+    path.write_bytes(proto.SerializeToString())
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = workdir / f"{name}.int8.onnx"
+        quantize_dynamic(
+            str(path), str(quantized), weight_type=QuantType.QInt8, op_types_to_quantize=_INT8_OPS
+        )
+        path = quantized
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {n: x.numpy() for n, x in zip(names, graph.inputs, strict=True)}
+    return functools.partial(session.run, None, feed)
+
+
+def _runners(
+    graphs: dict[Any, _Graph], runtime: Runtime, threads: int, progress: bool
+) -> tuple[dict[Any, Callable[[], object]], tempfile.TemporaryDirectory[str] | None]:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, found {runtime!r}")
+    if runtime == "torch":
+        return {key: _torch_runner(g) for key, g in graphs.items()}, None
+    workdir = tempfile.TemporaryDirectory(prefix="conformer-prune-profile-")
+    runners = {}
+    items = tqdm(graphs.items(), desc=f"export ({runtime})", disable=not progress, unit="graph")
+    for k, (key, graph) in enumerate(items):
+        runners[key] = _ort_runner(graph, threads, runtime == "ort-int8", Path(workdir.name), f"g{k}")
+    return runners, workdir
+
+
+def _timed(
+    graphs: dict[Any, _Graph], runtime: Runtime, threads: int, rounds: int, progress: bool = False
+) -> dict[Any, float]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runners, workdir = _runners(graphs, runtime, threads, progress)
+        try:
+            return interleaved_medians_ms(runners, rounds)
+        finally:
+            if workdir is not None:
+                workdir.cleanup()
+    finally:
+        torch.set_num_threads(old)
+
+
+def measure_models_ms(
+    models: Sequence[ConformerCTC],
+    runtime: Runtime,
+    threads: int = 2,
+    batch: int = 1,
+    seconds: float = 10.0,
+    rounds: int = 10,
+) -> list[float]:
+    """Median latency (ms) of each model's forward pass (features to log-probabilities) on
+    `runtime`, measured interleaved in this process; compare them as ratios."""
+    graphs = {
+        k: _Graph(m.eval().cpu().float(), _features(m.config, seconds, batch)) for k, m in enumerate(models)
+    }
+    medians = _timed(graphs, runtime, threads, rounds)
+    return [medians[k] for k in range(len(models))]
+
+
+def _grid(n: int, fractions: Sequence[float], low: int = 1) -> list[int]:
+    return sorted({max(low, round(f * n)) for f in fractions} | {n})
+
+
+def _even(x: float) -> int:
+    return max(2, 2 * round(x / 2))
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def _versions(runtime: Runtime) -> dict[str, str]:
+    versions: dict[str, str] = {"torch": str(torch.__version__)}
+    for package in ("conformer-prune", "onnxruntime", "onnx") if runtime != "torch" else ("conformer-prune",):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def profile_latency(
+    cfg: ConformerConfig,
+    runtime: Runtime = "ort",
+    threads: int = 2,
+    batch: int = 1,
+    seconds: float = 10.0,
+    rounds: int = 7,
+    unit_fractions: Sequence[float] = UNIT_FRACTIONS,
+    hidden_fractions: Sequence[float] = HIDDEN_FRACTIONS,
+    frontend_fractions: Sequence[float] = FRONTEND_FRACTIONS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The latency table of `cfg` on `runtime` (see the module docstring): a JSON-ready dict that
+    `LatencyModel` reads. Widths are the largest of any layer; grids are fractions of them."""
+    start = time.perf_counter()
+    widest = {branch.field: max(getattr(cfg, branch.field)) for branch in ConformerBlock.BRANCHES.values()}
+    fields = {"ffn": "ffn1", "heads": "heads", "conv": "conv_channels"}
+    widest["ffn1"] = max(widest["ffn1"], widest["ffn2"])
+    units = {
+        part: list(range(1, max(1, widest["heads"]) + 1))
+        if part == "heads"
+        else _grid(widest[fields[part]], unit_fractions)
+        for part in PARTS
+    }
+    hidden = sorted({_even(f * cfg.d_model) for f in hidden_fractions} | {cfg.d_model})
+    fractions = sorted(set(frontend_fractions) | {1.0})
+    graphs: dict[Any, _Graph] = {}
+    for d in hidden:
+        graphs["empty", d] = _block_graph(cfg, d, {}, seconds, batch)
+        graphs["model", d] = _model_graph(cfg, d, seconds, batch)
+        for part in PARTS:
+            for u in units[part]:
+                graphs[part, d, u] = _block_graph(cfg, d, {fields[part]: u}, seconds, batch)
+        for f in fractions:
+            graphs["frontend", d, f] = _frontend_graph(cfg, d, f, seconds, batch)
+    ms = _timed(graphs, runtime, threads, rounds, progress)
+
+    def part_ms(part: str, d: int, u: int) -> float:
+        return ms[part, d, u] - ms["empty", d]
+
+    parts: dict[str, Any] = {
+        part: {"units": units[part], "ms": [[part_ms(part, d, u) for u in units[part]] for d in hidden]}
+        for part in PARTS
+    }
+    reference = LatencyModel._frontend_conv_macs(cfg, {})
+    mac_fractions: list[float] = []
+    for f in list(fractions):
+        channels = {
+            f"frontend.{i}": float(max(1, round(f * c))) for i, c in enumerate(cfg.subsampling_channels)
+        }
+        value = float(LatencyModel._frontend_conv_macs(cfg, channels) / reference)
+        if mac_fractions and value <= mac_fractions[-1]:  # channels that rounded alike
+            fractions.remove(f)
+            continue
+        mac_fractions.append(value)
+    parts["frontend"] = {
+        "fraction": mac_fractions,
+        "channel_fraction": fractions,
+        "ms": [[ms["frontend", d, f] for f in fractions] for d in hidden],
+    }
+    table = {
+        "format": FORMAT,
+        "runtime": runtime,
+        "threads": threads,
+        "batch": batch,
+        "seconds": seconds,
+        "rounds": rounds,
+        "machine": _machine(),
+        "versions": _versions(runtime),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "profile_seconds": 0.0,
+        "fit": (
+            "bilinear interpolation of measured tables (piecewise linear in units, then in d); a "
+            "module = its one-block model minus the empty block; rest = whole model - front end - modules"
+        ),
+        "config": to_dict(cfg),
+        "hidden": hidden,
+        "parts": parts,
+        "rest_ms": [0.0 for _ in hidden],
+        "model_ms": [ms["model", d] for d in hidden],
+    }
+    # rest(d): the whole model's time less the front end and the modules as the table predicts
+    # them (between grid points by its interpolation), so the dense model at each d is exact
+    parts_only = LatencyModel(table)
+    table["rest_ms"] = [ms["model", d] - float(parts_only.predict(cfg, {HIDDEN: float(d)})) for d in hidden]
+    table["profile_seconds"] = time.perf_counter() - start
+    return table
+
+
+def write_table(table: dict[str, Any], path: Path) -> None:
+    """Write a latency table as JSON, atomically."""
+    atomic_write_text(path, json.dumps(table, indent=1) + "\n")
