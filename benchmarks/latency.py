@@ -12,8 +12,8 @@ The peak is the median rate of a 2048^3 fp32 matmul with the same threads, measu
 run; achieved GFLOP/s count 2 x the model's MACs (also for int8, whose work is the same).
 WER on the test split compares PyTorch, ONNX Runtime fp32 and int8 (waveform graphs, front end
 inside). The log-mel front end of the waveform graph is also timed alone (2 threads, batch 1, 10 s):
-the exported `torch.stft` (an ONNX STFT, what export writes) against the matrix products of
-`MatmulDFTLogMel` (export_onnx(matmul_frontend=True)), and PyTorch. Writes
+the exported `torch.stft` (an ONNX STFT, `export --stft-frontend`) against the matrix products
+of `MatmulDFTLogMel` (what export writes by default), and PyTorch. Writes
 benchmarks/results/latency.json, the latency and latency-frontend sections of docs/benchmark.md
 and docs/latency.png. Run it on a quiet machine: nothing else should share the cores.
 """
@@ -312,7 +312,7 @@ def write_frontend_docs(frontend: dict[str, Any]) -> None:
     diffs = frontend["max_abs_diff_vs_torch"]
     labels = {
         "ort-stft": "ONNX Runtime, exported `torch.stft` (ONNX STFT)",
-        "ort-matmul": "ONNX Runtime, matrix products (`MatmulDFTLogMel`, export option `matmul_frontend`)",
+        "ort-matmul": "ONNX Runtime, matrix products (`MatmulDFTLogMel`, the export default)",
         "torch": "PyTorch `LogMelFeatures` (`torch.stft`)",
     }
     rows = [

@@ -284,6 +284,12 @@ def _add_export(sub: _Subparsers) -> None:
     p.add_argument(
         "--no-frontend", action="store_true", help="export features-to-log-probs, without the log-mel"
     )
+    p.add_argument(
+        "--stft-frontend",
+        action="store_true",
+        help="write the front end's spectrum as an ONNX STFT instead of matrix products (5x slower "
+        "in ONNX Runtime; for runtimes without MatMul fusions, or to compare)",
+    )
     p.add_argument("--data", help="a corpus: verify on its audio and report the WER of each export")
     p.add_argument("--teacher", help="the unpruned teacher, to record the sparsity in the metadata")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the checks")
@@ -331,6 +337,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         Path(args.model),
         Path(args.onnx),
         frontend=not args.no_frontend,
+        matmul_frontend=not args.stft_frontend,
         int8=args.int8,
         int8_ops=args.int8_ops,
         int8_modules=args.int8_modules,

@@ -124,6 +124,7 @@ def export_with_report(
     int8_modules: Sequence[str] | None = None,
     calibration: Path | None = None,
     calibration_utterances: int = CALIBRATION_UTTERANCES,
+    matmul_frontend: bool = True,
 ) -> dict[str, Any]:
     """Export `model`, check ONNX Runtime against PyTorch (random inputs, and the first 8
     utterances of `data`), quantize when asked, and report WER of each runtime on `data` and the
@@ -133,6 +134,7 @@ def export_with_report(
         int8: False, or the quantization mode ("dynamic", "static"; True means "dynamic").
         int8_ops, int8_modules: what to quantize (None: the mode's default, see `quantize_int8`).
         calibration: a corpus whose first `calibration_utterances` calibrate static int8.
+        matmul_frontend: the front end's spectrum as matrix products (False: an ONNX STFT).
 
     Raises:
         ValueError: the export differs from PyTorch by more than 1e-4 (the file is kept for
@@ -149,11 +151,14 @@ def export_with_report(
     teacher_params = count_params(load_recognizer(teacher).model) if teacher else None
     utts = read_corpus(data) if data else []
     start = time.perf_counter()
-    export_onnx(rec, onnx_path, frontend=frontend, teacher_params=teacher_params)
+    export_onnx(
+        rec, onnx_path, frontend=frontend, teacher_params=teacher_params, matmul_frontend=matmul_frontend
+    )
     report: dict[str, Any] = {
         "model": str(model),
         "onnx": str(onnx_path),
         "input": "waveforms" if frontend else "features",
+        "frontend_spectrum": ("matrix products" if matmul_frontend else "ONNX STFT") if frontend else None,
         "export_seconds": round(time.perf_counter() - start, 1),
     }
     sr = rec.features.config.sample_rate
