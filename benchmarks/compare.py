@@ -21,6 +21,14 @@ interleaved. Writes benchmarks/results/compare.json, the compare section of docs
 docs/compare.png (with --quick: compare-quick.json and the table and plot in
 benchmarks/cache/compare-quick/, not in docs/).
 
+The latency plane (issue 17): on ONNX Runtime fp32 (2 threads, batch 1, a 10 s utterance), the
+teacher is profiled once (`conformer-prune profile`, cached as latency-ort.json); `l0-distill`
+prunes to half the teacher's latency with that table (`--target-latency 0.5`), and
+`magnitude-distill` and `torch-pruning` are each scaled, by bisection on their parameter target,
+until the shape they fine-tune measures half the teacher's latency (each try measured interleaved
+with the teacher; cached as matched.json in the run). All models, every run's and the teacher,
+are then timed on ONNX Runtime in one process, interleaved, beside the PyTorch timing.
+
 `--methods a,b` runs only those methods' missing stages (the table then holds every stage cached so
 far; the rest are listed as not run). `--render` rewrites the table and plot from the saved JSON.
 """
@@ -49,13 +57,17 @@ from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
 from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
+from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
 from conformer_prune.evaluate.run import read_recogs
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.budget import UnreachableTargetError
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.cost import as_float
+from conformer_prune.prune.latency import LatencyModel, Runtime
 from conformer_prune.prune.methods import METHODS as REGISTRY
 from conformer_prune.prune.methods import MethodName
 from conformer_prune.prune.report import prune_and_report
+from conformer_prune.prune.run import one_shot_model
 from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import write_json
 
@@ -65,6 +77,65 @@ RUNS = [(m, 0.5) for m in METHODS if m != CONTROL] + [(CONTROL, 1.0)]
 RUNS += [(m, r) for r in (0.3, 0.7) for m in ("l0-distill", "magnitude-distill", "torch-pruning")]
 SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
 KEYS = ("wer_dev", "wer_test", "cer_test", "wer_test_unseen", "params", "macs_per_second")
+LATENCY_TARGET = 0.5  # of the teacher's latency on LATENCY_RUNTIME
+LATENCY_RUNTIME: Runtime = "ort"  # ONNX Runtime fp32, 2 threads, batch 1, 10 s
+LATENCY_METHODS: tuple[MethodName, ...] = ("l0-distill", "magnitude-distill", "torch-pruning")
+LATENCY_NAME = f"lat{round(100 * LATENCY_TARGET)}"  # runs are named e.g. l0-distill-lat50
+
+
+def latency_table(teacher: Path, work: Path) -> Path:
+    """The teacher's profile on LATENCY_RUNTIME (a cached stage)."""
+    path = work / f"latency-{LATENCY_RUNTIME}.json"
+    if not path.exists():
+        print(f"[profile] the teacher on {LATENCY_RUNTIME}", flush=True)
+        cfg = load_recognizer(teacher).model.config
+        write_table(profile_latency(cfg, LATENCY_RUNTIME, threads=2), path)
+    return path
+
+
+def matched_params(method: MethodName, teacher_path: Path, run: Path, tries: int = 7) -> float:
+    """The parameter target at which `method`'s one-shot shape measures LATENCY_TARGET x the
+    teacher's latency on LATENCY_RUNTIME: a bisection, each shape timed interleaved with the
+    teacher, stopping within 2%; cached in run/matched.json with every try."""
+    cache = run / "matched.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["target_params"])
+    teacher = load_recognizer(teacher_path).model
+    lo, hi = 0.05, 1.0
+    log: list[dict[str, Any]] = []
+    best: tuple[float, float] | None = None  # (target_params, measured ratio)
+    for _ in range(tries):
+        mid = (lo + hi) / 2
+        cfg = load_config(PruneConfig, recipe_path("prune"), [f"method={method}", f"target_params={mid}"])
+        try:
+            shape = one_shot_model(cfg, teacher)
+        except UnreachableTargetError:
+            log.append({"target_params": mid, "unreachable": True})
+            lo = mid
+            continue
+        teacher_ms, ms = measure_models_ms([teacher, shape], LATENCY_RUNTIME, threads=2, rounds=10)
+        ratio = ms / teacher_ms
+        log.append({"target_params": mid, "measured_ratio": ratio, "teacher_ms": teacher_ms, "ms": ms})
+        print(f"[{method} latency match] params {mid:.3f}: {ratio:.3f} of the teacher", flush=True)
+        if best is None or abs(ratio - LATENCY_TARGET) < abs(best[1] - LATENCY_TARGET):
+            best = (mid, ratio)
+        if abs(ratio / LATENCY_TARGET - 1) <= 0.02:
+            break
+        lo, hi = (lo, mid) if ratio > LATENCY_TARGET else (mid, hi)
+    if best is None:
+        raise UnreachableTargetError(f"{method}: no parameter target in {tries} tries reaches a shape")
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(
+        cache,
+        {
+            "target_latency": LATENCY_TARGET,
+            "runtime": LATENCY_RUNTIME,
+            "target_params": best[0],
+            "measured_ratio": best[1],
+            "tries": log,
+        },
+    )
+    return best[0]
 
 
 def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: bool) -> list[str]:
@@ -192,18 +263,66 @@ def main() -> None:
             (run / "unreachable.txt").write_text(f"{err}\n")
             print(f"[{method} at {ratio:.0%}] cannot reach the target: {err}", flush=True)
 
-    # every model's latency in one process, interleaved, so the column compares like with like
+    latency_reports: dict[MethodName, dict[str, Any]] = {}
+    for method in LATENCY_METHODS:
+        name = f"{method}-{LATENCY_NAME}"
+        run = work / name
+        _check_fresh(run / "eval.json")
+        if (run / "eval.json").exists():
+            latency_reports[method] = json.loads((run / "eval.json").read_text())
+            continue
+        if (run / "unreachable.txt").exists():
+            unreachable[(method, -LATENCY_TARGET)] = (run / "unreachable.txt").read_text().strip()
+            continue
+        if method not in selected:
+            continue
+        print(f"[{method} at {LATENCY_TARGET:.0%} latency] {run}", flush=True)
+        table = latency_table(teacher, work)
+        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick)
+        try:
+            if method == "l0-distill":
+                overrides += [
+                    "target_params=null",
+                    f"target_latency={LATENCY_TARGET}",
+                    f"latency_table={table}",
+                ]
+            else:
+                overrides += [f"target_params={matched_params(method, teacher, run)}"]
+            cfg = load_config(PruneConfig, recipe_path("prune"), overrides)
+            latency_reports[method] = prune_and_report(
+                cfg,
+                teacher,
+                corpus / "train",
+                corpus / "dev",
+                evaluated,
+                run,
+                (run / "prune_state.pt").exists(),
+                teacher_eval=teacher_eval,
+            )
+        except UnreachableTargetError as err:
+            unreachable[(method, -LATENCY_TARGET)] = str(err)
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "unreachable.txt").write_text(f"{err}\n")
+
+    # every model's latency in one process, interleaved, so the column compares like with like:
+    # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
     names = ["teacher", *[f"{m}-{round(100 * r)}" for m, r in reports]]
+    names += [f"{m}-{LATENCY_NAME}" for m in latency_reports]
     models = [load_recognizer(teacher).model] + [
         load_recognizer(work / name / "model.pt").model for name in names[1:]
     ]
     latency = dict(zip(names, interleaved_latency_ms(models, threads=2, rounds=60), strict=True))
-    teacher_row = {k: teacher_eval[k] for k in KEYS} | {"latency_ms_10s": latency["teacher"]}
+    ort = dict(zip(names, measure_models_ms(models, LATENCY_RUNTIME, threads=2, rounds=30), strict=True))
+    teacher_row = {k: teacher_eval[k] for k in KEYS} | {
+        "latency_ms_10s": latency["teacher"],
+        "latency_ms_ort": ort["teacher"],
+    }
     results = []
     for (method, ratio), report in reports.items():
         name = f"{method}-{round(100 * ratio)}"
         row = {"method": method, "target_params": ratio, **{k: report["pruned"][k] for k in KEYS}}
-        row |= {"latency_ms_10s": latency[name], "wall_seconds": wall_seconds(work / name)}
+        row |= {"latency_ms_10s": latency[name], "latency_ms_ort": ort[name]}
+        row |= {"wall_seconds": wall_seconds(work / name)}
         if method != "l0-distill" and ("l0-distill", 0.5 if method == CONTROL else ratio) in reports:
             reference = 50 if method == CONTROL else round(100 * ratio)
             row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{reference}", work / name)
@@ -211,12 +330,41 @@ def main() -> None:
             row["wer_test_vs_continued"] = versus(work / f"{CONTROL}-100", work / name)
         results.append(row)
         print(row, flush=True)
+    latency_plane = []
+    for method, report in latency_reports.items():
+        name = f"{method}-{LATENCY_NAME}"
+        check = report.get("latency_target")  # l0-distill: the run's own check against its table
+        matched = work / name / "matched.json"
+        table_path = work / f"latency-{LATENCY_RUNTIME}.json"
+        pruned = load_recognizer(work / name / "model.pt").model
+        row = {
+            "method": method,
+            "target_latency": LATENCY_TARGET,
+            "runtime": LATENCY_RUNTIME,
+            "budget": "latency table" if check else "parameter target matched by measurement",
+            "target_params": json.loads(matched.read_text())["target_params"] if matched.exists() else None,
+            **{k: report["pruned"][k] for k in KEYS},
+            "latency_ms_teacher": ort["teacher"],
+            "latency_ms_predicted": as_float(LatencyModel.load(table_path).predict(pruned.config)),
+            "latency_ms_measured": ort[name],
+            "measured_ratio": ort[name] / ort["teacher"],
+            "latency_ms_10s": latency[name],
+            "wall_seconds": wall_seconds(work / name),
+        }
+        if method != "l0-distill" and "l0-distill" in latency_reports:
+            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{LATENCY_NAME}", work / name)
+        latency_plane.append(row)
+        print(row, flush=True)
     record = {
         "splits": split_sizes(evaluated),
         "teacher": teacher_row,
         "results": results,
-        "not_run": [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in {*reports, *unreachable}],
-        "unreachable": {f"{m}-{round(100 * r)}": why for (m, r), why in unreachable.items()},
+        "latency_plane": latency_plane,
+        "not_run": [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in {*reports, *unreachable}]
+        + [f"{m}-{LATENCY_NAME}" for m in LATENCY_METHODS if m not in latency_reports],
+        "unreachable": {
+            f"{m}-{LATENCY_NAME if r < 0 else round(100 * r)}": why for (m, r), why in unreachable.items()
+        },
         "threads": 2,
         "commit": commit,
         # the table holds every cached stage, whichever --methods this run had: the whole command
@@ -302,14 +450,24 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
     verdict = (
         "met" if best["test"] == ["l0-distill"] else "not met" if "l0-distill" not in best["test"] else "tied"
     )
+    plane = record.get("latency_plane", [])
+    on_ort = "latency_ms_ort" in t  # older records timed PyTorch only
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in (
         (axes[0], "params", "parameters"),
-        (axes[1], "latency_ms_10s", "CPU latency, 10 s (ms)"),
+        (
+            axes[1],
+            "latency_ms_ort" if on_ort else "latency_ms_10s",
+            "ONNX Runtime fp32 latency, 10 s (ms)" if on_ort else "CPU latency, 10 s (ms)",
+        ),
     ):
-        for method in dict.fromkeys(r["method"] for r in record["results"]):
+        for k, method in enumerate(dict.fromkeys(r["method"] for r in record["results"])):
             pts = sorted((r[key], 100 * r["wer_test"]) for r in record["results"] if r["method"] == method)
-            ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=method, color=f"C{k}")
+            if key == "latency_ms_ort":  # the same method at the latency target: a hollow square
+                at = [(r["latency_ms_measured"], 100 * r["wer_test"]) for r in plane if r["method"] == method]
+                if at:
+                    ax.plot(*zip(*at, strict=True), marker="s", fillstyle="none", color=f"C{k}", ls="")
         ax.plot(
             [t[key]],
             [100 * t["wer_test"]],
@@ -322,6 +480,9 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         ax.set(xlabel=label, ylabel="test WER (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if plane and on_ort:
+        axes[1].plot([], [], marker="s", fillstyle="none", color="gray", ls="", label="latency target")
+        axes[1].legend(fontsize=8)
     fig.tight_layout()
     png = "compare.png"
     out = CACHE / "compare-quick" if quick else DOCS
@@ -332,6 +493,46 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         for split, n in record["splits"].items()
     )
     cannot = "".join(f"Cannot reach its target: {k} ({why}). " for k, why in record["unreachable"].items())
+    plane_md = ""
+    if plane:
+        plane_rows = [
+            [
+                r["method"],
+                r["budget"],
+                "-" if r["target_params"] is None else f"{r['target_params']:.3f}",
+                f"{r['params']:,}",
+                f"{r['latency_ms_predicted']:.1f}",
+                f"{r['latency_ms_measured']:.1f}",
+                f"{r['measured_ratio']:.3f}",
+                f"{100 * r['wer_dev']:.2f}%",
+                f"{100 * r['wer_test']:.2f}%",
+                _versus_cell(r.get("wer_test_vs_l0_distill")),
+            ]
+            for r in plane
+        ]
+        plane_md = (
+            f"\n\n### At {LATENCY_TARGET:.0%} of the teacher's latency on ONNX Runtime fp32\n\n"
+            f"2 threads, batch 1, 10 s; the teacher measures {t['latency_ms_ort']:.1f} ms in the same "
+            "run. `l0-distill` is budgeted by the profile table (`--target-latency`); the baselines' "
+            "parameter targets are scaled until their shape measures the target. Predicted: the "
+            "table's latency model; measured: all models interleaved in one process, median of 30 "
+            "rounds. The target counts as met within 5% of the measured ratio.\n\n"
+            + markdown_table(
+                [
+                    "method",
+                    "budget",
+                    "params target",
+                    "params",
+                    "predicted (ms)",
+                    "measured (ms)",
+                    "measured / teacher",
+                    "dev WER",
+                    "test WER",
+                    "vs l0-distill (95% CI)",
+                ],
+                plane_rows,
+            )
+        )
     section = (
         "## Methods compared (`benchmarks/compare.py`)\n\n"
         f"Lowest test WER at 50% parameters: **{' = '.join(best['test']) or '-'}** (lowest dev WER: "
@@ -345,7 +546,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         f"the paired bootstrap's (10,000 resamples of the test utterances) for the test WER minus "
         f"l0-distill's at the same target (`continued`: at 50%) and minus `continued`'s. Splits: "
         f"{sizes}. "
-        f"Commit `{record['commit']}`.\n\n{table}\n\n![WER against size and latency]({png})\n\n"
+        f"Commit `{record['commit']}`.\n\n{table}{plane_md}\n\n![WER against size and latency]({png})\n\n"
         f"Reproduce: `{record['command']}`."
     )
     if quick:

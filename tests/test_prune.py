@@ -21,7 +21,7 @@ from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
-from conformer_prune.prune.run import make_prune_optimizer
+from conformer_prune.prune.run import make_prune_optimizer, one_shot_model
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
 from tests.conftest import assert_same_real_frames, hetero_config
@@ -581,3 +581,14 @@ def test_expected_gate_value_matches_the_sampled_mean() -> None:
     sampled = torch.stack([gate.sample() for _ in range(20000)]).mean(0)
     torch.testing.assert_close(gate.expected_value(), sampled, atol=0.01, rtol=0)
     assert float(gate.expected_value()[1]) == pytest.approx(0.5, abs=1e-4)  # symmetric at 0
+
+
+@pytest.mark.parametrize("method", ["magnitude-distill", "torch-pruning"])
+def test_one_shot_model_is_the_shape_the_method_fine_tunes(method: str) -> None:
+    teacher = _model(seed=3, d_model=64, head_dim=16)
+    cfg = PruneConfig(method=method, target_params=0.6)  # type: ignore[arg-type]
+    shape = one_shot_model(cfg, teacher)
+    target = 0.6 * count_params(teacher)
+    assert 0.95 * target <= count_params(shape) <= target
+    with pytest.raises(ValueError, match="does not fix its shape"):
+        one_shot_model(PruneConfig(method="l0-distill"), teacher)

@@ -67,7 +67,7 @@ from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, start_run
 from conformer_prune.utils import resolve_device
 
-__all__ = ["LATENCY_TABLE", "PruneResult", "make_prune_optimizer", "run_pruning"]
+__all__ = ["LATENCY_TABLE", "PruneResult", "make_prune_optimizer", "one_shot_model", "run_pruning"]
 
 LATENCY_TABLE = "latency_table.json"  # in the run directory, when the run profiles the teacher
 
@@ -295,6 +295,23 @@ def _prune(
     if latency is not None:
         pruned.latency_table = Path(cfg.latency_table) if cfg.latency_table else out / LATENCY_TABLE
     return pruned
+
+
+def one_shot_model(cfg: PruneConfig, teacher: ConformerCTC) -> ConformerCTC:
+    """The compact model that a one-shot method (magnitude, magnitude-distill, torch-pruning)
+    fine-tunes, before any training: the shape (and so the latency) its run will end with, at
+    `cfg`'s target (parameters or MACs)."""
+    method = METHODS[cfg.method]
+    if method.learns_masks or method.masks not in ("magnitude", "torch-pruning"):
+        raise ValueError(f"method {cfg.method} does not fix its shape before training")
+    target_abs = cfg.ratio * as_float(conformer_cost(teacher.config).value(cfg.metric))
+    student = _student(method, teacher, target_abs, cfg.metric)
+    if method.masks == "torch-pruning":
+        return student
+    gates = ConformerGates.attach(student, cfg.structures, cfg.init_unit_log_alpha, cfg.init_module_log_alpha)
+    masks = magnitude_masks(gates, target_abs, cfg.metric)
+    gates.freeze(masks)
+    return physically_prune(student, gates.current_masks())
 
 
 def _student(
