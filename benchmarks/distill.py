@@ -1,0 +1,249 @@
+"""Which distillation choices count (issue 16): choose them on dev, ablate them, and test the
+method against `l0` (the same gates without distillation) over seeds.
+
+Usage:
+    nohup python benchmarks/distill.py > benchmarks/cache/distill.log 2>&1 &
+    python benchmarks/distill.py --stage candidates     # stop after a stage
+    python benchmarks/distill.py --quick                # same code path on the quick teacher
+
+Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
+data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
+the pruning engine under benchmarks/cache/distill[-quick]/, skipped once its eval.json exists.
+Only the distillation settings (and, in the last stages, the seed or the target) differ. Stages:
+
+1. candidates: `base`, the distillation the method had before issue 16 (layer MSE on every block,
+   paired by index, CTC weight 1, no KL, no front end, fixed weights), and `base` with one choice
+   switched on: `normalized-mse` (per-layer normalisation by the teacher's variance), `l1-cosine`
+   (DPHuBERT's distance), `kl` (KL on the CTC posteriors, temperature 2, weight 1), `frontend`
+   (the front end's output, weight 1), `dynamic` (CoFi's minimum-distance map of every third
+   teacher block onto the student's remaining blocks), `grad-norm` (distillation rescaled to CTC's
+   gradient norm); and `l0`, no distillation at all.
+2. chosen: `base` plus every choice whose candidate's dev WER is below `base`'s (of the two layer
+   distances, the better one); nothing from test.
+3. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
+4. seeds: `chosen` and `l0` again with seeds 1 and 2 (seed 0 is stages 1-2), for the seed spread.
+5. at 30%: `chosen` at 30% of the parameters beside `continued` (the equal-training control).
+
+Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
+dev and test WER with split sizes, the paired-bootstrap interval of its test WER against
+`chosen`'s, and the last epoch's gradient norms of CTC and of the layer distance (their balance).
+The runs take the reference budget each (about 80-90 minutes on 2 CPU cores): plan many sessions,
+or a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, ROOT, command_line, git_commit, markdown_table, save_result, update_doc_section
+from prune import SPLITS, run_stage, split_sizes, teacher_eval, versus
+
+from conformer_prune.config import load_config, recipe_path
+from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
+from conformer_prune.prune.config import PruneConfig
+
+BASE = [
+    "method=l0-distill",
+    "distill.ctc_weight=1.0",
+    "distill.layer_weight=1.0",
+    "distill.layer_loss=mse",
+    "distill.layer_map=same-index",
+    "distill.kl_weight=0.0",
+    "distill.frontend_weight=0.0",
+    "distill.balance=fixed",
+]
+# each choice: the overrides that switch it on over BASE
+CHOICES: dict[str, list[str]] = {
+    "normalized-mse": ["distill.layer_loss=normalized-mse"],
+    "l1-cosine": ["distill.layer_loss=l1-cosine"],
+    "kl": ["distill.kl_weight=1.0", "distill.kl_temperature=2.0"],
+    "frontend": ["distill.frontend_weight=1.0"],
+    "dynamic": ["distill.layer_map=dynamic"],
+    "grad-norm": ["distill.balance=grad-norm"],
+}
+LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
+STAGES = ("candidates", "chosen", "ablation", "seeds", "at-30")
+SEEDS = (1, 2)
+
+
+def chosen_choices(dev_wer: dict[str, float]) -> list[str]:
+    """The choices whose candidate beat `base` on dev; of the layer distances, the better one."""
+    better = [c for c in CHOICES if dev_wer[c] < dev_wer["base"]]
+    losses = sorted((dev_wer[c], c) for c in better if c in LAYER_LOSSES)
+    return [c for c in better if c not in LAYER_LOSSES] + [c for _, c in losses[:1]]
+
+
+def overrides(choices: list[str], *extra: str) -> list[str]:
+    return [*BASE, *(o for c in choices for o in CHOICES[c]), *extra]
+
+
+def grad_norms(run: Path) -> dict[str, float]:
+    """The last epoch's gradient norms of CTC and the layer distance (`grad_norm_*` in log.jsonl)."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    last = [r for r in records if "epoch" in r][-1]
+    return {k.removeprefix("grad_norm_"): v for k, v in last.items() if k.startswith("grad_norm_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="quick teacher and corpus, 1 + 1 epochs")
+    parser.add_argument("--stage", choices=STAGES, default=STAGES[-1], help="the last stage to run")
+    args = parser.parse_args()
+    commit = git_commit()
+    if args.quick:
+        corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
+        budget = ["prune_epochs=1", "finetune_epochs=1"]
+        if not teacher.exists():
+            raise SystemExit("run `python benchmarks/teacher.py --quick` first")
+    else:
+        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
+        budget = []
+        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
+    work = CACHE / ("distill-quick" if args.quick else "distill")
+    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
+    teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
+    last = STAGES.index(args.stage)
+    reports: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, extra: list[str]) -> dict[str, Any]:
+        cfg = load_config(PruneConfig, recipe_path("prune"), [*budget, *extra])
+        print(f"[{name}] {work / name}", flush=True)
+        reports[name] = run_stage(cfg, teacher, corpus, evaluated, work / name, teacher_result)
+        return reports[name]
+
+    run("base", overrides([]))
+    run("l0", [*overrides([]), "method=l0"])
+    for choice in CHOICES:
+        run(choice, overrides([choice]))
+    dev = {name: r["pruned"]["wer_dev"] for name, r in reports.items()}
+    chosen = chosen_choices(dev)
+    if last >= 1:
+        run("chosen", overrides(chosen))
+    if last >= 2:
+        for choice in chosen:
+            run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
+    if last >= 3:
+        for seed in SEEDS:
+            run(f"chosen-seed{seed}", overrides(chosen, f"seed={seed}"))
+            run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
+    if last >= 4:
+        run("chosen-30", overrides(chosen, "target_params=0.3"))
+        run("continued", [*overrides(chosen), "method=continued"])
+
+    reference = "chosen" if "chosen" in reports else "base"
+    rows = []
+    for name, report in reports.items():
+        row = {
+            "run": name,
+            **{f"wer_{s}": report["pruned"][f"wer_{s}"] for s in SPLITS},
+            "params": report["pruned"]["params"],
+            "grad_norms": grad_norms(work / name),
+        }
+        if name != reference:
+            row["wer_test_vs_reference"] = versus(work / reference, work / name, "test")
+        rows.append(row)
+    record: dict[str, Any] = {
+        "reference": reference,
+        "chosen": chosen,
+        "choices": CHOICES,
+        "base": BASE,
+        "splits": {s: split_sizes(work / "teacher", s, teacher_result[f"hours_{s}"]) for s in SPLITS},
+        "teacher": {f"wer_{s}": teacher_result[f"wer_{s}"] for s in SPLITS},
+        "runs": rows,
+        "commit": commit,
+        "command": command_line(),
+    }
+    seeds: dict[str, list[float]] = {}
+    for m in ("chosen", "l0"):
+        names = (m, *(f"{m}-seed{seed}" for seed in SEEDS))
+        seeds[m] = [reports[n]["pruned"]["wer_test"] for n in names if n in reports]
+    if all(len(v) == 1 + len(SEEDS) for v in seeds.values()):
+        record["seeds"] = {
+            m: {"wer_test": v, "mean": statistics.mean(v), "spread": max(v) - min(v)}
+            for m, v in seeds.items()
+        }
+        record["seeds"]["difference_of_means"] = (
+            record["seeds"]["chosen"]["mean"] - record["seeds"]["l0"]["mean"]
+        )
+        record["seeds"]["chosen_vs_l0_seed0"] = versus(work / "l0", work / "chosen", "test")
+    if {"chosen-30", "continued"} <= set(reports):
+        record["at_30"] = {
+            "wer_test_chosen": reports["chosen-30"]["pruned"]["wer_test"],
+            "wer_test_continued": reports["continued"]["pruned"]["wer_test"],
+            "ratio": reports["chosen-30"]["pruned"]["wer_test"] / reports["continued"]["pruned"]["wer_test"],
+            "vs_continued": versus(work / "continued", work / "chosen-30", "test"),
+        }
+    name = "distill-quick" if args.quick else "distill"
+    save_result(name, record)
+    print(json.dumps(record, indent=2))
+    if not args.quick:
+        update_doc_section("distill", section(record))
+
+
+def _interval(v: dict[str, float] | None) -> str:
+    return "-" if v is None else f"{100 * v['delta']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
+
+
+def section(record: dict[str, Any]) -> str:
+    sizes = "; ".join(
+        f"{s.replace('_', '-')} {n['utterances']:,} utterances, {n['words']:,} words"
+        for s, n in record["splits"].items()
+    )
+    rows = [
+        [
+            r["run"],
+            *[f"{100 * r[f'wer_{s}']:.2f}%" for s in SPLITS],
+            _interval(r.get("wer_test_vs_reference")),
+            f"{r['grad_norms'].get('ctc', float('nan')):.3g}",
+            f"{r['grad_norms'].get('layer', float('nan')):.3g}",
+        ]
+        for r in record["runs"]
+    ]
+    table = markdown_table(
+        [
+            "run",
+            "dev WER",
+            "test WER",
+            "test-unseen WER",
+            f"test vs {record['reference']} (95% CI)",
+            "grad norm CTC",
+            "grad norm layer",
+        ],
+        rows,
+    )
+    text = (
+        "## Distillation choices (`benchmarks/distill.py`)\n\n"
+        f"Each run prunes the reference teacher to 50% of the parameters with the reference recipe; only "
+        f"the distillation differs. Chosen on dev: "
+        f"**{', '.join(record['chosen']) or 'nothing beyond base'}**. "
+        f"Intervals: the paired bootstrap's 95% for the test WER minus `{record['reference']}`'s. Gradient "
+        f"norms: the last epoch's. Splits: {sizes}. Commit `{record['commit']}`.\n\n{table}\n"
+    )
+    if "seeds" in record:
+        s = record["seeds"]
+        text += (
+            f"\nSeeds 0-{len(SEEDS)}: chosen test WER mean {100 * s['chosen']['mean']:.2f}% (spread "
+            f"{100 * s['chosen']['spread']:.2f} points), l0 {100 * s['l0']['mean']:.2f}% (spread "
+            f"{100 * s['l0']['spread']:.2f}); difference of the means {100 * s['difference_of_means']:+.2f} "
+            f"points; seed 0 chosen minus l0: {_interval(s['chosen_vs_l0_seed0'])}.\n"
+        )
+    if "at_30" in record:
+        a = record["at_30"]
+        text += (
+            f"\nAt 30% of the parameters: chosen {100 * a['wer_test_chosen']:.2f}% test WER against "
+            f"continued's {100 * a['wer_test_continued']:.2f}% ({a['ratio']:.3f}x; target at most 1.10x), "
+            f"difference {_interval(a['vs_continued'])}.\n"
+        )
+    return text + f"\nReproduce: `{record['command']}`."
+
+
+if __name__ == "__main__":
+    main()
