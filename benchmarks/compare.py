@@ -225,72 +225,30 @@ def main() -> None:
     work = CACHE / ("compare-quick" if args.quick else "compare")
     evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
     reports: dict[tuple[str, float], dict[str, Any]] = {}
-    unreachable: dict[tuple[str, float], str] = {}
+    unreachable: dict[str, str] = {}  # by run name
     teacher_eval = _teacher_eval(teacher, evaluated, work / "teacher-eval.json")
     selected = set(args.methods.split(","))
     if unknown := selected - set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
-    for method, ratio in RUNS:
-        run = work / f"{method}-{round(100 * ratio)}"
-        _check_fresh(run / "eval.json")
-        if (run / "eval.json").exists():
-            reports[(method, ratio)] = json.loads((run / "eval.json").read_text())
-            continue
-        if (run / "unreachable.txt").exists():
-            unreachable[(method, ratio)] = (run / "unreachable.txt").read_text().strip()
-            continue
-        if method not in selected:
-            continue
-        print(f"[{method} at {ratio:.0%}] {run}", flush=True)
-        cfg = load_config(
-            PruneConfig, recipe_path("prune"), overrides_for(method, ratio, teacher_epochs, args.quick)
-        )
-        try:
-            resume = (run / "prune_state.pt").exists()
-            reports[(method, ratio)] = prune_and_report(
-                cfg,
-                teacher,
-                corpus / "train",
-                corpus / "dev",
-                evaluated,
-                run,
-                resume,
-                teacher_eval=teacher_eval,
-            )
-        except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
-            unreachable[(method, ratio)] = str(err)
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "unreachable.txt").write_text(f"{err}\n")
-            print(f"[{method} at {ratio:.0%}] cannot reach the target: {err}", flush=True)
-
     latency_reports: dict[MethodName, dict[str, Any]] = {}
-    for method in LATENCY_METHODS:
-        name = f"{method}-{LATENCY_NAME}"
-        run = work / name
+
+    def stage(
+        store: dict[Any, Any], key: Any, method: MethodName, run: Path, label: str, make_cfg: Any
+    ) -> None:
+        """One cached, resumable run into `store[key]` (or `unreachable[run.name]`), when selected."""
         _check_fresh(run / "eval.json")
         if (run / "eval.json").exists():
-            latency_reports[method] = json.loads((run / "eval.json").read_text())
-            continue
+            store[key] = json.loads((run / "eval.json").read_text())
+            return
         if (run / "unreachable.txt").exists():
-            unreachable[(method, -LATENCY_TARGET)] = (run / "unreachable.txt").read_text().strip()
-            continue
+            unreachable[run.name] = (run / "unreachable.txt").read_text().strip()
+            return
         if method not in selected:
-            continue
-        print(f"[{method} at {LATENCY_TARGET:.0%} latency] {run}", flush=True)
-        table = latency_table(teacher, work)
-        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick)
+            return
+        print(f"[{label}] {run}", flush=True)
         try:
-            if method == "l0-distill":
-                overrides += [
-                    "target_params=null",
-                    f"target_latency={LATENCY_TARGET}",
-                    f"latency_table={table}",
-                ]
-            else:
-                overrides += [f"target_params={matched_params(method, teacher, run)}"]
-            cfg = load_config(PruneConfig, recipe_path("prune"), overrides)
-            latency_reports[method] = prune_and_report(
-                cfg,
+            store[key] = prune_and_report(
+                make_cfg(),
                 teacher,
                 corpus / "train",
                 corpus / "dev",
@@ -299,10 +257,36 @@ def main() -> None:
                 (run / "prune_state.pt").exists(),
                 teacher_eval=teacher_eval,
             )
-        except UnreachableTargetError as err:
-            unreachable[(method, -LATENCY_TARGET)] = str(err)
+        except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
+            unreachable[run.name] = str(err)
             run.mkdir(parents=True, exist_ok=True)
             (run / "unreachable.txt").write_text(f"{err}\n")
+            print(f"[{label}] cannot reach the target: {err}", flush=True)
+
+    for method, ratio in RUNS:
+        params_overrides = overrides_for(method, ratio, teacher_epochs, args.quick)
+        stage(
+            reports,
+            (method, ratio),
+            method,
+            work / f"{method}-{round(100 * ratio)}",
+            f"{method} at {ratio:.0%}",
+            lambda o=params_overrides: load_config(PruneConfig, recipe_path("prune"), o),
+        )
+
+    def latency_cfg(method: MethodName, run: Path) -> PruneConfig:
+        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick)
+        if method == "l0-distill":
+            table = latency_table(teacher, work)
+            overrides += ["target_params=null", f"target_latency={LATENCY_TARGET}", f"latency_table={table}"]
+        else:
+            overrides += [f"target_params={matched_params(method, teacher, run)}"]
+        return load_config(PruneConfig, recipe_path("prune"), overrides)
+
+    for method in LATENCY_METHODS:
+        run = work / f"{method}-{LATENCY_NAME}"
+        label = f"{method} at {LATENCY_TARGET:.0%} latency"
+        stage(latency_reports, method, method, run, label, lambda m=method, r=run: latency_cfg(m, r))
 
     # every model's latency in one process, interleaved, so the column compares like with like:
     # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
@@ -360,11 +344,13 @@ def main() -> None:
         "teacher": teacher_row,
         "results": results,
         "latency_plane": latency_plane,
-        "not_run": [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in {*reports, *unreachable}]
-        + [f"{m}-{LATENCY_NAME}" for m in LATENCY_METHODS if m not in latency_reports],
-        "unreachable": {
-            f"{m}-{LATENCY_NAME if r < 0 else round(100 * r)}": why for (m, r), why in unreachable.items()
-        },
+        "not_run": [
+            name
+            for name in [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in reports]
+            + [f"{m}-{LATENCY_NAME}" for m in LATENCY_METHODS if m not in latency_reports]
+            if name not in unreachable
+        ],
+        "unreachable": unreachable,
         "threads": 2,
         "commit": commit,
         # the table holds every cached stage, whichever --methods this run had: the whole command
