@@ -276,13 +276,13 @@ def profile_latency(
         part: {"units": units[part], "ms": [[part_ms(part, d, u) for u in units[part]] for d in hidden]}
         for part in PARTS
     }
-    reference = LatencyModel._frontend_conv_macs(cfg, {})
+    reference = LatencyModel.frontend_conv_macs(cfg, {})
     mac_fractions: list[float] = []
     for f in list(fractions):
         channels = {
             f"frontend.{i}": float(max(1, round(f * c))) for i, c in enumerate(cfg.subsampling_channels)
         }
-        value = float(LatencyModel._frontend_conv_macs(cfg, channels) / reference)
+        value = float(LatencyModel.frontend_conv_macs(cfg, channels) / reference)
         if mac_fractions and value <= mac_fractions[-1]:  # channels that rounded alike
             fractions.remove(f)
             continue

@@ -104,7 +104,7 @@ class LatencyModel:
         self.parts = {name: _Table(parts[name]["units"], hidden, parts[name]["ms"]) for name in PARTS}
         self.frontend = _Table(parts["frontend"]["fraction"], hidden, parts["frontend"]["ms"])
         self.rest = _Table([0.0], hidden, [[ms] for ms in table["rest_ms"]])
-        self._frontend_macs = self._frontend_conv_macs(self.config, {})
+        self._frontend_macs = self.frontend_conv_macs(self.config, {})
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyModel:
@@ -134,7 +134,9 @@ class LatencyModel:
             raise ValueError(f"d_model {cfg.d_model} exceeds the profiled model's {ref.d_model}")
 
     @staticmethod
-    def _frontend_conv_macs(cfg: ConformerConfig, kept: Mapping[str, Num]) -> Num:
+    def frontend_conv_macs(cfg: ConformerConfig, kept: Mapping[str, Num]) -> Num:
+        """MACs of the front end's convolutions for 10 s (the output projection at width 1) with
+        `kept` front-end channels: the axis of the front-end table, as a fraction of the full."""
         groups = ConvSubsampling.config_groups(cfg)
         front = {g: kept.get(f"frontend.{g}", float(n)) for g, n in groups.items()}
         # at a fixed model dimension, so the fraction measures the channels only
@@ -145,7 +147,7 @@ class LatencyModel:
         presence probabilities, as `conformer_prune.prune.cost.conformer_cost` takes them)."""
         kept = kept or {}
         d = kept.get(HIDDEN, float(cfg.d_model))
-        fraction = self._frontend_conv_macs(cfg, kept) / self._frontend_macs
+        fraction = self.frontend_conv_macs(cfg, kept) / self._frontend_macs
         total = self.rest(0.0, d) + self.frontend(fraction, d)
         for i in range(cfg.n_layers):
             layer: Num = 0.0
