@@ -100,8 +100,13 @@ def _block_graph(cfg: ConformerConfig, d: int, widths: dict[str, int], seconds: 
     return _Graph(_Block(block).eval(), (x.detach(), pos_emb.detach(), mask))
 
 
+def _scaled(channels: list[int], fraction: float) -> list[int]:
+    """Every front-end stage's channels scaled by `fraction` (at least one)."""
+    return [max(1, round(fraction * c)) for c in channels]
+
+
 def _frontend_graph(cfg: ConformerConfig, d: int, fraction: float, seconds: float, batch: int) -> _Graph:
-    channels = [max(1, round(fraction * c)) for c in cfg.subsampling_channels]
+    channels = _scaled(cfg.subsampling_channels, fraction)
     module = ConvSubsampling(cfg.n_mels, channels, d, cfg.subsampling).eval()
     return _Graph(module, _features(cfg, seconds, batch))
 
@@ -257,7 +262,17 @@ def profile_latency(
         for part in PARTS
     }
     hidden = sorted({_even(f * cfg.d_model) for f in hidden_fractions} | {cfg.d_model})
-    fractions = sorted(set(frontend_fractions) | {1.0})
+    # front-end channel fractions, and the fraction of its convolution MACs each keeps (the
+    # table's axis); a fraction whose channels round like the previous one's is not profiled
+    reference = LatencyModel.frontend_conv_macs(cfg, {})
+    fractions: list[float] = []
+    mac_fractions: list[float] = []
+    for f in sorted(set(frontend_fractions) | {1.0}):
+        channels = {f"frontend.{i}": float(c) for i, c in enumerate(_scaled(cfg.subsampling_channels, f))}
+        value = float(LatencyModel.frontend_conv_macs(cfg, channels) / reference)
+        if not mac_fractions or value > mac_fractions[-1]:
+            fractions.append(f)
+            mac_fractions.append(value)
     graphs: dict[Any, _Graph] = {}
     for d in hidden:
         graphs["empty", d] = _block_graph(cfg, d, {}, seconds, batch)
@@ -276,17 +291,6 @@ def profile_latency(
         part: {"units": units[part], "ms": [[part_ms(part, d, u) for u in units[part]] for d in hidden]}
         for part in PARTS
     }
-    reference = LatencyModel.frontend_conv_macs(cfg, {})
-    mac_fractions: list[float] = []
-    for f in list(fractions):
-        channels = {
-            f"frontend.{i}": float(max(1, round(f * c))) for i, c in enumerate(cfg.subsampling_channels)
-        }
-        value = float(LatencyModel.frontend_conv_macs(cfg, channels) / reference)
-        if mac_fractions and value <= mac_fractions[-1]:  # channels that rounded alike
-            fractions.remove(f)
-            continue
-        mac_fractions.append(value)
     parts["frontend"] = {
         "fraction": mac_fractions,
         "channel_fraction": fractions,
