@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from conformer_prune.config import to_dict
+from conformer_prune.prune.config import PruneConfig
 from conformer_prune.utils import atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +20,7 @@ CACHE = ROOT / "benchmarks" / "cache"
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 DOC = DOCS / "benchmark.md"
+RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
 
 
 def git_commit() -> str:
@@ -62,3 +68,45 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any]:
+    """What one pruning-engine run trains: its resolved config, the teacher's bytes and the
+    corpus's synthesis record (a latency table by its bytes, not its path)."""
+    config = to_dict(cfg)
+    if cfg.latency_table:
+        config["latency_table"] = _file_digest(Path(cfg.latency_table))
+    return {
+        "config": config,
+        "teacher_sha256": _file_digest(teacher),
+        "corpus_sha256": _file_digest(corpus / "corpus.json"),
+    }
+
+
+def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
+    """Point `link` (a benchmark's name for a run, e.g. cache/compare/l0-distill-50) at the one
+    directory under cache/runs/ of exactly this run, so that benchmarks asking for the same run
+    (prune.py's, distill.py's `base` and compare.py's l0-distill at 50% are one) train it once.
+    A link whose run no longer matches (another recipe or teacher) is pointed at the new one; the
+    old run stays in cache/runs/."""
+    identity = run_identity(cfg, teacher, corpus)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    target = RUNS / f"{cfg.method}-{digest[:12]}"
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / "identity.json").exists():
+        write_json(target / "identity.json", identity)
+    if link.exists() and not link.is_symlink():
+        raise SystemExit(f"{link} is a run directory of an older layout; remove it (runs now live in {RUNS})")
+    relative = Path(os.path.relpath(target, link.parent))
+    if link.is_symlink() and Path(os.readlink(link)) != relative:
+        print(f"[runs] {link.name}: the run changed, now {target.name} (was {os.readlink(link)})", flush=True)
+        link.unlink()
+    if not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(relative, target_is_directory=True)
+    return link

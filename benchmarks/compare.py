@@ -4,21 +4,22 @@ Usage:
     nohup python benchmarks/compare.py > benchmarks/cache/compare.log 2>&1 &
     python benchmarks/compare.py --quick     # same code path on the quick teacher, minutes
 
-Each (method, target) is a cached, resumable stage in benchmarks/cache/compare[-quick]/: the
-pruning engine's own run directory, skipped once its eval.json exists. All methods at 50% of the
-teacher's parameters; l0-distill, magnitude-distill and torch-pruning also at 30% and 70%; and the
-equal-training control `continued` (the teacher, unpruned, trained as long with distillation from
-its frozen copy), against which every method's test WER carries a paired-bootstrap interval. Every
-method trains for 1 + 1 epochs (pruning + fine-tuning) after the teacher exists, the budget that
-lets all 13 runs finish in 3 hours on 2 CPU cores, except `scratch`, which gets the teacher's own
-number of epochs. The reference pruning run (`benchmarks/prune.py`) gives the method 10 + 5
-epochs; this table compares the methods at an equal, smaller budget. Every method trains under the
-teacher's own SpecAugment (the pruning config's default). The dense methods start from random
-weights and use the teacher recipe's learning rate (`scratch` also its 400 warm-up steps,
-`dense-distill` the pruning recipe's 100) instead of the pruning one (chosen a priori, not tuned;
-nothing is tuned on test). Finally every model's CPU latency is measured in one process,
-interleaved. Writes benchmarks/results/compare.json, the compare section of docs/benchmark.md and
-docs/compare.png (with --quick: compare-quick.json and the table and plot in
+Each (method, target) is a cached, resumable stage named in benchmarks/cache/compare[-quick]/: a
+link to the pruning engine's run directory in benchmarks/cache/runs/ (shared with the other
+benchmarks' identical runs: prune.py's two runs are this table's l0-distill and continued at 50%),
+skipped once its eval.json exists. All methods at 50% of the teacher's parameters; l0-distill,
+magnitude-distill and torch-pruning also at 30% and 70%; and the equal-training control
+`continued` (the teacher, unpruned, trained as long with distillation from its frozen copy),
+against which every method's test WER carries a paired-bootstrap interval. Every method gets the
+reference pruning run's budget (`recipes/prune.yaml`: 2 pruning + 1 fine-tuning epochs, about 80-90
+minutes a run on 2 CPU cores, so the table takes many sessions or a GPU), except `scratch`, which
+gets the teacher's own number of epochs. Every method trains under the teacher's own SpecAugment
+(the pruning config's default). The dense methods start from random weights and use the teacher
+recipe's learning rate (`scratch` also its 400 warm-up steps, `dense-distill` the pruning recipe's
+warm-up) instead of the pruning one (chosen a priori, not tuned; nothing is tuned on test). Finally
+every model's CPU latency is measured in one process, interleaved. Writes
+benchmarks/results/compare.json, the compare section of docs/benchmark.md and docs/compare.png
+(with --quick: 1 + 1 epochs, compare-quick.json and the table and plot in
 benchmarks/cache/compare-quick/, not in docs/).
 
 The latency plane (issue 17): on ONNX Runtime fp32 (2 threads, batch 1, a 10 s utterance), the
@@ -26,8 +27,8 @@ teacher is profiled once (`conformer-prune profile`, cached as latency-ort.json)
 prunes to half the teacher's latency with that table (`--target-latency 0.5`), and
 `magnitude-distill` and `torch-pruning` are each scaled, by bisection on their parameter target,
 until the shape they fine-tune measures half the teacher's latency (each try measured interleaved
-with the teacher; cached as matched.json in the run). All models, every run's and the teacher,
-are then timed on ONNX Runtime in one process, interleaved, beside the PyTorch timing.
+with the teacher; cached as <run>.matched.json beside the run's link). All models, every run's and
+the teacher, are then timed on ONNX Runtime in one process, interleaved, beside the PyTorch timing.
 
 `--methods a,b` runs only those methods' missing stages (the table then holds every stage cached so
 far; the rest are listed as not run). `--render` rewrites the table and plot from the saved JSON.
@@ -48,6 +49,7 @@ from common import (
     RESULTS,
     ROOT,
     git_commit,
+    link_run,
     markdown_table,
     save_result,
     update_doc_section,
@@ -93,11 +95,10 @@ def latency_table(teacher: Path, work: Path) -> Path:
     return path
 
 
-def matched_params(method: MethodName, teacher_path: Path, run: Path, tries: int = 7) -> float:
+def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: int = 7) -> float:
     """The parameter target at which `method`'s one-shot shape measures LATENCY_TARGET x the
     teacher's latency on LATENCY_RUNTIME: a bisection, each shape timed interleaved with the
-    teacher, stopping within 2%; cached in run/matched.json with every try."""
-    cache = run / "matched.json"
+    teacher, stopping within 2%; cached in `cache` with every try."""
     if cache.exists():
         return float(json.loads(cache.read_text())["target_params"])
     teacher = load_recognizer(teacher_path).model
@@ -124,7 +125,6 @@ def matched_params(method: MethodName, teacher_path: Path, run: Path, tries: int
         lo, hi = (lo, mid) if ratio > LATENCY_TARGET else (mid, hi)
     if best is None:
         raise UnreachableTargetError(f"{method}: no parameter target in {tries} tries reaches a shape")
-    run.mkdir(parents=True, exist_ok=True)
     write_json(
         cache,
         {
@@ -138,11 +138,18 @@ def matched_params(method: MethodName, teacher_path: Path, run: Path, tries: int
     return best[0]
 
 
+def matched_json(run: Path) -> Path:
+    """Where a latency-matched run keeps its bisection (beside its link: it decides the run's config)."""
+    return run.parent / f"{run.name}.matched.json"
+
+
 def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: bool) -> list[str]:
     """The PruneConfig overrides of one run; SpecAugment is left to the default, the teacher's own,
     for every method (NeMo's 10 time masks kept a dense model from scratch at 96% dev WER for 16
     epochs on these short utterances)."""
-    out = [f"method={method}", "prune_epochs=1", "finetune_epochs=1"]
+    out = [f"method={method}"]
+    if quick:  # the reference budget is the recipe's (issue 18); the quick path takes 1 + 1 epochs
+        out += ["prune_epochs=1", "finetune_epochs=1"]
     if method != CONTROL:  # the control has no target (the recipe's is ignored)
         out.append(f"target_params={ratio}")
     if method == "scratch":  # the dense model from scratch gets the teacher's epochs
@@ -236,19 +243,29 @@ def main() -> None:
         store: dict[Any, Any], key: Any, method: MethodName, run: Path, label: str, make_cfg: Any
     ) -> None:
         """One cached, resumable run into `store[key]` (or `unreachable[run.name]`), when selected."""
+        unreachable_txt = work / f"{run.name}.unreachable.txt"
+        if unreachable_txt.exists():
+            unreachable[run.name] = unreachable_txt.read_text().strip()
+            return
+        if method not in selected and not run.is_symlink():
+            return
+        try:
+            cfg = make_cfg()  # cheap once made: the profile and the latency match are cached
+        except UnreachableTargetError as err:
+            unreachable[run.name] = str(err)
+            unreachable_txt.write_text(f"{err}\n")
+            return
+        link_run(run, cfg, teacher, corpus)
         _check_fresh(run / "eval.json")
         if (run / "eval.json").exists():
             store[key] = json.loads((run / "eval.json").read_text())
-            return
-        if (run / "unreachable.txt").exists():
-            unreachable[run.name] = (run / "unreachable.txt").read_text().strip()
             return
         if method not in selected:
             return
         print(f"[{label}] {run}", flush=True)
         try:
             store[key] = prune_and_report(
-                make_cfg(),
+                cfg,
                 teacher,
                 corpus / "train",
                 corpus / "dev",
@@ -259,8 +276,7 @@ def main() -> None:
             )
         except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
             unreachable[run.name] = str(err)
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "unreachable.txt").write_text(f"{err}\n")
+            unreachable_txt.write_text(f"{err}\n")
             print(f"[{label}] cannot reach the target: {err}", flush=True)
 
     for method, ratio in RUNS:
@@ -280,7 +296,7 @@ def main() -> None:
             table = latency_table(teacher, work)
             overrides += ["target_params=null", f"target_latency={LATENCY_TARGET}", f"latency_table={table}"]
         else:
-            overrides += [f"target_params={matched_params(method, teacher, run)}"]
+            overrides += [f"target_params={matched_params(method, teacher, matched_json(run))}"]
         return load_config(PruneConfig, recipe_path("prune"), overrides)
 
     for method in LATENCY_METHODS:
@@ -318,7 +334,7 @@ def main() -> None:
     for method, report in latency_reports.items():
         name = f"{method}-{LATENCY_NAME}"
         check = report.get("latency_target")  # l0-distill: the run's own check against its table
-        matched = work / name / "matched.json"
+        matched = matched_json(work / name)
         table_path = work / f"latency-{LATENCY_RUNTIME}.json"
         pruned = load_recognizer(work / name / "model.pt").model
         row = {
@@ -339,6 +355,7 @@ def main() -> None:
             row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{LATENCY_NAME}", work / name)
         latency_plane.append(row)
         print(row, flush=True)
+    budget = load_config(PruneConfig, recipe_path("prune"), overrides_for("l0-distill", 0.5, 0, args.quick))
     record = {
         "splits": split_sizes(evaluated),
         "teacher": teacher_row,
@@ -352,6 +369,7 @@ def main() -> None:
         ],
         "unreachable": unreachable,
         "threads": 2,
+        "epochs": {"prune": budget.prune_epochs, "finetune": budget.finetune_epochs},
         "commit": commit,
         # the table holds every cached stage, whichever --methods this run had: the whole command
         "command": "python benchmarks/compare.py" + (" --quick" if args.quick else ""),
@@ -366,6 +384,11 @@ def _versus_cell(v: dict[str, float] | None) -> str:
     return f"{100 * v['delta']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
 
 
+def _percent(x: float | None) -> str:
+    """A WER cell; "-" where the record has none (a record from before the test-unseen split)."""
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
 def _lowest(rows: list[dict[str, Any]], key: str) -> list[str]:
     """The methods with the lowest `key` (several on a tie)."""
     low = min((r[key] for r in rows), default=None)
@@ -375,6 +398,8 @@ def _lowest(rows: list[dict[str, Any]], key: str) -> list[str]:
 def write_docs(record: dict[str, Any], quick: bool) -> None:
     """The table and plot: into docs/ for the full run, beside the quick run's cache otherwise
     (a smoke test's numbers do not belong in the published comparison)."""
+    if missing := [k for k in ("splits", "teacher", "results") if k not in record]:
+        raise SystemExit(f"the saved comparison has no {missing} (a record of an older layout); run it again")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,7 +432,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 "1.00x",
                 f"{100 * t['wer_dev']:.2f}%",
                 f"{100 * t['wer_test']:.2f}%",
-                f"{100 * t['wer_test_unseen']:.2f}%",
+                _percent(t.get("wer_test_unseen")),
                 "-",
                 "-",
                 "-",
@@ -423,7 +448,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 f"{t['latency_ms_10s'] / r['latency_ms_10s']:.2f}x",
                 f"{100 * r['wer_dev']:.2f}%",
                 f"{100 * r['wer_test']:.2f}%",
-                f"{100 * r['wer_test_unseen']:.2f}%",
+                _percent(r.get("wer_test_unseen")),
                 _versus_cell(r.get("wer_test_vs_l0_distill")),
                 _versus_cell(r.get("wer_test_vs_continued")),
                 f"{r['wall_seconds'] / 60:.0f}",
@@ -519,12 +544,14 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 plane_rows,
             )
         )
+    epochs = record.get("epochs", {"prune": 1, "finetune": 1})  # older records: 1 + 1
     section = (
         "## Methods compared (`benchmarks/compare.py`)\n\n"
         f"Lowest test WER at 50% parameters: **{' = '.join(best['test']) or '-'}** (lowest dev WER: "
         f"{' = '.join(best['dev']) or '-'}); the target, `l0-distill` lowest on test, is **{verdict}**. "
         f"Not run: {not_run}. {cannot}"
-        f"Every method trains 1 + 1 epochs after the teacher exists (`scratch`: the teacher's "
+        f"Every method trains {epochs['prune']} + {epochs['finetune']} epochs (pruning + fine-tuning) "
+        f"after the teacher exists (`scratch`: the teacher's "
         f"epochs; `scratch` and `dense-distill` with the teacher recipe's learning rate), all under "
         f"the teacher's SpecAugment; `continued` is the equal-training control, the teacher unpruned "
         f"and trained as long with distillation from its frozen copy. Latency: 2 threads, batch 1, "

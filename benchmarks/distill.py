@@ -8,7 +8,8 @@ Usage:
 
 Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
 data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
-the pruning engine under benchmarks/cache/distill[-quick]/, skipped once its eval.json exists.
+the pruning engine named under benchmarks/cache/distill[-quick]/ (a link into benchmarks/cache/runs/,
+shared with the other benchmarks' identical runs), skipped once its eval.json exists.
 Only the distillation settings (and, in the last stages, the seed or the target) differ. Stages:
 
 1. candidates: `base`, the distillation the method had before issue 16 (layer MSE on every block,

@@ -9,11 +9,12 @@ Usage:
 Stages are cached under benchmarks/cache/ and resume where they stopped: the reference corpus
 (`synthesize(..., **REFERENCE_CORPUS)`, rebuilt deterministically if missing), the teacher's
 evaluation (with its recognitions, for the paired bootstrap), the pruning run and the `continued`
-run (each resumable at every epoch, skipped once its eval.json exists). The WER differences of the
-pruned model against the teacher and against `continued` carry the paired bootstrap's 95% interval
-on dev, test and test-unseen. Writes benchmarks/results/prune-50.json, the prune section of
-docs/benchmark.md, docs/prune-50-layers.png and the compact model benchmarks/models/pruned-50.pt
-(for latency.py).
+run (each resumable at every epoch, skipped once its eval.json exists; both live in
+benchmarks/cache/runs/, shared with the other benchmarks' identical runs, see `common.link_run`).
+The WER differences of the pruned model against the teacher and against `continued` carry the
+paired bootstrap's 95% interval on dev, test and test-unseen. Writes
+benchmarks/results/prune-50.json, the prune section of docs/benchmark.md,
+docs/prune-50-layers.png and the compact model benchmarks/models/pruned-50.pt (for latency.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from common import (
     ROOT,
     command_line,
     git_commit,
+    link_run,
     markdown_table,
     save_result,
     update_doc_section,
@@ -80,7 +82,9 @@ def run_stage(
     run: Path,
     teacher_result: dict[str, Any],
 ) -> dict[str, Any]:
-    """One pruning-engine run (resumable), skipped once its eval.json exists."""
+    """One pruning-engine run (resumable), skipped once its eval.json exists; `run` becomes a link
+    to the run's shared directory (`common.link_run`), so another benchmark's identical run is reused."""
+    run = link_run(run, cfg, teacher, corpus)
     _check_fresh(run / "eval.json")
     if (run / "eval.json").exists():
         report: dict[str, Any] = json.loads((run / "eval.json").read_text())
