@@ -75,8 +75,13 @@ from conformer_prune.utils import write_json
 
 METHODS = tuple(REGISTRY)
 CONTROL: MethodName = "continued"  # prunes nothing: its one run keeps 100% of the parameters
-RUNS = [(m, 0.5) for m in METHODS if m != CONTROL] + [(CONTROL, 1.0)]
-RUNS += [(m, r) for r in (0.3, 0.7) for m in ("l0-distill", "magnitude-distill", "torch-pruning")]
+# (method, target, seed): every method at 50%, the four pruning families at 30% and 70%, and
+# the learned methods again with a second seed for their spread (issue 18)
+RUNS: list[tuple[MethodName, float, int]] = [(m, 0.5, 0) for m in METHODS if m != CONTROL] + [
+    (CONTROL, 1.0, 0)
+]
+RUNS += [(m, r, 0) for r in (0.3, 0.7) for m in ("l0-distill", "l0", "magnitude-distill", "torch-pruning")]
+RUNS += [("l0-distill", 0.5, 1), ("l0", 0.5, 1)]
 SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
 KEYS = ("wer_dev", "wer_test", "cer_test", "wer_test_unseen", "params", "macs_per_second")
 LATENCY_TARGET = 0.5  # of the teacher's latency on LATENCY_RUNTIME
@@ -136,6 +141,11 @@ def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: i
         },
     )
     return best[0]
+
+
+def run_name(method: MethodName, ratio: float, seed: int) -> str:
+    """A run's name in the work directory, e.g. l0-distill-50 (seed 0) or l0-50-seed1."""
+    return f"{method}-{round(100 * ratio)}" + (f"-seed{seed}" if seed else "")
 
 
 def matched_json(run: Path) -> Path:
@@ -231,7 +241,7 @@ def main() -> None:
         )
     work = CACHE / ("compare-quick" if args.quick else "compare")
     evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
-    reports: dict[tuple[str, float], dict[str, Any]] = {}
+    reports: dict[tuple[MethodName, float, int], dict[str, Any]] = {}
     unreachable: dict[str, str] = {}  # by run name
     teacher_eval = _teacher_eval(teacher, evaluated, work / "teacher-eval.json")
     selected = set(args.methods.split(","))
@@ -279,14 +289,14 @@ def main() -> None:
             unreachable_txt.write_text(f"{err}\n")
             print(f"[{label}] cannot reach the target: {err}", flush=True)
 
-    for method, ratio in RUNS:
-        params_overrides = overrides_for(method, ratio, teacher_epochs, args.quick)
+    for method, ratio, seed in RUNS:
+        params_overrides = [*overrides_for(method, ratio, teacher_epochs, args.quick), f"seed={seed}"]
         stage(
             reports,
-            (method, ratio),
+            (method, ratio, seed),
             method,
-            work / f"{method}-{round(100 * ratio)}",
-            f"{method} at {ratio:.0%}",
+            work / run_name(method, ratio, seed),
+            f"{method} at {ratio:.0%}, seed {seed}",
             lambda o=params_overrides: load_config(PruneConfig, recipe_path("prune"), o),
         )
 
@@ -306,7 +316,7 @@ def main() -> None:
 
     # every model's latency in one process, interleaved, so the column compares like with like:
     # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
-    names = ["teacher", *[f"{m}-{round(100 * r)}" for m, r in reports]]
+    names = ["teacher", *[run_name(*key) for key in reports]]
     names += [f"{m}-{LATENCY_NAME}" for m in latency_reports]
     models = [load_recognizer(teacher).model] + [
         load_recognizer(work / name / "model.pt").model for name in names[1:]
@@ -318,16 +328,17 @@ def main() -> None:
         "latency_ms_ort": ort["teacher"],
     }
     results = []
-    for (method, ratio), report in reports.items():
-        name = f"{method}-{round(100 * ratio)}"
-        row = {"method": method, "target_params": ratio, **{k: report["pruned"][k] for k in KEYS}}
+    for (method, ratio, seed), report in reports.items():
+        name = run_name(method, ratio, seed)
+        row: dict[str, Any] = {"method": method, "target_params": ratio, "seed": seed}
+        row |= {k: report["pruned"][k] for k in KEYS}
         row |= {"latency_ms_10s": latency[name], "latency_ms_ort": ort[name]}
         row |= {"wall_seconds": wall_seconds(work / name)}
-        if method != "l0-distill" and ("l0-distill", 0.5 if method == CONTROL else ratio) in reports:
-            reference = 50 if method == CONTROL else round(100 * ratio)
-            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{reference}", work / name)
-        if method != CONTROL and (CONTROL, 1.0) in reports:
-            row["wer_test_vs_continued"] = versus(work / f"{CONTROL}-100", work / name)
+        reference = ("l0-distill", 0.5 if method == CONTROL else ratio, 0)  # seed 0: the reference
+        if (method, ratio, seed) != reference and reference in reports:
+            row["wer_test_vs_l0_distill"] = versus(work / run_name(*reference), work / name)
+        if method != CONTROL and (CONTROL, 1.0, 0) in reports:
+            row["wer_test_vs_continued"] = versus(work / run_name(CONTROL, 1.0, 0), work / name)
         results.append(row)
         print(row, flush=True)
     latency_plane = []
@@ -363,7 +374,7 @@ def main() -> None:
         "latency_plane": latency_plane,
         "not_run": [
             name
-            for name in [f"{m}-{round(100 * r)}" for m, r in RUNS if (m, r) not in reports]
+            for name in [run_name(*key) for key in RUNS if key not in reports]
             + [f"{m}-{LATENCY_NAME}" for m in LATENCY_METHODS if m not in latency_reports]
             if name not in unreachable
         ],
@@ -440,7 +451,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         ]
         + [
             [
-                r["method"],
+                r["method"] + (f" (seed {r['seed']})" if r.get("seed") else ""),
                 f"{r['target_params']:.0%}",
                 f"{r['params']:,}",
                 f"{r['macs_per_second'] / 1e6:.1f} M",
@@ -456,10 +467,21 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
             for r in rows
         ],
     )
-    at_half = [r for r in record["results"] if r["target_params"] == 0.5]
+    seed0 = [r for r in record["results"] if not r.get("seed")]  # the ranking: seed 0 of every method
+    at_half = [r for r in seed0 if r["target_params"] == 0.5]
     best = {split: _lowest(at_half, f"wer_{split}") for split in ("dev", "test")}
     verdict = (
         "met" if best["test"] == ["l0-distill"] else "not met" if "l0-distill" not in best["test"] else "tied"
+    )
+    spread = {
+        m: [100 * r["wer_test"] for r in record["results"] if r["method"] == m and r["target_params"] == 0.5]
+        for m in ("l0-distill", "l0")
+    }
+    seeds_md = "".join(
+        f"Seed spread of {m} at 50% (test WER): {', '.join(f'{w:.2f}%' for w in v)} "
+        f"(range {max(v) - min(v):.2f} points). "
+        for m, v in spread.items()
+        if len(v) > 1
     )
     plane = record.get("latency_plane", [])
     on_ort = "latency_ms_ort" in t  # older records timed PyTorch only
@@ -473,8 +495,11 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         ),
     ):
         for k, method in enumerate(dict.fromkeys(r["method"] for r in record["results"])):
-            pts = sorted((r[key], 100 * r["wer_test"]) for r in record["results"] if r["method"] == method)
+            pts = sorted((r[key], 100 * r["wer_test"]) for r in seed0 if r["method"] == method)
             ax.plot(*zip(*pts, strict=True), marker="o", label=method, color=f"C{k}")
+            others = [(r[key], 100 * r["wer_test"]) for r in record["results"] if r["method"] == method]
+            if others := [p for p in others if p not in pts]:  # other seeds: crosses
+                ax.plot(*zip(*others, strict=True), marker="x", color=f"C{k}", ls="")
             if key == "latency_ms_ort":  # the same method at the latency target: a hollow square
                 at = [(r["latency_ms_measured"], 100 * r["wer_test"]) for r in plane if r["method"] == method]
                 if at:
@@ -549,7 +574,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         "## Methods compared (`benchmarks/compare.py`)\n\n"
         f"Lowest test WER at 50% parameters: **{' = '.join(best['test']) or '-'}** (lowest dev WER: "
         f"{' = '.join(best['dev']) or '-'}); the target, `l0-distill` lowest on test, is **{verdict}**. "
-        f"Not run: {not_run}. {cannot}"
+        f"Not run: {not_run}. {cannot}{seeds_md}"
         f"Every method trains {epochs['prune']} + {epochs['finetune']} epochs (pruning + fine-tuning) "
         f"after the teacher exists (`scratch`: the teacher's "
         f"epochs; `scratch` and `dense-distill` with the teacher recipe's learning rate), all under "
