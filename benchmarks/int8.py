@@ -33,7 +33,7 @@ from conformer_prune.data.corpus import read_corpus
 from conformer_prune.evaluate.metrics import error_rates, interleaved_times_ms, paired_bootstrap_wer
 from conformer_prune.export.onnx import INT8_MODULES, export_onnx, quantize_int8
 from conformer_prune.export.run import calibration_inputs
-from conformer_prune.export.runtime import OnnxRecognizer
+from conformer_prune.export.runtime import OnnxRecognizer, ort_session
 from conformer_prune.model import load_recognizer
 
 SECONDS = 10.0
@@ -48,15 +48,6 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "static-subsampling-conv": ("static", ("Conv",), ("subsampling",)),
     "static-subsampling-conv-ffn": ("static", ("MatMul", "Gemm", "Conv"), ("subsampling", "feed_forward")),
 }
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
@@ -95,7 +86,8 @@ def main() -> None:
         * np.random.default_rng(0).standard_normal((1, int(SECONDS * 16000))).astype(np.float32),
         "lengths": np.array([int(SECONDS * 16000)]),
     }
-    runs = {name: functools.partial(_session(path).run, None, wave) for name, path in files.items()}
+    sessions = {name: ort_session(path, THREADS) for name, path in files.items()}
+    runs = {name: functools.partial(s.run, None, wave) for name, s in sessions.items()}
     times = interleaved_times_ms(runs, args.rounds)
     latency = {name: statistics.median(t) for name, t in times.items()}
     # each round's ratio compares runs a fraction of a second apart, so a load that drifts over

@@ -50,6 +50,7 @@ from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulD
 from conformer_prune.evaluate.metrics import interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.export.onnx import exported_proto
+from conformer_prune.export.runtime import ort_session
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
@@ -99,8 +100,6 @@ def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[s
     """The log-mel front end alone on one 10 s utterance (batch 1): ONNX Runtime on the exported
     STFT graph and on the matrix-product graph, and PyTorch, interleaved; with each ONNX
     graph's largest feature difference from PyTorch on that utterance."""
-    import onnxruntime as ort
-
     samples = int(SECONDS * config.sample_rate)
     waves = 0.1 * torch.randn(1, samples, generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([samples])
@@ -109,10 +108,6 @@ def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[s
         {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("time", min=1600)},
         {0: torch.export.Dim("batch", min=1, max=1024)},
     )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    # idle ORT threads spin for a while after a run, which would slow whatever runs next
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     inputs = {"waveforms": waves.numpy(), "lengths": lengths.numpy()}
     with torch.inference_mode():
         reference = torch_features(waves, lengths)[0].numpy()
@@ -123,7 +118,7 @@ def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[s
         proto = exported_proto(
             module, example, ["waveforms", "lengths"], ["features", "lengths_out"], dims, {}
         )
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = ort_session(proto.SerializeToString(), threads)  # idle threads do not spin
         max_abs_diff[name] = float(np.abs(session.run(None, inputs)[0] - reference).max())
         runners[name] = functools.partial(session.run, None, inputs)
 

@@ -125,9 +125,8 @@ def _torch_runner(graph: _Graph) -> Callable[[], object]:
 
 
 def _ort_runner(graph: _Graph, threads: int, int8: bool, workdir: Path, name: str) -> Callable[[], object]:
-    import onnxruntime as ort
-
     from conformer_prune.export.onnx import exported_proto
+    from conformer_prune.export.runtime import ort_session
 
     names = [f"input{i}" for i in range(len(graph.inputs))]
     with torch.no_grad():
@@ -146,10 +145,7 @@ def _ort_runner(graph: _Graph, threads: int, int8: bool, workdir: Path, name: st
             str(path), str(quantized), weight_type=QuantType.QInt8, op_types_to_quantize=_INT8_OPS
         )
         path = quantized
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads)
     feed = {n: x.numpy() for n, x in zip(names, graph.inputs, strict=True)}
     return functools.partial(session.run, None, feed)
 

@@ -37,6 +37,7 @@ from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance
 from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.export.onnx import exported_proto, onnx_metadata, quantize_int8
+from conformer_prune.export.runtime import ort_session
 from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.utils import atomic_write_bytes, atomic_write_text
@@ -118,7 +119,6 @@ def export_sherpa(rec: Recognizer, out_dir: str | Path, example_seconds: float =
             from PyTorch by more than 1e-4.
     """
     import onnx
-    import onnxruntime as ort
 
     _check_features(rec)
     out_dir = Path(out_dir)
@@ -141,7 +141,7 @@ def export_sherpa(rec: Recognizer, out_dir: str | Path, example_seconds: float =
 
     with torch.no_grad():
         ref, ref_lengths = rec.model.eval()(x.transpose(1, 2), lengths)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = ort_session(model_path)
     (out,) = session.run(None, {"audio_signal": x.numpy(), "length": lengths.numpy()})
     real = np.arange(ref.shape[1])[None, :] < ref_lengths.numpy()[:, None]
     diff = float(np.abs(out - ref.numpy())[real].max())
