@@ -70,6 +70,10 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# config keys that change how a run is written, not what it trains
+NOT_TRAINED = ("checkpoint_minutes",)
+
+
 def _file_digest(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -79,6 +83,8 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     """What one pruning-engine run trains: its resolved config, the teacher's bytes and the
     corpus's synthesis record (a latency table by its bytes, not its path)."""
     config = to_dict(cfg)
+    for key in NOT_TRAINED:
+        config.pop(key)
     if cfg.latency_table:
         config["latency_table"] = _file_digest(Path(cfg.latency_table))
     return {
@@ -110,3 +116,18 @@ def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(relative, target_is_directory=True)
     return link
+
+
+def keep_run_result(link: Path) -> Path:
+    """The small record of a finished run, for git: benchmarks/results/runs/<run>.json holds what
+    the run trained (identity.json) and its evaluation (eval.json), so a stage's result is kept
+    as soon as it finishes, whatever happens to the cache afterwards."""
+    run = link.resolve()
+    record = {
+        "run": run.name,
+        "identity": json.loads((run / "identity.json").read_text()),
+        "eval": json.loads((run / "eval.json").read_text()),
+    }
+    path = RESULTS / "runs" / f"{run.name}.json"
+    write_json(path, record)
+    return path

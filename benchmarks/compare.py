@@ -49,6 +49,7 @@ from common import (
     RESULTS,
     ROOT,
     git_commit,
+    keep_run_result,
     link_run,
     markdown_table,
     save_result,
@@ -269,6 +270,7 @@ def main() -> None:
         _check_fresh(run / "eval.json")
         if (run / "eval.json").exists():
             store[key] = json.loads((run / "eval.json").read_text())
+            keep_run_result(run)
             return
         if method not in selected:
             return
@@ -284,6 +286,7 @@ def main() -> None:
                 (run / "prune_state.pt").exists(),
                 teacher_eval=teacher_eval,
             )
+            keep_run_result(run)
         except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
             unreachable[run.name] = str(err)
             unreachable_txt.write_text(f"{err}\n")

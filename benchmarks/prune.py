@@ -35,6 +35,7 @@ from common import (
     ROOT,
     command_line,
     git_commit,
+    keep_run_result,
     link_run,
     markdown_table,
     save_result,
@@ -88,11 +89,13 @@ def run_stage(
     _check_fresh(run / "eval.json")
     if (run / "eval.json").exists():
         report: dict[str, Any] = json.loads((run / "eval.json").read_text())
-        return report
-    resume = (run / "prune_state.pt").exists()
-    return prune_and_report(
-        cfg, teacher, corpus / "train", corpus / "dev", evaluated, run, resume, teacher_eval=teacher_result
-    )
+    else:
+        resume, train, dev = (run / "prune_state.pt").exists(), corpus / "train", corpus / "dev"
+        report = prune_and_report(
+            cfg, teacher, train, dev, evaluated, run, resume, teacher_eval=teacher_result
+        )
+    keep_run_result(run)
+    return report
 
 
 def _check_fresh(eval_json: Path) -> None:
