@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from conformer_prune.model import ConformerConfig
+from conformer_prune.train.loop import RunDir
 
 torch.set_num_threads(2)
 
@@ -74,3 +76,17 @@ def assert_same_real_frames(
     assert torch.equal(la, lb)
     for i, n in enumerate(la.tolist()):
         assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol
+
+
+def interrupt_within_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, steps: int) -> None:
+    """Stop the run (KeyboardInterrupt) just after it writes the state of `steps` steps into
+    epoch `epoch` (from 0), as if the machine stopped there."""
+    real_save = RunDir.save_state
+
+    def save_then_stop(self: RunDir, cfg: Any, done: int, *args: Any, **kwargs: Any) -> None:
+        real_save(self, cfg, done, *args, **kwargs)
+        partial = kwargs.get("partial")
+        if done == epoch and partial is not None and partial["progress"]["steps"] == steps:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDir, "save_state", save_then_stop)

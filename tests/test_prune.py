@@ -24,7 +24,7 @@ from conformer_prune.prune.report import kept_per_layer
 from conformer_prune.prune.run import make_prune_optimizer, one_shot_model
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
-from tests.conftest import assert_same_real_frames, hetero_config
+from tests.conftest import assert_same_real_frames, hetero_config, interrupt_within_epoch
 
 ALL = list(STRUCTURES)
 
@@ -268,6 +268,38 @@ def test_prune_resume_continues_from_the_same_step(
     straight = torch.load(tmp_path / "b" / "prune_state.pt", weights_only=True)
     for key, value in straight["student"].items():
         torch.testing.assert_close(resumed["student"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_prune_resume_within_an_epoch_matches_an_uninterrupted_run(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped one step into the second pruning epoch, after a state written there: the resumed
+    run ends with the uninterrupted run's weights, gates, multipliers and log (the gate samples,
+    the budget and the gradient-norm probe continue from that step)."""
+
+    def argv(out: Path) -> list[str]:
+        return [*_prune_argv(tiny_corpus, tiny_run, out), "max_frames=2000", "checkpoint_minutes=1e-9"]
+
+    assert main(argv(tmp_path / "b")) == 0
+    interrupt_within_epoch(monkeypatch, epoch=1, steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv(tmp_path / "a"))
+    state = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["partial"]["progress"]["steps"] == 1
+    monkeypatch.undo()
+    assert main([*argv(tmp_path / "a"), "--resume"]) == 0
+    resumed = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
+    straight = torch.load(tmp_path / "b" / "prune_state.pt", weights_only=True)
+    for part in ("student", "distiller", "lagrangian"):
+        for key, value in straight[part].items():
+            torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=0, msg=f"{part}.{key}")
+    wall = {"train_seconds", "elapsed_seconds"}
+
+    def log(run: Path) -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in wall} for r in records]
+
+    assert log(tmp_path / "a") == log(tmp_path / "b")
 
 
 def test_magnitude_masks_keep_each_gates_largest_units_and_meet_the_target() -> None:

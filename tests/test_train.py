@@ -11,6 +11,7 @@ import torch
 from conformer_prune.cli import main
 from conformer_prune.model import load_recognizer
 from conformer_prune.train import loop
+from tests.conftest import interrupt_within_epoch
 
 
 def test_end_to_end_tiny_run(
@@ -86,6 +87,40 @@ def test_resume_matches_an_uninterrupted_run(
     assert resumed["epoch"] == full["epoch"] == 2
     for key, value in full["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_resume_within_an_epoch_matches_an_uninterrupted_run(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state written within an epoch (every step here) resumes to the uninterrupted run's
+    weights and log: the batches already trained on are skipped, and dropout and SpecAugment
+    continue from their generators' states."""
+
+    def argv(out: Path) -> list[str]:
+        data = ["--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
+        knobs = ["model.dropout=0.1", "max_frames=2000", "checkpoint_minutes=1e-9"]
+        return ["train", *data, "--config", "tiny", "--out", str(out), "--set", *knobs]
+
+    assert main(argv(tmp_path / "straight")) == 0
+    interrupt_within_epoch(monkeypatch, epoch=1, steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv(tmp_path / "run"))
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["partial"]["progress"]["steps"] == 1
+    monkeypatch.undo()
+    assert main(["train", *argv(tmp_path / "run")[1:5], "--out", str(tmp_path / "run"), "--resume"]) == 0
+    straight = torch.load(tmp_path / "straight" / "train_state.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 2 and "partial" not in resumed
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+    wall = {"train_seconds", "elapsed_seconds", "audio_seconds_per_second"}
+
+    def log(run: Path) -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in wall} for r in records]
+
+    assert log(tmp_path / "run") == log(tmp_path / "straight")
 
 
 def test_existing_run_needs_resume(

@@ -164,7 +164,8 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Utterances are sorted by length (ties broken at random per epoch), cut greedily into batches,
     and the batch order is shuffled per epoch with a generator seeded by ``seed + epoch``, so an
-    interrupted run that resumes at an epoch boundary sees the same batches. With several
+    interrupted run that resumes sees the same batches (mid-epoch: from the `start`-th batch of
+    `set_epoch` on; the length stays the whole epoch's). With several
     replicas each rank takes every `num_replicas`-th batch of the same list. The first
     `sorted_epochs` epochs keep the batches short to long (SortaGrad, Amodei et al. 2016), which
     helps CTC leave its all-blank plateau sooner.
@@ -201,9 +202,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.sorted_epochs = sorted_epochs
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over `epoch`'s batches from the `start`-th on (a run resumed mid-epoch)."""
         self.epoch = epoch
+        self.start = start
 
     def _batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -226,7 +230,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches[self.rank : usable : self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        return iter(self._batches()[self.start :])
 
     def __len__(self) -> int:
         return len(self._batches())

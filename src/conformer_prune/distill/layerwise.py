@@ -41,7 +41,7 @@ between probes, so an epoch's mean is the mean of its probes weighted by how lon
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +228,15 @@ class LayerwiseDistiller(nn.Module):
         """Measure the gradient norms at the next step too (the engine asks at every epoch's
         start, so every epoch's log has figures of its own however few steps it has)."""
         self._probe_next = True
+
+    def probe_state(self) -> dict[str, Any]:
+        """The probe's state between steps (the last norms, whether the next step probes), for
+        a state written within an epoch; the counter and the scale are buffers."""
+        return {"norms": dict(self._norms), "probe_next": self._probe_next}
+
+    def load_probe_state(self, state: dict[str, Any]) -> None:
+        self._norms = dict(state["norms"])
+        self._probe_next = bool(state["probe_next"])
 
     def _layer_term(
         self, student: list[Tensor], teacher: list[Tensor], mask: Tensor, remaining: list[bool] | None

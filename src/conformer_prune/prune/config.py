@@ -72,6 +72,8 @@ class PruneConfig:
         device: "auto", "cpu" or "cuda[:N]".
         precision: "bf16" autocast or "fp32".
         threads: CPU threads (0 keeps PyTorch's default).
+        checkpoint_minutes: minutes between the resumable states written within an epoch (in a
+            single process; 0: at epoch ends only, as under torchrun).
     """
 
     method: MethodName = "l0-distill"
@@ -103,8 +105,12 @@ class PruneConfig:
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     threads: int = 0
+    checkpoint_minutes: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.checkpoint_minutes < 0:
+            minutes = self.checkpoint_minutes
+            raise ValueError(f"checkpoint_minutes: expected 0 (none) or more, found {minutes}")
         given = [x for x in (self.target_params, self.target_macs, self.target_latency) if x is not None]
         if len(given) != 1:
             raise ValueError("set exactly one of target_params, target_macs and target_latency")

@@ -219,11 +219,13 @@ def _prune(
     )
     trained = {"student": student, "distiller": distiller, "lagrangian": lagrangian}
     start_epoch, elapsed = 0, 0.0
+    partial = None  # the state's record of an epoch it was written within
     if resume:
         state = run.load_state(_STATE_KEYS, device)
         start_epoch, elapsed = run.restore(state, trained, optimizer, scheduler, dist)
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
+        partial = state.get("partial")
     # only once the state fits: a refused resume leaves the run as it was
     run.write_config("prune_config.yaml", cfg, dist)
 
@@ -243,8 +245,13 @@ def _prune(
         specaug,
         specaug_gen=torch.Generator(),
         seed=cfg.seed,
-        step=start_epoch * steps_per_epoch,
+        step=start_epoch * steps_per_epoch + (partial["progress"]["steps"] if partial else 0),
     )
+
+    def checkpoint(epoch: int, partial: dict[str, Any]) -> None:
+        partial = partial | {"distiller_probe": distiller.probe_state()}
+        run.save_state(cfg, epoch, elapsed, trained, optimizer, scheduler, partial=partial)
+
     epochs = Epochs(
         Recognizer(student, teacher_rec.features, teacher_rec.tokenizer),
         # the multipliers and frozen gates get no gradient in some steps, hence find_unused
@@ -259,13 +266,19 @@ def _prune(
         cfg.precision,
         cfg.grad_clip,
         dist,
+        checkpoint if cfg.checkpoint_minutes else None,
+        60 * cfg.checkpoint_minutes,
     )
     for epoch in range(start_epoch, total_epochs):
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
             _freeze(gates, target_abs, cfg, run)
-        distiller.probe_next()  # every epoch logs gradient norms measured in it
-        result = epochs.run(epoch, f"{stage} {epoch + 1}/{total_epochs}")
+        if partial is None:
+            distiller.probe_next()  # every epoch logs gradient norms measured in it
+        else:  # within the epoch: the probe continues where it was
+            distiller.load_probe_state(partial["distiller_probe"])
+        result = epochs.run(epoch, f"{stage} {epoch + 1}/{total_epochs}", partial)
+        partial = None
         if result is None:
             continue
         elapsed += result.seconds

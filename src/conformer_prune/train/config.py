@@ -52,6 +52,8 @@ class TrainConfig:
         time_budget_minutes: stop after the epoch that would overrun this wall time (0 = none).
         threads: CPU intra-op threads (0 keeps PyTorch's default).
         cache_features: keep training features in memory after the first epoch.
+        checkpoint_minutes: minutes between the resumable states written within an epoch (in a
+            single process; 0: at epoch ends only, as under torchrun).
     """
 
     model: ConformerConfig = field(default_factory=ConformerConfig)
@@ -68,10 +70,14 @@ class TrainConfig:
     time_budget_minutes: float = 0.0
     threads: int = 0
     cache_features: bool = True
+    checkpoint_minutes: float = 10.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs: expected at least 1, found {self.epochs}")
+        if self.checkpoint_minutes < 0:
+            minutes = self.checkpoint_minutes
+            raise ValueError(f"checkpoint_minutes: expected 0 (none) or more, found {minutes}")
         if self.time_budget_minutes < 0:
             budget = self.time_budget_minutes
             raise ValueError(f"time_budget_minutes: expected 0 (none) or more, found {budget}")

@@ -1,13 +1,18 @@
-"""The training engine: plain PyTorch, resumable at every epoch boundary. Pruning runs on it too.
+"""The training engine: plain PyTorch, resumable at every epoch boundary and, in a single process,
+within an epoch. Pruning runs on it too.
 
 Usage:
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher \
         --config teacher [--resume]
 
 A run directory holds ``config.yaml`` (resolved), ``train_state.pt`` (model, optimizer, scheduler,
-epoch; written atomically every epoch), ``model.pt`` (the best recognizer on dev so far) and
-``log.jsonl`` (one line per epoch). Each epoch seeds batching, SpecAugment and dropout from
-``seed + epoch``, so a run resumed at a boundary follows exactly the path of an uninterrupted one.
+epoch; written atomically every epoch, and every ``checkpoint_minutes`` within one), ``model.pt``
+(the best recognizer on dev so far) and ``log.jsonl`` (one line per epoch). Each epoch seeds
+batching, SpecAugment and dropout from ``seed + epoch``, so a run resumed at a boundary follows
+exactly the path of an uninterrupted one. A state written within an epoch also holds the epoch's
+progress (`EpochProgress`) and the random generators' states, and a run resumed from it skips the
+epoch's batches already trained on and follows the same path too (an epoch of a large corpus takes
+hours). Under torchrun the states are written at epoch boundaries only.
 
 The engine, shared with `conformer_prune.prune.run`: `RunDir` (the guard against starting over a
 run, the resolved config, the resumable state and the log), `start_run` (threads and seed),
@@ -28,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +66,7 @@ from conformer_prune.utils import (
 from conformer_prune.utils import restore as restore_state
 
 __all__ = [
+    "EpochProgress",
     "EpochResult",
     "Epochs",
     "RunDir",
@@ -191,6 +197,17 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
     return nullcontext()
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch has come: its steps, the sums of its logged loss parts, its audio frames
+    and its training seconds (what a state written within the epoch records of it)."""
+
+    steps: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    audio_frames: int = 0
+    seconds: float = 0.0
+
+
 def train_one_epoch(
     loss_fn: LossFn,
     params: Sequence[Tensor],
@@ -203,13 +220,31 @@ def train_one_epoch(
     desc: str,
     total: int | None = None,
     dist: Distributed = SINGLE_PROCESS,
+    progress: EpochProgress | None = None,
+    checkpoint: Callable[[EpochProgress], None] | None = None,
+    checkpoint_seconds: float = 0.0,
+    dataset: object = None,
 ) -> dict[str, float]:
     """One pass; returns the mean of every logged loss part and the audio seconds seen, over all
     ranks. Each rank's loss is weighted by its share of the step's utterances (see
-    `conformer_prune.distributed`); in a single process the weight is 1."""
-    sums: dict[str, float] = {}
-    steps, audio_frames = 0, 0
-    bar = tqdm(loader, desc=desc, total=total, dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
+    `conformer_prune.distributed`); in a single process the weight is 1.
+
+    `progress`: where an interrupted pass stopped (`loader` then yields the rest of its batches);
+    `checkpoint`: called with the progress after any step that ends `checkpoint_seconds` or more
+    after the last call (or the start); `dataset`: names the utterances of a non-finite loss (by
+    default `loader.dataset`)."""
+    done = progress or EpochProgress()
+    sums, steps, audio_frames = dict(done.sums), done.steps, done.audio_frames
+    start = last_checkpoint = time.perf_counter()
+    bar = tqdm(
+        loader,
+        desc=desc,
+        total=total,
+        initial=steps,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=not dist.is_main,
+    )
     for batch in bar:
         batch = batch.to(device)
         with autocast(device, precision):
@@ -217,7 +252,7 @@ def train_one_epoch(
         finite = bool(torch.isfinite(loss))
         share, all_finite = dist.batch_share(len(batch.indices), finite)
         if not all_finite:
-            dataset = getattr(loader, "dataset", None)
+            dataset = dataset or getattr(loader, "dataset", None)
             names = (
                 [dataset.utts[i].utt_id for i in batch.indices.tolist()]
                 if isinstance(dataset, SpeechDataset)
@@ -235,6 +270,10 @@ def train_one_epoch(
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        now = time.perf_counter()
+        if checkpoint is not None and now - last_checkpoint >= checkpoint_seconds:
+            checkpoint(EpochProgress(steps, dict(sums), audio_frames, done.seconds + now - start))
+            last_checkpoint = time.perf_counter()
     totals = dist.sum({**sums, "audio_frames": float(audio_frames)})
     audio_seconds = totals.pop("audio_frames") / FEATURE_FRAMES_PER_SECOND
     means = {k: v / max(1, steps * dist.world_size) for k, v in totals.items()}
@@ -342,6 +381,10 @@ class Epochs:
         params: the parameters whose gradient norm is clipped.
         specaug: SpecAugment inside `step_loss` (train mode during training).
         specaug_gen: its generator, seeded per epoch.
+        checkpoint: writes the run's state within an epoch, given the epoch (from 0) and what
+            `run` must get back to continue it (`partial`); None, or under torchrun: at epoch
+            boundaries only.
+        checkpoint_seconds: the time between two such states.
     """
 
     rec: Recognizer
@@ -356,18 +399,38 @@ class Epochs:
     precision: str
     grad_clip: float
     dist: Distributed
+    checkpoint: Callable[[int, dict[str, Any]], None] | None = None
+    checkpoint_seconds: float = 600.0
 
-    def run(self, epoch: int, desc: str) -> EpochResult | None:
-        """Epoch `epoch` (from 0); None on ranks other than 0, which do not validate."""
+    def run(self, epoch: int, desc: str, partial: dict[str, Any] | None = None) -> EpochResult | None:
+        """Epoch `epoch` (from 0), continued from `partial` (a state's record of it, written
+        within it) if given; None on ranks other than 0, which do not validate."""
         seed_epoch(self.seed, epoch, self.data.sampler, self.specaug_gen, self.dist.rank)
+        progress = EpochProgress(**partial["progress"]) if partial is not None else None
+        if progress is not None:
+            self.data.sampler.set_epoch(epoch, start=progress.steps)
+        # the loader draws its base seed from the global generator as its iterator starts, so the
+        # iterator starts here, before a resumed epoch puts the generators back where they were
+        batches = iter(self.data.loader)
+        if partial is not None:
+            torch.set_rng_state(partial["rng"])
+            self.specaug_gen.set_state(partial["specaug_rng"])
+        save = None
+        if self.checkpoint is not None and not self.dist.enabled:
+            write = self.checkpoint
+
+            def save(p: EpochProgress) -> None:
+                rng = {"rng": torch.get_rng_state(), "specaug_rng": self.specaug_gen.get_state()}
+                write(epoch, {"progress": asdict(p), **rng})
+
         model = self.rec.model
         model.train()
         self.specaug.train()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - (progress.seconds if progress else 0.0)
         stats = train_one_epoch(
             self.step_loss,
             self.params,
-            self.data.loader,
+            batches,
             self.optimizer,
             self.scheduler,
             self.dist.device,
@@ -376,6 +439,10 @@ class Epochs:
             desc=desc,
             total=len(self.data.sampler),
             dist=self.dist,
+            progress=progress,
+            checkpoint=save,
+            checkpoint_seconds=self.checkpoint_seconds,
+            dataset=self.data.loader.dataset,
         )
         train_seconds = time.perf_counter() - t0
         if not self.dist.is_main:  # the others wait for rank 0 in their next step
@@ -441,9 +508,11 @@ def _train(
         optimizer, lr_schedule(cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
     )
     start_epoch, best_wer, elapsed = 0, math.inf, 0.0
+    partial = None  # the state's record of an epoch it was written within
     if state:
         start_epoch, elapsed = run.restore(state, {"model": model}, optimizer, scheduler, dist)
         best_wer = state["best_wer"]
+        partial = state.get("partial")
     # only once the state fits: a refused resume leaves the run as it was
     run.write_config("config.yaml", cfg, dist)
     rec = Recognizer(model, features, tokenizer)
@@ -452,6 +521,19 @@ def _train(
     def loss_fn(batch: Batch) -> tuple[Tensor, dict[str, float]]:
         batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
         return ctc_loss(model, batch)
+
+    def checkpoint(epoch: int, partial: dict[str, Any]) -> None:
+        run.save_state(
+            cfg,
+            epoch,
+            elapsed,
+            {"model": model},
+            optimizer,
+            scheduler,
+            best_wer=best_wer,
+            tokenizer=tokenizer.to_bytes(),
+            partial=partial,
+        )
 
     epochs = Epochs(
         rec,
@@ -466,6 +548,8 @@ def _train(
         cfg.precision,
         cfg.optim.grad_clip,
         dist,
+        checkpoint if cfg.checkpoint_minutes else None,
+        60 * cfg.checkpoint_minutes,
     )
     last_epoch_seconds = 0.0
     for epoch in range(start_epoch, cfg.epochs):
@@ -474,7 +558,8 @@ def _train(
             if dist.is_main:
                 print(f"time budget of {cfg.time_budget_minutes} min reached after {epoch} epochs")
             break
-        result = epochs.run(epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        result = epochs.run(epoch, f"epoch {epoch + 1}/{cfg.epochs}", partial)
+        partial = None
         if result is None:
             continue
         last_epoch_seconds = result.seconds
