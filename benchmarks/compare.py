@@ -11,8 +11,8 @@ skipped once its eval.json exists. All methods at 50% of the teacher's parameter
 magnitude-distill and torch-pruning also at 30% and 70%; and the equal-training control
 `continued` (the teacher, unpruned, trained as long with distillation from its frozen copy),
 against which every method's test WER carries a paired-bootstrap interval. Every method gets the
-reference pruning run's budget (`recipes/prune.yaml`: 2 pruning + 1 fine-tuning epochs, about 80-90
-minutes a run on 2 CPU cores, so the table takes many sessions or a GPU), except `scratch`, which
+reference pruning run's budget (`recipes/prune.yaml`: 2 pruning + 1 fine-tuning epochs, about 2
+hours a run on 2 CPU cores, measured, so the table takes many sessions or a GPU), except `scratch`, which
 gets the teacher's own number of epochs. Every method trains under the teacher's own SpecAugment
 (the pruning config's default). The dense methods start from random weights and use the teacher
 recipe's learning rate (`scratch` also its 400 warm-up steps, `dense-distill` the pruning recipe's

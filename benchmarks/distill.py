@@ -28,7 +28,7 @@ Only the distillation settings (and, in the last stages, the seed or the target)
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
 dev and test WER with split sizes, the paired-bootstrap interval of its test WER against
 `chosen`'s, and the last epoch's gradient norms of CTC and of the layer distance (their balance).
-The runs take the reference budget each (about 80-90 minutes on 2 CPU cores): plan many sessions,
+The runs take the reference budget each (about 2 hours on 2 CPU cores, measured): plan many sessions,
 or a GPU.
 """
 
