@@ -23,6 +23,8 @@ and the fastconformer section of docs/benchmark.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import statistics
 import sys
 import tempfile
@@ -43,12 +45,22 @@ from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.metrics import count_params, interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx
-from conformer_prune.model import ConformerCTC, Recognizer, build_model
+from conformer_prune.model import ConformerConfig, ConformerCTC, Recognizer, build_model
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.train import TrainConfig
 from conformer_prune.train.loop import autocast, ctc_loss, make_optimizer
 
-MODELS = {"conformer-4x": "teacher", "fastconformer-8x": "fastconformer"}
+BASELINE = "conformer-4x"
+MODELS: dict[str, tuple[str, Callable[[ConformerConfig], dict[str, Any]]]] = {
+    # name -> (recipe, changes to its model config)
+    BASELINE: ("teacher", lambda m: {}),
+    "fastconformer-8x": ("fastconformer", lambda m: {}),
+    # NeMo's subsampling_conv_channels -1: the front end as wide as the encoder
+    "fastconformer-8x, d_model channels": (
+        "fastconformer",
+        lambda m: {"subsampling_channels": [m.d_model] * len(m.subsampling_channels)},
+    ),
+}
 PARTS = {  # profile category -> module attribute names inside the encoder
     "front end": ("pre_encode",),
     "attention": ("self_attn", "norm_self_att"),
@@ -158,11 +170,11 @@ def main() -> None:
     args = parser.parse_args()
     commit = git_commit()
     torch.set_num_threads(2)
-    configs = {name: load_config(TrainConfig, recipe_path(recipe)) for name, recipe in MODELS.items()}
     models: dict[str, ConformerCTC] = {}
-    for name, cfg in configs.items():
+    for name, (recipe, change) in MODELS.items():
+        config = load_config(TrainConfig, recipe_path(recipe)).model
         torch.manual_seed(0)
-        models[name] = build_model(cfg.model)
+        models[name] = build_model(dataclasses.replace(config, **change(config)))
     audio = args.batch * args.seconds
     result: dict[str, Any] = {
         "command": command_line(),
@@ -174,10 +186,11 @@ def main() -> None:
         "profile_steps": args.profile_steps,
         "models": {
             name: {
-                "recipe": MODELS[name],
+                "recipe": MODELS[name][0],
                 "params": count_params(m),
                 "macs_per_second": macs_per_second(m),
                 "subsampling": f"{m.config.subsampling} x{m.config.subsampling_factor}",
+                "subsampling_channels": list(m.config.subsampling_channels),
             }
             for name, m in models.items()
         },
@@ -193,9 +206,9 @@ def main() -> None:
         result["training"][precision] = {
             name: {"step_ms": ms, "x_real_time": audio / (ms / 1000)} for name, ms in medians.items()
         }
-        speedup = medians["conformer-4x"] / medians["fastconformer-8x"]
+        speedup = {name: medians[BASELINE] / ms for name, ms in medians.items() if name != BASELINE}
         result["training"][precision]["speedup"] = speedup
-        print(f"training {precision}: {medians} ms per step; speed-up {speedup:.2f}x", flush=True)
+        print(f"training {precision}: {medians} ms per step; speed-ups {speedup}", flush=True)
         for name, model in models.items():
             batch = _batch(model, args.batch, args.seconds)
             result["profile"].setdefault(precision, {})[name] = _profile(
@@ -219,7 +232,7 @@ def main() -> None:
                     return model(feats, lengths)[0]
 
             runners[(name, "torch")] = run_torch
-            runners[(name, "ort-fp32")] = lambda session=session, inputs=inputs: session.run(None, inputs)
+            runners[(name, "ort-fp32")] = functools.partial(session.run, None, inputs)
         latency = interleaved_medians_ms(runners, args.rounds)
         result["latency_ms_10s"] = {f"{name} {runtime}": ms for (name, runtime), ms in latency.items()}
         print(f"latency: {result['latency_ms_10s']}", flush=True)
@@ -233,27 +246,29 @@ def _markdown(r: dict[str, Any]) -> str:
         "## FastConformer against the 4x Conformer (same d_model and depth)",
         "",
         f"`{r['command']}` at commit {r['commit']}: random weights, the `teacher` and `fastconformer` "
-        f"recipes' shapes, {r['threads']} threads, a training step on {r['batch']} x {r['seconds']:.0f} s "
+        "recipes' shapes (and the FastConformer with NeMo's `subsampling_conv_channels: -1`, a front "
+        f"end as wide as the encoder), {r['threads']} threads, a training step on {r['batch']} x "
+        f"{r['seconds']:.0f} s "
         f"(forward, CTC, backward, clipping, AdamW), medians of {r['rounds']} steps per model "
         "taken in alternation. Absolute figures move with the load of a shared machine; the ratios "
-        "are what alternation protects.",
+        "are what alternation protects. Speed-ups (bold) are against the 4x Conformer in the same "
+        "run.",
         "",
     ]
     rows = []
+    lat = r["latency_ms_10s"]
     for name in names:
         m = r["models"][name]
-        row = [name, m["subsampling"], f"{m['params']:,}", f"{m['macs_per_second'] / 1e6:.1f} M"]
+        front = f"{m['subsampling']}, {'/'.join(map(str, m['subsampling_channels']))} channels"
+        row = [name, front, f"{m['params']:,}", f"{m['macs_per_second'] / 1e6:.1f} M"]
         for t in r["training"].values():
-            row.append(f"{t[name]['x_real_time']:.1f}x ({t[name]['step_ms'] / 1000:.2f} s)")
-        row.append(f"{r['latency_ms_10s'][f'{name} torch']:.1f} ms")
-        row.append(f"{r['latency_ms_10s'][f'{name} ort-fp32']:.1f} ms")
+            cell = f"{t[name]['x_real_time']:.1f}x ({t[name]['step_ms'] / 1000:.2f} s"
+            row.append(cell + (f", **{t['speedup'][name]:.2f}x**)" if name != BASELINE else ")"))
+        for runtime in ("torch", "ort-fp32"):
+            ms = lat[f"{name} {runtime}"]
+            ratio = lat[f"{BASELINE} {runtime}"] / ms
+            row.append(f"{ms:.1f} ms" + (f" ({ratio:.2f}x)" if name != BASELINE else ""))
         rows.append(row)
-    speed = ["FastConformer speed-up", "", "", ""]
-    speed += [f"{t['speedup']:.2f}x" for t in r["training"].values()]
-    lat = r["latency_ms_10s"]
-    for runtime in ("torch", "ort-fp32"):
-        speed.append(f"{lat[f'conformer-4x {runtime}'] / lat[f'fastconformer-8x {runtime}']:.2f}x")
-    rows.append(speed)
     header = ["model", "front end", "params", "MACs / s audio"]
     header += [f"training {p}, x real time (step)" for p in r["training"]]
     header += ["latency 10 s, PyTorch", "latency 10 s, ONNX Runtime fp32"]

@@ -31,7 +31,7 @@ from common import CACHE, ROOT, command_line, git_commit, markdown_table, save_r
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.evaluate.metrics import error_rates, interleaved_times_ms, paired_bootstrap_wer
-from conformer_prune.export.onnx import INT8_MODULES, export_onnx, quantize_int8
+from conformer_prune.export.onnx import INT8_MODULES, Int8Mode, export_onnx, quantize_int8
 from conformer_prune.export.run import calibration_inputs
 from conformer_prune.export.runtime import OnnxRecognizer, ort_session
 from conformer_prune.model import load_recognizer
@@ -39,7 +39,7 @@ from conformer_prune.model import load_recognizer
 SECONDS = 10.0
 THREADS = 2
 # name -> (mode, op types, modules)
-VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+VARIANTS: dict[str, tuple[Int8Mode, tuple[str, ...], tuple[str, ...]]] = {
     "dynamic": ("dynamic", ("MatMul", "Gemm"), INT8_MODULES),
     "dynamic-subsampling-conv-ffn": ("dynamic", ("MatMul", "Gemm", "Conv"), ("subsampling", "feed_forward")),
     "static": ("static", ("MatMul", "Gemm"), INT8_MODULES),

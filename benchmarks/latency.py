@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 
 SECONDS = 10.0
 RUNTIMES = ("torch", "ort-fp32", "ort-int8")
+K = TypeVar("K")  # a runner's key
 
 
 def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
@@ -89,9 +90,7 @@ def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int,
     return lambda: session.run(None, inputs)
 
 
-def time_interleaved(
-    runners: dict[tuple[str, str], Any], threads: int, rounds: int
-) -> dict[tuple[str, str], float]:
+def time_interleaved(runners: dict[K, Any], threads: int, rounds: int) -> dict[K, float]:
     torch.set_num_threads(threads)
     return interleaved_medians_ms(runners, rounds)
 

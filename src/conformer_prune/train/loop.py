@@ -522,7 +522,8 @@ def _train(
         batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
         return ctc_loss(model, batch)
 
-    def checkpoint(epoch: int, partial: dict[str, Any]) -> None:
+    def checkpoint(epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """The resumable state after `epoch` epochs, and within the next one if `partial`."""
         run.save_state(
             cfg,
             epoch,
@@ -585,14 +586,5 @@ def _train(
                 dev_wer=result.dev["wer"],
                 train_config=to_dict(cfg),
             )
-        run.save_state(
-            cfg,
-            epoch + 1,
-            elapsed,
-            {"model": model},
-            optimizer,
-            scheduler,
-            best_wer=best_wer,
-            tokenizer=tokenizer.to_bytes(),
-        )
+        checkpoint(epoch + 1)
     return out / "model.pt"
