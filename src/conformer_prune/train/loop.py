@@ -533,7 +533,7 @@ def _train(
             scheduler,
             best_wer=best_wer,
             tokenizer=tokenizer.to_bytes(),
-            partial=partial,
+            **({"partial": partial} if partial is not None else {}),
         )
 
     epochs = Epochs(
