@@ -362,6 +362,8 @@ def test_int8_keeps_the_reference_teachers_transcripts(tiny_corpus: Path, tmp_pa
     expected = fp32.transcribe(audio)
     assert any(len(t.split()) >= 3 for t in expected), expected  # real words, not blanks
     assert expected == rec.transcribe(audio)
+    # in batches of any size, in the caller's order (a long list is never one padded batch)
+    assert fp32.transcribe(audio, batch_size=1) == expected == rec.transcribe(audio, batch_size=3)
     # int8 keeps the best token of every frame that fp32 does not call a near-tie (a lead of 0.1
     # or more in log-probability). Whole transcripts are not always equal: on the test utterances
     # of the corpus that keeps apostrophes, a frame with a lead of 0.004 flips one letter.

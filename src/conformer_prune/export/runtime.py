@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from conformer_prune.ctc import best_path
+from conformer_prune.ctc import best_path, length_batches
 from conformer_prune.data.tokenizer import Tokenizer
 
 __all__ = ["OnnxRecognizer", "ort_session", "read_metadata"]
@@ -106,11 +106,16 @@ class OnnxRecognizer:
             for row, n in zip(best, lengths, strict=True)
         ]
 
-    def transcribe(self, waveforms: list[np.ndarray]) -> list[str]:
-        """Greedy transcripts of 1-D float waveforms at `sample_rate`."""
+    def transcribe(self, waveforms: list[np.ndarray], batch_size: int = 8) -> list[str]:
+        """Greedy transcripts of 1-D float waveforms at `sample_rate`, in their order; the graph
+        runs on padded batches of at most `batch_size` waveforms of similar length."""
         if self.input != "waveforms":
             raise ValueError(
                 "this ONNX file takes log-mel features, not audio; export it with the front end "
                 "(`conformer-prune export MODEL --onnx OUT.onnx`, without --no-frontend)"
             )
-        return self.decode(*self.log_probs(waveforms))
+        texts = [""] * len(waveforms)
+        for idx in length_batches([len(w) for w in waveforms], batch_size):
+            for i, text in zip(idx, self.decode(*self.log_probs([waveforms[i] for i in idx])), strict=True):
+                texts[i] = text
+        return texts

@@ -17,7 +17,7 @@ import torch
 
 from conformer_prune import __version__
 from conformer_prune.config import from_dict, to_dict
-from conformer_prune.ctc import best_path
+from conformer_prune.ctc import best_path, length_batches
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer
 from conformer_prune.model.conformer import ConformerConfig, ConformerCTC, build_model
@@ -52,19 +52,28 @@ class Recognizer:
         waveforms: list[np.ndarray],
         device: torch.device | str = "cpu",
         decode: Callable[[np.ndarray, np.ndarray], list[str]] | None = None,
+        batch_size: int = 8,
     ) -> list[str]:
-        """Transcripts of 1-D float waveforms at the front end's sample rate: greedy, or by
-        `decode` (log-probabilities (B, T', V) and lengths (B,) as NumPy arrays -> texts)."""
+        """Transcripts of 1-D float waveforms at the front end's sample rate, in their order:
+        greedy, or by `decode` (log-probabilities (B, T', V) and lengths (B,) as NumPy arrays ->
+        texts). The model sees padded batches of at most `batch_size` waveforms of similar length."""
         self.model.eval().to(device)
         self.features.eval().to(device)
-        tensors = [torch.as_tensor(w, dtype=torch.float32) for w in waveforms]
-        lengths = torch.tensor([t.numel() for t in tensors], device=device)
-        batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True).to(device)
-        feats, feat_lengths = self.features(batch, lengths)
-        log_probs, out_lengths = self.model(feats, feat_lengths)
-        if decode is not None:
-            return decode(log_probs.float().cpu().numpy(), out_lengths.cpu().numpy())
-        return [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, self.model.blank)]
+        texts = [""] * len(waveforms)
+        for idx in length_batches([len(w) for w in waveforms], batch_size):
+            tensors = [torch.as_tensor(waveforms[i], dtype=torch.float32) for i in idx]
+            lengths = torch.tensor([t.numel() for t in tensors], device=device)
+            batch = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True).to(device)
+            feats, feat_lengths = self.features(batch, lengths)
+            log_probs, out_lengths = self.model(feats, feat_lengths)
+            if decode is not None:
+                out = decode(log_probs.float().cpu().numpy(), out_lengths.cpu().numpy())
+            else:
+                paths = greedy_decode(log_probs, out_lengths, self.model.blank)
+                out = [self.tokenizer.decode(ids) for ids in paths]
+            for i, text in zip(idx, out, strict=True):
+                texts[i] = text
+        return texts
 
 
 def save_recognizer(path: str | Path, rec: Recognizer, **meta: Any) -> None:
