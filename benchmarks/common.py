@@ -70,8 +70,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-# config keys that change how a run is written, not what it trains
-NOT_TRAINED = ("checkpoint_minutes",)
+# config keys that change how a run is computed or written, not what it trains (fine-tuning the
+# compact student is fine-tuning the gated one with fixed masks: tests/test_prune.py)
+NOT_TRAINED = ("checkpoint_minutes", "finetune_compact")
 
 
 def _file_digest(path: Path) -> str:

@@ -18,12 +18,15 @@ Only the distillation settings (and, in the last stages, the seed or the target)
    (DPHuBERT's distance), `kl` (KL on the CTC posteriors, temperature 2, weight 1), `frontend`
    (the front end's output, weight 1), `dynamic` (CoFi's minimum-distance map of every third
    teacher block onto the student's remaining blocks), `grad-norm` (distillation rescaled to CTC's
-   gradient norm); and `l0`, no distillation at all.
+   gradient norm), `hard-switch` (kept units jump from E[z] to 1 when the masks are fixed, instead
+   of `base`'s fold of E[z] into the weights); and `l0`, no distillation at all.
 2. chosen: `base` plus every choice whose candidate's dev WER is below `base`'s (of the two layer
    distances, the better one); nothing from test.
 3. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
 4. seeds: `chosen` and `l0` again with seeds 1 and 2 (seed 0 is stages 1-2), for the seed spread.
-5. at 30%: `chosen` at 30% of the parameters beside `continued` (the equal-training control).
+5. at 30%: `chosen` at 30% of the parameters beside `continued` (the equal-training control),
+   and `chosen` at 30% with whole-layer gates too (`chosen-30-layers`): whether they belong in
+   the defaults at 30% is decided on dev.
 
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
 dev and test WER with split sizes, the paired-bootstrap interval of its test WER against
@@ -58,6 +61,7 @@ BASE = [
     "distill.kl_weight=0.0",
     "distill.frontend_weight=0.0",
     "distill.balance=fixed",
+    "mask_switch=fold",
 ]
 # each choice: the overrides that switch it on over BASE
 CHOICES: dict[str, list[str]] = {
@@ -67,7 +71,9 @@ CHOICES: dict[str, list[str]] = {
     "frontend": ["distill.frontend_weight=1.0"],
     "dynamic": ["distill.layer_map=dynamic"],
     "grad-norm": ["distill.balance=grad-norm"],
+    "hard-switch": ["mask_switch=hard"],
 }
+LAYERS = "structures=[heads,ffn,conv,modules,frontend,layers]"
 LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
 STAGES = ("candidates", "chosen", "ablation", "seeds", "at-30")
 SEEDS = (1, 2)
@@ -138,6 +144,7 @@ def main() -> None:
     if last >= 4:
         run("chosen-30", overrides(chosen, "target_params=0.3"))
         run("continued", [*overrides(chosen), "method=continued"])
+        run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
 
     reference = "chosen" if "chosen" in reports else "base"
     rows = []
@@ -181,6 +188,13 @@ def main() -> None:
             "wer_test_continued": reports["continued"]["pruned"]["wer_test"],
             "ratio": reports["chosen-30"]["pruned"]["wer_test"] / reports["continued"]["pruned"]["wer_test"],
             "vs_continued": versus(work / "continued", work / "chosen-30", "test"),
+        }
+    if {"chosen-30", "chosen-30-layers"} <= set(reports):
+        dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in ("chosen-30", "chosen-30-layers")}
+        record["layers_at_30"] = {
+            "wer_dev": dev_wer,
+            "layer_gates_chosen_on_dev": dev_wer["chosen-30-layers"] < dev_wer["chosen-30"],
+            "test_vs_without": versus(work / "chosen-30", work / "chosen-30-layers", "test"),
         }
     name = "distill-quick" if args.quick else "distill"
     save_result(name, record)
@@ -242,6 +256,14 @@ def section(record: dict[str, Any]) -> str:
             f"\nAt 30% of the parameters: chosen {100 * a['wer_test_chosen']:.2f}% test WER against "
             f"continued's {100 * a['wer_test_continued']:.2f}% ({a['ratio']:.3f}x; target at most 1.10x), "
             f"difference {_interval(a['vs_continued'])}.\n"
+        )
+    if "layers_at_30" in record:
+        lay = record["layers_at_30"]
+        verdict = "belong" if lay["layer_gates_chosen_on_dev"] else "do not belong"
+        text += (
+            f"\nWhole-layer gates at 30%: dev WER {100 * lay['wer_dev']['chosen-30-layers']:.2f}% with them, "
+            f"{100 * lay['wer_dev']['chosen-30']:.2f}% without, so they {verdict} in the defaults at 30% "
+            f"(test, with minus without: {_interval(lay['test_vs_without'])}).\n"
         )
     return text + f"\nReproduce: `{record['command']}`."
 

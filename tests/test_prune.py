@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -9,8 +10,11 @@ import torch
 
 from conformer_prune.cli import build_parser, main
 from conformer_prune.config import ConfigError, load_config
+from conformer_prune.data.dataset import Batch
+from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
 from conformer_prune.model import ConformerConfig, ConformerCTC, build_model, load_recognizer
+from conformer_prune.model.conformer import HIDDEN
 from conformer_prune.prune.budget import Budget, Lagrangian, UnreachableTargetError, target_sparsity
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
@@ -21,7 +25,12 @@ from conformer_prune.prune.magnitude import magnitude_masks, unit_scores
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.prune.report import kept_per_layer
-from conformer_prune.prune.run import make_prune_optimizer, one_shot_model
+from conformer_prune.prune.run import (
+    compact_for_finetuning,
+    compactable,
+    make_prune_optimizer,
+    one_shot_model,
+)
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
 from tests.conftest import assert_same_real_frames, hetero_config, interrupt_within_epoch
@@ -270,22 +279,27 @@ def test_prune_resume_continues_from_the_same_step(
         torch.testing.assert_close(resumed["student"][key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.parametrize("epoch", [1, 2], ids=["pruning", "fine-tuning"])
 def test_prune_resume_within_an_epoch_matches_an_uninterrupted_run(
-    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int
 ) -> None:
-    """Stopped one step into the second pruning epoch, after a state written there: the resumed
-    run ends with the uninterrupted run's weights, gates, multipliers and log (the gate samples,
-    the budget and the gradient-norm probe continue from that step)."""
+    """Stopped one step into the second pruning epoch or into the fine-tuning epoch (on the
+    compact student), after a state written there: the resumed run ends with the uninterrupted
+    run's weights, gates, multipliers and log (the gate samples, the budget and the
+    gradient-norm probe continue from that step)."""
 
     def argv(out: Path) -> list[str]:
         return [*_prune_argv(tiny_corpus, tiny_run, out), "max_frames=2000", "checkpoint_minutes=1e-9"]
 
     assert main(argv(tmp_path / "b")) == 0
-    interrupt_within_epoch(monkeypatch, epoch=1, steps=1)
+    interrupt_within_epoch(monkeypatch, epoch=epoch, steps=1)
     with pytest.raises(KeyboardInterrupt):
         main(argv(tmp_path / "a"))
     state = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["partial"]["progress"]["steps"] == 1
+    assert state["epoch"] == epoch and state["partial"]["progress"]["steps"] == 1
+    compact = epoch == 2  # fine-tuning runs on the compact student: no gates left in the state
+    assert (state.get("compact_masks") is not None) == compact
+    assert any("log_alpha" in k for k in state["student"]) != compact
     monkeypatch.undo()
     assert main([*argv(tmp_path / "a"), "--resume"]) == 0
     resumed = torch.load(tmp_path / "a" / "prune_state.pt", weights_only=True)
@@ -624,3 +638,106 @@ def test_one_shot_model_is_the_shape_the_method_fine_tunes(method: str) -> None:
     assert 0.95 * target <= count_params(shape) <= target
     with pytest.raises(ValueError, match="does not fix its shape"):
         one_shot_model(PruneConfig(method="l0-distill"), teacher)
+
+
+def _gated_after_two_steps(
+    cfg: PruneConfig,
+) -> tuple[ConformerCTC, ConformerGates, LayerwiseDistiller, Lagrangian, Any, Any, Batch]:
+    """A student with fixed random masks (no layer or model dimension removed) trained two AdamW
+    steps with distillation, so its optimizer holds moments; the same every call."""
+    teacher = _model(seed=7).train()
+    student = copy.deepcopy(teacher)
+    gates = ConformerGates.attach(student, ["heads", "ffn", "conv", "modules", "frontend"])
+    gates.freeze(_random_masks(gates, 8))
+    distiller = LayerwiseDistiller(teacher, teacher.config.n_layers, teacher.config.d_model, cfg.distill)
+    lagrangian = Lagrangian()
+    weights = [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
+    optimizer = make_prune_optimizer(weights, gates, lagrangian, cfg)
+    warmup = lambda step: min(1.0, (step + 1) / 4)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [warmup, warmup, lambda _: 1.0, lambda _: 1.0])
+    g = torch.Generator().manual_seed(9)
+    feats, lengths = _inputs()
+    batch = Batch(
+        feats, lengths, torch.randint(0, 20, (3, 5), generator=g), torch.tensor([5, 4, 2]), torch.arange(3)
+    )
+    for _ in range(2):
+        _train_step(student, distiller, optimizer, scheduler, batch)
+    return student, gates, distiller, lagrangian, optimizer, scheduler, batch
+
+
+def _train_step(
+    model: ConformerCTC, distiller: LayerwiseDistiller, optimizer: Any, scheduler: Any, batch: Batch
+) -> float:
+    loss, _ = distiller.loss(model, batch)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return float(loss.detach())
+
+
+# weights whose gradient is 0 in exact arithmetic, so that AdamW turns rounding noise into steps
+# of up to lr: a key bias (softmax is shift-invariant), a depthwise bias (BatchNorm in training
+# subtracts the batch mean) and the position projection (the sinusoid's slow dimensions are
+# nearly constant over a short utterance)
+_INVARIANT = ("linear_k.bias", "depthwise_conv.bias", "linear_pos.weight")
+
+
+def test_fine_tuning_the_compact_student_continues_the_gated_one() -> None:
+    """After two steps of a gated student with fixed masks, one more step of the compact student
+    (`compact_for_finetuning`: weights sliced, AdamW moments sliced with them) gives the gated
+    student's loss and, sliced, its weights; a fresh optimizer's step (no moments) does not."""
+    cfg = PruneConfig(lr=1e-2)
+    student, gates, distiller, _, optimizer, scheduler, batch = _gated_after_two_steps(cfg)
+    gated_loss = _train_step(student, distiller, optimizer, scheduler, batch)
+    expected = physically_prune(student, gates.current_masks())
+    expected_proj = [p.detach().clone() for p in distiller.parameters()]
+
+    student, gates, distiller, lagrangian, optimizer, scheduler, batch = _gated_after_two_steps(cfg)
+    assert compactable(gates)
+    masks = gates.current_masks()
+    compact, compact_opt, compact_scheduler = compact_for_finetuning(
+        student, masks, distiller, lagrangian, optimizer, scheduler, cfg
+    )
+    assert compact.training and count_params(compact) < count_params(student)
+    assert [g["lr"] for g in compact_opt.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    assert compact_scheduler.last_epoch == scheduler.last_epoch == 2
+    assert not compact_opt.param_groups[2]["params"]  # no gates left to learn
+    compact_loss = _train_step(compact, distiller, compact_opt, compact_scheduler, batch)
+    assert compact_loss == pytest.approx(gated_loss, rel=1e-5)
+    for (name, a), b in zip(expected.named_parameters(), compact.parameters(), strict=True):
+        if not name.endswith(_INVARIANT):
+            torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5, msg=name)
+    with torch.no_grad():  # the invariant directions do not change what the model computes
+        after_gated = float(distiller.loss(expected.train(), batch)[0])
+        assert float(distiller.loss(compact, batch)[0]) == pytest.approx(after_gated, rel=1e-5)
+    for a, b in zip(expected_proj, distiller.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5)
+
+    student, gates, distiller, lagrangian, optimizer, _, batch = _gated_after_two_steps(cfg)
+    fresh = physically_prune(student, masks).train()
+    weights = list(fresh.parameters()) + list(distiller.parameters())
+    fresh_opt = make_prune_optimizer(weights, None, lagrangian, cfg)
+    for group, was in zip(fresh_opt.param_groups, optimizer.param_groups, strict=True):
+        group["lr"] = was["lr"]
+    _train_step(
+        fresh, distiller, fresh_opt, torch.optim.lr_scheduler.LambdaLR(fresh_opt, lambda _: 1.0), batch
+    )
+    moved = max(
+        float((a - b).detach().abs().max())
+        for (name, a), b in zip(expected.named_parameters(), fresh.parameters(), strict=True)
+        if not name.endswith(_INVARIANT)
+    )
+    assert moved > 1e-3
+
+
+def test_masks_that_remove_blocks_or_model_dimensions_keep_the_gated_student() -> None:
+    gates = ConformerGates.attach(_model(seed=2), ALL)
+    masks = {name: torch.ones(g.n) for name, g in gates}
+    gates.freeze(masks)
+    assert compactable(gates)
+    for closed in ("layers.1", HIDDEN):
+        gates = ConformerGates.attach(_model(seed=2), ALL)
+        gates.freeze(masks | {closed: torch.ones_like(masks[closed]).index_fill_(0, torch.tensor([0]), 0.0)})
+        assert not compactable(gates)
+    assert not compactable(ConformerGates.attach(_model(seed=2), []))  # nothing to slice by

@@ -59,6 +59,12 @@ class PruneConfig:
             expected gate value E[z], which the gates also apply in eval mode while pruning, is
             folded into the following weights, so the model does not change at the switch; as
             CoFiPruning and DPHuBERT do when they slice) or "hard" (they jump from E[z] to 1).
+        finetune_compact: fine-tune the physically pruned student once the masks are fixed, rather
+            than the gated one with fixed masks: the same function, gradients and AdamW state
+            (the moments are sliced with the weights), without computing the removed units, so
+            the fine-tuning steps cost what the compact model costs. Masks that remove whole
+            blocks or model dimensions keep the gated student (the distillation pairs blocks and
+            projects dimensions by the teacher's index).
         distill: loss weights (method "l0" sets the distillation weights to zero).
         specaug: SpecAugment of the shared input of teacher and student; None (the default) takes
             the one the teacher was trained with, from its checkpoint (`teacher_specaug`), so that
@@ -98,6 +104,7 @@ class PruneConfig:
     init_unit_log_alpha: float = 3.0
     init_module_log_alpha: float = 5.0
     mask_switch: Literal["fold", "hard"] = "fold"
+    finetune_compact: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
     specaug: SpecAugmentConfig | None = None
     max_frames: int = 10000

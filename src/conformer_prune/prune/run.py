@@ -6,23 +6,27 @@ Usage:
 
 Stages, in one run directory (resumable at every epoch boundary from ``prune_state.pt``, which
 holds the student with its gate logits, the distillation projections, the Lagrange multipliers,
-the optimizer with all three parameter groups, the scheduler and the stage):
+the optimizer with all three parameter groups, the scheduler and the stage; once fine-tuning
+has moved to the compact student, that student and the masks it was sliced by):
 
 1. pruning (``prune_epochs``): the student (a copy of the teacher) carries hard-concrete gates;
    loss = distillation (+ CTC) + the Lagrangian budget; the target ramps up over a warm-up;
 2. at the boundary the masks become deterministic and are adjusted to meet the target exactly
    (within one unit), the kept units' expected gate values are folded into the following weights
    (``mask_switch: fold``), and the masks are frozen;
-3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues;
-4. physical pruning: the compact model is written to ``model.pt``.
+3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues, on the physically
+   pruned student (``finetune_compact``; its AdamW state sliced with its weights, so it is the same
+   training as the gated student's with fixed masks, without computing the removed units);
+4. the compact model is written to ``model.pt``.
 
 The run directory, seeding, resume, the epoch body, validation and the state save are the training
 engine's (`conformer_prune.train.loop`); pruning plugs in its student (`_student`), its loss
 (`_PruningLoss`, with the `Budget` of `prune.budget`), its parameter groups
-(`make_prune_optimizer`) and its stage logic (`_freeze` at the boundary, `_slice_and_save`). The
-baselines differ only along the axes of their `prune.methods.Method`; so does the control
-`continued`, which removes nothing (no gates) and trains the teacher itself with distillation from
-its frozen copy for the same steps, so its "compact model" is the teacher's shape.
+(`make_prune_optimizer`) and its stage logic (`_freeze` at the boundary, `compact_for_finetuning`
+after it, `_save_compact`). The baselines differ only along the axes of their
+`prune.methods.Method`; so does the control `continued`, which removes nothing (no gates) and
+trains the teacher itself with distillation from its frozen copy for the same steps, so its
+"compact model" is the teacher's shape.
 
 SpecAugment is the teacher's own (read from its checkpoint) unless the config gives one; the one
 used is printed and written to ``prune_config.yaml``.
@@ -53,7 +57,7 @@ from conformer_prune.data.features import SpecAugment
 from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.distributed import Distributed, launch
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_recognizer
-from conformer_prune.model.conformer import ConformerCTC, build_model
+from conformer_prune.model.conformer import HIDDEN, ConformerCTC, build_model
 from conformer_prune.prune.budget import Budget, Lagrangian, expected_sparsity
 from conformer_prune.prune.config import PruneConfig, teacher_specaug
 from conformer_prune.prune.cost import Cost, Metric, as_float, conformer_cost
@@ -62,7 +66,7 @@ from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.latency import LatencyModel
 from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.methods import METHODS, Method
-from conformer_prune.prune.physical import physically_prune
+from conformer_prune.prune.physical import physically_prune, without_gates
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, start_run
 from conformer_prune.utils import resolve_device
@@ -108,18 +112,23 @@ def _latency_model(cfg: PruneConfig, teacher: ConformerCTC, out: Path, dist: Dis
 
 
 def make_prune_optimizer(
-    weights: list[nn.Parameter], gates: ConformerGates, lagrangian: Lagrangian, cfg: PruneConfig
+    weights: list[nn.Parameter], gates: ConformerGates | None, lagrangian: Lagrangian, cfg: PruneConfig
 ) -> torch.optim.AdamW:
-    """One AdamW, three groups: weights (decay on matrices), gate logits (own lr, no decay),
-    Lagrange multipliers (own lr, gradient ascent). With `cfg.clamp_log_alpha`, every step ends
-    by clamping the gate logits (CoFiPruning's range)."""
+    """One AdamW, three groups: weights (decay on matrices), gate logits (own lr, no decay; empty
+    for a student without gates), Lagrange multipliers (own lr, gradient ascent). With
+    `cfg.clamp_log_alpha`, every step ends by clamping the gate logits (CoFiPruning's range)."""
     decay = [p for p in weights if p.dim() >= 2]
     no_decay = [p for p in weights if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "weights"},
             {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "name": "weights_no_decay"},
-            {"params": gates.log_alphas(), "weight_decay": 0.0, "lr": cfg.gate_lr, "name": "gates"},
+            {
+                "params": gates.log_alphas() if gates is not None else [],
+                "weight_decay": 0.0,
+                "lr": cfg.gate_lr,
+                "name": "gates",
+            },
             {
                 "params": list(lagrangian.parameters()),
                 "weight_decay": 0.0,
@@ -130,9 +139,73 @@ def make_prune_optimizer(
         ],
         lr=cfg.lr,
     )
-    if cfg.clamp_log_alpha:
+    if cfg.clamp_log_alpha and gates is not None:
         optimizer.register_step_post_hook(lambda *_: gates.clamp_())
     return optimizer
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _weights(student: ConformerCTC, distiller: LayerwiseDistiller) -> list[nn.Parameter]:
+    """What the weight groups train: the student's weights (not its gate logits) and the
+    distillation projections."""
+    return [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
+
+
+def compactable(gates: ConformerGates) -> bool:
+    """Whether fine-tuning can move to the compact student: there are masks, and they keep every
+    block and model dimension (the distillation pairs blocks and projects dimensions by index)."""
+    masks = gates.current_masks()
+    whole = [name for name, slot in gates.slots.items() if name == HIDDEN or slot.attr == "gate_layer"]
+    return bool(masks) and all(bool(masks[name].all()) for name in whole)
+
+
+def compact_for_finetuning(
+    student: ConformerCTC,
+    masks: dict[str, Tensor],
+    distiller: LayerwiseDistiller,
+    lagrangian: Lagrangian,
+    optimizer: torch.optim.AdamW,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    cfg: PruneConfig,
+) -> tuple[ConformerCTC, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The student physically pruned by its fixed `masks` (`compactable` ones), with an optimizer
+    and schedule that continue where `optimizer` and `scheduler` are: each kept weight's AdamW
+    moments are sliced as the weight is (by pruning a copy of the student whose parameters hold
+    them), the projections' and multipliers' state, the step counts and the learning rates carry
+    over. With fixed masks the gated student's removed units get no gradient (they are multiplied
+    by 0), so the next steps are the gated student's, without computing what was removed."""
+    device = next(student.parameters()).device
+    compact = physically_prune(student, masks).to(device).train(student.training)
+    compact_opt = make_prune_optimizer(_weights(compact, distiller), None, lagrangian, cfg)
+    old = dict(student.named_parameters())
+    moments: dict[str, dict[str, Tensor]] = {}
+    for key in _MOMENTS:
+        shadow = copy.deepcopy(student)
+        with torch.no_grad():
+            for name, q in shadow.named_parameters():
+                q.copy_(optimizer.state.get(old[name], {}).get(key, torch.zeros_like(q)))
+        moments[key] = {n: q.detach() for n, q in physically_prune(shadow, masks).named_parameters()}
+    for name, p in compact.named_parameters():
+        state = optimizer.state.get(old[name])
+        if state:
+            unknown = set(state) - {"step", *_MOMENTS}
+            if unknown:
+                raise ValueError(f"cannot slice the optimizer's {sorted(unknown)} of {name}")
+            compact_opt.state[p] = {"step": state["step"].clone()} | {
+                k: moments[k][name].to(device).clone() for k in _MOMENTS
+            }
+    for p in [*distiller.parameters(), *lagrangian.parameters()]:
+        if p in optimizer.state:
+            compact_opt.state[p] = optimizer.state[p]
+    for group, was in zip(compact_opt.param_groups, optimizer.param_groups, strict=True):
+        group["initial_lr"] = was["initial_lr"]
+    compact_scheduler = torch.optim.lr_scheduler.LambdaLR(compact_opt, scheduler.lr_lambdas)
+    compact_scheduler.load_state_dict(scheduler.state_dict())
+    for group, was in zip(compact_opt.param_groups, optimizer.param_groups, strict=True):
+        group["lr"] = was["lr"]  # the new schedule's construction set its first step's
+    return compact, compact_opt, compact_scheduler
 
 
 def run_pruning(
@@ -209,8 +282,7 @@ def _prune(
         world_size=dist.world_size,
         subsampling_factor=teacher_rec.model.config.subsampling_factor,
     )
-    weights = [p for n, p in student.named_parameters() if ".gate" not in n] + list(distiller.parameters())
-    optimizer = make_prune_optimizer(weights, gates, lagrangian, cfg)
+    optimizer = make_prune_optimizer(_weights(student, distiller), gates, lagrangian, cfg)
     steps_per_epoch = len(data.sampler)
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     weight_schedule = lr_schedule(cfg.warmup_steps, total_epochs * steps_per_epoch, 0.02)
@@ -218,10 +290,23 @@ def _prune(
         optimizer, [weight_schedule, weight_schedule, lambda _: 1.0, lambda _: 1.0]
     )
     trained = {"student": student, "distiller": distiller, "lagrangian": lagrangian}
+    compact_masks: dict[str, Tensor] | None = None  # once fine-tuning runs on the compact student
+
+    def to_compact(masks: dict[str, Tensor]) -> None:
+        nonlocal student, optimizer, scheduler, compact_masks
+        student, optimizer, scheduler = compact_for_finetuning(
+            student, masks, distiller, lagrangian, optimizer, scheduler, cfg
+        )
+        trained["student"] = student
+        compact_masks = masks
+
     start_epoch, elapsed = 0, 0.0
     partial = None  # the state's record of an epoch it was written within
     if resume:
         state = run.load_state(_STATE_KEYS, device)
+        if state.get("compact_masks") is not None:  # the state is the compact student's
+            gates.freeze(state["compact_masks"])
+            to_compact(state["compact_masks"])
         start_epoch, elapsed = run.restore(state, trained, optimizer, scheduler, dist)
         for _, gate in gates:
             gate.log_alpha.requires_grad_(not gate.frozen)
@@ -248,31 +333,41 @@ def _prune(
         step=start_epoch * steps_per_epoch + (partial["progress"]["steps"] if partial else 0),
     )
 
-    def checkpoint(epoch: int, partial: dict[str, Any]) -> None:
-        partial = partial | {"distiller_probe": distiller.probe_state()}
-        run.save_state(cfg, epoch, elapsed, trained, optimizer, scheduler, partial=partial)
+    def save_state(epoch: int, **extra: Any) -> None:
+        compact = {"compact_masks": compact_masks} if compact_masks is not None else {}
+        run.save_state(cfg, epoch, elapsed, trained, optimizer, scheduler, **compact, **extra)
 
-    epochs = Epochs(
-        Recognizer(student, teacher_rec.features, teacher_rec.tokenizer),
-        # the multipliers and frozen gates get no gradient in some steps, hence find_unused
-        dist.wrap(trained, loss, find_unused=True),
-        weights,
-        optimizer,
-        scheduler,
-        data,
-        specaug,
-        loss.specaug_gen,
-        cfg.seed,
-        cfg.precision,
-        cfg.grad_clip,
-        dist,
-        checkpoint if cfg.checkpoint_minutes else None,
-        60 * cfg.checkpoint_minutes,
-    )
+    def checkpoint(epoch: int, partial: dict[str, Any]) -> None:
+        save_state(epoch, partial=partial | {"distiller_probe": distiller.probe_state()})
+
+    def make_epochs() -> Epochs:
+        loss.student = student
+        return Epochs(
+            Recognizer(student, teacher_rec.features, teacher_rec.tokenizer),
+            # the multipliers and frozen gates get no gradient in some steps, hence find_unused
+            dist.wrap(trained, loss, find_unused=True),
+            _weights(student, distiller),
+            optimizer,
+            scheduler,
+            data,
+            specaug,
+            loss.specaug_gen,
+            cfg.seed,
+            cfg.precision,
+            cfg.grad_clip,
+            dist,
+            checkpoint if cfg.checkpoint_minutes else None,
+            60 * cfg.checkpoint_minutes,
+        )
+
+    epochs = make_epochs()
     for epoch in range(start_epoch, total_epochs):
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
             _freeze(gates, target_abs, cfg, run)
+        if stage == "finetune" and compact_masks is None and cfg.finetune_compact and compactable(gates):
+            to_compact(gates.current_masks())
+            epochs = make_epochs()
         if partial is None:
             distiller.probe_next()  # every epoch logs gradient norms measured in it
         else:  # within the epoch: the probe continues where it was
@@ -301,10 +396,12 @@ def _prune(
                 "elapsed_seconds": elapsed,
             }
         )
-        run.save_state(cfg, epoch + 1, elapsed, trained, optimizer, scheduler)
+        save_state(epoch + 1)
     if not all(g.frozen for _, g in gates):
         _freeze(gates, target_abs, cfg, run)
-    pruned = _slice_and_save(student, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
+    masks = compact_masks if compact_masks is not None else gates.current_masks()
+    sliced = student if compact_masks is not None else physically_prune(student, masks)
+    pruned = _save_compact(sliced, masks, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
     if latency is not None:
         pruned.latency_table = Path(cfg.latency_table) if cfg.latency_table else out / LATENCY_TABLE
     return pruned
@@ -384,8 +481,9 @@ class _PruningLoss:
         return loss, parts
 
 
-def _slice_and_save(
-    student: ConformerCTC,
+def _save_compact(
+    compact: ConformerCTC,
+    masks: dict[str, Tensor],
     gates: ConformerGates,
     teacher_rec: Recognizer,
     teacher_path: str | Path,
@@ -394,9 +492,8 @@ def _slice_and_save(
     out: Path,
     dist: Distributed,
 ) -> PruneResult:
-    """The last stage: slice the student by its fixed masks and write the compact model."""
-    masks = gates.current_masks()
-    pruned = physically_prune(student, masks)
+    """The last stage: write the compact model (the student sliced by its fixed `masks`)."""
+    pruned = without_gates(compact).eval()
     pruned_cost = conformer_cost(pruned.config, latency=gates.latency)
     model_path = out / "model.pt"
     if dist.is_main:
