@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from conformer_prune.config import to_dict
+from conformer_prune.data.dataset import Batch
+from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerConfig
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.utils import atomic_write_text, write_json
 
@@ -132,3 +136,17 @@ def keep_run_result(link: Path) -> Path:
     path = RESULTS / "runs" / f"{run.name}.json"
     write_json(path, record)
     return path
+
+
+def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) -> Batch:
+    """`batch` utterances of `seconds` of random features with `tokens` random targets each, for
+    timing training steps (seeded: the same batch every call)."""
+    gen = torch.Generator().manual_seed(0)
+    frames = int(seconds * FEATURE_FRAMES_PER_SECOND) + 1
+    return Batch(
+        torch.randn(batch, frames, cfg.n_mels, generator=gen),
+        torch.full((batch,), frames),
+        torch.randint(0, cfg.vocab_size, (batch, tokens), generator=gen),
+        torch.full((batch,), tokens),
+        torch.arange(batch),
+    )

@@ -26,7 +26,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, command_line, git_commit, markdown_table, save_result, update_doc_section
+from common import (
+    ROOT,
+    command_line,
+    git_commit,
+    markdown_table,
+    random_batch,
+    save_result,
+    update_doc_section,
+)
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.dataset import Batch
@@ -40,19 +48,6 @@ from conformer_prune.prune.physical import physically_prune
 from conformer_prune.train.loop import autocast
 
 MODELS = ROOT / "benchmarks" / "models"
-
-
-def _batch(teacher: ConformerCTC, batch: int, seconds: float) -> Batch:
-    gen = torch.Generator().manual_seed(0)
-    frames = int(seconds * FEATURE_FRAMES_PER_SECOND)
-    tokens = teacher.config.encoder_frames(frames) // 3
-    return Batch(
-        torch.randn(batch, frames, teacher.config.n_mels, generator=gen),
-        torch.full((batch,), frames),
-        torch.randint(0, teacher.config.vocab_size, (batch, tokens), generator=gen),
-        torch.full((batch,), tokens),
-        torch.arange(batch),
-    )
 
 
 def _step(student: ConformerCTC, teacher: ConformerCTC, cfg: PruneConfig, batch: Batch) -> Callable[[], None]:
@@ -91,7 +86,8 @@ def main() -> None:
     gates.freeze({k: torch.tensor(v) for k, v in pruned.meta["masks"].items()})
     compact = physically_prune(gated, gates.current_masks())
     assert count_params(compact) == count_params(pruned.model)
-    batch = _batch(teacher, args.batch, args.seconds)
+    frames = int(args.seconds * FEATURE_FRAMES_PER_SECOND) + 1
+    batch = random_batch(teacher.config, args.batch, args.seconds, teacher.config.encoder_frames(frames) // 3)
     runs = {"gated": _step(gated, teacher, cfg, batch), "compact": _step(compact, teacher, cfg, batch)}
     for step in runs.values():  # warm-up
         step()

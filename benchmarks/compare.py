@@ -29,6 +29,11 @@ prunes to half the teacher's latency with that table (`--target-latency 0.5`), a
 until the shape they fine-tune measures half the teacher's latency (each try measured interleaved
 with the teacher; cached as <run>.matched.json beside the run's link). All models, every run's and
 the teacher, are then timed on ONNX Runtime in one process, interleaved, beside the PyTorch timing.
+`l0-distill-50-hidden` is the method at 50% of the parameters with the model dimension prunable too
+(the `hidden` structure), for issue 17's ONNX Runtime speed-up at that size.
+
+The section opens with every target of issues 18 and 17 (`checks`), computed from the record
+(also saved in it): met, not met, or not run.
 
 `--methods a,b` runs only those methods' missing stages (the table then holds every stage cached so
 far; the rest are listed as not run). `--render` rewrites the table and plot from the saved JSON.
@@ -89,6 +94,8 @@ LATENCY_TARGET = 0.5  # of the teacher's latency on LATENCY_RUNTIME
 LATENCY_RUNTIME: Runtime = "ort"  # ONNX Runtime fp32, 2 threads, batch 1, 10 s
 LATENCY_METHODS: tuple[MethodName, ...] = ("l0-distill", "magnitude-distill", "torch-pruning")
 LATENCY_NAME = f"lat{round(100 * LATENCY_TARGET)}"  # runs are named e.g. l0-distill-lat50
+# issue 17: the method at 50% of the parameters with the model dimension prunable too
+HIDDEN_RUN = "l0-distill-50-hidden"
 
 
 def latency_table(teacher: Path, work: Path) -> Path:
@@ -317,10 +324,20 @@ def main() -> None:
         label = f"{method} at {LATENCY_TARGET:.0%} latency"
         stage(latency_reports, method, method, run, label, lambda m=method, r=run: latency_cfg(m, r))
 
+    def hidden_cfg() -> PruneConfig:
+        overrides = overrides_for("l0-distill", 0.5, teacher_epochs, args.quick)
+        structures = load_config(PruneConfig, recipe_path("prune"), overrides).structures
+        hidden = f"structures=[{','.join([*structures, 'hidden'])}]"
+        return load_config(PruneConfig, recipe_path("prune"), [*overrides, hidden])
+
+    hidden_reports: dict[str, dict[str, Any]] = {}
+    label = "l0-distill at 50% with the model dimension"
+    stage(hidden_reports, HIDDEN_RUN, "l0-distill", work / HIDDEN_RUN, label, hidden_cfg)
+
     # every model's latency in one process, interleaved, so the column compares like with like:
     # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
     names = ["teacher", *[run_name(*key) for key in reports]]
-    names += [f"{m}-{LATENCY_NAME}" for m in latency_reports]
+    names += [f"{m}-{LATENCY_NAME}" for m in latency_reports] + list(hidden_reports)
     models = [load_recognizer(teacher).model] + [
         load_recognizer(work / name / "model.pt").model for name in names[1:]
     ]
@@ -369,16 +386,35 @@ def main() -> None:
             row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{LATENCY_NAME}", work / name)
         latency_plane.append(row)
         print(row, flush=True)
+    hidden = None
+    if HIDDEN_RUN in hidden_reports:
+        report = hidden_reports[HIDDEN_RUN]
+        hidden = {
+            "run": HIDDEN_RUN,
+            "structures": hidden_cfg().structures,
+            **{k: report["pruned"][k] for k in KEYS},
+            "d_model": load_recognizer(work / HIDDEN_RUN / "model.pt").model.config.d_model,
+            "latency_ms_ort": ort[HIDDEN_RUN],
+            "ort_speedup_vs_teacher": ort["teacher"] / ort[HIDDEN_RUN],
+            "latency_ms_10s": latency[HIDDEN_RUN],
+            "wall_seconds": wall_seconds(work / HIDDEN_RUN),
+        }
+        if ("l0-distill", 0.5, 0) in reports:
+            method_run = work / run_name("l0-distill", 0.5, 0)
+            hidden["wer_test_vs_l0_distill"] = versus(method_run, work / HIDDEN_RUN)
+        print(hidden, flush=True)
     budget = load_config(PruneConfig, recipe_path("prune"), overrides_for("l0-distill", 0.5, 0, args.quick))
     record = {
         "splits": split_sizes(evaluated),
         "teacher": teacher_row,
         "results": results,
         "latency_plane": latency_plane,
+        "hidden_dimension": hidden,
         "not_run": [
             name
             for name in [run_name(*key) for key in RUNS if key not in reports]
             + [f"{m}-{LATENCY_NAME}" for m in LATENCY_METHODS if m not in latency_reports]
+            + ([HIDDEN_RUN] if hidden is None else [])
             if name not in unreachable
         ],
         "unreachable": unreachable,
@@ -388,6 +424,7 @@ def main() -> None:
         # the table holds every cached stage, whichever --methods this run had: the whole command
         "command": "python benchmarks/compare.py" + (" --quick" if args.quick else ""),
     }
+    record["checks"] = checks(record)
     save_result("compare-quick" if args.quick else "compare", record)
     write_docs(record, quick=args.quick)
 
@@ -407,6 +444,94 @@ def _lowest(rows: list[dict[str, Any]], key: str) -> list[str]:
     """The methods with the lowest `key` (several on a tie)."""
     low = min((r[key] for r in rows), default=None)
     return [r["method"] for r in rows if r[key] == low]
+
+
+def _row(record: dict[str, Any], method: str, ratio: float, seed: int = 0) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in record["results"]
+            if r["method"] == method and r["target_params"] == ratio and r.get("seed", 0) == seed
+        ),
+        None,
+    )
+
+
+def checks(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of issues 18 and 17, each computed from the record: the check, its target, what
+    was measured and whether it is met (None: a run it needs is missing)."""
+    out: list[dict[str, Any]] = []
+
+    def check(name: str, target: str, measured: str, met: bool | None) -> None:
+        out.append({"check": name, "target": target, "measured": measured, "met": met})
+
+    t = record["teacher"]
+    half = [r for r in record["results"] if not r.get("seed") and r["target_params"] == 0.5]
+    ref, control = _row(record, "l0-distill", 0.5), _row(record, CONTROL, 1.0)
+    others = [r for r in half if r["method"] != "l0-distill"]
+    above = [r["method"] for r in others if (r.get("wer_test_vs_l0_distill") or {}).get("low", 0) > 0]
+    seeds = [
+        100 * r["wer_test"]
+        for r in record["results"]
+        if r["method"] == "l0-distill" and r["target_params"] == 0.5
+    ]
+    lowest = _lowest(half, "wer_test")
+    check(
+        "test WER at 50%: l0-distill lowest, every interval against it excluding 0",
+        "lowest; all intervals above 0",
+        f"lowest: {' = '.join(lowest) or '-'}; {len(above)} of {len(others)} intervals above 0; l0-distill "
+        f"seeds {', '.join(f'{w:.2f}%' for w in seeds) or '-'}",
+        None if ref is None or not others else lowest == ["l0-distill"] and len(above) == len(others),
+    )
+    for ratio, bound in ((0.5, 1.03), (0.3, 1.10)):
+        row = _row(record, "l0-distill", ratio)
+        value = None if row is None or control is None else row["wer_test"] / control["wer_test"]
+        check(
+            f"l0-distill at {ratio:.0%} vs continued (test WER)",
+            f"at most {bound:.2f}x",
+            "-" if value is None else f"{value:.3f}x",
+            None if value is None else value <= bound,
+        )
+    if ref is not None and "latency_ms_ort" in ref:
+        ort, torch_ = ref["latency_ms_ort"] / t["latency_ms_ort"], ref["latency_ms_10s"] / t["latency_ms_10s"]
+        check(
+            "l0-distill at 50% params: measured latency vs the teacher's",
+            "at most 0.60x (ONNX Runtime fp32)",
+            f"{ort:.3f}x ONNX Runtime fp32, {torch_:.3f}x PyTorch",
+            ort <= 0.60,
+        )
+    test_rank = [r["method"] for r in sorted(half, key=lambda r: r["wer_test"])]
+    unseen_rank = [r["method"] for r in sorted(half, key=lambda r: r.get("wer_test_unseen") or 0.0)]
+    check(
+        "ranking at 50% on test-unseen as on test",
+        "the same order",
+        f"test: {', '.join(test_rank)}; test-unseen: {', '.join(unseen_rank)}",
+        None if len(half) < 2 else test_rank == unseen_rank,
+    )
+    plane = {r["method"]: r for r in record.get("latency_plane", [])}
+    lat = plane.get("l0-distill")
+    check(
+        f"measured latency at --target-latency {LATENCY_TARGET} (ONNX Runtime fp32)",
+        "within 5% of the target",
+        "-" if lat is None else f"{lat['measured_ratio']:.3f}x the teacher's",
+        None if lat is None else abs(lat["measured_ratio"] / LATENCY_TARGET - 1) <= 0.05,
+    )
+    rivals = [r for m, r in plane.items() if m != "l0-distill"]
+    ahead = [r["method"] for r in rivals if (r.get("wer_test_vs_l0_distill") or {}).get("low", 0) > 0]
+    check(
+        "test WER at the same measured latency: l0-distill below magnitude-distill and torch-pruning",
+        "lower, intervals above 0",
+        f"{len(ahead)} of {len(rivals)} intervals above 0" if rivals else "-",
+        None if lat is None or not rivals else len(ahead) == len(rivals),
+    )
+    hidden = record.get("hidden_dimension")
+    check(
+        "ONNX Runtime fp32 speed-up at 50% params with the model dimension prunable",
+        "at least 2.0x",
+        "-" if hidden is None else f"{hidden['ort_speedup_vs_teacher']:.2f}x (d_model {hidden['d_model']})",
+        None if hidden is None else hidden["ort_speedup_vs_teacher"] >= 2.0,
+    )
+    return out
 
 
 def write_docs(record: dict[str, Any], quick: bool) -> None:
@@ -572,9 +697,22 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
                 plane_rows,
             )
         )
+    targets = markdown_table(
+        ["check", "target", "measured", "met"],
+        [
+            [
+                c["check"],
+                c["target"],
+                c["measured"],
+                {True: "**yes**", False: "**no**", None: "not run"}[c["met"]],
+            ]
+            for c in checks(record)
+        ],
+    )
     epochs = record.get("epochs", {"prune": 1, "finetune": 1})  # older records: 1 + 1
     section = (
         "## Methods compared (`benchmarks/compare.py`)\n\n"
+        f"The targets (issues 18 and 17), computed from `compare.json`:\n\n{targets}\n\n"
         f"Lowest test WER at 50% parameters: **{' = '.join(best['test']) or '-'}** (lowest dev WER: "
         f"{' = '.join(best['dev']) or '-'}); the target, `l0-distill` lowest on test, is **{verdict}**. "
         f"Not run: {not_run}. {cannot}{seeds_md}"

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, git_commit, markdown_table, save_result, update_doc_section
+from common import command_line, git_commit, markdown_table, random_batch, save_result, update_doc_section
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.dataset import Batch
@@ -70,16 +70,8 @@ PARTS = {  # profile category -> module attribute names inside the encoder
 
 
 def _batch(model: ConformerCTC, batch: int, seconds: float) -> Batch:
-    gen = torch.Generator().manual_seed(0)
-    frames = int(seconds * FEATURE_FRAMES_PER_SECOND) + 1
     tokens = max(1, int(seconds * 100 / 8) // 3)  # a third of the 8x encoder frames
-    return Batch(
-        torch.randn(batch, frames, model.config.n_mels, generator=gen),
-        torch.full((batch,), frames),
-        torch.randint(0, model.config.vocab_size, (batch, tokens), generator=gen),
-        torch.full((batch,), tokens),
-        torch.arange(batch),
-    )
+    return random_batch(model.config, batch, seconds, tokens)
 
 
 def _step(model: ConformerCTC, batch: Batch, precision: str, grad_clip: float) -> Callable[[], None]:

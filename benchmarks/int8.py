@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +27,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, ROOT, command_line, git_commit, markdown_table, save_result, update_doc_section
+from common import (
+    CACHE,
+    RESULTS,
+    ROOT,
+    command_line,
+    git_commit,
+    markdown_table,
+    save_result,
+    update_doc_section,
+)
 
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import read_corpus
@@ -59,7 +69,11 @@ def main() -> None:
     parser.add_argument("--calibration-utterances", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--note", default="", help="how the machine was loaded, kept with the results")
+    parser.add_argument("--docs", action="store_true", help="only rewrite the docs from the saved JSON")
     args = parser.parse_args()
+    if args.docs:
+        write_docs(json.loads((RESULTS / "int8.json").read_text(encoding="utf-8")))
+        return
     commit = git_commit()
     work = CACHE / "int8"
     rec = load_recognizer(args.model)
@@ -159,15 +173,18 @@ def write_docs(record: dict[str, Any]) -> None:
             for name, r in record["rows"].items()
         ],
     )
+    model = Path(record["model"])
+    shown = model.relative_to(ROOT) if model.is_relative_to(ROOT) else model  # not this machine's path
+    note = record["note"].rstrip(".") + ". " if record["note"] else ""
     update_doc_section(
         "int8",
         "## int8 in ONNX Runtime (`benchmarks/int8.py`)\n\n"
-        f"`{record['model']}` as a waveform graph; one 10 s utterance, batch 1, {record['threads']} "
+        f"`{shown}` as a waveform graph; one 10 s utterance, batch 1, {record['threads']} "
         f"threads, medians of {record['rounds']} interleaved rounds in one process; the speed-up is "
         f"the median of the rounds' ratios. Static variants calibrated on "
         f"{record['calibration_utterances']} train utterances; test WER on "
         f"{record['test_utterances']} utterances ({record['test_words']} words), differences in "
-        f"points. {record['note']} Commit `{record['commit']}`.\n\n{table}\n\n"
+        f"points. {note}Commit `{record['commit']}`.\n\n{table}\n\n"
         f"Reproduce: `{record['command']}`.",
     )
 

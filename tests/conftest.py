@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,16 @@ def assert_same_real_frames(
     assert torch.equal(la, lb)
     for i, n in enumerate(la.tolist()):
         assert (ya[i, :n] - yb[i, :n]).abs().max() <= atol
+
+
+# what a run's log records of wall-clock time, which a resumed run cannot reproduce
+WALL_CLOCK = frozenset({"train_seconds", "elapsed_seconds", "audio_seconds_per_second"})
+
+
+def log_without_wall_clock(run: Path) -> list[dict[str, Any]]:
+    """A run directory's log.jsonl records, without their wall-clock times."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in records]
 
 
 def interrupt_within_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, steps: int) -> None:

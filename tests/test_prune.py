@@ -33,7 +33,12 @@ from conformer_prune.prune.run import (
 )
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train import loop
-from tests.conftest import assert_same_real_frames, hetero_config, interrupt_within_epoch
+from tests.conftest import (
+    assert_same_real_frames,
+    hetero_config,
+    interrupt_within_epoch,
+    log_without_wall_clock,
+)
 
 ALL = list(STRUCTURES)
 
@@ -307,13 +312,7 @@ def test_prune_resume_within_an_epoch_matches_an_uninterrupted_run(
     for part in ("student", "distiller", "lagrangian"):
         for key, value in straight[part].items():
             torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=0, msg=f"{part}.{key}")
-    wall = {"train_seconds", "elapsed_seconds"}
-
-    def log(run: Path) -> list[dict[str, Any]]:
-        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in wall} for r in records]
-
-    assert log(tmp_path / "a") == log(tmp_path / "b")
+    assert log_without_wall_clock(tmp_path / "a") == log_without_wall_clock(tmp_path / "b")
 
 
 def test_magnitude_masks_keep_each_gates_largest_units_and_meet_the_target() -> None:

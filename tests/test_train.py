@@ -11,7 +11,7 @@ import torch
 from conformer_prune.cli import main
 from conformer_prune.model import load_recognizer
 from conformer_prune.train import loop
-from tests.conftest import interrupt_within_epoch
+from tests.conftest import interrupt_within_epoch, log_without_wall_clock
 
 
 def test_end_to_end_tiny_run(
@@ -114,13 +114,7 @@ def test_resume_within_an_epoch_matches_an_uninterrupted_run(
     assert resumed["epoch"] == straight["epoch"] == 2 and "partial" not in resumed
     for key, value in straight["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
-    wall = {"train_seconds", "elapsed_seconds", "audio_seconds_per_second"}
-
-    def log(run: Path) -> list[dict[str, Any]]:
-        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in wall} for r in records]
-
-    assert log(tmp_path / "run") == log(tmp_path / "straight")
+    assert log_without_wall_clock(tmp_path / "run") == log_without_wall_clock(tmp_path / "straight")
 
 
 def test_existing_run_needs_resume(

@@ -19,7 +19,16 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["RECIPES", "ConfigError", "from_dict", "load_config", "parse_overrides", "recipe_path", "to_dict"]
+__all__ = [
+    "RECIPES",
+    "ConfigError",
+    "check_at_least",
+    "from_dict",
+    "load_config",
+    "parse_overrides",
+    "recipe_path",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -35,6 +44,16 @@ def recipe_path(name_or_path: str) -> Path:
 
 class ConfigError(ValueError):
     """A configuration value or key is not what the dataclass expects."""
+
+
+def check_at_least(cfg: Any, minimum: float, *names: str, meaning: str = "") -> None:
+    """A ValueError ("NAME: expected MINIMUM[ meaning] or more, found VALUE") for the first field
+    of `cfg` among `names` below `minimum`; for the dataclasses' ``__post_init__``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            what = f"{minimum} ({meaning})" if meaning else f"{minimum}"
+            raise ValueError(f"{name}: expected {what} or more, found {value}")
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

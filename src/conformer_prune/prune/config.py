@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from conformer_prune.config import from_dict
+from conformer_prune.config import check_at_least, from_dict
 from conformer_prune.data.features import SpecAugmentConfig
 from conformer_prune.distill.layerwise import DistillConfig
 from conformer_prune.prune.cost import Metric
@@ -115,17 +115,13 @@ class PruneConfig:
     checkpoint_minutes: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.checkpoint_minutes < 0:
-            minutes = self.checkpoint_minutes
-            raise ValueError(f"checkpoint_minutes: expected 0 (none) or more, found {minutes}")
+        check_at_least(self, 0, "checkpoint_minutes", meaning="none")
         given = [x for x in (self.target_params, self.target_macs, self.target_latency) if x is not None]
         if len(given) != 1:
             raise ValueError("set exactly one of target_params, target_macs and target_latency")
         if not 0 < given[0] < 1:
             raise ValueError(f"the target is a kept fraction in (0, 1), found {given[0]}")
-        for name in ("prune_epochs", "finetune_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: expected 0 or more, found {getattr(self, name)}")
+        check_at_least(self, 0, "prune_epochs", "finetune_epochs")
         if self.prune_epochs + self.finetune_epochs < 1:
             raise ValueError(
                 "prune_epochs + finetune_epochs: expected at least 1 epoch in all, found "

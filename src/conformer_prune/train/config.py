@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from conformer_prune.config import check_at_least
 from conformer_prune.data.features import FeatureConfig, SpecAugmentConfig
 from conformer_prune.data.tokenizer import TokenizerConfig
 from conformer_prune.model.conformer import ConformerConfig
@@ -75,13 +76,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs: expected at least 1, found {self.epochs}")
-        if self.checkpoint_minutes < 0:
-            minutes = self.checkpoint_minutes
-            raise ValueError(f"checkpoint_minutes: expected 0 (none) or more, found {minutes}")
-        if self.time_budget_minutes < 0:
-            budget = self.time_budget_minutes
-            raise ValueError(f"time_budget_minutes: expected 0 (none) or more, found {budget}")
-        if self.sorted_epochs < 0:
-            raise ValueError(f"sorted_epochs: expected 0 or more, found {self.sorted_epochs}")
+        check_at_least(self, 0, "checkpoint_minutes", "time_budget_minutes", meaning="none")
+        check_at_least(self, 0, "sorted_epochs")
         if self.max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")
