@@ -79,7 +79,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 NOT_TRAINED = ("checkpoint_minutes", "finetune_compact")
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -91,11 +91,11 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     for key in NOT_TRAINED:
         config.pop(key)
     if cfg.latency_table:
-        config["latency_table"] = _file_digest(Path(cfg.latency_table))
+        config["latency_table"] = file_digest(Path(cfg.latency_table))
     return {
         "config": config,
-        "teacher_sha256": _file_digest(teacher),
-        "corpus_sha256": _file_digest(corpus / "corpus.json"),
+        "teacher_sha256": file_digest(teacher),
+        "corpus_sha256": file_digest(corpus / "corpus.json"),
     }
 
 

@@ -9,7 +9,10 @@ The LM is estimated by KenLM's lmplz (`make lmplz`) on the training transcripts 
 weight and word-insertion score are chosen per model on dev (grid below, beam 50), then test is
 decoded once with the chosen values. Every WER comes with its utterance and word counts;
 differences come with paired-bootstrap 95% intervals (Bisani and Ney, 2004). Writes
-benchmarks/results/deploy.json and the `deploy` section of docs/benchmark.md.
+benchmarks/results/deploy.json and the `deploy` section of docs/benchmark.md. Each model's
+decoding is a cached stage (benchmarks/cache/deploy/<model>.json, redone when the model file
+changes), so an interrupted run resumes; on the reference corpus a model takes about 8 minutes on
+2 cores.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from conformer_prune.export.sherpa import (
     sherpa_transcribe,
 )
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer
+from conformer_prune.utils import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -47,6 +51,7 @@ from common import (
     RESULTS,
     ROOT,
     command_line,
+    file_digest,
     git_commit,
     save_result,
     update_doc_section,
@@ -148,7 +153,15 @@ def main() -> None:
     }
     hyps: dict[str, dict[str, list[str]]] = {}
     for name, file in MODELS.items():
-        rec = load_recognizer(ROOT / "benchmarks" / "models" / file)
+        path = ROOT / "benchmarks" / "models" / file
+        # a finished model's stage, so an interrupted run resumes (redone when the model changes)
+        stage, digest = work / f"{name}.json", file_digest(path)
+        cached = json.loads(stage.read_text(encoding="utf-8")) if stage.exists() else {}
+        if cached.get("model_sha256") == digest:
+            record["models"][name], hyps[name] = cached["entry"], cached["hyps"]
+            print(f"{name}: cached in {stage}", flush=True)
+            continue
+        rec = load_recognizer(path)
         start = time.perf_counter()
         lps = {s: log_probs(rec, waves[s]) for s in ("dev", "test")}
         entry: dict[str, Any] = {s: {"greedy": wer_entry(refs[s], greedy(rec, lps[s]))} for s in lps}
@@ -173,6 +186,7 @@ def main() -> None:
         hyps[name] = {"greedy": greedy_test, "beam_lm": lm_hyps["test"]}
         print(f"{name}: {entry['test']} chosen {best} ({time.perf_counter() - start:.0f} s)", flush=True)
         record["models"][name] = entry
+        write_json(stage, {"model_sha256": digest, "entry": entry, "hyps": hyps[name]})
 
     test_refs = refs["test"]
     record["pruning_loss_test"] = {

@@ -220,23 +220,30 @@ def sherpa_recognizer(model_dir: str | Path, int8: bool = False, threads: int = 
     )
 
 
-def sherpa_transcribe(recognizer: Any, waveforms: list[np.ndarray], sample_rate: int = 16000) -> list[str]:
-    """sherpa-onnx's transcripts of 1-D float waveforms, decoded as one batch."""
-    streams = []
-    for wave in waveforms:
-        stream = recognizer.create_stream()
-        stream.accept_waveform(sample_rate, np.ascontiguousarray(wave, dtype=np.float32))
-        streams.append(stream)
-    recognizer.decode_streams(streams)
-    # sherpa-onnx joins the pieces as they are; SentencePiece's word marker is a space
-    return [" ".join(s.result.text.replace("▁", " ").split()) for s in streams]
+def sherpa_transcribe(
+    recognizer: Any, waveforms: list[np.ndarray], sample_rate: int = 16000, batch_size: int = BATCH
+) -> list[str]:
+    """sherpa-onnx's transcripts of 1-D float waveforms, in their order, decoded `batch_size` at a
+    time (a whole test split in one batch holds every utterance's encoder output at once: 24 GB
+    for the reference test split)."""
+    out: list[str] = []
+    for i in range(0, len(waveforms), batch_size):
+        streams = []
+        for wave in waveforms[i : i + batch_size]:
+            stream = recognizer.create_stream()
+            stream.accept_waveform(sample_rate, np.ascontiguousarray(wave, dtype=np.float32))
+            streams.append(stream)
+        recognizer.decode_streams(streams)
+        # sherpa-onnx joins the pieces as they are; SentencePiece's word marker is a space
+        out += [" ".join(s.result.text.replace("▁", " ").split()) for s in streams]
+    return out
 
 
 def sherpa_error_rates(recognizer: Any, utts: list[Utterance]) -> dict[str, float]:
     """WER and CER of sherpa-onnx's greedy transcripts on a corpus, in batches of 8."""
     refs, hyps = [], []
-    ordered = sorted(utts, key=lambda u: u.duration)
-    for i in range(0, len(ordered), BATCH):
+    ordered = sorted(utts, key=lambda u: u.duration)  # batches of similar lengths
+    for i in range(0, len(ordered), BATCH):  # the audio of one batch at a time
         chunk = ordered[i : i + BATCH]
         refs += [u.text for u in chunk]
         hyps += sherpa_transcribe(recognizer, [load_audio(u.audio_path, 16000) for u in chunk])
