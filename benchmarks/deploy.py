@@ -263,14 +263,18 @@ def write_docs(record: dict[str, Any]) -> None:
     loss = record["pruning_loss_test"]
     change = loss["change_under_lm"]
     verdict = (
-        "grows" if change["low"] > 0 else "shrinks" if change["high"] < 0 else "does not change measurably"
+        "rises (the pruned model loses ground)"
+        if change["low"] > 0
+        else "falls (the pruned model gains ground)"
+        if change["high"] < 0
+        else "does not change measurably"
     )
     lines += [
         "",
         f"Pruning's WER loss (pruned-50 minus teacher, test, paired bootstrap; negative: the pruned "
         f"model is better): greedy {_interval(loss['greedy'])} points, beam + LM "
         f"{_interval(loss['beam_lm'])} points; the change under LM decoding is {_interval(change)} "
-        f"points, so the loss {verdict} under LM decoding.",
+        f"points, so the difference {verdict} under LM decoding.",
         "",
     ]
     s = record["sherpa_onnx"]
