@@ -99,6 +99,13 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     }
 
 
+def run_dir(cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
+    """The one directory under cache/runs/ of exactly this run (which may not exist yet)."""
+    identity = run_identity(cfg, teacher, corpus)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return RUNS / f"{cfg.method}-{digest[:12]}"
+
+
 def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
     """Point `link` (a benchmark's name for a run, e.g. cache/compare/l0-distill-50) at the one
     directory under cache/runs/ of exactly this run, so that benchmarks asking for the same run
@@ -106,8 +113,7 @@ def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
     A link whose run no longer matches (another recipe or teacher) is pointed at the new one; the
     old run stays in cache/runs/."""
     identity = run_identity(cfg, teacher, corpus)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    target = RUNS / f"{cfg.method}-{digest[:12]}"
+    target = run_dir(cfg, teacher, corpus)
     target.mkdir(parents=True, exist_ok=True)
     if not (target / "identity.json").exists():
         write_json(target / "identity.json", identity)

@@ -82,9 +82,12 @@ def run_stage(
     evaluated: dict[str, Path],
     run: Path,
     teacher_result: dict[str, Any],
+    latency: bool = True,
 ) -> dict[str, Any]:
     """One pruning-engine run (resumable), skipped once its eval.json exists; `run` becomes a link
-    to the run's shared directory (`common.link_run`), so another benchmark's identical run is reused."""
+    to the run's shared directory (`common.link_run`), so another benchmark's identical run is reused.
+    It evaluates on the run's own threads; `latency=False` leaves the timing out (other runs share
+    the cores)."""
     run = link_run(run, cfg, teacher, corpus)
     _check_fresh(run / "eval.json")
     if (run / "eval.json").exists():
@@ -92,7 +95,16 @@ def run_stage(
     else:
         resume, train, dev = (run / "prune_state.pt").exists(), corpus / "train", corpus / "dev"
         report = prune_and_report(
-            cfg, teacher, train, dev, evaluated, run, resume, teacher_eval=teacher_result
+            cfg,
+            teacher,
+            train,
+            dev,
+            evaluated,
+            run,
+            resume,
+            threads=cfg.threads or 2,
+            teacher_eval=teacher_result,
+            latency=latency,
         )
     keep_run_result(run)
     return report

@@ -174,10 +174,13 @@ def prune_and_report(
     resume: bool,
     threads: int = 2,
     teacher_eval: dict[str, Any] | None = None,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
     and write eval.json, layers.md and layers.png into `out`. `teacher_eval`: the teacher's
-    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times)."""
+    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times).
+    `latency`: time teacher and pruned model (False where other work shares the cores, whose
+    timings would mislead)."""
     start = time.perf_counter()
     result = run_pruning(cfg, teacher, read_corpus(train), read_corpus(dev), out, resume=resume)
     prune_seconds = time.perf_counter() - start
@@ -197,11 +200,11 @@ def prune_and_report(
         "pruned": pruned_eval,
         "wall_seconds": prune_seconds,
     }
-    # latencies measured interleaved in one loop, so their ratio is fair on a shared machine
-    teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
-    for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
-        result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
-    if result.latency_table is not None:
+    if latency:  # measured interleaved in one loop, so their ratio is fair on a shared machine
+        teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
+        for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
+            result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
+    if result.latency_table is not None and latency:
         check = latency_check(result.latency_table, teacher_rec.model, pruned_rec.model, cfg.ratio)
         report["latency_target"] = check
         print(
