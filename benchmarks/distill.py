@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import statistics
 import sys
@@ -135,7 +136,9 @@ def main() -> None:
     else:
         corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
         budget = []
-        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
+        with (CACHE / "corpus-reference.lock").open("w") as lock:  # one job at a time: the check
+            fcntl.flock(lock, fcntl.LOCK_EX)  # rewrites transcripts and removes stale files
+            synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
     work = CACHE / ("distill-quick" if args.quick else "distill")
     evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
     teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
@@ -143,31 +146,44 @@ def main() -> None:
     reports: dict[str, dict[str, Any]] = {}
 
     calls = iter(range(10**6))  # the runs in the order every job asks for them
+    order: list[str] = []  # their names, in that order
+    pending: dict[str, PruneConfig] = {}  # other jobs' runs, read by `settle`
 
-    def run(name: str, extra: list[str]) -> dict[str, Any]:
+    def run(name: str, extra: list[str]) -> None:
         cfg = load_config(PruneConfig, recipe_path("prune"), [*budget, *extra])
         if args.jobs > 1 and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
             # one thread per job (the recipe's two threads: only a run finished before, which
             # is the same training; threads change how it is computed, not what)
             cfg = dataclasses.replace(cfg, threads=1)
+        order.append(name)
         owner = next(calls) % args.jobs
-        done = run_dir(cfg, teacher, corpus) / "eval.json"
-        if owner != args.job and not done.exists():  # another job's run: wait for its result
-            print(f"[{name}] waiting for job {owner}: {done}", flush=True)
-            while not done.exists():
-                time.sleep(60)
+        if owner != args.job and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
+            pending[name] = cfg  # another job's run: this job goes on with its own
+            return
         print(f"[{name}] {work / name}", flush=True)
         reports[name] = run_stage(
             cfg, teacher, corpus, evaluated, work / name, teacher_result, latency=args.jobs == 1
         )
-        return reports[name]
+
+    def settle() -> None:
+        """Wait for the other jobs' runs asked for so far, and read their results."""
+        for name, cfg in pending.items():
+            done = run_dir(cfg, teacher, corpus) / "eval.json"
+            if not done.exists():
+                print(f"[{name}] waiting for another job: {done}", flush=True)
+            while not done.exists():
+                time.sleep(60)
+            reports[name] = run_stage(cfg, teacher, corpus, evaluated, work / name, teacher_result)
+        pending.clear()
 
     run("base", overrides([]))
     run("l0", [*overrides([]), "method=l0"])
     for choice in CHOICES:
         run(choice, overrides([choice]))
+    settle()  # the choice needs every candidate
     dev = {name: r["pruned"]["wer_dev"] for name, r in reports.items()}
     chosen = chosen_choices(dev)
+    # the later stages' runs depend on the choice only, not on each other
     if last >= 1:
         run("chosen", overrides(chosen))
     if last >= 2:
@@ -181,10 +197,12 @@ def main() -> None:
         run("chosen-30", overrides(chosen, "target_params=0.3"))
         run("continued", [*overrides(chosen), "method=continued"])
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
+    settle()
 
     reference = "chosen" if "chosen" in reports else "base"
     rows = []
-    for name, report in reports.items():
+    for name in order:  # the same order whichever job ran what
+        report = reports[name]
         row = {
             "run": name,
             **{f"wer_{s}": report["pruned"][f"wer_{s}"] for s in SPLITS},
