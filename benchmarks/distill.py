@@ -145,8 +145,7 @@ def main() -> None:
     last = STAGES.index(args.stage)
     reports: dict[str, dict[str, Any]] = {}
 
-    calls = iter(range(10**6))  # the runs in the order every job asks for them
-    order: list[str] = []  # their names, in that order
+    order: list[str] = []  # the runs' names, in the order every job asks for them
     pending: dict[str, PruneConfig] = {}  # other jobs' runs, read by `settle`
 
     def run(name: str, extra: list[str]) -> None:
@@ -155,8 +154,8 @@ def main() -> None:
             # one thread per job (the recipe's two threads: only a run finished before, which
             # is the same training; threads change how it is computed, not what)
             cfg = dataclasses.replace(cfg, threads=1)
+        owner = len(order) % args.jobs
         order.append(name)
-        owner = next(calls) % args.jobs
         if owner != args.job and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
             pending[name] = cfg  # another job's run: this job goes on with its own
             return
