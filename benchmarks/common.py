@@ -52,6 +52,12 @@ def save_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def load_result(name: str) -> dict[str, Any]:
+    """A record `save_result` wrote (for re-rendering its docs)."""
+    record: dict[str, Any] = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    return record
+
+
 def update_doc_section(name: str, markdown: str) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -51,11 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
-    RESULTS,
     ROOT,
     git_commit,
     keep_run_result,
     link_run,
+    load_result,
     markdown_table,
     save_result,
     update_doc_section,
@@ -233,7 +233,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         name = "compare-quick" if args.quick else "compare"
-        write_docs(json.loads((RESULTS / f"{name}.json").read_text()), quick=args.quick)
+        write_docs(load_result(name), quick=args.quick)
         return
     commit = git_commit()  # the code this run starts with
     if args.quick:

@@ -48,11 +48,11 @@ from conformer_prune.utils import write_json
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    RESULTS,
     ROOT,
     command_line,
     file_digest,
     git_commit,
+    load_result,
     save_result,
     update_doc_section,
 )
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="only rewrite the docs from the saved JSON")
     args = parser.parse_args()
     if args.docs:
-        write_docs(json.loads((RESULTS / "deploy.json").read_text(encoding="utf-8")))
+        write_docs(load_result("deploy"))
         return
     commit = git_commit()
     torch.set_num_threads(2)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -29,10 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    RESULTS,
     ROOT,
     command_line,
     git_commit,
+    load_result,
     markdown_table,
     save_result,
     update_doc_section,
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="only rewrite the docs from the saved JSON")
     args = parser.parse_args()
     if args.docs:
-        write_docs(json.loads((RESULTS / "int8.json").read_text(encoding="utf-8")))
+        write_docs(load_result("int8"))
         return
     commit = git_commit()
     work = CACHE / "int8"

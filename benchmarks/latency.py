@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
@@ -36,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
-    RESULTS,
     ROOT,
     command_line,
     git_commit,
+    load_result,
     markdown_table,
     save_result,
     update_doc_section,
@@ -156,7 +155,7 @@ def main() -> None:
     frontend |= {"commit": commit, "command": command_line(), "note": args.note}
     print("front end:", frontend, flush=True)
     if args.frontend_only:
-        record = json.loads((RESULTS / "latency.json").read_text())
+        record = load_result("latency")
         record["frontend"] = frontend
         save_result("latency", record)
         write_frontend_docs(frontend)
