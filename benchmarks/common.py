@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from conformer_prune.config import to_dict
 from conformer_prune.data.dataset import Batch
+from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerConfig
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.utils import atomic_write_text, write_json
@@ -162,3 +168,104 @@ def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) 
         torch.full((batch,), tokens),
         torch.arange(batch),
     )
+
+
+def reference_corpus() -> Path:
+    """The reference corpus (synthesised deterministically when missing, checked otherwise),
+    one process at a time: the check rewrites transcripts and removes stale files, and benchmarks
+    running together check it at the same moment."""
+    corpus = CACHE / "corpus-reference"
+    with (CACHE / "corpus-reference.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
+    return corpus
+
+
+class Jobs:
+    """One benchmark's runs shared by `count` processes started together (`--jobs N`, the same
+    command N times), one thread each: two 1-thread runs train 1.28-1.43x the steps of one 2-thread
+    run on 2 cores (benchmarks/throughput.py).
+
+    A process trains a run while it holds the run's lock (`lock` in its directory under
+    cache/runs/), so no two processes ever train one run, whatever order they start, stop or
+    restart in; a run another process holds is left to it and read by `settle`, which trains it
+    itself if that process went away. Every process holds `<work>.lock` shared while it lives:
+    `last` tells the last one out, which writes the results once nothing else runs (and may time
+    models then). With `count` 1 it is the plain sequential benchmark, still locked: another
+    benchmark training the same run (prune.py's and compare.py's l0-distill at 50% are one run) is
+    waited for, not trained twice."""
+
+    def __init__(self, count: int, work: Path, poll_seconds: float = 60.0) -> None:
+        if count < 1:
+            raise SystemExit(f"--jobs: expected at least 1, found {count}")
+        self.count = count
+        self._poll_seconds = poll_seconds
+        self._work = work
+        self._pending: dict[str, tuple[Path, Callable[[], None]]] = {}
+        work.parent.mkdir(parents=True, exist_ok=True)
+        self._alive = (work.parent / f"{work.name}.lock").open("w")
+        fcntl.flock(self._alive, fcntl.LOCK_SH)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes share the cores (then nothing is timed)."""
+        return self.count > 1
+
+    def config(self, cfg: PruneConfig, teacher: Path, corpus: Path) -> PruneConfig:
+        """`cfg` on one thread when the cores are shared, unless it finished before on its own
+        threads (threads change how a run is computed, not what it trains, but they are part of
+        its identity: a finished run is reused as it is)."""
+        if self.shared and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
+            return dataclasses.replace(cfg, threads=1)
+        return cfg
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """One process at a time, before any of them trains: cached preparations (an evaluation,
+        a timed profile) made by the first and read by the others, on a quiet machine."""
+        with (self._work.parent / f"{self._work.name}.prepare.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def run(self, name: str, run: Path, train: Callable[[], None]) -> None:
+        """`train()`, which trains (or reads) the run in directory `run` and keeps its result, now,
+        or in `settle` when another process holds the run."""
+        lock = _try_lock(run)
+        if lock is None:
+            print(f"[{name}] another process trains {run}", flush=True)
+            self._pending[name] = (run, train)
+            return
+        with lock:
+            train()
+
+    def settle(self) -> None:
+        """`train()` of every run left to other processes so far, once each is let go (read when
+        finished, trained here when its process stopped before the end)."""
+        for run, train in self._pending.values():
+            while (lock := _try_lock(run)) is None:
+                time.sleep(self._poll_seconds)
+            with lock:
+                train()
+        self._pending.clear()
+
+    def last(self) -> bool:
+        """Whether this process is the last one out (call once, at the end): then it alone writes
+        the results, with the cores to itself."""
+        fcntl.flock(self._alive, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def _try_lock(run: Path) -> IO[str] | None:
+    """The open, exclusively locked `run/lock`, or None when another process holds it."""
+    run.mkdir(parents=True, exist_ok=True)
+    f = (run / "lock").open("w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f

@@ -2,6 +2,10 @@
 
 Usage:
     nohup python benchmarks/compare.py > benchmarks/cache/compare.log 2>&1 &
+    # or two runs at a time, one thread each (see common.Jobs); the last out times and writes
+    for k in 0 1; do
+        nohup python benchmarks/compare.py --jobs 2 > benchmarks/cache/compare-$k.log 2>&1 &
+    done
     python benchmarks/compare.py --quick     # same code path on the quick teacher, minutes
 
 Each (method, target) is a cached, resumable stage named in benchmarks/cache/compare[-quick]/: a
@@ -42,6 +46,7 @@ far; the rest are listed as not run). `--render` rewrites the table and plot fro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -52,21 +57,22 @@ from common import (
     CACHE,
     DOCS,
     ROOT,
+    Jobs,
     git_commit,
-    keep_run_result,
-    link_run,
     load_result,
     markdown_table,
+    reference_corpus,
+    run_dir,
     save_result,
     update_doc_section,
 )
+from prune import run_stage, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
-from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
+from conformer_prune.data.synth import UNSEEN_SPLIT
+from conformer_prune.evaluate import interleaved_latency_ms
 from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
-from conformer_prune.evaluate.run import read_recogs
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.budget import UnreachableTargetError
 from conformer_prune.prune.config import PruneConfig
@@ -74,7 +80,6 @@ from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel, Runtime
 from conformer_prune.prune.methods import METHODS as REGISTRY
 from conformer_prune.prune.methods import MethodName
-from conformer_prune.prune.report import prune_and_report
 from conformer_prune.prune.run import one_shot_model
 from conformer_prune.train.config import TrainConfig
 from conformer_prune.utils import write_json
@@ -88,7 +93,6 @@ RUNS: list[tuple[MethodName, float, int]] = [(m, 0.5, 0) for m in METHODS if m !
 ]
 RUNS += [(m, r, 0) for r in (0.3, 0.7) for m in ("l0-distill", "l0", "magnitude-distill", "torch-pruning")]
 RUNS += [("l0-distill", 0.5, 1), ("l0", 0.5, 1)]
-SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
 KEYS = ("wer_dev", "wer_test", "cer_test", "wer_test_unseen", "params", "macs_per_second")
 LATENCY_TARGET = 0.5  # of the teacher's latency on LATENCY_RUNTIME
 LATENCY_RUNTIME: Runtime = "ort"  # ONNX Runtime fp32, 2 threads, batch 1, 10 s
@@ -177,25 +181,6 @@ def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: 
     return out
 
 
-def _teacher_eval(teacher: Path, evaluated: dict[str, Path], cache: Path) -> dict[str, Any]:
-    """The teacher's WER, parameters and MACs, computed once for all stages."""
-    _check_fresh(cache)
-    if not cache.exists():
-        rec = load_recognizer(teacher)
-        write_json(cache, evaluate_recognizer(rec, evaluated, threads=2))
-    result: dict[str, Any] = json.loads(cache.read_text())
-    return result
-
-
-def _check_fresh(eval_json: Path) -> None:
-    """A cached evaluation from before the test-unseen split (an older corpus) is not reused."""
-    if eval_json.exists():
-        report = json.loads(eval_json.read_text())
-        missing = [s for s in SPLITS if f"wer_{s}" not in report.get("pruned", report)]
-        if missing:
-            raise SystemExit(f"{eval_json}: no WER on {missing} (an older corpus); remove {eval_json.parent}")
-
-
 def split_sizes(evaluated: dict[str, Path]) -> dict[str, dict[str, int]]:
     """Utterances and words of every evaluated split."""
     sizes = {}
@@ -210,15 +195,6 @@ def wall_seconds(run: Path) -> float:
     return max(r.get("elapsed_seconds", 0.0) for r in records)
 
 
-def versus(a: Path, b: Path) -> dict[str, float]:
-    """Test WER of run `b` minus run `a`, with the paired bootstrap's 95% interval."""
-    rec_a, rec_b = read_recogs(a / "recogs-test.txt"), read_recogs(b / "recogs-test.txt")
-    utts = sorted(rec_a)
-    return paired_bootstrap_wer(
-        [rec_a[u][0] for u in utts], [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts]
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,6 +205,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite the table and plot from the saved JSON"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes sharing the runs (start this many), 1 thread each; the last out times and writes",
     )
     args = parser.parse_args()
     if args.render:
@@ -242,8 +224,7 @@ def main() -> None:
             raise SystemExit("run `python benchmarks/teacher.py --quick` first")
         teacher_epochs = 2
     else:
-        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
-        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
+        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
         teacher_epochs = int(
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
         )
@@ -251,16 +232,25 @@ def main() -> None:
     evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
     reports: dict[tuple[MethodName, float, int], dict[str, Any]] = {}
     unreachable: dict[str, str] = {}  # by run name
-    teacher_eval = _teacher_eval(teacher, evaluated, work / "teacher-eval.json")
     selected = set(args.methods.split(","))
     if unknown := selected - set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
     latency_reports: dict[MethodName, dict[str, Any]] = {}
+    jobs = Jobs(args.jobs, work)
+    with jobs.preparing():  # the timed preparations on a quiet machine, before any process trains
+        teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
+        if "l0-distill" in selected:
+            latency_table(teacher, work)
+        for method in LATENCY_METHODS:
+            if method != "l0-distill" and method in selected:
+                with contextlib.suppress(UnreachableTargetError):  # its stage records it
+                    matched_params(method, teacher, matched_json(work / f"{method}-{LATENCY_NAME}"))
 
     def stage(
         store: dict[Any, Any], key: Any, method: MethodName, run: Path, label: str, make_cfg: Any
     ) -> None:
-        """One cached, resumable run into `store[key]` (or `unreachable[run.name]`), when selected."""
+        """One cached, resumable run into `store[key]` (or `unreachable[run.name]`), when selected
+        or cached; trained by this process, or by another one sharing the runs (`Jobs`)."""
         unreachable_txt = work / f"{run.name}.unreachable.txt"
         if unreachable_txt.exists():
             unreachable[run.name] = unreachable_txt.read_text().strip()
@@ -268,36 +258,31 @@ def main() -> None:
         if method not in selected and not run.is_symlink():
             return
         try:
-            cfg = make_cfg()  # cheap once made: the profile and the latency match are cached
+            cfg = jobs.config(make_cfg(), teacher, corpus)  # cheap: the profile and the matches are cached
         except UnreachableTargetError as err:
             unreachable[run.name] = str(err)
             unreachable_txt.write_text(f"{err}\n")
             return
-        link_run(run, cfg, teacher, corpus)
-        _check_fresh(run / "eval.json")
-        if (run / "eval.json").exists():
-            store[key] = json.loads((run / "eval.json").read_text())
-            keep_run_result(run)
+        target = run_dir(cfg, teacher, corpus)
+        if method not in selected and not (target / "eval.json").exists():
             return
-        if method not in selected:
-            return
-        print(f"[{label}] {run}", flush=True)
-        try:
-            store[key] = prune_and_report(
-                cfg,
-                teacher,
-                corpus / "train",
-                corpus / "dev",
-                evaluated,
-                run,
-                (run / "prune_state.pt").exists(),
-                teacher_eval=teacher_eval,
-            )
-            keep_run_result(run)
-        except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
-            unreachable[run.name] = str(err)
-            unreachable_txt.write_text(f"{err}\n")
-            print(f"[{label}] cannot reach the target: {err}", flush=True)
+
+        def train() -> None:
+            if unreachable_txt.exists():  # found by another process
+                unreachable[run.name] = unreachable_txt.read_text().strip()
+                return
+            if not (target / "eval.json").exists():
+                print(f"[{label}] {run}", flush=True)
+            try:
+                store[key] = run_stage(
+                    cfg, teacher, corpus, evaluated, run, teacher_result, latency=not jobs.shared
+                )
+            except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
+                unreachable[run.name] = str(err)
+                unreachable_txt.write_text(f"{err}\n")
+                print(f"[{label}] cannot reach the target: {err}", flush=True)
+
+        jobs.run(label, target, train)
 
     for method, ratio, seed in RUNS:
         params_overrides = [*overrides_for(method, ratio, teacher_epochs, args.quick), f"seed={seed}"]
@@ -333,6 +318,13 @@ def main() -> None:
     hidden_reports: dict[str, dict[str, Any]] = {}
     label = "l0-distill at 50% with the model dimension"
     stage(hidden_reports, HIDDEN_RUN, "l0-distill", work / HIDDEN_RUN, label, hidden_cfg)
+    jobs.settle()
+    if not jobs.last():
+        print("another process sharing the runs is still at work: the last one out writes the table")
+        return
+    # in the table's order, whichever process trained what
+    reports = {key: reports[key] for key in RUNS if key in reports}
+    latency_reports = {m: latency_reports[m] for m in LATENCY_METHODS if m in latency_reports}
 
     # every model's latency in one process, interleaved, so the column compares like with like:
     # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
@@ -343,7 +335,7 @@ def main() -> None:
     ]
     latency = dict(zip(names, interleaved_latency_ms(models, threads=2, rounds=60), strict=True))
     ort = dict(zip(names, measure_models_ms(models, LATENCY_RUNTIME, threads=2, rounds=30), strict=True))
-    teacher_row = {k: teacher_eval[k] for k in KEYS} | {
+    teacher_row = {k: teacher_result[k] for k in KEYS} | {
         "latency_ms_10s": latency["teacher"],
         "latency_ms_ort": ort["teacher"],
     }
@@ -356,15 +348,14 @@ def main() -> None:
         row |= {"wall_seconds": wall_seconds(work / name)}
         reference = ("l0-distill", 0.5 if method == CONTROL else ratio, 0)  # seed 0: the reference
         if (method, ratio, seed) != reference and reference in reports:
-            row["wer_test_vs_l0_distill"] = versus(work / run_name(*reference), work / name)
+            row["wer_test_vs_l0_distill"] = versus(work / run_name(*reference), work / name, "test")
         if method != CONTROL and (CONTROL, 1.0, 0) in reports:
-            row["wer_test_vs_continued"] = versus(work / run_name(CONTROL, 1.0, 0), work / name)
+            row["wer_test_vs_continued"] = versus(work / run_name(CONTROL, 1.0, 0), work / name, "test")
         results.append(row)
         print(row, flush=True)
     latency_plane = []
     for method, report in latency_reports.items():
         name = f"{method}-{LATENCY_NAME}"
-        check = report.get("latency_target")  # l0-distill: the run's own check against its table
         matched = matched_json(work / name)
         table_path = work / f"latency-{LATENCY_RUNTIME}.json"
         pruned = load_recognizer(work / name / "model.pt").model
@@ -372,7 +363,9 @@ def main() -> None:
             "method": method,
             "target_latency": LATENCY_TARGET,
             "runtime": LATENCY_RUNTIME,
-            "budget": "latency table" if check else "parameter target matched by measurement",
+            "budget": "latency table"
+            if method == "l0-distill"
+            else "parameter target matched by measurement",
             "target_params": json.loads(matched.read_text())["target_params"] if matched.exists() else None,
             **{k: report["pruned"][k] for k in KEYS},
             "latency_ms_teacher": ort["teacher"],
@@ -383,7 +376,7 @@ def main() -> None:
             "wall_seconds": wall_seconds(work / name),
         }
         if method != "l0-distill" and "l0-distill" in latency_reports:
-            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{LATENCY_NAME}", work / name)
+            row["wer_test_vs_l0_distill"] = versus(work / f"l0-distill-{LATENCY_NAME}", work / name, "test")
         latency_plane.append(row)
         print(row, flush=True)
     hidden = None
@@ -401,7 +394,7 @@ def main() -> None:
         }
         if ("l0-distill", 0.5, 0) in reports:
             method_run = work / run_name("l0-distill", 0.5, 0)
-            hidden["wer_test_vs_l0_distill"] = versus(method_run, work / HIDDEN_RUN)
+            hidden["wer_test_vs_l0_distill"] = versus(method_run, work / HIDDEN_RUN, "test")
         print(hidden, flush=True)
     budget = load_config(PruneConfig, recipe_path("prune"), overrides_for("l0-distill", 0.5, 0, args.quick))
     record = {

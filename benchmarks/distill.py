@@ -4,9 +4,9 @@ method against `l0` (the same gates without distillation) over seeds.
 Usage:
     nohup python benchmarks/distill.py > benchmarks/cache/distill.log 2>&1 &
     # or two runs at a time, one thread each (1.3-1.4x the steps of one 2-thread run, measured by
-    # benchmarks/throughput.py); job 0 writes the results
+    # benchmarks/throughput.py); each takes the next run no other holds, the last out writes
     for k in 0 1; do
-        nohup python benchmarks/distill.py --jobs 2 --job $k > benchmarks/cache/distill-$k.log 2>&1 &
+        nohup python benchmarks/distill.py --jobs 2 > benchmarks/cache/distill-$k.log 2>&1 &
     done
     python benchmarks/distill.py --stage candidates     # stop after a stage
     python benchmarks/distill.py --quick                # same code path on the quick teacher
@@ -43,12 +43,9 @@ or a GPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fcntl
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     ROOT,
+    Jobs,
     command_line,
     git_commit,
     markdown_table,
+    reference_corpus,
     run_dir,
     save_result,
     update_doc_section,
@@ -66,7 +65,7 @@ from common import (
 from prune import SPLITS, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
+from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.prune.config import PruneConfig
 
 BASE = [
@@ -76,6 +75,7 @@ BASE = [
     "distill.layer_loss=mse",
     "distill.layer_map=same-index",
     "distill.kl_weight=0.0",
+    "distill.kl_temperature=1.0",  # the default; pinned so that a chosen default leaves BASE as it is
     "distill.frontend_weight=0.0",
     "distill.balance=fixed",
     "mask_switch=fold",
@@ -121,12 +121,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick teacher and corpus, 1 + 1 epochs")
     parser.add_argument("--stage", choices=STAGES, default=STAGES[-1], help="the last stage to run")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="processes sharing the runs (start one per --job), 1 thread each"
+        "--jobs", type=int, default=1, help="processes sharing the runs (start this many), 1 thread each"
     )
-    parser.add_argument("--job", type=int, default=0, help="this process's share, 0 to --jobs - 1")
     args = parser.parse_args()
-    if not 0 <= args.job < args.jobs:
-        raise SystemExit(f"--job: expected 0 to {args.jobs - 1}, found {args.job}")
     commit = git_commit()
     if args.quick:
         corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
@@ -134,52 +131,38 @@ def main() -> None:
         if not teacher.exists():
             raise SystemExit("run `python benchmarks/teacher.py --quick` first")
     else:
-        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
         budget = []
-        with (CACHE / "corpus-reference.lock").open("w") as lock:  # one job at a time: the check
-            fcntl.flock(lock, fcntl.LOCK_EX)  # rewrites transcripts and removes stale files
-            synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
     work = CACHE / ("distill-quick" if args.quick else "distill")
     evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
-    teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
+    jobs = Jobs(args.jobs, work)
+    with jobs.preparing():
+        teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
     last = STAGES.index(args.stage)
     reports: dict[str, dict[str, Any]] = {}
-
-    order: list[str] = []  # the runs' names, in the order every job asks for them
-    pending: dict[str, PruneConfig] = {}  # other jobs' runs, read by `settle`
+    order: list[str] = []  # the runs' names, in the order asked for
 
     def run(name: str, extra: list[str]) -> None:
-        cfg = load_config(PruneConfig, recipe_path("prune"), [*budget, *extra])
-        if args.jobs > 1 and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
-            # one thread per job (the recipe's two threads: only a run finished before, which
-            # is the same training; threads change how it is computed, not what)
-            cfg = dataclasses.replace(cfg, threads=1)
-        owner = len(order) % args.jobs
+        cfg = jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
         order.append(name)
-        if owner != args.job and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
-            pending[name] = cfg  # another job's run: this job goes on with its own
-            return
-        print(f"[{name}] {work / name}", flush=True)
-        reports[name] = run_stage(
-            cfg, teacher, corpus, evaluated, work / name, teacher_result, latency=args.jobs == 1
-        )
 
-    def settle() -> None:
-        """Wait for the other jobs' runs asked for so far, and read their results."""
-        for name, cfg in pending.items():
-            done = run_dir(cfg, teacher, corpus) / "eval.json"
-            if not done.exists():
-                print(f"[{name}] waiting for another job: {done}", flush=True)
-            while not done.exists():
-                time.sleep(60)
-            reports[name] = run_stage(cfg, teacher, corpus, evaluated, work / name, teacher_result)
-        pending.clear()
+        def train() -> None:
+            if not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
+                print(f"[{name}] {work / name}", flush=True)
+            reports[name] = run_stage(
+                cfg, teacher, corpus, evaluated, work / name, teacher_result, latency=not jobs.shared
+            )
+
+        jobs.run(name, run_dir(cfg, teacher, corpus), train)
 
     run("base", overrides([]))
     run("l0", [*overrides([]), "method=l0"])
     for choice in CHOICES:
         run(choice, overrides([choice]))
-    settle()  # the choice needs every candidate
+    if last >= 3:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
+        for seed in SEEDS:  # trains them while the others finish theirs
+            run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
+    jobs.settle()  # the choice needs every candidate (another process's too)
     dev = {name: r["pruned"]["wer_dev"] for name, r in reports.items()}
     chosen = chosen_choices(dev)
     # the later stages' runs depend on the choice only, not on each other
@@ -191,12 +174,11 @@ def main() -> None:
     if last >= 3:
         for seed in SEEDS:
             run(f"chosen-seed{seed}", overrides(chosen, f"seed={seed}"))
-            run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
     if last >= 4:
         run("chosen-30", overrides(chosen, "target_params=0.3"))
         run("continued", [*overrides(chosen), "method=continued"])
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
-    settle()
+    jobs.settle()
 
     reference = "chosen" if "chosen" in reports else "base"
     rows = []
@@ -249,7 +231,7 @@ def main() -> None:
             "layer_gates_chosen_on_dev": dev_wer["chosen-30-layers"] < dev_wer["chosen-30"],
             "test_vs_without": versus(work / "chosen-30", work / "chosen-30-layers", "test"),
         }
-    if args.job != 0:  # job 0 writes the record
+    if not jobs.last():  # the last process out writes the record
         return
     name = "distill-quick" if args.quick else "distill"
     save_result(name, record)

@@ -38,12 +38,13 @@ from common import (
     keep_run_result,
     link_run,
     markdown_table,
+    reference_corpus,
     save_result,
     update_doc_section,
 )
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
+from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.evaluate import evaluate_recognizer, paired_bootstrap_wer
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 from conformer_prune.model import load_recognizer
@@ -106,7 +107,8 @@ def run_stage(
             teacher_eval=teacher_result,
             latency=latency,
         )
-    keep_run_result(run)
+    if corpus.name != "corpus-quick":  # a quick run is a smoke test, not a result for git
+        keep_run_result(run)
     return report
 
 
@@ -151,9 +153,8 @@ def main() -> None:
         if not teacher.exists():
             raise SystemExit("run `python benchmarks/teacher.py --quick` first")
     else:
-        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
         overrides = list(args.set)
-        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
     if not (corpus / UNSEEN_SPLIT).is_dir():
         raise SystemExit(f"{corpus} has no {UNSEEN_SPLIT} split; synthesize it again")
     name = "prune-50-quick" if args.quick else "prune-50"

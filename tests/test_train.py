@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conformer_prune.cli import main
+from conformer_prune.evaluate import run as evaluate_run
 from conformer_prune.model import load_recognizer
 from conformer_prune.train import loop
 from tests.conftest import interrupt_within_epoch, log_without_wall_clock
@@ -51,6 +52,17 @@ def test_end_to_end_tiny_run(
     assert main(["transcribe", str(tiny_run / "model.pt"), str(flac)]) == 0
     assert str(flac) in capsys.readouterr().out
     assert time.perf_counter() - start < 120
+
+
+def test_cost_report_without_latency_times_nothing(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def timed(*args: Any, **kwargs: Any) -> float:
+        raise AssertionError("timed although the cores are shared")
+
+    monkeypatch.setattr(evaluate_run, "cpu_latency_ms", timed)
+    rec = load_recognizer(tiny_run / "model.pt")
+    report = evaluate_run.cost_report(rec, latency=False)
+    assert report["params"] == sum(p.numel() for p in rec.model.parameters())
+    assert not {"latency_ms_10s", "rtf"} & set(report)
 
 
 def test_resume_matches_an_uninterrupted_run(

@@ -188,10 +188,10 @@ def prune_and_report(
         return {}
     teacher_rec = load_recognizer(teacher)
     if teacher_eval is None:
-        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads)
+        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads, latency=latency)
     teacher_eval = dict(teacher_eval)
     pruned_rec = load_recognizer(result.model_path)
-    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out)
+    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out, latency=latency)
     prunes = METHODS[cfg.method].masks != "none"  # the control keeps every parameter
     report = {
         "target": {cfg.metric: cfg.ratio} if prunes else None,

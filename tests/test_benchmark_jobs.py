@@ -1,0 +1,81 @@
+"""The benchmarks' run sharing (`benchmarks/common.py: Jobs`): however processes start, each run is
+trained exactly once, a run held elsewhere is waited for, and exactly one process is the last out."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import Jobs, _try_lock
+
+from conformer_prune.config import load_config, recipe_path
+from conformer_prune.prune.config import PruneConfig
+
+
+def _train_or_read(run: Path, trained_by: str, seconds: float = 0.0) -> None:
+    """What a benchmark's `train` does: train the run unless it finished (then only read it)."""
+    if (run / "eval.json").exists():
+        return
+    with (run / "trained_by.txt").open("a") as f:
+        f.write(f"{trained_by}\n")
+    time.sleep(seconds)
+    (run / "eval.json").write_text("{}")
+
+
+def _worker(work: Path, runs: list[Path], name: str, last: dict[str, bool], start: Any) -> None:
+    jobs = Jobs(2, work, poll_seconds=0.01)
+    start.wait()  # started together
+    for run in runs:
+        jobs.run(run.name, run, lambda r=run: _train_or_read(r, name, 0.1))
+    jobs.settle()
+    last[name] = jobs.last()
+
+
+def test_two_processes_train_every_run_once_and_one_is_last(tmp_path: Path) -> None:
+    runs = [tmp_path / "runs" / f"r{i}" for i in range(6)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Manager() as manager:
+        last, start = manager.dict(), manager.Barrier(2)
+        work = tmp_path / "work"
+        procs = [ctx.Process(target=_worker, args=(work, runs, n, last, start)) for n in ("a", "b")]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        last = dict(last)
+    trained = [(run / "trained_by.txt").read_text().split() for run in runs]
+    assert all(len(t) == 1 for t in trained), trained
+    assert {t[0] for t in trained} == {"a", "b"}  # the work was shared
+    assert sorted(last.values()) == [False, True]
+
+
+def test_a_held_run_is_left_and_settled_once_let_go(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "r"
+    jobs = Jobs(1, tmp_path / "work", poll_seconds=0.01)
+    held = _try_lock(run)  # another process trains it
+    assert held is not None
+    calls: list[str] = []
+    jobs.run("r", run, lambda: calls.append("trained"))
+    assert calls == []
+    held.close()  # that process stopped (finished or not): settle takes the run over
+    jobs.settle()
+    assert calls == ["trained"]
+    jobs.settle()  # nothing left
+    assert calls == ["trained"]
+    assert jobs.last()
+
+
+def test_shared_runs_train_on_one_thread(tmp_path: Path) -> None:
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+    cfg = load_config(PruneConfig, recipe_path("prune"))
+    assert cfg.threads != 1
+    assert Jobs(1, tmp_path / "alone").config(cfg, teacher, corpus) == cfg
+    assert Jobs(2, tmp_path / "shared").config(cfg, teacher, corpus).threads == 1
