@@ -171,13 +171,10 @@ def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) 
 
 
 def reference_corpus() -> Path:
-    """The reference corpus (synthesised deterministically when missing, checked otherwise),
-    one process at a time: the check rewrites transcripts and removes stale files, and benchmarks
-    running together check it at the same moment."""
+    """The reference corpus: synthesised deterministically when missing, checked otherwise (one
+    process at a time, without rewriting a byte of a finished corpus)."""
     corpus = CACHE / "corpus-reference"
-    with (CACHE / "corpus-reference.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        synthesize(corpus, workers=2, **REFERENCE_CORPUS)  # no-op when cached
+    synthesize(corpus, workers=2, **REFERENCE_CORPUS)
     return corpus
 
 

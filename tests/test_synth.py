@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +176,43 @@ def test_same_seed_same_bytes_and_resume(
     (flac.parent / f".{flac.name}.123.tmp").write_bytes(b"partial")
     synthesize(again, **_TINY, workers=2, progress=False)
     assert _tree(again) == _tree(root)
+
+
+def test_checks_of_a_finished_corpus_take_turns_and_write_nothing(
+    tiny: tuple[Path, dict[str, dict[str, float]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Benchmarks hash corpus.json into their runs' identities and check the corpus when they
+    start, several at once: a check must not rewrite a byte, nor overlap another check."""
+    root, stats = tiny
+    corpus = tmp_path / "corpus"
+    shutil.copytree(root, corpus)
+    before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
+    real_check, real_write = synth._check_resumable, synth._write_json
+    spans: dict[int, list[float]] = {}  # by thread: its check's start, its last corpus.json write
+
+    def slow_check(meta_path: Path, settings: dict) -> None:
+        spans[threading.get_ident()] = [time.perf_counter()]
+        time.sleep(0.2)  # two checks at once would overlap here
+        real_check(meta_path, settings)
+
+    def last_write(path: Path, data: dict) -> None:
+        real_write(path, data)
+        spans[threading.get_ident()][1:] = [time.perf_counter()]
+
+    def check() -> None:
+        assert synthesize(corpus, **_TINY, workers=1, progress=False) == stats
+
+    monkeypatch.setattr(synth, "_check_resumable", slow_check)
+    monkeypatch.setattr(synth, "_write_json", last_write)
+    threads = [threading.Thread(target=check) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(spans) == 2 and all(len(s) == 2 for s in spans.values())
+    (_, a_end), (b_start, _) = sorted(spans.values())
+    assert b_start >= a_end
+    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == before
 
 
 def test_noise_keeps_the_utterances(tmp_path: Path) -> None:

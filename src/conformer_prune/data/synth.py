@@ -26,6 +26,7 @@ and for ``test-unseen`` also ``festvox-kdlpc16k fortune-anarchism``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ import unicodedata
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from math import gcd
@@ -652,8 +654,7 @@ def _write_transcripts(split_dir: Path, done: Sequence[tuple[_Job, float]]) -> s
             f"{job.utt_id} {job.text}"
         )
     for path, lines in chapters.items():
-        body = "\n".join(sorted(lines)) + "\n"
-        _atomic_write_text(path, body)
+        _write_if_changed(path, "\n".join(sorted(lines)) + "\n")
     return set(chapters)
 
 
@@ -673,8 +674,25 @@ def _atomic_write_text(path: Path, body: str) -> None:
     _atomic_write(path, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomically, and only when the text changes: checking a finished corpus leaves every file
+    as it is (benchmarks hash corpus.json into the identity of each run trained on it)."""
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        _atomic_write_text(path, text)
+
+
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    _write_if_changed(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One `synthesize` at a time into `out`, across processes (a lock file beside it): two
+    processes checking one corpus at once would remove each other's files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f".{out.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def synthesize(
@@ -699,7 +717,9 @@ def synthesize(
     splits; every voice may appear in every split but test-unseen, whose voices and text no other
     split uses. The same arguments give byte-identical files;
     re-running into the same directory skips utterances already written (so an interrupted run
-    can be resumed) and removes files that are not part of the corpus.
+    can be resumed), removes files that are not part of the corpus and rewrites no file whose
+    content stands. Calls into one directory, from any process, take turns (a lock file
+    ``.<out_dir name>.lock`` beside it).
 
     Args:
         out_dir: where to write the corpus; created if needed.
@@ -768,53 +788,65 @@ def synthesize(
         # used them all, and is refused rather than extended with other voices)
         "held_out_voices": sorted({v.voice.split("+")[-1] for v in held_out}),
     }
-    _check_resumable(out / "corpus.json", settings)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        **settings,
-        "hours": hours,
-        "sample_rate": SAMPLE_RATE,
-        "unseen_hours": unseen_hours,
-        "sentences": {s: len(v) for s, v in sentences.items()},
-        "voices": [asdict(v) for v in speakers],
-        "unseen_voices": [asdict(v) for v in held_out] if unseen_hours > 0 else [],
-    }
-    # Written first (without stats) so that a resumed run can check it continues the same corpus.
-    _write_json(out / "corpus.json", {**meta, "splits": None})
+    with _exclusive(out):
+        _check_resumable(out / "corpus.json", settings)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            **settings,
+            "hours": hours,
+            "sample_rate": SAMPLE_RATE,
+            "unseen_hours": unseen_hours,
+            "sentences": {s: len(v) for s, v in sentences.items()},
+            "voices": [asdict(v) for v in speakers],
+            "unseen_voices": [asdict(v) for v in held_out] if unseen_hours > 0 else [],
+        }
+        # Written first (without stats) so that a resumed run can check it continues the same corpus;
+        # a corpus.json of this very corpus (a finished one being checked) is left as it is.
+        if _meta_of(out / "corpus.json") != json.loads(json.dumps(meta)):
+            _write_json(out / "corpus.json", {**meta, "splits": None})
 
-    stats: dict[str, dict[str, float]] = {}
-    bar_format = (
-        "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]"
-    )
-    with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(
-            total=sum(targets.values()),
-            desc="synthesize",
-            bar_format=bar_format,
-            disable=not progress,
-        ) as bar,
-    ):
-        for split in (*SPLITS, UNSEEN_SPLIT):
-            split_dir = out / split
-            done: list[tuple[_Job, float]] = []
-            if targets[split] > 0:
-                who = held_out if split == UNSEEN_SPLIT else speakers
-                plan = _plan(split, sentences[split], who, seed, snr_db)
-                done = _build_split(plan, targets[split], out, pool, 4 * workers, bar)
-            keep = {job.path(out) for job, _ in done} | _write_transcripts(split_dir, done)
-            _remove_stale(split_dir, keep)
-            if split == UNSEEN_SPLIT and not done:
-                if split_dir.is_dir():
-                    split_dir.rmdir()  # emptied by _remove_stale: this corpus has no test-unseen
-                continue
-            stats[split] = {
-                "utterances": len(done),
-                "seconds": round(sum(s for _, s in done), 3),
-                "speakers": len({job.voice.speaker for job, _ in done}),
-            }
-    _write_json(out / "corpus.json", {**meta, "splits": stats})
-    return stats
+        stats: dict[str, dict[str, float]] = {}
+        bar_format = (
+            "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}{postfix}]"
+        )
+        with (
+            ThreadPoolExecutor(max_workers=workers) as pool,
+            tqdm(
+                total=sum(targets.values()),
+                desc="synthesize",
+                bar_format=bar_format,
+                disable=not progress,
+            ) as bar,
+        ):
+            for split in (*SPLITS, UNSEEN_SPLIT):
+                split_dir = out / split
+                done: list[tuple[_Job, float]] = []
+                if targets[split] > 0:
+                    who = held_out if split == UNSEEN_SPLIT else speakers
+                    plan = _plan(split, sentences[split], who, seed, snr_db)
+                    done = _build_split(plan, targets[split], out, pool, 4 * workers, bar)
+                keep = {job.path(out) for job, _ in done} | _write_transcripts(split_dir, done)
+                _remove_stale(split_dir, keep)
+                if split == UNSEEN_SPLIT and not done:
+                    if split_dir.is_dir():
+                        split_dir.rmdir()  # emptied by _remove_stale: this corpus has no test-unseen
+                    continue
+                stats[split] = {
+                    "utterances": len(done),
+                    "seconds": round(sum(s for _, s in done), 3),
+                    "speakers": len({job.voice.speaker for job, _ in done}),
+                }
+        _write_json(out / "corpus.json", {**meta, "splits": stats})
+        return stats
+
+
+def _meta_of(meta_path: Path) -> dict | None:
+    """An existing corpus.json without its statistics (None when there is none)."""
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta.pop("splits", None)
+    return dict(meta)
 
 
 def _check_resumable(meta_path: Path, settings: dict) -> None:
