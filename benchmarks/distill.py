@@ -144,16 +144,17 @@ def main() -> None:
 
     def run(name: str, extra: list[str]) -> None:
         cfg = jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
+        target = run_dir(cfg, teacher, corpus)
         order.append(name)
 
         def train() -> None:
-            if not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
+            if not (target / "eval.json").exists():
                 print(f"[{name}] {work / name}", flush=True)
             reports[name] = run_stage(
                 cfg, teacher, corpus, evaluated, work / name, teacher_result, latency=not jobs.shared
             )
 
-        jobs.run(name, run_dir(cfg, teacher, corpus), train)
+        jobs.run(name, target, train)
 
     run("base", overrides([]))
     run("l0", [*overrides([]), "method=l0"])
@@ -179,6 +180,8 @@ def main() -> None:
         run("continued", [*overrides(chosen), "method=continued"])
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
     jobs.settle()
+    if not jobs.last():  # the last process out writes the record
+        return
 
     reference = "chosen" if "chosen" in reports else "base"
     rows = []
@@ -231,8 +234,6 @@ def main() -> None:
             "layer_gates_chosen_on_dev": dev_wer["chosen-30-layers"] < dev_wer["chosen-30"],
             "test_vs_without": versus(work / "chosen-30", work / "chosen-30-layers", "test"),
         }
-    if not jobs.last():  # the last process out writes the record
-        return
     name = "distill-quick" if args.quick else "distill"
     save_result(name, record)
     print(json.dumps(record, indent=2))
