@@ -189,8 +189,9 @@ class Jobs:
     itself if that process went away. Every process holds `<work>.lock` shared while it lives:
     `last` tells the last one out, which writes the results once nothing else runs (and may time
     models then). With `count` 1 it is the plain sequential benchmark, still locked: another
-    benchmark training the same run (prune.py's and compare.py's l0-distill at 50% are one run) is
-    waited for, not trained twice."""
+    benchmark that shares through `Jobs` training the same run (distill.py's `chosen` and
+    compare.py's l0-distill at 50% are one run) is waited for, not trained twice. prune.py does
+    not take the locks: do not run it beside them."""
 
     def __init__(self, count: int, work: Path, poll_seconds: float = 60.0) -> None:
         if count < 1:
