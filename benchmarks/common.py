@@ -21,8 +21,10 @@ import torch
 from conformer_prune.config import to_dict
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
+from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerConfig
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.methods import METHODS
 from conformer_prune.utils import atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,10 +100,14 @@ def file_digest(path: Path) -> str:
 
 def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any]:
     """What one pruning-engine run trains: its resolved config, the teacher's bytes and the
-    corpus's synthesis record (a latency table by its bytes, not its path)."""
+    corpus's synthesis record (a latency table by its bytes, not its path). A method that does not
+    distil keeps only the distillation fields its CTC-only loss reads, so `l0` is one run whatever
+    the distillation settings beside it (distill.py's and compare.py's `l0` are one)."""
     config = to_dict(cfg)
     for key in NOT_TRAINED:
         config.pop(key)
+    if not METHODS[cfg.method].distill:
+        config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
     if cfg.latency_table:
         config["latency_table"] = file_digest(Path(cfg.latency_table))
     return {

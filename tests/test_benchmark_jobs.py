@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import Jobs, _try_lock
+from common import Jobs, _try_lock, run_dir
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.prune.config import PruneConfig
@@ -79,3 +79,18 @@ def test_shared_runs_train_on_one_thread(tmp_path: Path) -> None:
     assert cfg.threads != 1
     assert Jobs(1, tmp_path / "alone").config(cfg, teacher, corpus) == cfg
     assert Jobs(2, tmp_path / "shared").config(cfg, teacher, corpus).threads == 1
+
+
+def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_settings(tmp_path: Path) -> None:
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+    other = ["distill.layer_map=dynamic", "distill.balance=grad-norm", "distill.kl_weight=1.0"]
+
+    def run(*overrides: str) -> Path:
+        return run_dir(load_config(PruneConfig, recipe_path("prune"), list(overrides)), teacher, corpus)
+
+    assert run("method=l0") == run("method=l0", *other)
+    assert run("method=l0") != run("method=l0", "distill.ctc_weight=0.5")  # read by CTC-only too
+    assert run("method=l0-distill") != run("method=l0-distill", *other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from conformer_prune.config import ConfigError, load_config
 from conformer_prune.data.dataset import Batch
 from conformer_prune.distill.layerwise import (
+    CTC_ONLY_FIELDS,
     DistillConfig,
     LayerwiseDistiller,
     _distance,
@@ -148,3 +150,46 @@ def test_gradient_norms_are_logged_and_grad_norm_balance_matches_ctcs_scale() ->
     balanced.probe_next()  # as the engine does at every epoch's start
     _, fresh = balanced.loss(student, _batch())
     assert fresh["grad_norm_ctc"] != again["grad_norm_ctc"]
+
+
+def test_a_loss_without_distillation_reads_only_the_ctc_only_fields() -> None:
+    """What lets a method that does not distil (`l0`) be one run whatever the distillation
+    settings (the benchmarks' run identity keeps only CTC_ONLY_FIELDS for it)."""
+    other = DistillConfig(
+        layer_weight=2.0,
+        kl_weight=0.5,
+        layer_loss="l1-cosine",
+        layer_map="dynamic",
+        teacher_layers=[1, 2],
+        kl_temperature=2.0,
+        frontend_weight=1.0,
+        balance="grad-norm",
+        max_balance=10.0,
+    )
+    changed = {
+        f.name
+        for f in dataclasses.fields(DistillConfig)
+        if getattr(other, f.name) != getattr(DistillConfig(), f.name)
+    }
+    assert changed | set(CTC_ONLY_FIELDS) == {f.name for f in dataclasses.fields(DistillConfig)}
+    runs = []
+    for cfg in (DistillConfig().ctc_only(), other.ctc_only()):
+        teacher, student = _pair()
+        student.train()
+        _perturb(student)
+        torch.manual_seed(5)
+        distiller = LayerwiseDistiller(teacher, 3, 32, cfg)
+        steps = []
+        for _ in range(2):  # the first step probes the gradient norms, the second does not
+            total, parts = distiller.loss(student, _batch())
+            total.backward()
+            steps.append((float(total), parts))
+        grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+        runs.append((distiller.state_dict(), steps, grads))
+    (state_a, steps_a, grads_a), (state_b, steps_b, grads_b) = runs
+    assert steps_a == steps_b and "grad_norm_ctc" in steps_a[0][1]
+    assert state_a.keys() == state_b.keys() and grads_a.keys() == grads_b.keys()
+    for key, value in state_a.items():
+        torch.testing.assert_close(state_b[key], value, rtol=0, atol=0, msg=key)
+    for key, value in grads_a.items():
+        torch.testing.assert_close(grads_b[key], value, rtol=0, atol=0, msg=key)

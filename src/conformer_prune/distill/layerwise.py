@@ -40,7 +40,7 @@ between probes, so an epoch's mean is the mean of its probes weighted by how lon
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -51,6 +51,7 @@ from conformer_prune.data.dataset import Batch
 from conformer_prune.model.conformer import ConformerCTC
 
 __all__ = [
+    "CTC_ONLY_FIELDS",
     "Balance",
     "DistillConfig",
     "LayerLoss",
@@ -62,6 +63,10 @@ __all__ = [
 LayerLoss = Literal["mse", "normalized-mse", "l1-cosine"]
 LayerMap = Literal["same-index", "dynamic"]
 Balance = Literal["fixed", "grad-norm"]
+# the fields a loss without distillation terms reads (CTC's weight; the probe's period, which
+# decides only when the gradient norm is logged): a method that does not distil trains the same
+# whatever the others say
+CTC_ONLY_FIELDS = ("ctc_weight", "probe_every")
 
 
 @dataclass
@@ -105,6 +110,10 @@ class DistillConfig:
     @property
     def distils(self) -> bool:
         return bool(self.layer_weight or self.kl_weight or self.frontend_weight)
+
+    def ctc_only(self) -> DistillConfig:
+        """This config with every distillation weight 0: the loss of a method that does not distil."""
+        return replace(self, layer_weight=0.0, kl_weight=0.0, frontend_weight=0.0)
 
 
 def default_teacher_layers(n_layers: int) -> list[int]:
@@ -220,7 +229,7 @@ class LayerwiseDistiller(nn.Module):
         names = {"layer": "layer_mse" if cfg.layer_loss == "mse" else f"layer_{cfg.layer_loss}"}
         parts |= {names.get(k, k): float(v.detach()) for k, (_, v) in terms.items()}
         parts |= self._norms
-        if cfg.balance == "grad-norm":
+        if cfg.balance == "grad-norm" and cfg.distils:
             parts["distill_scale"] = float(self.scale)
         return total, parts
 

@@ -258,9 +258,7 @@ def _prune(
         soft=method.learns_masks and cfg.mask_switch == "fold",
     )
     gates.latency = latency
-    distill_cfg = copy.deepcopy(cfg.distill)
-    if not method.distill:  # CTC loss only
-        distill_cfg.layer_weight = distill_cfg.kl_weight = distill_cfg.frontend_weight = 0.0
+    distill_cfg = copy.deepcopy(cfg.distill) if method.distill else cfg.distill.ctc_only()
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
         device
     )
