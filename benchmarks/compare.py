@@ -13,19 +13,19 @@ link to the pruning engine's run directory in benchmarks/cache/runs/ (shared wit
 benchmarks' identical runs: prune.py's two runs are this table's l0-distill and continued at 50%;
 distill.py's `l0` and `l0-seed1` are its l0 at 50%, whatever their distillation settings, since a
 method that does not distil is one run whatever those say), skipped once its eval.json exists. All
-methods at 50% of the teacher's parameters; l0-distill, magnitude-distill and torch-pruning also at
-30% and 70%; and the equal-training control `continued` (the teacher, unpruned, trained as long with
-distillation from its frozen copy), against which every method's test WER carries a paired-bootstrap
-interval. Every method gets the reference pruning run's budget (`recipes/prune.yaml`: 2 pruning + 1
-fine-tuning epochs, about 2 hours a run on 2 CPU cores, measured, so the table takes many sessions
-or a GPU), except `scratch`, which gets the teacher's own number of epochs. Every method trains
-under the teacher's own SpecAugment (the pruning config's default). The dense methods start from
-random weights and use the teacher recipe's learning rate (`scratch` also its 400 warm-up steps,
-`dense-distill` the pruning recipe's warm-up) instead of the pruning one (chosen a priori, not
-tuned; nothing is tuned on test). Finally every model's CPU latency is measured in one process,
-interleaved. Writes benchmarks/results/compare.json, the compare section of docs/benchmark.md and
-docs/compare.png (with --quick: 1 + 1 epochs, compare-quick.json and the table and plot in
-benchmarks/cache/compare-quick/, not in docs/).
+methods at 50% of the teacher's parameters; l0-distill, l0, magnitude-distill and torch-pruning also
+at 30% and 70%; and the equal-training control `continued` (the teacher, unpruned, trained as long
+with distillation from its frozen copy), against which every method's test WER carries a
+paired-bootstrap interval. Every method gets the reference pruning run's budget
+(`recipes/prune.yaml`: 2 pruning + 1 fine-tuning epochs, about 2 hours a run on 2 CPU cores,
+measured, so the table takes many sessions or a GPU), except `scratch`, which gets the teacher's own
+number of epochs. Every method trains under the teacher's own SpecAugment (the pruning config's
+default). The dense methods start from random weights and use the teacher recipe's learning rate
+(`scratch` also its 400 warm-up steps, `dense-distill` the pruning recipe's warm-up) instead of the
+pruning one (chosen a priori, not tuned; nothing is tuned on test). Finally every model's CPU
+latency is measured in one process, interleaved. Writes benchmarks/results/compare.json, the compare
+section of docs/benchmark.md and docs/compare.png (with --quick: 1 + 1 epochs, compare-quick.json
+and the table and plot in benchmarks/cache/compare-quick/, not in docs/).
 
 The latency plane (issue 17): on ONNX Runtime fp32 (2 threads, batch 1, a 10 s utterance), the
 teacher is profiled once (`conformer-prune profile`, cached as latency-ort.json); `l0-distill`
