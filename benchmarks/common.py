@@ -33,6 +33,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 DOC = DOCS / "benchmark.md"
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
+RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
 
 def git_commit() -> str:
@@ -197,7 +198,7 @@ class Jobs:
     models then). With `count` 1 it is the plain sequential benchmark, still locked: another
     benchmark that shares through `Jobs` training the same run (distill.py's `chosen` and
     compare.py's l0-distill at 50% are one run) is waited for, not trained twice. prune.py does
-    not take the locks: do not run it beside them."""
+    not take the locks yet: do not run it beside them."""
 
     def __init__(self, count: int, work: Path, poll_seconds: float = 60.0) -> None:
         if count < 1:
@@ -216,12 +217,16 @@ class Jobs:
         return self.count > 1
 
     def config(self, cfg: PruneConfig, teacher: Path, corpus: Path) -> PruneConfig:
-        """`cfg` on one thread when the cores are shared, unless it finished before on its own
-        threads (threads change how a run is computed, not what it trains, but they are part of
-        its identity: a finished run is reused as it is)."""
-        if self.shared and not (run_dir(cfg, teacher, corpus) / "eval.json").exists():
-            return dataclasses.replace(cfg, threads=1)
-        return cfg
+        """`cfg` as it finished before, on its own threads or on any of `RUN_THREADS`; otherwise
+        `cfg`, on one thread when the cores are shared. Threads change how a run is computed, not
+        what it trains, but they are part of its identity: a finished run is reused as it is, so a
+        benchmark alone on the cores (2 threads) reads a run that another finished while sharing
+        them (1 thread) and does not train it again."""
+        for threads in dict.fromkeys((cfg.threads, *RUN_THREADS)):
+            finished = dataclasses.replace(cfg, threads=threads)
+            if (run_dir(finished, teacher, corpus) / "eval.json").exists():
+                return finished
+        return dataclasses.replace(cfg, threads=1) if self.shared else cfg
 
     @contextmanager
     def preparing(self) -> Iterator[None]:

@@ -81,6 +81,31 @@ def test_shared_runs_train_on_one_thread(tmp_path: Path) -> None:
     assert Jobs(2, tmp_path / "shared").config(cfg, teacher, corpus).threads == 1
 
 
+def test_a_run_finished_on_other_threads_is_read_not_trained_again(tmp_path: Path, monkeypatch: Any) -> None:
+    import common
+
+    monkeypatch.setattr(common, "RUNS", tmp_path / "runs")
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+    cfg = load_config(PruneConfig, recipe_path("prune"))
+    assert cfg.threads == 2
+    alone, shared = Jobs(1, tmp_path / "alone"), Jobs(2, tmp_path / "shared")
+    one_thread = shared.config(cfg, teacher, corpus)
+    assert one_thread.threads == 1 and alone.config(cfg, teacher, corpus) == cfg  # nothing finished
+    run = run_dir(one_thread, teacher, corpus)
+    run.mkdir(parents=True)
+    (run / "prune_state.pt").write_bytes(b"")  # started on one thread, not finished: not read
+    assert alone.config(cfg, teacher, corpus) == cfg
+    (run / "eval.json").write_text("{}")  # finished (shared, one thread): read by the lone process
+    assert alone.config(cfg, teacher, corpus) == one_thread
+    two = run_dir(cfg, teacher, corpus)
+    two.mkdir(parents=True)
+    (two / "eval.json").write_text("{}")  # finished on its own threads too: that one first
+    assert alone.config(cfg, teacher, corpus) == cfg and shared.config(cfg, teacher, corpus) == cfg
+
+
 def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_settings(tmp_path: Path) -> None:
     teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
     teacher.write_bytes(b"weights")
