@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import common
 from common import Jobs, _try_lock, run_dir
 
 from conformer_prune.config import load_config, recipe_path
@@ -82,8 +83,6 @@ def test_shared_runs_train_on_one_thread(tmp_path: Path) -> None:
 
 
 def test_a_run_finished_on_other_threads_is_read_not_trained_again(tmp_path: Path, monkeypatch: Any) -> None:
-    import common
-
     monkeypatch.setattr(common, "RUNS", tmp_path / "runs")
     teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
     teacher.write_bytes(b"weights")
