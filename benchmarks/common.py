@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -18,14 +19,21 @@ from typing import IO, Any
 
 import torch
 
-from conformer_prune.config import to_dict
+from conformer_prune.config import from_dict, to_dict
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
-from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, ConformerConfig
+from conformer_prune.evaluate.run import recogs_path
+from conformer_prune.model import load_recognizer
+from conformer_prune.model.conformer import (
+    FEATURE_FRAMES_PER_SECOND,
+    ConformerConfig,
+    ConformerCTC,
+    build_model,
+)
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.methods import METHODS
-from conformer_prune.utils import atomic_write_text, write_json
+from conformer_prune.utils import atomic_write_bytes, atomic_write_text, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / "cache"
@@ -33,6 +41,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 DOC = DOCS / "benchmark.md"
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
+RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
+ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
 RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
 
@@ -119,10 +129,14 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
 
 
 def run_dir(cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
-    """The one directory under cache/runs/ of exactly this run (which may not exist yet)."""
+    """The one directory under cache/runs/ of exactly this run (which may not exist yet). A run
+    that finished on another machine (its record in results/runs/, but no eval.json here) is first
+    restored into it from that record (`restore_run`)."""
     identity = run_identity(cfg, teacher, corpus)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return RUNS / f"{cfg.method}-{digest[:12]}"
+    run = RUNS / f"{cfg.method}-{digest[:12]}"
+    restore_run(run)
+    return run
 
 
 def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
@@ -148,19 +162,96 @@ def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
     return link
 
 
+def _record_paths(run_name: str) -> tuple[Path, Path]:
+    """A finished run's record in git: its JSON and its recognitions (gzipped JSON)."""
+    return RUN_RECORDS / f"{run_name}.json", RUN_RECORDS / f"{run_name}.recogs.json.gz"
+
+
 def keep_run_result(link: Path) -> Path:
-    """The small record of a finished run, for git: benchmarks/results/runs/<run>.json holds what
-    the run trained (identity.json) and its evaluation (eval.json), so a stage's result is kept
-    as soon as it finishes, whatever happens to the cache afterwards."""
+    """The small record of a finished run, for git, kept as soon as the run finishes, whatever
+    happens to the cache afterwards (a session's machine may not be the next one's). It holds
+    everything a benchmark reads of a finished run but the weights: benchmarks/results/runs/<run>.json
+    holds what the run trained (identity.json), its evaluation (eval.json), its log (log.jsonl: one
+    line per epoch) and the compact model's architecture (enough to time its shape), and
+    <run>.recogs.json.gz its recognitions of every evaluated split (for paired bootstraps)."""
     run = link.resolve()
     record = {
         "run": run.name,
         "identity": json.loads((run / "identity.json").read_text()),
         "eval": json.loads((run / "eval.json").read_text()),
+        "log": [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()],
+        "architecture": to_dict(load_recognizer(run / "model.pt").model.config),
     }
-    path = RESULTS / "runs" / f"{run.name}.json"
+    recogs = {p.stem.removeprefix("recogs-"): p.read_text(encoding="utf-8") for p in run.glob("recogs-*.txt")}
+    path, recogs_file = _record_paths(run.name)
+    atomic_write_bytes(recogs_file, gzip.compress(json.dumps(recogs, sort_keys=True).encode(), mtime=0))
     write_json(path, record)
     return path
+
+
+def _complete_record(run_name: str) -> dict[str, Any] | None:
+    """A run's record in results/runs/ if it holds everything `keep_run_result` keeps now."""
+    path, recogs_file = _record_paths(run_name)
+    if not (path.exists() and recogs_file.exists()):
+        return None
+    record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return record if {"log", "architecture"} <= record.keys() else None
+
+
+def restore_run(run: Path) -> bool:
+    """Write a finished run's record from results/runs/ back into its directory `run` when it is
+    not finished here: identity.json, log.jsonl, the architecture, its recognitions and eval.json
+    (last, so that the run counts as finished only once the rest is there). The weights are not
+    kept (`timing_model` builds the shape). A record from before the recognitions were kept
+    (2026-12-01) is not restored: such a run trains again where a benchmark asks for it, unless
+    the benchmark reads its WER alone (`old_record_eval`). Returns whether it restored the run."""
+    if (run / "eval.json").exists() or (record := _complete_record(run.name)) is None:
+        return False
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "identity.json", record["identity"])
+    atomic_write_text(run / "log.jsonl", "".join(json.dumps(r) + "\n" for r in record["log"]))
+    write_json(run / ARCHITECTURE, record["architecture"])
+    recogs = json.loads(gzip.decompress(_record_paths(run.name)[1].read_bytes()))
+    for split, text in recogs.items():
+        atomic_write_text(recogs_path(run, split), text)
+    write_json(run / "eval.json", record["eval"])
+    print(f"[runs] {run.name}: restored from results/runs/ (everything but the weights)", flush=True)
+    return True
+
+
+def old_record_eval(run: Path) -> dict[str, Any] | None:
+    """The evaluation (eval.json) of a run kept before its recognitions were (a record that
+    `restore_run` does not restore): its WERs, with no paired bootstrap against it possible."""
+    path = _record_paths(run.name)[0]
+    if not path.exists() or _complete_record(run.name) is not None:
+        return None
+    evaluation: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))["eval"]
+    return evaluation
+
+
+def old_eval(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any] | None:
+    """The evaluation of `cfg`'s run on any of `RUN_THREADS` from a record older than its
+    recognitions (`old_record_eval`), when that run has not finished here."""
+    for threads in dict.fromkeys((cfg.threads, *RUN_THREADS)):
+        run = run_dir(dataclasses.replace(cfg, threads=threads), teacher, corpus)
+        if (run / "eval.json").exists():
+            return None
+        if (evaluation := old_record_eval(run)) is not None:
+            return evaluation
+    return None
+
+
+def timing_model(run: Path) -> ConformerCTC:
+    """A finished run's compact model for timing: its model.pt, or, for a run restored from its
+    record without weights, a model of the same shape with fresh weights (a dense fp32 model's
+    latency depends on its shape, not on its values)."""
+    if (run / "model.pt").exists():
+        model: ConformerCTC = load_recognizer(run / "model.pt").model
+        return model
+    if not (run / ARCHITECTURE).exists():
+        raise FileNotFoundError(f"{run}: no model.pt, and no {ARCHITECTURE} (its record is older than both)")
+    config = from_dict(ConformerConfig, json.loads((run / ARCHITECTURE).read_text()))
+    return build_model(config).eval()
 
 
 def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) -> Batch:

@@ -32,7 +32,7 @@ teacher is profiled once (`conformer-prune profile`, cached as latency-ort.json)
 prunes to half the teacher's latency with that table (`--target-latency 0.5`), and
 `magnitude-distill` and `torch-pruning` are each scaled, by bisection on their parameter target,
 until the shape they fine-tune measures half the teacher's latency (each try measured interleaved
-with the teacher; cached as <run>.matched.json beside the run's link). All models, every run's and
+with the teacher; kept in benchmarks/results/compare-matched/<run>.json). All models, every run's and
 the teacher, are then timed on ONNX Runtime in one process, interleaved, beside the PyTorch timing.
 `l0-distill-50-hidden` is the method at 50% of the parameters with the model dimension prunable too
 (the `hidden` structure), for issue 17's ONNX Runtime speed-up at that size.
@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
+    RESULTS,
     ROOT,
     Jobs,
     git_commit,
@@ -65,6 +66,7 @@ from common import (
     reference_corpus,
     run_dir,
     save_result,
+    timing_model,
     update_doc_section,
 )
 from prune import run_stage, teacher_eval, versus
@@ -103,9 +105,18 @@ LATENCY_NAME = f"lat{round(100 * LATENCY_TARGET)}"  # runs are named e.g. l0-dis
 HIDDEN_RUN = "l0-distill-50-hidden"
 
 
+def latency_table_path(work: Path) -> Path:
+    """Where the teacher's profile on LATENCY_RUNTIME lives: in git for the reference comparison
+    (its bytes are part of the latency-budget run's identity, so a later machine must read the same
+    table to find that run), in the work directory for the quick one."""
+    if work.name.endswith("-quick"):
+        return work / f"latency-{LATENCY_RUNTIME}.json"
+    return RESULTS / f"compare-latency-{LATENCY_RUNTIME}.json"
+
+
 def latency_table(teacher: Path, work: Path) -> Path:
     """The teacher's profile on LATENCY_RUNTIME (a cached stage)."""
-    path = work / f"latency-{LATENCY_RUNTIME}.json"
+    path = latency_table_path(work)
     if not path.exists():
         print(f"[profile] the teacher on {LATENCY_RUNTIME}", flush=True)
         cfg = load_recognizer(teacher).model.config
@@ -162,8 +173,12 @@ def run_name(method: MethodName, ratio: float, seed: int) -> str:
 
 
 def matched_json(run: Path) -> Path:
-    """Where a latency-matched run keeps its bisection (beside its link: it decides the run's config)."""
-    return run.parent / f"{run.name}.matched.json"
+    """Where a latency-matched run keeps its bisection: in git (results/compare-matched/) for the
+    reference runs, since it decides the run's config and a later machine must find the same run;
+    beside the run's link for the quick ones."""
+    if run.parent.name.endswith("-quick"):
+        return run.parent / f"{run.name}.matched.json"
+    return RESULTS / "compare-matched" / f"{run.name}.json"
 
 
 def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: bool) -> list[str]:
@@ -331,9 +346,7 @@ def main() -> None:
     # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
     names = ["teacher", *[run_name(*key) for key in reports]]
     names += [f"{m}-{LATENCY_NAME}" for m in latency_reports] + list(hidden_reports)
-    models = [load_recognizer(teacher).model] + [
-        load_recognizer(work / name / "model.pt").model for name in names[1:]
-    ]
+    models = [load_recognizer(teacher).model] + [timing_model(work / name) for name in names[1:]]
     latency = dict(zip(names, interleaved_latency_ms(models, threads=2, rounds=60), strict=True))
     ort = dict(zip(names, measure_models_ms(models, LATENCY_RUNTIME, threads=2, rounds=30), strict=True))
     teacher_row = {k: teacher_result[k] for k in KEYS} | {
@@ -358,8 +371,8 @@ def main() -> None:
     for method, report in latency_reports.items():
         name = f"{method}-{LATENCY_NAME}"
         matched = matched_json(work / name)
-        table_path = work / f"latency-{LATENCY_RUNTIME}.json"
-        pruned = load_recognizer(work / name / "model.pt").model
+        table_path = latency_table_path(work)
+        pruned = timing_model(work / name)
         row = {
             "method": method,
             "target_latency": LATENCY_TARGET,
@@ -387,7 +400,7 @@ def main() -> None:
             "run": HIDDEN_RUN,
             "structures": hidden_cfg().structures,
             **{k: report["pruned"][k] for k in KEYS},
-            "d_model": load_recognizer(work / HIDDEN_RUN / "model.pt").model.config.d_model,
+            "d_model": timing_model(work / HIDDEN_RUN).config.d_model,
             "latency_ms_ort": ort[HIDDEN_RUN],
             "ort_speedup_vs_teacher": ort["teacher"] / ort[HIDDEN_RUN],
             "latency_ms_10s": latency[HIDDEN_RUN],

@@ -10,6 +10,7 @@ Usage:
     done
     python benchmarks/distill.py --stage candidates     # stop after a stage
     python benchmarks/distill.py --quick                # same code path on the quick teacher
+    python benchmarks/distill.py --only hard-switch     # just these runs (stages 1 and 4's names)
 
 Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
 data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
@@ -57,6 +58,7 @@ from common import (
     command_line,
     git_commit,
     markdown_table,
+    old_eval,
     reference_corpus,
     run_dir,
     save_result,
@@ -123,7 +125,17 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="processes sharing the runs (start this many), 1 thread each"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="RUN",
+        help="train just these runs, named as in stages 1 and 4 (`l0-seed1`), then stop",
+    )
     args = parser.parse_args()
+    early = {"base", "l0", *CHOICES, *(f"l0-seed{seed}" for seed in SEEDS)}
+    if args.only and (unknown := set(args.only) - early):
+        known = ", ".join(sorted(early))
+        parser.error(f"--only takes runs of stages 1 and 4 ({known}), not {sorted(unknown)}")
     commit = git_commit()
     if args.quick:
         corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
@@ -141,11 +153,22 @@ def main() -> None:
     last = STAGES.index(args.stage)
     reports: dict[str, dict[str, Any]] = {}
     order: list[str] = []  # the runs' names, in the order asked for
+    targets: dict[str, Path] = {}  # each name's run directory
+    old: set[str] = set()  # runs read from a record older than its recognitions: WERs alone
 
-    def run(name: str, extra: list[str]) -> None:
+    def run(name: str, extra: list[str], compared: bool = False) -> None:
+        """`compared`: a run the claims compare by paired bootstrap (its recognitions needed)."""
+        if args.only and name not in args.only:
+            return
         cfg = jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
-        target = run_dir(cfg, teacher, corpus)
+        target = targets[name] = run_dir(cfg, teacher, corpus)
         order.append(name)
+        kept = None if compared or args.only else old_eval(cfg, teacher, corpus)
+        if kept is not None:
+            print(f"[{name}] read from its record (WER alone, no recognitions kept): {target.name}")
+            reports[name] = kept
+            old.add(name)
+            return
 
         def train() -> None:
             if not (target / "eval.json").exists():
@@ -157,18 +180,20 @@ def main() -> None:
         jobs.run(name, target, train)
 
     run("base", overrides([]))
-    run("l0", [*overrides([]), "method=l0"])
+    run("l0", [*overrides([]), "method=l0"], compared=True)
     for choice in CHOICES:
         run(choice, overrides([choice]))
-    if last >= 3:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
+    if last >= 3 or args.only:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
         for seed in SEEDS:  # trains them while the others finish theirs
             run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
     jobs.settle()  # the choice needs every candidate (another process's too)
+    if args.only:
+        return
     dev = {name: r["pruned"]["wer_dev"] for name, r in reports.items()}
     chosen = chosen_choices(dev)
     # the later stages' runs depend on the choice only, not on each other
     if last >= 1:
-        run("chosen", overrides(chosen))
+        run("chosen", overrides(chosen), compared=True)
     if last >= 2:
         for choice in chosen:
             run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
@@ -183,6 +208,9 @@ def main() -> None:
     if not jobs.last():  # the last process out writes the record
         return
 
+    for name in [n for n in old if (targets[n] / "eval.json").exists()]:  # trained since, as another name
+        reports[name] = json.loads((targets[name] / "eval.json").read_text())
+        old.remove(name)
     reference = "chosen" if "chosen" in reports else "base"
     rows = []
     for name in order:  # the same order whichever job ran what
@@ -191,10 +219,11 @@ def main() -> None:
             "run": name,
             **{f"wer_{s}": report["pruned"][f"wer_{s}"] for s in SPLITS},
             "params": report["pruned"]["params"],
-            "grad_norms": grad_norms(work / name),
+            "grad_norms": {} if name in old else grad_norms(targets[name]),
+            "recognitions_kept": name not in old,
         }
-        if name != reference:
-            row["wer_test_vs_reference"] = versus(work / reference, work / name, "test")
+        if name != reference and name not in old and reference not in old:
+            row["wer_test_vs_reference"] = versus(targets[reference], targets[name], "test")
         rows.append(row)
     record: dict[str, Any] = {
         "reference": reference,
@@ -219,20 +248,20 @@ def main() -> None:
         record["seeds"]["difference_of_means"] = (
             record["seeds"]["chosen"]["mean"] - record["seeds"]["l0"]["mean"]
         )
-        record["seeds"]["chosen_vs_l0_seed0"] = versus(work / "l0", work / "chosen", "test")
+        record["seeds"]["chosen_vs_l0_seed0"] = versus(targets["l0"], targets["chosen"], "test")
     if {"chosen-30", "continued"} <= set(reports):
         record["at_30"] = {
             "wer_test_chosen": reports["chosen-30"]["pruned"]["wer_test"],
             "wer_test_continued": reports["continued"]["pruned"]["wer_test"],
             "ratio": reports["chosen-30"]["pruned"]["wer_test"] / reports["continued"]["pruned"]["wer_test"],
-            "vs_continued": versus(work / "continued", work / "chosen-30", "test"),
+            "vs_continued": versus(targets["continued"], targets["chosen-30"], "test"),
         }
     if {"chosen-30", "chosen-30-layers"} <= set(reports):
         dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in ("chosen-30", "chosen-30-layers")}
         record["layers_at_30"] = {
             "wer_dev": dev_wer,
             "layer_gates_chosen_on_dev": dev_wer["chosen-30-layers"] < dev_wer["chosen-30"],
-            "test_vs_without": versus(work / "chosen-30", work / "chosen-30-layers", "test"),
+            "test_vs_without": versus(targets["chosen-30"], targets["chosen-30-layers"], "test"),
         }
     name = "distill-quick" if args.quick else "distill"
     save_result(name, record)
@@ -255,8 +284,7 @@ def section(record: dict[str, Any]) -> str:
             r["run"],
             *[f"{100 * r[f'wer_{s}']:.2f}%" for s in SPLITS],
             _interval(r.get("wer_test_vs_reference")),
-            f"{r['grad_norms'].get('ctc', float('nan')):.3g}",
-            f"{r['grad_norms'].get('layer', float('nan')):.3g}",
+            *[f"{r['grad_norms'][k]:.3g}" if k in r["grad_norms"] else "-" for k in ("ctc", "layer")],
         ]
         for r in record["runs"]
     ]
@@ -280,6 +308,12 @@ def section(record: dict[str, Any]) -> str:
         f"Intervals: the paired bootstrap's 95% for the test WER minus `{record['reference']}`'s. Gradient "
         f"norms: the last epoch's. Splits: {sizes}. Commit `{record['commit']}`.\n\n{table}\n"
     )
+    if old := [r["run"] for r in record["runs"] if not r.get("recognitions_kept", True)]:
+        text += (
+            f"\n{', '.join(old)}: trained before runs kept their recognitions and logs in git "
+            "(benchmarks/results/runs/), on a machine whose cache is gone, so WER alone: no interval, "
+            "no gradient norms.\n"
+        )
     if "seeds" in record:
         s = record["seeds"]
         text += (

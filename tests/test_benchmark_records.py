@@ -1,0 +1,97 @@
+"""A finished benchmark run outlives its machine (`benchmarks/common.py`): its record in git holds
+everything a benchmark reads of it but the weights, and a new machine restores the run from it
+instead of training it again."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import common
+from common import keep_run_result, old_eval, restore_run, run_dir, timing_model
+
+from conformer_prune.config import load_config, recipe_path
+from conformer_prune.data.features import FeatureConfig, LogMelFeatures
+from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
+from conformer_prune.evaluate.run import read_recogs, recogs_path
+from conformer_prune.model import Recognizer, build_model, save_recognizer
+from conformer_prune.prune.config import PruneConfig
+from tests.conftest import hetero_config
+
+PRUNED = dict(heads=[4, 0, 1], ffn1=[64, 16, 0], ffn2=[0, 32, 8], conv_channels=[32, 8, 0])
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: Any) -> tuple[PruneConfig, Path, Path]:
+    """Cache and records in `tmp_path`; a run config, a teacher file and a corpus record."""
+    monkeypatch.setattr(common, "RUNS", tmp_path / "cache" / "runs")
+    monkeypatch.setattr(common, "RUN_RECORDS", tmp_path / "results" / "runs")
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+    return load_config(PruneConfig, recipe_path("prune")), teacher, corpus
+
+
+def _finish(run: Path) -> Recognizer:
+    """What the pruning engine leaves in a finished run directory."""
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(["HELLO WORLD", "A CAT SAT"], TokenizerConfig(vocab_size=20))
+    model = build_model(hetero_config(vocab_size=tokenizer.vocab_size, **PRUNED)).eval()
+    rec = Recognizer(model, LogMelFeatures(FeatureConfig()).eval(), tokenizer)
+    run.mkdir(parents=True, exist_ok=True)
+    save_recognizer(run / "model.pt", rec)
+    (run / "identity.json").write_text(json.dumps({"config": {"seed": 0}}))
+    (run / "log.jsonl").write_text('{"epoch": 1, "grad_norm_ctc": 0.9}\n{"epoch": 2, "grad_norm_ctc": 0.8}\n')
+    for split in ("dev", "test"):
+        lines = [f"# run_id r{split}", "u1\tref=HELLO WORLD", f"u1\thyp=HELLO {split.upper()}"]
+        recogs_path(run, split).write_text("\n".join(lines) + "\n")
+    (run / "eval.json").write_text(json.dumps({"pruned": {"wer_test": 0.5}}))
+    return rec
+
+
+def test_a_finished_run_is_restored_on_a_new_machine_with_all_but_its_weights(places: Any) -> None:
+    cfg, teacher, corpus = places
+    run = run_dir(cfg, teacher, corpus)
+    rec = _finish(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "model.pt"}
+    keep_run_result(run)
+    for p in run.iterdir():  # a new machine: the cache is gone, git is not
+        p.unlink()
+    run.rmdir()
+
+    assert run_dir(cfg, teacher, corpus) == run  # restores as it finds the run
+    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert not (run / "model.pt").exists()
+    for name in ("recogs-dev.txt", "recogs-test.txt"):
+        assert after[name] == before[name]
+    for name in ("eval.json", "identity.json"):
+        assert json.loads(after[name]) == json.loads(before[name])
+    assert read_recogs(recogs_path(run, "test")) == {"u1": ("HELLO WORLD", "HELLO TEST")}
+    logged = [json.loads(line) for line in after["log.jsonl"].decode().splitlines()]
+    assert [r["grad_norm_ctc"] for r in logged] == [0.9, 0.8]
+
+    # its shape is timed as it was trained: same architecture, same parameter count
+    shape = timing_model(run)
+    assert shape.config == rec.model.config
+    assert sum(p.numel() for p in shape.parameters()) == sum(p.numel() for p in rec.model.parameters())
+    assert not restore_run(run)  # finished here now: nothing to restore
+
+
+def test_a_record_without_recognitions_is_not_restored_but_its_wer_is_read(places: Any) -> None:
+    cfg, teacher, corpus = places
+    run = run_dir(cfg, teacher, corpus)
+    common.RUN_RECORDS.mkdir(parents=True)
+    old = {"run": run.name, "identity": {}, "eval": {"pruned": {"wer_dev": 0.2}}}  # as kept until 2026-11
+    (common.RUN_RECORDS / f"{run.name}.json").write_text(json.dumps(old))
+
+    assert not restore_run(run) and not (run / "eval.json").exists()  # trains again where it must
+    assert old_eval(cfg, teacher, corpus) == old["eval"]  # or is read for its WER alone
+    _finish(run)
+    assert old_eval(cfg, teacher, corpus) is None  # finished here: the run itself is read
