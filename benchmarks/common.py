@@ -128,25 +128,27 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     }
 
 
-def run_dir(cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
+def run_dir(cfg: PruneConfig, teacher: Path, corpus: Path, restore: bool = True) -> Path:
     """The one directory under cache/runs/ of exactly this run (which may not exist yet). A run
     that finished on another machine (its record in results/runs/, but no eval.json here) is first
-    restored into it from that record (`restore_run`)."""
+    restored into it from that record (`restore_run`), unless `restore` is False (a benchmark that
+    needs the run's weights: it trains the run again)."""
     identity = run_identity(cfg, teacher, corpus)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     run = RUNS / f"{cfg.method}-{digest[:12]}"
-    restore_run(run)
+    if restore:
+        restore_run(run)
     return run
 
 
-def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path) -> Path:
+def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path, restore: bool = True) -> Path:
     """Point `link` (a benchmark's name for a run, e.g. cache/compare/l0-distill-50) at the one
     directory under cache/runs/ of exactly this run, so that benchmarks asking for the same run
     (prune.py's, distill.py's `base` and compare.py's l0-distill at 50% are one) train it once.
     A link whose run no longer matches (another recipe or teacher) is pointed at the new one; the
-    old run stays in cache/runs/."""
+    old run stays in cache/runs/. `restore`: as in `run_dir`."""
     identity = run_identity(cfg, teacher, corpus)
-    target = run_dir(cfg, teacher, corpus)
+    target = run_dir(cfg, teacher, corpus, restore)
     target.mkdir(parents=True, exist_ok=True)
     if not (target / "identity.json").exists():
         write_json(target / "identity.json", identity)

@@ -84,13 +84,19 @@ def run_stage(
     run: Path,
     teacher_result: dict[str, Any],
     latency: bool = True,
+    weights: bool = False,
 ) -> dict[str, Any]:
     """One pruning-engine run (resumable), skipped once its eval.json exists; `run` becomes a link
     to the run's shared directory (`common.link_run`), so another benchmark's identical run is reused.
     It evaluates on the run's own threads; `latency=False` leaves the timing out (other runs share
-    the cores)."""
-    run = link_run(run, cfg, teacher, corpus)
+    the cores). `weights`: the caller reads the run's model and files beyond its record, so a run
+    finished on another machine is trained again rather than restored from its record, and one
+    restored here before is refused."""
+    run = link_run(run, cfg, teacher, corpus, restore=not weights)
     _check_fresh(run / "eval.json")
+    if weights and (run / "eval.json").exists() and not (run / "model.pt").exists():
+        restored = run.resolve()
+        raise SystemExit(f"{restored} was restored from its record, without weights: remove it to train it")
     if (run / "eval.json").exists():
         report: dict[str, Any] = json.loads((run / "eval.json").read_text())
     else:
@@ -167,9 +173,9 @@ def main() -> None:
     control = load_config(PruneConfig, recipe_path("prune"), [*overrides, "method=continued"])
 
     teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
-    reports = {
-        "pruned": run_stage(cfg, teacher, corpus, evaluated, work["pruned"], teacher_result),
-        "continued": run_stage(control, teacher, corpus, evaluated, work["continued"], teacher_result),
+    reports = {  # the compact model and the layer table are read: weights, not only records
+        k: run_stage(c, teacher, corpus, evaluated, work[k], teacher_result, weights=True)
+        for k, c in (("pruned", cfg), ("continued", control))
     }
     wer_keys = [f"{m}_{s}" for s in SPLITS for m in ("wer", "cer")]
     systems = {"teacher": teacher_result} | {k: r["pruned"] for k, r in reports.items()}

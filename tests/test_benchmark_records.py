@@ -66,6 +66,8 @@ def test_a_finished_run_is_restored_on_a_new_machine_with_all_but_its_weights(pl
         p.unlink()
     run.rmdir()
 
+    assert run_dir(cfg, teacher, corpus, restore=False) == run  # a benchmark that needs weights:
+    assert not run.exists()  # nothing restored, the run trains again
     assert run_dir(cfg, teacher, corpus) == run  # restores as it finds the run
     after = {p.name: p.read_bytes() for p in run.iterdir()}
     assert not (run / "model.pt").exists()
