@@ -10,7 +10,7 @@ Usage:
     done
     python benchmarks/distill.py --stage candidates     # stop after a stage
     python benchmarks/distill.py --quick                # same code path on the quick teacher
-    python benchmarks/distill.py --only hard-switch     # just these runs (stages 1 and 4's names)
+    python benchmarks/distill.py --only l0 chosen       # train just these runs (reading the others)
 
 Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
 data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
@@ -96,6 +96,18 @@ LAYERS = "structures=[heads,ffn,conv,modules,frontend,layers]"
 LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
 STAGES = ("candidates", "chosen", "ablation", "seeds", "at-30")
 SEEDS = (1, 2)
+RUN_NAMES = (  # every run's name, in the stages' order
+    "base",
+    "l0",
+    *CHOICES,
+    *(f"l0-seed{seed}" for seed in SEEDS),
+    "chosen",
+    *(f"chosen-without-{choice}" for choice in CHOICES),
+    *(f"chosen-seed{seed}" for seed in SEEDS),
+    "chosen-30",
+    "continued",
+    "chosen-30-layers",
+)
 
 
 def chosen_choices(dev_wer: dict[str, float]) -> list[str]:
@@ -129,13 +141,12 @@ def main() -> None:
         "--only",
         nargs="+",
         metavar="RUN",
-        help="train just these runs, named as in stages 1 and 4 (`l0-seed1`), then stop",
+        help="train just these runs (`l0-seed1`, `chosen`, ...), read the finished others, and stop "
+        "without writing the record; a later stage's run needs every candidate finished",
     )
     args = parser.parse_args()
-    early = {"base", "l0", *CHOICES, *(f"l0-seed{seed}" for seed in SEEDS)}
-    if args.only and (unknown := set(args.only) - early):
-        known = ", ".join(sorted(early))
-        parser.error(f"--only takes runs of stages 1 and 4 ({known}), not {sorted(unknown)}")
+    if args.only and (unknown := set(args.only) - set(RUN_NAMES)):
+        parser.error(f"--only takes runs named {', '.join(RUN_NAMES)}; not {sorted(unknown)}")
     commit = git_commit()
     if args.quick:
         corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
@@ -158,14 +169,15 @@ def main() -> None:
 
     def run(name: str, extra: list[str], compared: bool = False) -> None:
         """`compared`: a run the claims compare by paired bootstrap (its recognitions needed)."""
-        if args.only and name not in args.only:
-            return
         cfg = jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
-        target = targets[name] = run_dir(cfg, teacher, corpus)
+        target = run_dir(cfg, teacher, corpus)
+        kept = None if compared or (args.only and name in args.only) else old_eval(cfg, teacher, corpus)
+        if args.only and name not in args.only and kept is None and not (target / "eval.json").exists():
+            return  # neither asked for nor finished
+        targets[name] = target
         order.append(name)
-        kept = None if compared or args.only else old_eval(cfg, teacher, corpus)
         if kept is not None:
-            print(f"[{name}] read from its record (WER alone, no recognitions kept): {target.name}")
+            print(f"[{name}] read from its record in results/runs/ (WER alone: no recognitions kept)")
             reports[name] = kept
             old.add(name)
             return
@@ -183,12 +195,12 @@ def main() -> None:
     run("l0", [*overrides([]), "method=l0"], compared=True)
     for choice in CHOICES:
         run(choice, overrides([choice]))
-    if last >= 3 or args.only:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
+    if last >= 3:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
         for seed in SEEDS:  # trains them while the others finish theirs
             run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
     jobs.settle()  # the choice needs every candidate (another process's too)
-    if args.only:
-        return
+    if args.only and not {"base", *CHOICES} <= reports.keys():
+        return  # the later stages need the choice
     dev = {name: r["pruned"]["wer_dev"] for name, r in reports.items()}
     chosen = chosen_choices(dev)
     # the later stages' runs depend on the choice only, not on each other
@@ -205,7 +217,7 @@ def main() -> None:
         run("continued", [*overrides(chosen), "method=continued"])
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
     jobs.settle()
-    if not jobs.last():  # the last process out writes the record
+    if not jobs.last() or args.only:  # the last process out of a full run writes the record
         return
 
     for name in [n for n in old if (targets[n] / "eval.json").exists()]:  # trained since, as another name
