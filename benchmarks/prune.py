@@ -45,7 +45,7 @@ from common import (
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import UNSEEN_SPLIT
-from conformer_prune.evaluate import evaluate_recognizer, paired_bootstrap_wer
+from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
@@ -54,7 +54,9 @@ from conformer_prune.utils import write_json
 
 SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
 TARGET_RATIO = 1.03  # pruned test WER at most 1.03x continued's (issue 15)
-KEYS = ("params", "macs_per_second", "latency_ms_10s", "rtf", "threads")
+KEYS = ("params", "macs_per_second")
+LATENCY_THREADS = 2
+LATENCY_ROUNDS = 30  # teacher, pruned and continued timed interleaved in one loop, median of these
 
 
 def stage_seconds(log_path: Path) -> tuple[float, float]:
@@ -174,7 +176,7 @@ def main() -> None:
 
     teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
     reports = {  # the compact model and the layer table are read: weights, not only records
-        k: run_stage(c, teacher, corpus, evaluated, work[k], teacher_result, weights=True)
+        k: run_stage(c, teacher, corpus, evaluated, work[k], teacher_result, latency=False, weights=True)
         for k, c in (("pruned", cfg), ("continued", control))
     }
     wer_keys = [f"{m}_{s}" for s in SPLITS for m in ("wer", "cer")]
@@ -183,7 +185,6 @@ def main() -> None:
         "target_params": cfg.ratio,
         "method": cfg.method,
         "splits": {s: split_sizes(work["teacher"], s, teacher_result[f"hours_{s}"]) for s in SPLITS},
-        # every system's latency from the interleaved pair it was measured in (with the teacher)
         **{k: {key: v[key] for key in (*wer_keys, *KEYS)} for k, v in systems.items()},
         "pruned_vs_teacher": {s: versus(work["teacher"], work["pruned"], s) for s in SPLITS},
         "pruned_vs_continued": {s: versus(work["continued"], work["pruned"], s) for s in SPLITS},
@@ -192,13 +193,16 @@ def main() -> None:
         "commit": commit,
         "command": command_line(),
     }
-    # latency is compared only within a run's interleaved pair (model, teacher): the pairs ran at
-    # different times of a shared machine, so their absolute figures do not compare
-    record["teacher"]["latency_vs_teacher"] = 1.0
-    for k, r in reports.items():
-        paired = r["teacher"]["latency_ms_10s"]
-        record[k]["latency_ms_10s_teacher"] = paired
-        record[k]["latency_vs_teacher"] = r["pruned"]["latency_ms_10s"] / paired
+    # the three models timed in one loop, interleaved, so that their ratios are fair on a shared machine
+    models = [
+        load_recognizer(path).model
+        for path in (teacher, work["pruned"] / "model.pt", work["continued"] / "model.pt")
+    ]
+    timed = interleaved_latency_ms(models, threads=LATENCY_THREADS, rounds=LATENCY_ROUNDS)
+    for k, ms in zip(("teacher", "pruned", "continued"), timed, strict=True):
+        record[k] |= {"latency_ms_10s": ms, "rtf": ms / 10000.0, "latency_vs_teacher": ms / timed[0]}
+    record["latency"] = {"threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS, "seconds": 10.0, "batch": 1}
+    record["train_threads"] = {k: r["pruned"]["threads"] for k, r in reports.items()}
     if _written(work["continued"])["specaug"] != record["specaug"]:
         raise SystemExit("the pruned and continued runs trained under different SpecAugment")
     p, c, t = record["pruned"], record["continued"], record["teacher"]
@@ -304,11 +308,9 @@ def section(record: dict[str, Any], cfg: PruneConfig, layers: str) -> str:
         f"{cfg.prune_epochs + cfg.finetune_epochs} epochs on the same batches with the same learning "
         f"rate, CTC and layerwise distillation from its frozen copy "
         f"({record['continued_wall_seconds'] / 60:.0f} min). Both train under the teacher's own "
-        f"SpecAugment ({specaug}). Latencies: CPU (PyTorch), 2 threads, batch 1, 10 s utterance, "
-        "medians of runs interleaved with the teacher's in one process, once per model; each "
-        "model's ratio is to the teacher's median in its own run (the runs came at different "
-        "times of a shared machine, so their milliseconds do not compare across rows; the "
-        f"teacher's are from its own evaluation). Commit `{record['commit']}`.\n\n"
+        f"SpecAugment ({specaug}). Latencies: CPU (PyTorch), {record['latency']['threads']} threads, "
+        "batch 1, 10 s utterance: the three models timed in one process, interleaved in one loop, "
+        f"median of {record['latency']['rounds']} rounds each. Commit `{record['commit']}`.\n\n"
         f"{table}\n\n"
         f"WER loss of the pruned model on test: {_interval(vs_t)} points against the teacher, "
         f"{_interval(vs_c)} points against `continued` (WER difference with the paired bootstrap's "
