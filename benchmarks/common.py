@@ -191,13 +191,14 @@ def keep_run_result(link: Path) -> Path:
     return path
 
 
-def _complete_record(run_name: str) -> dict[str, Any] | None:
-    """A run's record in results/runs/ if it holds everything `keep_run_result` keeps now."""
+def _record(run_name: str) -> tuple[dict[str, Any] | None, bool]:
+    """A run's record in results/runs/ (None if it has none), and whether it is complete: whether
+    it holds everything `keep_run_result` keeps now."""
     path, recogs_file = _record_paths(run_name)
-    if not (path.exists() and recogs_file.exists()):
-        return None
+    if not path.exists():
+        return None, False
     record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return record if {"log", "architecture"} <= record.keys() else None
+    return record, recogs_file.exists() and {"log", "architecture"} <= record.keys()
 
 
 def restore_run(run: Path) -> bool:
@@ -206,8 +207,11 @@ def restore_run(run: Path) -> bool:
     (last, so that the run counts as finished only once the rest is there). The weights are not
     kept (`timing_model` builds the shape). A record from before the recognitions were kept
     (2026-12-01) is not restored: such a run trains again where a benchmark asks for it, unless
-    the benchmark reads its WER alone (`old_record_eval`). Returns whether it restored the run."""
-    if (run / "eval.json").exists() or (record := _complete_record(run.name)) is None:
+    the benchmark reads its WER alone (`old_eval`). Returns whether it restored the run."""
+    if (run / "eval.json").exists():
+        return False
+    record, complete = _record(run.name)
+    if record is None or not complete:
         return False
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "identity.json", record["identity"])
@@ -221,24 +225,24 @@ def restore_run(run: Path) -> bool:
     return True
 
 
-def old_record_eval(run: Path) -> dict[str, Any] | None:
-    """The evaluation (eval.json) of a run kept before its recognitions were (a record that
-    `restore_run` does not restore): its WERs, with no paired bootstrap against it possible."""
-    path = _record_paths(run.name)[0]
-    if not path.exists() or _complete_record(run.name) is not None:
-        return None
-    evaluation: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))["eval"]
-    return evaluation
+def thread_variants(cfg: PruneConfig) -> Iterator[PruneConfig]:
+    """`cfg` on its own threads, then on each other of `RUN_THREADS`: the same run as far as what
+    it trains, under the identities it may have finished with."""
+    for threads in dict.fromkeys((cfg.threads, *RUN_THREADS)):
+        yield dataclasses.replace(cfg, threads=threads)
 
 
 def old_eval(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any] | None:
-    """The evaluation of `cfg`'s run on any of `RUN_THREADS` from a record older than its
-    recognitions (`old_record_eval`), when that run has not finished here."""
-    for threads in dict.fromkeys((cfg.threads, *RUN_THREADS)):
-        run = run_dir(dataclasses.replace(cfg, threads=threads), teacher, corpus)
+    """The evaluation (eval.json) of `cfg`'s run on any of `RUN_THREADS` from a record kept before
+    the recognitions were (one `restore_run` does not restore), when that run has not finished
+    here: its WERs, with no paired bootstrap against it possible."""
+    for variant in thread_variants(cfg):
+        run = run_dir(variant, teacher, corpus)
         if (run / "eval.json").exists():
             return None
-        if (evaluation := old_record_eval(run)) is not None:
+        record, complete = _record(run.name)
+        if record is not None and not complete:
+            evaluation: dict[str, Any] = record["eval"]
             return evaluation
     return None
 
@@ -315,8 +319,7 @@ class Jobs:
         what it trains, but they are part of its identity: a finished run is reused as it is, so a
         benchmark alone on the cores (2 threads) reads a run that another finished while sharing
         them (1 thread) and does not train it again."""
-        for threads in dict.fromkeys((cfg.threads, *RUN_THREADS)):
-            finished = dataclasses.replace(cfg, threads=threads)
+        for finished in thread_variants(cfg):
             if (run_dir(finished, teacher, corpus) / "eval.json").exists():
                 return finished
         return dataclasses.replace(cfg, threads=1) if self.shared else cfg
