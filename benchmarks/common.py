@@ -294,8 +294,8 @@ class Jobs:
     `last` tells the last one out, which writes the results once nothing else runs (and may time
     models then). With `count` 1 it is the plain sequential benchmark, still locked: another
     benchmark that shares through `Jobs` training the same run (distill.py's `chosen` and
-    compare.py's l0-distill at 50% are one run) is waited for, not trained twice. prune.py does
-    not take the locks yet: do not run it beside them."""
+    compare.py's l0-distill at 50% are one run, and prune.py's pruned run too) is waited for, not
+    trained twice."""
 
     def __init__(self, count: int, work: Path, poll_seconds: float = 60.0) -> None:
         if count < 1:
@@ -313,14 +313,17 @@ class Jobs:
         """Whether other processes share the cores (then nothing is timed)."""
         return self.count > 1
 
-    def config(self, cfg: PruneConfig, teacher: Path, corpus: Path) -> PruneConfig:
+    def config(self, cfg: PruneConfig, teacher: Path, corpus: Path, weights: bool = False) -> PruneConfig:
         """`cfg` as it finished before, on its own threads or on any of `RUN_THREADS`; otherwise
         `cfg`, on one thread when the cores are shared. Threads change how a run is computed, not
         what it trains, but they are part of its identity: a finished run is reused as it is, so a
         benchmark alone on the cores (2 threads) reads a run that another finished while sharing
-        them (1 thread) and does not train it again."""
+        them (1 thread) and does not train it again. `weights`: the benchmark reads the run's
+        model, so only a run finished here with its model.pt counts (none is restored from its
+        record: `run_dir`)."""
         for finished in thread_variants(cfg):
-            if (run_dir(finished, teacher, corpus) / "eval.json").exists():
+            run = run_dir(finished, teacher, corpus, restore=not weights)
+            if (run / "eval.json").exists() and (not weights or (run / "model.pt").exists()):
                 return finished
         return dataclasses.replace(cfg, threads=1) if self.shared else cfg
 

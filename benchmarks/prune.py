@@ -33,12 +33,14 @@ from common import (
     CACHE,
     DOCS,
     ROOT,
+    Jobs,
     command_line,
     git_commit,
     keep_run_result,
     link_run,
     markdown_table,
     reference_corpus,
+    run_dir,
     save_result,
     update_doc_section,
 )
@@ -174,11 +176,21 @@ def main() -> None:
         raise SystemExit("--set method=continued: the control runs beside the method anyway")
     control = load_config(PruneConfig, recipe_path("prune"), [*overrides, "method=continued"])
 
-    teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
-    reports = {  # the compact model and the layer table are read: weights, not only records
-        k: run_stage(c, teacher, corpus, evaluated, work[k], teacher_result, latency=False, weights=True)
-        for k, c in (("pruned", cfg), ("continued", control))
-    }
+    jobs = Jobs(1, CACHE / name)  # waits for a run another benchmark is training (distill's `chosen`)
+    with jobs.preparing():
+        teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
+    reports: dict[str, dict[str, Any]] = {}
+    for k, c in (("pruned", cfg), ("continued", control)):
+        # the compact model and the layer table are read: weights, not only records
+        c = jobs.config(c, teacher, corpus, weights=True)
+
+        def train(k: str = k, c: PruneConfig = c) -> None:
+            reports[k] = run_stage(
+                c, teacher, corpus, evaluated, work[k], teacher_result, latency=False, weights=True
+            )
+
+        jobs.run(k, run_dir(c, teacher, corpus, restore=False), train)
+    jobs.settle()
     wer_keys = [f"{m}_{s}" for s in SPLITS for m in ("wer", "cer")]
     systems = {"teacher": teacher_result} | {k: r["pruned"] for k, r in reports.items()}
     record: dict[str, Any] = {
@@ -239,6 +251,11 @@ def _percent(x: float) -> str:
 
 def _interval(v: dict[str, float]) -> str:
     return f"{100 * v['delta']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
+
+
+def _threads(threads: int) -> str:
+    """The threads a run trained on (a 1-thread run shared the 2 cores with another: `Jobs`)."""
+    return f"{threads} thread{'s' if threads != 1 else ''} on 2 CPU cores"
 
 
 def section(record: dict[str, Any], cfg: PruneConfig, layers: str) -> str:
@@ -303,11 +320,13 @@ def section(record: dict[str, Any], cfg: PruneConfig, layers: str) -> str:
         "## Pruning to 50% of the parameters (`benchmarks/prune.py`)\n\n"
         f"L0 gates + Lagrangian budget + layerwise distillation, {cfg.prune_epochs} pruning and "
         f"{cfg.finetune_epochs} fine-tuning epochs ({record['prune_wall_seconds'] / 60:.0f} + "
-        f"{record['finetune_wall_seconds'] / 60:.0f} min on 2 CPU cores, {cfg.precision}), beside the "
+        f"{record['finetune_wall_seconds'] / 60:.0f} min, {_threads(record['train_threads']['pruned'])}, "
+        f"{cfg.precision}), beside the "
         f"equal-training control `continued`: the teacher itself, unpruned, trained for the same "
         f"{cfg.prune_epochs + cfg.finetune_epochs} epochs on the same batches with the same learning "
         f"rate, CTC and layerwise distillation from its frozen copy "
-        f"({record['continued_wall_seconds'] / 60:.0f} min). Both train under the teacher's own "
+        f"({record['continued_wall_seconds'] / 60:.0f} min, "
+        f"{_threads(record['train_threads']['continued'])}). Both train under the teacher's own "
         f"SpecAugment ({specaug}). Latencies: CPU (PyTorch), {record['latency']['threads']} threads, "
         "batch 1, 10 s utterance: the three models timed in one process, interleaved in one loop, "
         f"median of {record['latency']['rounds']} rounds each. Commit `{record['commit']}`.\n\n"

@@ -4,6 +4,7 @@ instead of training it again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import common
-from common import keep_run_result, old_eval, restore_run, run_dir, timing_model
+from common import Jobs, keep_run_result, old_eval, restore_run, run_dir, timing_model
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
@@ -97,3 +98,22 @@ def test_a_record_without_recognitions_is_not_restored_but_its_wer_is_read(place
     assert old_eval(cfg, teacher, corpus) == old["eval"]  # or is read for its WER alone
     _finish(run)
     assert old_eval(cfg, teacher, corpus) is None  # finished here: the run itself is read
+
+
+def test_a_benchmark_that_reads_weights_takes_a_finished_run_only_with_its_model(places: Any) -> None:
+    cfg, teacher, corpus = places
+    jobs = Jobs(1, corpus.parent / "work")
+    one_thread = dataclasses.replace(cfg, threads=1)  # finished while sharing the cores
+    run = run_dir(one_thread, teacher, corpus)
+    _finish(run)
+    assert jobs.config(cfg, teacher, corpus, weights=True) == one_thread  # its model is here
+    keep_run_result(run)
+    for p in run.iterdir():  # a new machine
+        p.unlink()
+    run.rmdir()
+
+    assert jobs.config(cfg, teacher, corpus, weights=True) == cfg  # trained again, on its own threads
+    assert not run.exists()  # and nothing restored on the way
+    assert jobs.config(cfg, teacher, corpus) == one_thread  # a benchmark that reads records restores it
+    assert (run / "eval.json").exists() and not (run / "model.pt").exists()
+    assert jobs.config(cfg, teacher, corpus, weights=True) == cfg  # restored, without weights: not taken
