@@ -43,6 +43,7 @@ DOC = DOCS / "benchmark.md"
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
 RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
+TO_TRAIN = "to train"  # `run_state` of a run nobody has started
 RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
 
@@ -245,6 +246,40 @@ def old_eval(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any] | 
             evaluation: dict[str, Any] = record["eval"]
             return evaluation
     return None
+
+
+def run_state(run: Path) -> str:
+    """Where a run stands, in words (a benchmark's `--plan`): finished (with its weights, or
+    restored from its record without them), training in another process, started (it resumes from
+    its last saved state), or to train."""
+    if (run / "eval.json").exists():
+        weights = (run / "model.pt").exists()
+        return "finished" if weights else "finished (restored from its record: no weights)"
+    if not run.is_dir():
+        return TO_TRAIN
+    lock = _try_lock(run)
+    if lock is None:
+        return "training in another process"
+    lock.close()
+    if (run / "prune_state.pt").exists():
+        log = run / "log.jsonl"
+        epochs = sum('"epoch"' in line for line in log.read_text().splitlines()) if log.exists() else 0
+        return f"started: resumes from its last saved state ({epochs} epochs logged)"
+    return TO_TRAIN
+
+
+def plan_state(cfg: PruneConfig, teacher: Path, corpus: Path) -> tuple[str, Path]:
+    """Where the run of `cfg` (as `Jobs.config` gave it) stands, and its directory: one not finished
+    on any threads is shown on the threads it started on (another process may be training it on
+    one thread while the others share the cores)."""
+    run = run_dir(cfg, teacher, corpus)
+    state = run_state(run)
+    if state == TO_TRAIN:
+        for variant in thread_variants(cfg):
+            other = run_dir(variant, teacher, corpus, restore=False)
+            if (other_state := run_state(other)) != TO_TRAIN:
+                return other_state, other
+    return state, run
 
 
 def timing_model(run: Path) -> ConformerCTC:

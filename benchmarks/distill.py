@@ -11,6 +11,7 @@ Usage:
     python benchmarks/distill.py --stage candidates     # stop after a stage
     python benchmarks/distill.py --quick                # same code path on the quick teacher
     python benchmarks/distill.py --only l0 chosen       # train just these runs (reading the others)
+    python benchmarks/distill.py --plan                 # where every run stands; trains nothing
 
 Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
 data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
@@ -59,6 +60,7 @@ from common import (
     git_commit,
     markdown_table,
     old_eval,
+    plan_state,
     reference_corpus,
     run_dir,
     save_result,
@@ -144,6 +146,12 @@ def main() -> None:
         help="train just these runs (`l0-seed1`, `chosen`, ...), read the finished others, and stop "
         "without writing the record; a later stage's run needs every candidate finished",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="list every run with where it stands (finished, restored from its record, WER alone from "
+        "an old record, training elsewhere, started, to train) and train nothing",
+    )
     args = parser.parse_args()
     if args.only and (unknown := set(args.only) - set(RUN_NAMES)):
         parser.error(f"--only takes runs named {', '.join(RUN_NAMES)}; not {sorted(unknown)}")
@@ -154,13 +162,17 @@ def main() -> None:
         if not teacher.exists():
             raise SystemExit("run `python benchmarks/teacher.py --quick` first")
     else:
-        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
+        if not args.plan:
+            reference_corpus()  # synthesised when missing, checked otherwise
+        elif not (corpus / "corpus.json").exists():  # a run's identity holds the corpus's record
+            raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
         budget = []
     work = CACHE / ("distill-quick" if args.quick else "distill")
     evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
     jobs = Jobs(args.jobs, work)
     with jobs.preparing():
-        teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
+        teacher_result = {} if args.plan else teacher_eval(teacher, evaluated, work / "teacher")
     last = STAGES.index(args.stage)
     reports: dict[str, dict[str, Any]] = {}
     order: list[str] = []  # the runs' names, in the order asked for
@@ -172,7 +184,18 @@ def main() -> None:
         cfg = jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
         target = run_dir(cfg, teacher, corpus)
         kept = None if compared or (args.only and name in args.only) else old_eval(cfg, teacher, corpus)
-        if args.only and name not in args.only and kept is None and not (target / "eval.json").exists():
+        finished = (target / "eval.json").exists()
+        if args.plan:
+            state, shown = (
+                ("WER alone, from an old record", target)
+                if kept is not None
+                else plan_state(cfg, teacher, corpus)
+            )
+            print(f"{name:<24} {state}  ({shown.name})", flush=True)
+            if kept is not None or finished:  # the later stages' choice reads the candidates
+                reports[name] = kept if kept is not None else json.loads((target / "eval.json").read_text())
+            return
+        if args.only and name not in args.only and kept is None and not finished:
             return  # neither asked for nor finished
         targets[name] = target
         order.append(name)
@@ -199,7 +222,9 @@ def main() -> None:
         for seed in SEEDS:  # trains them while the others finish theirs
             run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
     jobs.settle()  # the choice needs every candidate (another process's too)
-    if args.only and not {"base", *CHOICES} <= reports.keys():
+    if (args.only or args.plan) and not {"base", *CHOICES} <= reports.keys():
+        if args.plan:
+            print("the later stages wait for the choice: every candidate finished")
         return  # the later stages need the choice
     dev = {name: r["pruned"]["wer_dev"] for name, r in reports.items()}
     chosen = chosen_choices(dev)
@@ -217,7 +242,7 @@ def main() -> None:
         run("continued", [*overrides(chosen), "method=continued"])
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
     jobs.settle()
-    if not jobs.last() or args.only:  # the last process out of a full run writes the record
+    if not jobs.last() or args.only or args.plan:  # the last process out of a full run writes the record
         return
 
     for name in [n for n in old if (targets[n] / "eval.json").exists()]:  # trained since, as another name

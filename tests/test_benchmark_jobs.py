@@ -3,6 +3,7 @@ trained exactly once, a run held elsewhere is waited for, and exactly one proces
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import common
-from common import Jobs, _try_lock, run_dir
+from common import TO_TRAIN, Jobs, _try_lock, plan_state, run_dir, run_state
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.prune.config import PruneConfig
@@ -118,3 +119,26 @@ def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_sett
     assert run("method=l0") == run("method=l0", *other)
     assert run("method=l0") != run("method=l0", "distill.ctc_weight=0.5")  # read by CTC-only too
     assert run("method=l0-distill") != run("method=l0-distill", *other)
+
+
+def test_a_plan_shows_a_run_on_the_threads_it_started_on(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(common, "RUNS", tmp_path / "runs")
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+    cfg = load_config(PruneConfig, recipe_path("prune"))
+    assert plan_state(cfg, teacher, corpus) == (TO_TRAIN, run_dir(cfg, teacher, corpus))
+    shared = run_dir(dataclasses.replace(cfg, threads=1), teacher, corpus)
+    held = _try_lock(shared)  # another process trains it on one thread
+    assert held is not None
+    assert plan_state(cfg, teacher, corpus) == ("training in another process", shared)
+    held.close()
+    (shared / "prune_state.pt").write_bytes(b"")  # that process stopped after an epoch
+    (shared / "log.jsonl").write_text('{"epoch": 1, "stage": "prune"}\n')
+    state, where = plan_state(cfg, teacher, corpus)
+    assert where == shared and state == "started: resumes from its last saved state (1 epochs logged)"
+    (shared / "eval.json").write_text("{}")
+    assert run_state(shared) == "finished (restored from its record: no weights)"
+    (shared / "model.pt").write_bytes(b"")
+    assert run_state(shared) == "finished"
