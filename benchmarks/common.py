@@ -263,7 +263,8 @@ def run_state(run: Path) -> str:
     lock.close()
     if (run / "prune_state.pt").exists():
         log = run / "log.jsonl"
-        epochs = sum('"epoch"' in line for line in log.read_text().splitlines()) if log.exists() else 0
+        lines = log.read_text().splitlines() if log.exists() else []
+        epochs = sum("epoch" in json.loads(line) for line in lines)
         return f"started: resumes from its last saved state ({epochs} epochs logged)"
     return TO_TRAIN
 
@@ -272,14 +273,11 @@ def plan_state(cfg: PruneConfig, teacher: Path, corpus: Path) -> tuple[str, Path
     """Where the run of `cfg` (as `Jobs.config` gave it) stands, and its directory: one not finished
     on any threads is shown on the threads it started on (another process may be training it on
     one thread while the others share the cores)."""
-    run = run_dir(cfg, teacher, corpus)
-    state = run_state(run)
-    if state == TO_TRAIN:
-        for variant in thread_variants(cfg):
-            other = run_dir(variant, teacher, corpus, restore=False)
-            if (other_state := run_state(other)) != TO_TRAIN:
-                return other_state, other
-    return state, run
+    for variant in thread_variants(cfg):  # `cfg` first
+        run = run_dir(variant, teacher, corpus, restore=False)
+        if (state := run_state(run)) != TO_TRAIN:
+            return state, run
+    return TO_TRAIN, run_dir(cfg, teacher, corpus, restore=False)
 
 
 def timing_model(run: Path) -> ConformerCTC:

@@ -101,3 +101,22 @@ def interrupt_within_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, steps: i
             raise KeyboardInterrupt
 
     monkeypatch.setattr(RunDir, "save_state", save_then_stop)
+
+
+@pytest.fixture
+def places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Path, Path]:
+    """For the benchmarks' run bookkeeping (`benchmarks/common.py`): its run cache and records in
+    `tmp_path`; the reference pruning config, a teacher file and a corpus record."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import common
+
+    from conformer_prune.config import load_config, recipe_path
+    from conformer_prune.prune.config import PruneConfig
+
+    monkeypatch.setattr(common, "RUNS", tmp_path / "cache" / "runs")
+    monkeypatch.setattr(common, "RUN_RECORDS", tmp_path / "results" / "runs")
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+    return load_config(PruneConfig, recipe_path("prune")), teacher, corpus

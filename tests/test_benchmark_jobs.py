@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import common
 from common import TO_TRAIN, Jobs, _try_lock, plan_state, run_dir, run_state
 
 from conformer_prune.config import load_config, recipe_path
@@ -72,24 +71,15 @@ def test_a_held_run_is_left_and_settled_once_let_go(tmp_path: Path) -> None:
     assert jobs.last()
 
 
-def test_shared_runs_train_on_one_thread(tmp_path: Path) -> None:
-    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
-    teacher.write_bytes(b"weights")
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text("{}")
-    cfg = load_config(PruneConfig, recipe_path("prune"))
+def test_shared_runs_train_on_one_thread(tmp_path: Path, places: Any) -> None:
+    cfg, teacher, corpus = places
     assert cfg.threads != 1
     assert Jobs(1, tmp_path / "alone").config(cfg, teacher, corpus) == cfg
     assert Jobs(2, tmp_path / "shared").config(cfg, teacher, corpus).threads == 1
 
 
-def test_a_run_finished_on_other_threads_is_read_not_trained_again(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(common, "RUNS", tmp_path / "runs")
-    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
-    teacher.write_bytes(b"weights")
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text("{}")
-    cfg = load_config(PruneConfig, recipe_path("prune"))
+def test_a_run_finished_on_other_threads_is_read_not_trained_again(tmp_path: Path, places: Any) -> None:
+    cfg, teacher, corpus = places
     assert cfg.threads == 2
     alone, shared = Jobs(1, tmp_path / "alone"), Jobs(2, tmp_path / "shared")
     one_thread = shared.config(cfg, teacher, corpus)
@@ -121,13 +111,8 @@ def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_sett
     assert run("method=l0-distill") != run("method=l0-distill", *other)
 
 
-def test_a_plan_shows_a_run_on_the_threads_it_started_on(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(common, "RUNS", tmp_path / "runs")
-    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
-    teacher.write_bytes(b"weights")
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text("{}")
-    cfg = load_config(PruneConfig, recipe_path("prune"))
+def test_a_plan_shows_a_run_on_the_threads_it_started_on(places: Any) -> None:
+    cfg, teacher, corpus = places
     assert plan_state(cfg, teacher, corpus) == (TO_TRAIN, run_dir(cfg, teacher, corpus))
     shared = run_dir(dataclasses.replace(cfg, threads=1), teacher, corpus)
     held = _try_lock(shared)  # another process trains it on one thread

@@ -10,34 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import common
 from common import Jobs, keep_run_result, old_eval, restore_run, run_dir, timing_model
 
-from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 from conformer_prune.model import Recognizer, build_model, save_recognizer
-from conformer_prune.prune.config import PruneConfig
 from tests.conftest import hetero_config
 
 PRUNED = dict(heads=[4, 0, 1], ffn1=[64, 16, 0], ffn2=[0, 32, 8], conv_channels=[32, 8, 0])
-
-
-@pytest.fixture
-def places(tmp_path: Path, monkeypatch: Any) -> tuple[PruneConfig, Path, Path]:
-    """Cache and records in `tmp_path`; a run config, a teacher file and a corpus record."""
-    monkeypatch.setattr(common, "RUNS", tmp_path / "cache" / "runs")
-    monkeypatch.setattr(common, "RUN_RECORDS", tmp_path / "results" / "runs")
-    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
-    teacher.write_bytes(b"weights")
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text("{}")
-    return load_config(PruneConfig, recipe_path("prune")), teacher, corpus
 
 
 def _finish(run: Path) -> Recognizer:
