@@ -6,6 +6,7 @@ Usage:
     conformer-prune synth corpus --hours 0.5
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher
     conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json
+    conformer-prune errors runs/eval/recogs-test.txt --train corpus/train   # by speaker, seen words
     conformer-prune transcribe runs/teacher/model.pt corpus/test/*/*/*.flac
     conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test
     conformer-prune transcribe --onnx pruned.onnx corpus/test/*/*/*.flac   # no PyTorch needed
@@ -189,6 +190,49 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if json_path:
         write_json(json_path, results)
     print(format_results(results))
+
+
+def _add_errors(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "errors",
+        cmd_errors,
+        "Where the errors of an evaluation are: WER per speaker (worst first) and the error rate of "
+        "reference words the training text has and lacks, from the recogs-NAME.txt files that "
+        "`evaluate --json` writes.",
+        "conformer-prune errors runs/eval/recogs-test.txt --train corpus/train --json errors.json",
+    )
+    p.add_argument("recogs", nargs="+", help="recogs-NAME.txt files written by `evaluate --json`")
+    p.add_argument("--train", nargs="+", help="training corpora: their transcripts' words are the known ones")
+    p.add_argument(
+        "--speaker-pattern",
+        default=None,
+        help="regular expression whose first group is an utterance id's speaker "
+        "(default: LibriSpeech's, the id up to its first '-')",
+    )
+    p.add_argument("--json", help="write the breakdowns here, one per recogs file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json")
+
+
+def cmd_errors(args: argparse.Namespace) -> None:
+    from conformer_prune.data.corpus import read_corpus
+    from conformer_prune.evaluate.breakdown import LIBRISPEECH_SPEAKER, breakdown
+    from conformer_prune.evaluate.report import format_breakdown
+    from conformer_prune.evaluate.run import read_recogs
+    from conformer_prune.utils import check_output_file, write_json
+
+    if args.json:
+        check_output_file(args.json, force=args.force)
+    known = (
+        {w for source in args.train for u in read_corpus(source) for w in u.text.split()}
+        if args.train
+        else None
+    )
+    pattern = args.speaker_pattern or LIBRISPEECH_SPEAKER
+    results = {path: breakdown(read_recogs(Path(path)), known, pattern) for path in args.recogs}
+    print("\n\n".join(format_breakdown(path, result) for path, result in results.items()))
+    if args.json:
+        write_json(Path(args.json), results)
 
 
 def _add_transcribe(sub: _Subparsers) -> None:
@@ -574,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_errors(sub)
     _add_transcribe(sub)
     _add_export(sub)
     _add_lm(sub)
