@@ -26,13 +26,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, DOCS, ROOT, command_line, git_commit, markdown_table, reference_corpus, save_result
+from common import (
+    CACHE,
+    DOCS,
+    ROOT,
+    command_line,
+    git_commit,
+    markdown_table,
+    reference_corpus,
+    save_result,
+    update_doc_section,
+)
 from prune import teacher_eval
 
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.evaluate.breakdown import breakdown, count_errors, speaker_of
 from conformer_prune.evaluate.metrics import paired_bootstrap_wer
+from conformer_prune.evaluate.report import format_interval
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 
 SPLITS = {"test": "test", "test_unseen": UNSEEN_SPLIT}  # recogs name -> corpus directory
@@ -104,10 +115,6 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def points(d: dict[str, float]) -> str:
-    return f"{100 * d['delta']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
-
-
 def render(record: dict[str, Any]) -> str:
     splits = record["splits"]
     vocab_rows = [
@@ -135,7 +142,7 @@ def render(record: dict[str, Any]) -> str:
             f"{unseen['teacher']['speakers'][speaker]['words']:,}",
             pct(unseen["teacher"]["speakers"][speaker]["wer"]),
             pct(unseen["pruned"]["speakers"][speaker]["wer"]),
-            points(unseen["pruned_minus_teacher"][speaker]),
+            format_interval(unseen["pruned_minus_teacher"][speaker]),
         ]
         for speaker, v in sorted(
             unseen["voices"].items(), key=lambda kv: unseen["teacher"]["speakers"][kv[0]]["wer"]
@@ -149,7 +156,7 @@ def render(record: dict[str, Any]) -> str:
             f"{g['teacher']['words']:,}",
             pct(g["teacher"]["wer"]),
             pct(g["pruned"]["wer"]),
-            points(g["pruned_minus_teacher"]),
+            format_interval(g["pruned_minus_teacher"]),
         ]
         for split in SPLITS
         for name, groups in record["groups"][split].items()
@@ -278,8 +285,6 @@ def main() -> None:
     record |= {"commit": commit, "command": command_line()}
     save_result("voices", record)
     plot(record, DOCS / "voices.png")
-    from common import update_doc_section
-
     update_doc_section("voices", render(record))
     print(json.dumps(record["summary"], indent=2))
 
