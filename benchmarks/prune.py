@@ -117,7 +117,9 @@ def run_stage(
             teacher_eval=teacher_result,
             latency=latency,
         )
-    if corpus.name != "corpus-quick":  # a quick run is a smoke test, not a result for git
+    # a quick run is a smoke test, not a result for git; a run restored from its record (no
+    # weights) has its record already
+    if corpus.name != "corpus-quick" and (run / "model.pt").exists():
         keep_run_result(run)
     return report
 

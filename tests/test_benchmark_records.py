@@ -102,3 +102,25 @@ def test_a_benchmark_that_reads_weights_takes_a_finished_run_only_with_its_model
     assert jobs.config(cfg, teacher, corpus) == one_thread  # a benchmark that reads records restores it
     assert (run / "eval.json").exists() and not (run / "model.pt").exists()
     assert jobs.config(cfg, teacher, corpus, weights=True) == cfg  # restored, without weights: not taken
+
+
+def test_a_run_restored_from_its_record_is_read_and_its_record_left_as_it_was(
+    places: Any, tmp_path: Path
+) -> None:
+    """On a new machine a benchmark reads a finished run from its record; it has no weights to
+    write the record again from (that once stopped every benchmark on a fresh cache)."""
+    from prune import run_stage
+
+    cfg, teacher, corpus = places
+    run = run_dir(cfg, teacher, corpus)
+    _finish(run)
+    scored = {"pruned": {"wer_dev": 0.4, "wer_test": 0.5, "wer_test_unseen": 0.9}}
+    (run / "eval.json").write_text(json.dumps(scored))
+    record = keep_run_result(run)
+    kept = record.read_bytes()
+    for p in run.iterdir():  # a new machine
+        p.unlink()
+    run.rmdir()
+
+    assert run_stage(cfg, teacher, corpus, {}, tmp_path / "work" / "base", {}) == scored
+    assert not (run / "model.pt").exists() and record.read_bytes() == kept
