@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conformer_prune.config import load_config
 from conformer_prune.data.audio import AudioError, load_audio
 from conformer_prune.data.corpus import read_corpus, read_librispeech, read_manifest, write_manifest
 from conformer_prune.data.dataset import BucketBatchSampler, SpeechDataset, collate
@@ -18,6 +19,7 @@ from conformer_prune.data.features import (
     SpecAugmentConfig,
 )
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig, TokenizerError
+from conformer_prune.train.config import TrainConfig
 
 
 def _tone(seconds: float, rate: int = 16000, freq: float = 440.0) -> np.ndarray:
@@ -73,6 +75,47 @@ def test_audio_resampled_and_downmixed(tmp_path: Path) -> None:
     audio = load_audio(tmp_path / "s.wav", 16000)
     assert audio.ndim == 1 and abs(audio.shape[0] - 16000) <= 1
     np.testing.assert_allclose(audio[2000:2100], _tone(1.0)[2000:2100], atol=0.02)
+
+
+def _peak_hz(audio: np.ndarray, rate: int = 16000) -> float:
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
+    return float(np.fft.rfftfreq(audio.size, 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("speed", [0.9, 1.1])
+def test_speed_perturbation_moves_tempo_and_pitch_together(tmp_path: Path, speed: float) -> None:
+    sf.write(tmp_path / "t.flac", _tone(1.0), 16000)
+    audio = load_audio(tmp_path / "t.flac", 16000, speed=speed)
+    assert abs(audio.size - 16000 / speed) <= 1
+    assert abs(_peak_hz(audio) - 440 * speed) < 3  # FFT bins are about 1 Hz apart
+    assert abs(_peak_hz(load_audio(tmp_path / "t.flac", 16000)) - 440) < 3
+    with pytest.raises(ValueError, match="speed"):
+        load_audio(tmp_path / "t.flac", 16000, speed=0.0)
+
+
+def test_speed_perturbed_training_set_has_an_entry_per_speed(tmp_path: Path) -> None:
+    tok = Tokenizer.train(["HELLO WORLD", "IT'S A CAT"], TokenizerConfig(vocab_size=16))
+    root = _libri(tmp_path / "c", {"19-198-0000": "HELLO", "19-198-0001": "CAT"})
+    utts = read_librispeech(root)
+    features = LogMelFeatures(FeatureConfig())
+    plain = SpeechDataset(utts, tok, features)
+    perturbed = SpeechDataset(utts, tok, features, speeds=(0.9, 1.0, 1.1))
+    assert len(perturbed) == 3 * len(plain)
+    assert sorted(perturbed.speeds) == [0.9, 0.9, 1.0, 1.0, 1.1, 1.1]
+    for i in range(len(perturbed)):
+        feats, tokens, _ = perturbed[i]
+        assert abs(feats.shape[0] - perturbed.frames[i]) <= 1  # what the batch sampler budgets
+        j = plain.utts.index(perturbed.utts[i])
+        assert torch.equal(tokens, plain.tokens[j])
+        if perturbed.speeds[i] == 1.0:
+            assert torch.equal(feats, plain[j][0])
+        else:  # 0.9 is longer, 1.1 shorter
+            assert (feats.shape[0] > plain.frames[j]) == (perturbed.speeds[i] < 1)
+    with pytest.raises(ValueError, match="for evaluation"):
+        SpeechDataset(utts, tok, features, training=False, speeds=(0.9, 1.0))
+    with pytest.raises(ValueError, match=r"between 0\.5 and 2"):
+        TrainConfig(speeds=(1.0, 3.0))
+    assert load_config(TrainConfig, None, ["speeds=[0.9,1.0,1.1]"]).speeds == (0.9, 1.0, 1.1)
 
 
 def test_librispeech_and_manifest_readers(tmp_path: Path) -> None:

@@ -165,3 +165,18 @@ def test_unknown_config_key_is_a_clear_cli_error(
     ]
     assert main(args) == 2
     assert "unknown config key 'optim.learning_rate'" in capsys.readouterr().err
+
+
+def test_speed_perturbation_reaches_the_training_loop(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """`speeds` makes each epoch read every utterance once per factor: its audio adds up to the
+    plain epoch's over each factor."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
+    argv += ["--config", "tiny", "--out", str(out), "--set", "epochs=1", "speeds=[0.9,1.1]"]
+    assert main(argv) == 0
+    plain = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[0])
+    perturbed = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    ratio = perturbed["audio_seconds"] / plain["audio_seconds"]
+    assert ratio == pytest.approx(1 / 0.9 + 1 / 1.1, rel=0.002)  # not 2: each copy resampled

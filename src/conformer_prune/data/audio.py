@@ -1,8 +1,9 @@
-"""Audio input: any file `soundfile` reads, down-mixed to mono and resampled to the model's rate."""
+"""Audio input: any file `soundfile` reads, down-mixed to mono and resampled to the model's rate
+(and, for speed perturbation, to a changed speed)."""
 
 from __future__ import annotations
 
-from math import gcd
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,19 @@ class AudioError(ValueError):
     """An audio file is missing, unreadable, empty or not decodable."""
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = 16000, speed: float = 1.0) -> np.ndarray:
     """Read `path` as float32 mono at `sample_rate`.
 
     Stereo (or more channels) is averaged; another rate is resampled with a polyphase filter.
+    `speed` plays the audio that much faster (Kaldi's speed perturbation, Ko et al. 2015): the
+    file is read as if recorded at `speed` times its rate, so tempo, pitch and formants all move
+    together, as a different speaker's would, and the result is `1 / speed` times as long.
 
     Args:
         path: an audio file (FLAC, WAV, OGG, ... whatever libsndfile decodes).
         sample_rate: the rate the model expects.
+        speed: tempo factor (1.0 unchanged, 1.1 ten percent faster and shorter); its ratio is
+            rounded to a fraction with a denominator of at most 100.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -43,8 +49,10 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     bad = int(np.count_nonzero(~np.isfinite(audio)))
     if bad:
         raise AudioError(f"audio file {path} holds {bad} NaN or infinite samples; expected finite samples")
+    if not speed > 0:
+        raise ValueError(f"speed: expected a positive tempo factor, found {speed}")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-    if rate != sample_rate:
-        g = gcd(int(rate), int(sample_rate))
-        mono = resample_poly(mono, sample_rate // g, int(rate) // g).astype(np.float32)
+    ratio = Fraction(int(sample_rate), int(rate)) / Fraction(speed).limit_denominator(100)
+    if ratio != 1:
+        mono = resample_poly(mono, ratio.numerator, ratio.denominator).astype(np.float32)
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +56,10 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
     on first access and kept in memory when `cache` is set (about 32 MB per hour of audio), so
     later epochs skip decoding and the STFT.
 
+    Speed perturbation (`speeds`, training only) is Kaldi's: every utterance appears once per
+    factor, resampled to that speed (`load_audio`), so (0.9, 1.0, 1.1) makes three entries of
+    each (and an epoch three times as long). Entry `i` is utterance `utts[i]` at `speeds[i]`.
+
     Args:
         utts: the utterances.
         tokenizer: encodes transcripts.
@@ -67,6 +71,7 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         max_frames: the training batch budget in feature frames (None: no limit).
         subsampling_factor: feature frames per encoder frame of the model (4, 8 or 16), which
             decides how short is too short.
+        speeds: tempo factors each training utterance is used at (1.0: as recorded).
     """
 
     def __init__(
@@ -78,37 +83,46 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         training: bool = True,
         max_frames: int | None = None,
         subsampling_factor: int = SUBSAMPLING,
+        speeds: Sequence[float] = (1.0,),
     ) -> None:
+        if not speeds or any(not s > 0 for s in speeds):
+            raise ValueError(f"speeds: expected positive tempo factors, found {list(speeds)}")
+        if not training and list(speeds) != [1.0]:
+            raise ValueError(f"speeds: perturbation is for training; found {list(speeds)} for evaluation")
         self.features = features.eval()
         self.sample_rate = features.config.sample_rate
         hop = features.config.hop_length
-        kept, tokens, too_short, too_long = [], [], [], []
+        kept, kept_speeds, tokens, too_short, too_long = [], [], [], [], []
         for utt in utts:
-            frames = int(utt.duration * self.sample_rate) // hop + 1
             if not training:
                 kept.append(utt)
+                kept_speeds.append(1.0)
                 tokens.append(torch.zeros(0, dtype=torch.long))
                 continue
             ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
-            if subsampled_length(frames, subsampling_factor) < len(ids):
-                too_short.append(utt.utt_id)
-            elif max_frames is not None and frames > max_frames:
-                too_long.append(utt.utt_id)
-            else:
-                kept.append(utt)
-                tokens.append(torch.tensor(ids, dtype=torch.long))
+            for speed in speeds:
+                frames = _frames(utt.duration / speed, self.sample_rate, hop)
+                where = utt.utt_id if speed == 1.0 else f"{utt.utt_id} at speed {speed}"
+                if subsampled_length(frames, subsampling_factor) < len(ids):
+                    too_short.append(where)
+                elif max_frames is not None and frames > max_frames:
+                    too_long.append(where)
+                else:
+                    kept.append(utt)
+                    kept_speeds.append(speed)
+                    tokens.append(torch.tensor(ids, dtype=torch.long))
         if too_short:
             log.warning(
                 "training skips %d of %d utterances too short for their transcripts (e.g. %s)",
                 len(too_short),
-                len(utts),
+                len(utts) * len(speeds),
                 too_short[0],
             )
         if too_long:
             log.warning(
                 "training skips %d of %d utterances longer than max_frames %d (e.g. %s)",
                 len(too_long),
-                len(utts),
+                len(utts) * len(speeds),
                 max_frames,
                 too_long[0],
             )
@@ -118,10 +132,13 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
                 f"transcripts, {len(too_long)} longer than max_frames {max_frames}"
             )
         self.utts = kept
+        self.speeds = kept_speeds
         self.tokens = tokens
         self.skipped_too_short = len(too_short)
         self.skipped_too_long = len(too_long)
-        self.frames = [int(u.duration * self.sample_rate) // hop + 1 for u in kept]
+        self.frames = [
+            _frames(u.duration / s, self.sample_rate, hop) for u, s in zip(kept, kept_speeds, strict=True)
+        ]
         self._cache: dict[int, Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -133,7 +150,7 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
             return self._cache[index]
         utt = self.utts[index]
         try:
-            audio = torch.from_numpy(load_audio(utt.audio_path, self.sample_rate))
+            audio = torch.from_numpy(load_audio(utt.audio_path, self.sample_rate, self.speeds[index]))
         except (OSError, ValueError) as err:
             raise type(err)(f"utterance {utt.utt_id}: {err}") from err
         with torch.no_grad():
@@ -145,6 +162,11 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
         return self.load_features(index), self.tokens[index], index
+
+
+def _frames(seconds: float, sample_rate: int, hop: int) -> int:
+    """Feature frames of `seconds` of audio (the STFT's centred frames)."""
+    return int(seconds * sample_rate) // hop + 1
 
 
 def collate(samples: list[tuple[Tensor, Tensor, int]]) -> Batch:

@@ -47,6 +47,9 @@ class TrainConfig:
         epochs: passes over the training data (the schedule spans all of them).
         max_frames: padded feature frames per batch (100 frames = 1 s of audio).
         sorted_epochs: the first epochs that run short utterances first (SortaGrad).
+        speeds: speed perturbation: every training utterance is used once at each of these tempo
+            factors (resampled, so pitch and formants move too, as another speaker's would);
+            ``[0.9, 1.0, 1.1]`` is Kaldi's recipe and makes each epoch three times as long.
         seed: seeds batching, SpecAugment, dropout and initialisation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:N]".
         precision: "bf16" runs forward passes under bfloat16 autocast.
@@ -65,6 +68,7 @@ class TrainConfig:
     epochs: int = 30
     max_frames: int = 20000
     sorted_epochs: int = 0
+    speeds: tuple[float, ...] = (1.0,)
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -78,5 +82,7 @@ class TrainConfig:
             raise ValueError(f"epochs: expected at least 1, found {self.epochs}")
         check_at_least(self, 0, "checkpoint_minutes", "time_budget_minutes", meaning="none")
         check_at_least(self, 0, "sorted_epochs")
+        if not self.speeds or any(not 0.5 <= s <= 2.0 for s in self.speeds):
+            raise ValueError(f"speeds: expected tempo factors between 0.5 and 2, found {list(self.speeds)}")
         if self.max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")

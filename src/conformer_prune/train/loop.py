@@ -109,11 +109,19 @@ def make_data(
     world_size: int = 1,
     subsampling_factor: int = SUBSAMPLING,
     sorted_epochs: int = 0,
+    speeds: tuple[float, ...] = (1.0,),
 ) -> TrainData:
     """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list);
-    `subsampling_factor`: the model's, which decides which utterances are too short for CTC."""
+    `subsampling_factor`: the model's, which decides which utterances are too short for CTC;
+    `speeds`: the training set's speed perturbation (see `SpeechDataset`)."""
     train_set = SpeechDataset(
-        train_utts, tokenizer, features, cache, max_frames=max_frames, subsampling_factor=subsampling_factor
+        train_utts,
+        tokenizer,
+        features,
+        cache,
+        max_frames=max_frames,
+        subsampling_factor=subsampling_factor,
+        speeds=speeds,
     )
     dev_set = SpeechDataset(dev_utts, tokenizer, features, cache=True, training=False)
     sampler = BucketBatchSampler(
@@ -498,6 +506,7 @@ def _train(
         world_size=dist.world_size,
         subsampling_factor=cfg.model.subsampling_factor,
         sorted_epochs=cfg.sorted_epochs,
+        speeds=cfg.speeds,
     )
 
     model = build_model(cfg.model).to(device)
