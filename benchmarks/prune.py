@@ -47,8 +47,8 @@ from common import (
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import UNSEEN_SPLIT
-from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms, paired_bootstrap_wer
-from conformer_prune.evaluate.run import read_recogs, recogs_path
+from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
+from conformer_prune.evaluate.run import compare_recogs, read_recogs, recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.report import prune_and_report
@@ -134,16 +134,10 @@ def _check_fresh(eval_json: Path) -> None:
             raise SystemExit(f"{eval_json}: no WER on {missing} (an older corpus); remove {eval_json.parent}")
 
 
-def versus(a: Path, b: Path, split: str) -> dict[str, float]:
-    """WER of the recognitions in `b` minus those in `a` on `split`, with the paired bootstrap's
-    95% interval."""
-    rec_a, rec_b = read_recogs(recogs_path(a, split)), read_recogs(recogs_path(b, split))
-    if rec_a.keys() != rec_b.keys():
-        raise ValueError(f"{a} and {b} recognised different {split} utterances")
-    utts = sorted(rec_a)
-    return paired_bootstrap_wer(
-        [rec_a[u][0] for u in utts], [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts]
-    )
+def versus(a: Path, b: Path, split: str) -> dict[str, Any]:
+    """WER of the recognitions in run `b` minus those in run `a` on `split`, with the paired
+    bootstrap's 95% interval and the split's size (`compare_recogs`)."""
+    return compare_recogs(recogs_path(a, split), recogs_path(b, split))
 
 
 def split_sizes(recogs_dir: Path, split: str, hours: float) -> dict[str, Any]:

@@ -42,9 +42,8 @@ from prune import teacher_eval
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.evaluate.breakdown import breakdown, count_errors, speaker_of
-from conformer_prune.evaluate.metrics import paired_bootstrap_wer
 from conformer_prune.evaluate.report import format_interval
-from conformer_prune.evaluate.run import read_recogs, recogs_path
+from conformer_prune.evaluate.run import compare_recognitions, read_recogs, recogs_path
 
 SPLITS = {"test": "test", "test_unseen": UNSEEN_SPLIT}  # recogs name -> corpus directory
 ENGINE_COLORS = {"espeak-ng": "tab:blue", "flite": "tab:orange", "festival": "tab:green"}
@@ -54,14 +53,6 @@ def identity(voice: dict[str, Any]) -> str:
     """What makes a voice new to the model: an espeak-ng voice's variant (``en-029+Alicia``:
     Alicia; its accent is shared with training voices), a flite or festival voice's name."""
     return str(voice["voice"]).rsplit("+", 1)[-1]
-
-
-def interval(pairs_a: dict[str, tuple[str, str]], pairs_b: dict[str, tuple[str, str]]) -> dict[str, float]:
-    """WER of b minus a on the same utterances, with the paired bootstrap's 95% interval."""
-    utts = sorted(pairs_a)
-    return paired_bootstrap_wer(
-        [pairs_a[u][0] for u in utts], [pairs_a[u][1] for u in utts], [pairs_b[u][1] for u in utts]
-    )
 
 
 def group_rows(
@@ -74,7 +65,7 @@ def group_rows(
     return {
         value: {
             **{system: count_errors([pairs[u] for u in utts]).to_dict() for system, pairs in recogs.items()},
-            "pruned_minus_teacher": interval(
+            "pruned_minus_teacher": compare_recognitions(
                 {u: recogs["teacher"][u] for u in utts}, {u: recogs["pruned"][u] for u in utts}
             ),
         }
@@ -258,7 +249,7 @@ def main() -> None:
             **{system: breakdown(pairs, known) for system, pairs in recogs.items()},
             "voices": {s: voices[s] for s in speakers},
             "pruned_minus_teacher": {
-                s: interval(
+                s: compare_recognitions(
                     {u: p for u, p in recogs["teacher"].items() if speaker_of(u) == s},
                     {u: p for u, p in recogs["pruned"].items() if speaker_of(u) == s},
                 )

@@ -32,6 +32,7 @@ from conformer_prune.utils import atomic_write_text
 
 __all__ = [
     "Recognition",
+    "compare_recognitions",
     "compare_recogs",
     "cost_report",
     "evaluate_recognizer",
@@ -111,18 +112,25 @@ def read_recogs(path: Path) -> dict[str, tuple[str, str]]:
 
 def compare_recogs(a: Path, b: Path) -> dict[str, Any]:
     """WER of system `b` minus system `a` from their ``recogs-<name>.txt`` files of the same
-    utterances, with the paired bootstrap's 95% interval (`paired_bootstrap_wer`) and the size of
-    the split (``utterances``, ``words``)."""
-    rec_a, rec_b = read_recogs(a), read_recogs(b)
+    utterances (`compare_recognitions`)."""
+    return compare_recognitions(read_recogs(a), read_recogs(b), f"{a} and {b}")
+
+
+def compare_recognitions(
+    rec_a: dict[str, tuple[str, str]], rec_b: dict[str, tuple[str, str]], what: str = "the two systems"
+) -> dict[str, Any]:
+    """WER of system `b` minus system `a` from their (reference, hypothesis) per utterance id,
+    with the paired bootstrap's 95% interval (`paired_bootstrap_wer`) and the size of the split
+    (``utterances``, ``words``); `what` names the two in errors."""
     if rec_a.keys() != rec_b.keys():
         raise ValueError(
-            f"expected recognitions of the same utterances in {a} and {b}; "
+            f"expected recognitions of the same utterances in {what}; "
             f"found {len(rec_a.keys() ^ rec_b.keys())} that only one of them holds"
         )
     utts = sorted(rec_a)
     refs = [rec_a[u][0] for u in utts]
     if refs != [rec_b[u][0] for u in utts]:
-        raise ValueError(f"{a} and {b} hold different references for the same utterances")
+        raise ValueError(f"{what} hold different references for the same utterances")
     result: dict[str, Any] = {"utterances": len(utts), "words": sum(len(r.split()) for r in refs)}
     return result | paired_bootstrap_wer(refs, [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts])
 
