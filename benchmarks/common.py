@@ -118,6 +118,8 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     config = to_dict(cfg)
     for key in NOT_TRAINED:
         config.pop(key)
+    if config["speeds"] is None:  # the teacher's, as before the field existed: the same identity
+        config.pop("speeds")
     if not METHODS[cfg.method].distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
     if cfg.latency_table:

@@ -1,5 +1,5 @@
-"""The equal-training control `continued` and the one SpecAugment recipe: pruning runs train under
-the teacher's own SpecAugment unless the config gives one."""
+"""The equal-training control `continued` and the one augmentation recipe: pruning runs train under
+the teacher's own SpecAugment and speed perturbation unless the config gives them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from conformer_prune.data.features import SpecAugment, SpecAugmentConfig
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune import run as prune_run
-from conformer_prune.prune.config import PruneConfig, teacher_specaug
+from conformer_prune.prune.config import PruneConfig, teacher_specaug, teacher_speeds
 from conformer_prune.prune.methods import METHODS
 
 # deliberately unlike SpecAugmentConfig's defaults, so that reading the default cannot pass
@@ -162,3 +162,28 @@ def test_prune_config_takes_the_teachers_specaugment_unless_given_one() -> None:
     assert default == SpecAugmentConfig() and "records none" in source
     with pytest.raises(ConfigError, match=r"teacher train_config\.specaug\.time_masks"):
         teacher_specaug({"train_config": {"specaug": {"time_masks": "four"}}})
+
+
+def test_pruning_trains_under_the_teachers_speed_perturbation(
+    continued: tuple[Path, list[SpecAugmentConfig], list[list[int]]],
+    tiny_corpus: Path,
+    teacher: Path,
+    tmp_path: Path,
+) -> None:
+    ckpt = torch.load(teacher, weights_only=True)
+    ckpt["meta"]["train_config"]["speeds"] = [0.9, 1.1]
+    perturbed_teacher = tmp_path / "teacher.pt"
+    torch.save(ckpt, perturbed_teacher)
+    out = tmp_path / "run"
+    _run(_argv(tiny_corpus, perturbed_teacher, out, "continued", "prune_epochs=0"))
+    assert yaml.safe_load((out / "prune_config.yaml").read_text())["speeds"] == [0.9, 1.1]
+    plain, perturbed = _epochs(continued[0])[0], _epochs(out)[0]  # the same data, each utterance twice
+    ratio = perturbed["audio_seconds"] / plain["audio_seconds"]
+    assert ratio == pytest.approx(1 / 0.9 + 1 / 1.1, rel=0.002)
+
+    assert teacher_speeds({"train_config": {"speeds": [0.9, 1.0, 1.1]}})[0] == (0.9, 1.0, 1.1)
+    assert teacher_speeds({"source": "an imported NeMo model"}) == ((1.0,), "none (the teacher records none)")
+    assert load_config(PruneConfig).speeds is None  # None: the teacher's
+    assert load_config(PruneConfig, None, ["speeds=[1.0]"]).speeds == (1.0,)  # or given
+    with pytest.raises(ValueError, match="speeds"):
+        teacher_speeds({"train_config": {"speeds": [0.0]}})

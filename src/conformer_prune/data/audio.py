@@ -10,11 +10,17 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-__all__ = ["AudioError", "load_audio"]
+__all__ = ["AudioError", "check_speeds", "load_audio"]
 
 
 class AudioError(ValueError):
     """An audio file is missing, unreadable, empty or not decodable."""
+
+
+def check_speeds(speeds: tuple[float, ...] | list[float]) -> None:
+    """Speed-perturbation factors: at least one, each between 0.5 and 2 (Kaldi's are 0.9, 1.0, 1.1)."""
+    if not speeds or any(not 0.5 <= s <= 2.0 for s in speeds):
+        raise ValueError(f"speeds: expected tempo factors between 0.5 and 2, found {list(speeds)}")
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, speed: float = 1.0) -> np.ndarray:

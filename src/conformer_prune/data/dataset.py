@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from conformer_prune.data.audio import load_audio
+from conformer_prune.data.audio import check_speeds, load_audio
 from conformer_prune.data.corpus import Utterance
 from conformer_prune.data.features import LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer
@@ -85,8 +85,7 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         subsampling_factor: int = SUBSAMPLING,
         speeds: Sequence[float] = (1.0,),
     ) -> None:
-        if not speeds or any(not s > 0 for s in speeds):
-            raise ValueError(f"speeds: expected positive tempo factors, found {list(speeds)}")
+        check_speeds(list(speeds))
         if not training and list(speeds) != [1.0]:
             raise ValueError(f"speeds: perturbation is for training; found {list(speeds)} for evaluation")
         self.features = features.eval()

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conformer_prune.config import check_at_least, from_dict
+from conformer_prune.data.audio import check_speeds
 from conformer_prune.data.features import SpecAugmentConfig
 from conformer_prune.distill.layerwise import DistillConfig
 from conformer_prune.prune.cost import Metric
 from conformer_prune.prune.latency import Runtime
 from conformer_prune.prune.methods import MethodName
 
-__all__ = ["PruneConfig", "teacher_specaug"]
+__all__ = ["PruneConfig", "teacher_specaug", "teacher_speeds"]
 
 
 @dataclass
@@ -73,6 +74,9 @@ class PruneConfig:
             utterances, see recipes/teacher.yaml). A value given here replaces it whole (fields
             not given take `SpecAugmentConfig`'s defaults). The resolved one is written to the
             run's prune_config.yaml.
+        speeds: speed perturbation of the training set (`TrainConfig.speeds`); None (the default)
+            takes the teacher's (`teacher_speeds`), as for SpecAugment. The resolved one is
+            written to prune_config.yaml.
         max_frames: padded feature frames per batch.
         seed: seeds batching, augmentation, dropout and gate sampling.
         device: "auto", "cpu" or "cuda[:N]".
@@ -107,6 +111,7 @@ class PruneConfig:
     finetune_compact: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
     specaug: SpecAugmentConfig | None = None
+    speeds: tuple[float, ...] | None = None
     max_frames: int = 10000
     seed: int = 0
     device: str = "auto"
@@ -129,6 +134,8 @@ class PruneConfig:
             )
         if self.max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")
+        if self.speeds is not None:
+            check_speeds(self.speeds)
 
     @property
     def metric(self) -> Metric:
@@ -154,3 +161,15 @@ def teacher_specaug(meta: dict[str, Any]) -> tuple[SpecAugmentConfig, str]:
         if recorded is not None:
             return from_dict(SpecAugmentConfig, recorded, f"teacher {key}.specaug"), f"the teacher's {key}"
     return SpecAugmentConfig(), "SpecAugmentConfig defaults (NeMo's; the teacher records none)"
+
+
+def teacher_speeds(meta: dict[str, Any]) -> tuple[tuple[float, ...], str]:
+    """The speed perturbation a teacher was trained with, and where it was read (as
+    `teacher_specaug`); a teacher that records none was trained without: (1.0,)."""
+    for key in ("train_config", "prune_config"):
+        recorded = meta.get(key, {}).get("speeds")
+        if recorded is not None:
+            speeds = tuple(float(s) for s in recorded)
+            check_speeds(speeds)
+            return speeds, f"the teacher's {key}"
+    return (1.0,), "none (the teacher records none)"

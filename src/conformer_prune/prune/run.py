@@ -28,8 +28,8 @@ after it, `_save_compact`). The baselines differ only along the axes of their
 trains the teacher itself with distillation from its frozen copy for the same steps, so its
 "compact model" is the teacher's shape.
 
-SpecAugment is the teacher's own (read from its checkpoint) unless the config gives one; the one
-used is printed and written to ``prune_config.yaml``.
+SpecAugment and speed perturbation are the teacher's own (read from its checkpoint) unless the
+config gives them; the ones used are printed and written to ``prune_config.yaml``.
 
 Launched by torchrun, every process trains on its share of each step's batches with DDP over the
 student (gate logits included), the projections and the multipliers, and rank 0 validates and
@@ -59,7 +59,7 @@ from conformer_prune.distributed import Distributed, launch
 from conformer_prune.model.checkpoint import Recognizer, load_recognizer, save_recognizer
 from conformer_prune.model.conformer import HIDDEN, ConformerCTC, build_model
 from conformer_prune.prune.budget import Budget, Lagrangian, expected_sparsity
-from conformer_prune.prune.config import PruneConfig, teacher_specaug
+from conformer_prune.prune.config import PruneConfig, teacher_specaug, teacher_speeds
 from conformer_prune.prune.cost import Cost, Metric, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
@@ -237,14 +237,19 @@ def _prune(
 
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
-    if cfg.specaug is None:  # resolved here, so the written config says which one the run used
-        specaug_cfg, source = teacher_specaug(teacher_rec.meta)
-        cfg = dataclasses.replace(cfg, specaug=specaug_cfg)
-    else:
-        source = "the pruning config"
-    assert cfg.specaug is not None
+    # the teacher's augmentation unless the config gives one; resolved here, so that the written
+    # config says which the run used
+    specaug, source = (
+        (cfg.specaug, "the pruning config") if cfg.specaug is not None else teacher_specaug(teacher_rec.meta)
+    )
+    speeds, speeds_source = (
+        (cfg.speeds, "the pruning config") if cfg.speeds is not None else teacher_speeds(teacher_rec.meta)
+    )
+    cfg = dataclasses.replace(cfg, specaug=specaug, speeds=speeds)
     if dist.is_main:
-        print(f"SpecAugment: {to_dict(cfg.specaug)}, from {source}", flush=True)
+        print(f"SpecAugment: {to_dict(specaug)}, from {source}", flush=True)
+        if speeds != (1.0,):
+            print(f"speed perturbation: {list(speeds)}, from {speeds_source}", flush=True)
     latency = _latency_model(cfg, teacher, out, dist) if cfg.metric == "latency" else None
     teacher_cost = conformer_cost(teacher.config, latency=latency)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
@@ -279,6 +284,7 @@ def _prune(
         rank=dist.rank,
         world_size=dist.world_size,
         subsampling_factor=teacher_rec.model.config.subsampling_factor,
+        speeds=speeds,
     )
     optimizer = make_prune_optimizer(_weights(student, distiller), gates, lagrangian, cfg)
     steps_per_epoch = len(data.sampler)
@@ -316,7 +322,7 @@ def _prune(
         1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps
     )
     lagrangian.quadratic_scale = budget.quadratic_scale
-    specaug = SpecAugment(cfg.specaug)
+    augment = SpecAugment(specaug)
     loss = _PruningLoss(
         student,
         distiller,
@@ -325,7 +331,7 @@ def _prune(
         budget,
         teacher_cost,
         cfg.metric,
-        specaug,
+        augment,
         specaug_gen=torch.Generator(),
         seed=cfg.seed,
         step=start_epoch * steps_per_epoch + (partial["progress"]["steps"] if partial else 0),
@@ -348,7 +354,7 @@ def _prune(
             optimizer,
             scheduler,
             data,
-            specaug,
+            augment,
             loss.specaug_gen,
             cfg.seed,
             cfg.precision,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from conformer_prune.config import check_at_least
+from conformer_prune.data.audio import check_speeds
 from conformer_prune.data.features import FeatureConfig, SpecAugmentConfig
 from conformer_prune.data.tokenizer import TokenizerConfig
 from conformer_prune.model.conformer import ConformerConfig
@@ -82,7 +83,6 @@ class TrainConfig:
             raise ValueError(f"epochs: expected at least 1, found {self.epochs}")
         check_at_least(self, 0, "checkpoint_minutes", "time_budget_minutes", meaning="none")
         check_at_least(self, 0, "sorted_epochs")
-        if not self.speeds or any(not 0.5 <= s <= 2.0 for s in self.speeds):
-            raise ValueError(f"speeds: expected tempo factors between 0.5 and 2, found {list(self.speeds)}")
+        check_speeds(self.speeds)
         if self.max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")
