@@ -252,7 +252,8 @@ def test_int8_quantizes_only_the_chosen_operators(
 
 def test_static_int8_stays_close_to_fp32(tiny_corpus: Path, tiny_run: Path, tiny_export: Path) -> None:
     """Static int8 (MatMul, Gemm and Conv calibrated on 8 train utterances) of the tiny trained
-    model keeps its log-probabilities near fp32 on test audio and the best token of most frames."""
+    model keeps its log-probabilities near fp32 on test audio and the best token of every frame
+    where fp32 has one."""
     rec = load_recognizer(tiny_run / "model.pt")
     calibration = calibration_inputs(rec, read_corpus(tiny_corpus / "train"), count=8)
     assert len(calibration) == 8 and set(calibration[0]) == {"waveforms", "lengths"}
@@ -272,7 +273,12 @@ def test_static_int8_stays_close_to_fp32(tiny_corpus: Path, tiny_run: Path, tiny
     probs32, probs8 = np.exp(lp32)[real], np.exp(lp8)[real]  # (frames, V)
     assert np.abs(probs8 - probs32).max() <= 0.2, np.abs(probs8 - probs32).max()
     assert np.abs(probs8 - probs32).mean() <= 0.01, np.abs(probs8 - probs32).mean()
-    assert (lp32.argmax(-1) == lp8.argmax(-1))[real].mean() >= 0.95
+    # the best token is kept wherever fp32 has one: the tiny model ties its two best tokens (to
+    # 0.2%) on many frames, and int8 may break such a tie either way
+    top2 = np.sort(probs32, -1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 0.01
+    assert decided.sum() >= 50, decided.sum()
+    assert (probs32.argmax(-1) == probs8.argmax(-1))[decided].all()
 
 
 def test_export_command_static_int8(tiny_corpus: Path, tiny_run: Path, tmp_path: Path) -> None:
