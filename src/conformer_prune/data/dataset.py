@@ -91,24 +91,26 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         self.features = features.eval()
         self.sample_rate = features.config.sample_rate
         hop = features.config.hop_length
-        kept, kept_speeds, tokens, too_short, too_long = [], [], [], [], []
+        kept, kept_speeds, frames, tokens, too_short, too_long = [], [], [], [], [], []
         for utt in utts:
             if not training:
                 kept.append(utt)
                 kept_speeds.append(1.0)
+                frames.append(_frames(utt.duration, self.sample_rate, hop))
                 tokens.append(torch.zeros(0, dtype=torch.long))
                 continue
             ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
             for speed in speeds:
-                frames = _frames(utt.duration / speed, self.sample_rate, hop)
+                n = _frames(utt.duration / speed, self.sample_rate, hop)
                 where = utt.utt_id if speed == 1.0 else f"{utt.utt_id} at speed {speed}"
-                if subsampled_length(frames, subsampling_factor) < len(ids):
+                if subsampled_length(n, subsampling_factor) < len(ids):
                     too_short.append(where)
-                elif max_frames is not None and frames > max_frames:
+                elif max_frames is not None and n > max_frames:
                     too_long.append(where)
                 else:
                     kept.append(utt)
                     kept_speeds.append(speed)
+                    frames.append(n)
                     tokens.append(torch.tensor(ids, dtype=torch.long))
         if too_short:
             log.warning(
@@ -135,9 +137,7 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         self.tokens = tokens
         self.skipped_too_short = len(too_short)
         self.skipped_too_long = len(too_long)
-        self.frames = [
-            _frames(u.duration / s, self.sample_rate, hop) for u, s in zip(kept, kept_speeds, strict=True)
-        ]
+        self.frames = frames
         self._cache: dict[int, Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
