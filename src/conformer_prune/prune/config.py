@@ -156,20 +156,31 @@ def teacher_specaug(meta: dict[str, Any]) -> tuple[SpecAugmentConfig, str]:
     (``train_config``, written by `conformer-prune train`) or, for a teacher that is itself a
     pruned model, its pruning config (``prune_config``). A teacher that records neither (e.g. one
     imported from NeMo) gets `SpecAugmentConfig`'s defaults, which are NeMo's own recipe's."""
-    for key in ("train_config", "prune_config"):
-        recorded = meta.get(key, {}).get("specaug")
-        if recorded is not None:
-            return from_dict(SpecAugmentConfig, recorded, f"teacher {key}.specaug"), f"the teacher's {key}"
-    return SpecAugmentConfig(), "SpecAugmentConfig defaults (NeMo's; the teacher records none)"
+    found = _teacher_recorded(meta, "specaug")
+    if found is None:
+        return SpecAugmentConfig(), "SpecAugmentConfig defaults (NeMo's; the teacher records none)"
+    recorded, key = found
+    return from_dict(SpecAugmentConfig, recorded, f"teacher {key}.specaug"), f"the teacher's {key}"
 
 
 def teacher_speeds(meta: dict[str, Any]) -> tuple[tuple[float, ...], str]:
     """The speed perturbation a teacher was trained with, and where it was read (as
     `teacher_specaug`); a teacher that records none was trained without: (1.0,)."""
+    found = _teacher_recorded(meta, "speeds")
+    if found is None:
+        return (1.0,), "none (the teacher records none)"
+    recorded, key = found
+    speeds = tuple(float(s) for s in recorded)
+    check_speeds(speeds)
+    return speeds, f"the teacher's {key}"
+
+
+def _teacher_recorded(meta: dict[str, Any], name: str) -> tuple[Any, str] | None:
+    """Training setting `name` as a teacher's checkpoint records it, with the config it came from:
+    its training config (``train_config``) or, for a teacher that is itself a pruned model, its
+    pruning config (``prune_config``); None when neither records it."""
     for key in ("train_config", "prune_config"):
-        recorded = meta.get(key, {}).get("speeds")
+        recorded = meta.get(key, {}).get(name)
         if recorded is not None:
-            speeds = tuple(float(s) for s in recorded)
-            check_speeds(speeds)
-            return speeds, f"the teacher's {key}"
-    return (1.0,), "none (the teacher records none)"
+            return recorded, key
+    return None
