@@ -26,10 +26,10 @@ from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
 from conformer_prune.evaluate.run import recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import (
-    FEATURE_FRAMES_PER_SECOND,
     ConformerConfig,
     ConformerCTC,
     build_model,
+    feature_frames,
 )
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.methods import METHODS
@@ -299,7 +299,7 @@ def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) 
     """`batch` utterances of `seconds` of random features with `tokens` random targets each, for
     timing training steps (seeded: the same batch every call)."""
     gen = torch.Generator().manual_seed(0)
-    frames = int(seconds * FEATURE_FRAMES_PER_SECOND) + 1
+    frames = feature_frames(seconds, cfg.feature_rate)
     return Batch(
         torch.randn(batch, frames, cfg.n_mels, generator=gen),
         torch.full((batch,), frames),

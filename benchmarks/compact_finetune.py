@@ -41,7 +41,7 @@ from conformer_prune.data.dataset import Batch
 from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.evaluate.metrics import count_params, interleaved_medians_ms
 from conformer_prune.model import ConformerCTC, load_recognizer
-from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
+from conformer_prune.model.conformer import feature_frames
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.physical import physically_prune
@@ -86,7 +86,7 @@ def main() -> None:
     gates.freeze({k: torch.tensor(v) for k, v in pruned.meta["masks"].items()})
     compact = physically_prune(gated, gates.current_masks())
     assert count_params(compact) == count_params(pruned.model)
-    frames = int(args.seconds * FEATURE_FRAMES_PER_SECOND) + 1
+    frames = feature_frames(args.seconds, teacher.config.feature_rate)
     batch = random_batch(teacher.config, args.batch, args.seconds, teacher.config.encoder_frames(frames) // 3)
     runs = {"gated": _step(gated, teacher, cfg, batch), "compact": _step(compact, teacher, cfg, batch)}
     for step in runs.values():  # warm-up

@@ -52,7 +52,6 @@ from conformer_prune.export.onnx import exported_proto
 from conformer_prune.export.runtime import ort_session
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.checkpoint import Recognizer
-from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 
 SECONDS = 10.0
 RUNTIMES = ("torch", "ort-fp32", "ort-int8")
@@ -73,7 +72,7 @@ def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
 
 def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int, batch: int) -> Any:
     """A zero-argument callable that runs one batch of 10 s feature sequences."""
-    frames = int(SECONDS * FEATURE_FRAMES_PER_SECOND)
+    frames = int(SECONDS * rec.model.config.feature_rate)
     feats = torch.randn(batch, frames, rec.model.config.n_mels, generator=torch.Generator().manual_seed(0))
     lengths = torch.full((batch,), frames)
     if runtime == "torch":

@@ -37,7 +37,7 @@ def _worker(threads: int, steps: int) -> None:
 
     from conformer_prune.config import load_config, recipe_path
     from conformer_prune.model import load_recognizer
-    from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
+    from conformer_prune.model.conformer import feature_frames
     from conformer_prune.prune.config import PruneConfig
     from conformer_prune.prune.gates import ConformerGates
 
@@ -46,7 +46,7 @@ def _worker(threads: int, steps: int) -> None:
     teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
     student = copy.deepcopy(teacher)
     ConformerGates.attach(student, cfg.structures)
-    frames = int(9.9 * FEATURE_FRAMES_PER_SECOND) + 1
+    frames = feature_frames(9.9, teacher.config.feature_rate)
     batch = random_batch(teacher.config, 8, 9.9, teacher.config.encoder_frames(frames) // 3)
     step = _step(student, teacher, cfg, batch)
     step()

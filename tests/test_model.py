@@ -113,3 +113,19 @@ def test_config_broadcasts_and_rejects_bad_values(tmp_path: Path) -> None:
     assert (cfg2.epochs, cfg2.optim.lr, cfg2.model.heads) == (3, 0.001, [1, 3])
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.learning_rate'"):
         load_config(TrainConfig, yaml_file, ["optim.learning_rate=1"])
+
+
+def test_the_model_counts_frames_at_its_front_ends_rate(tmp_path: Path) -> None:
+    """A recognizer whose model and front end disagree on the feature rate is refused; a checkpoint
+    written before the model recorded its rate takes its front end's."""
+    rec = _recognizer(hetero_config())
+    fine = LogMelFeatures(FeatureConfig(hop_length=128))
+    with pytest.raises(ValueError, match=r"counts 100 feature frames per second .* front end makes 125"):
+        Recognizer(rec.model, fine, rec.tokenizer)
+    rec.model.config.feature_rate = 125.0
+    save_recognizer(tmp_path / "m.pt", Recognizer(rec.model, fine, rec.tokenizer))
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert ckpt["config"]["model"].pop("feature_rate") == 125.0
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert load_recognizer(tmp_path / "old.pt").model.config.feature_rate == 125.0
+    assert load_recognizer(tmp_path / "m.pt").model.config == rec.model.config

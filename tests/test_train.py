@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ import torch
 
 from conformer_prune.cli import main
 from conformer_prune.evaluate import run as evaluate_run
-from conformer_prune.model import load_recognizer
+from conformer_prune.evaluate.metrics import macs_per_second
+from conformer_prune.model import build_model, load_recognizer
+from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.train import loop
 from tests.conftest import interrupt_within_epoch, log_without_wall_clock
 
@@ -180,3 +183,29 @@ def test_speed_perturbation_reaches_the_training_loop(
     perturbed = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     ratio = perturbed["audio_seconds"] / plain["audio_seconds"]
     assert ratio == pytest.approx(1 / 0.9 + 1 / 1.1, rel=0.002)  # not 2: each copy resampled
+
+
+def test_a_front_end_with_another_hop_counts_audio_and_macs_at_its_own_rate(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """An 8 ms hop (125 feature frames per second): the model records the rate, the log's audio
+    seconds are the audio's own, and MACs per second of audio and the closed-form cost use 10 s at
+    125 frames per second (a model counted at 100 frames per second would show 8 s of audio)."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
+    argv += ["--config", "tiny", "--out", str(out), "--set", "epochs=1", "features.hop_length=128"]
+    assert main(argv) == 0
+    plain = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[0])
+    fine = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    # the same audio; the frame counts differ by at most one frame per utterance
+    assert fine["audio_seconds"] == pytest.approx(plain["audio_seconds"], rel=0.01)
+    model = load_recognizer(out / "model.pt").model
+    assert model.config.feature_rate == 125.0
+    assert model.config.frames_per_second == 125.0 / model.config.subsampling_factor
+    macs = macs_per_second(model)
+    assert as_float(conformer_cost(model.config).macs_per_second) == pytest.approx(macs, rel=1e-9)
+    at_10_ms = macs_per_second(build_model(dataclasses.replace(model.config, feature_rate=100.0)))
+    # 10 s gives 1,251 frames at 8 ms against 1,001: linear parts grow with the encoder frames,
+    # attention's scores with their square
+    frames = model.config.encoder_frames(1251) / model.config.encoder_frames(1001)
+    assert frames < macs / at_10_ms < frames**2

@@ -71,6 +71,15 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.pad_to < 0:
             raise ValueError(f"pad_to must be 0 (no padding) or positive, found {self.pad_to}")
+        if self.sample_rate < 1 or self.hop_length < 1:
+            raise ValueError(
+                f"sample_rate and hop_length must be positive, found {self.sample_rate} and {self.hop_length}"
+            )
+
+    @property
+    def frames_per_second(self) -> float:
+        """Feature frames per second of audio (100 for a 10 ms hop)."""
+        return self.sample_rate / self.hop_length
 
 
 def _hz_to_mel(freq: Tensor) -> Tensor:

@@ -73,7 +73,7 @@ def count_params(model: nn.Module) -> int:
 
 def _dummy(model: ConformerCTC, seconds: float, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     n_mels = model.config.n_mels
-    frames = feature_frames(seconds)
+    frames = feature_frames(seconds, model.config.feature_rate)
     feats = torch.randn(batch, frames, n_mels, generator=torch.Generator().manual_seed(0))
     return feats, torch.full((batch,), frames, dtype=torch.long)
 

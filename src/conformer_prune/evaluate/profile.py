@@ -79,7 +79,7 @@ class _Graph:
 
 
 def _features(cfg: ConformerConfig, seconds: float, batch: int) -> tuple[Tensor, Tensor]:
-    frames = feature_frames(seconds)
+    frames = feature_frames(seconds, cfg.feature_rate)
     feats = torch.randn(batch, frames, cfg.n_mels, generator=torch.Generator().manual_seed(0))
     return feats, torch.full((batch,), frames)
 
@@ -91,7 +91,7 @@ def _block_graph(cfg: ConformerConfig, d: int, widths: dict[str, int], seconds: 
     per_layer: dict[str, Any] = {k: [v] for k, v in fields.items()}
     one = dataclasses.replace(cfg, d_model=d, n_layers=1, d_model_unpruned=0, hidden_dims=[], **per_layer)
     model = build_model(one).eval()
-    t = one.encoder_frames(feature_frames(seconds))
+    t = one.encoder_frames(feature_frames(seconds, cfg.feature_rate))
     x = torch.randn(batch, t, d, generator=torch.Generator().manual_seed(1))
     x, pos_emb = model.encoder.pos_enc(x)
     mask = torch.ones(batch, t, dtype=torch.bool)

@@ -34,7 +34,6 @@ from conformer_prune.config import to_dict
 from conformer_prune.data.features import MatmulDFTLogMel
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.model.checkpoint import Recognizer
-from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.utils import atomic_write, atomic_write_bytes
 
 __all__ = [
@@ -112,7 +111,7 @@ def _example(rec: Recognizer, frontend: bool, seconds: float, batch: int = 2) ->
         n = int(seconds * rec.features.config.sample_rate)
         x = 0.1 * torch.randn(batch, n, generator=gen)
     else:
-        n = int(seconds * FEATURE_FRAMES_PER_SECOND)
+        n = int(seconds * rec.model.config.feature_rate)
         x = torch.randn(batch, n, rec.model.config.n_mels, generator=gen)
     lengths = torch.tensor([n] + [n * 2 // 3] * (batch - 1))
     return x, lengths

@@ -106,7 +106,9 @@ def onnx_latency_ms(
             inputs[name] = [0.1 * gen.standard_normal(int(seconds * rec.sample_rate)).astype(np.float32)]
         else:
             n_mels = int(rec.config["model"]["n_mels"])
-            frames = int(seconds * FEATURE_FRAMES_PER_SECOND)
+            # exports from before the model recorded its feature rate had a 10 ms hop
+            rate = float(rec.config["model"].get("feature_rate", FEATURE_FRAMES_PER_SECOND))
+            frames = int(seconds * rate)
             inputs[name] = [gen.standard_normal((frames, n_mels)).astype(np.float32)]
     runs = {name: functools.partial(rec.log_probs, inputs[name]) for name, rec in recs.items()}
     return interleaved_medians_ms(runs, rounds)

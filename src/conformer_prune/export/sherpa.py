@@ -39,7 +39,6 @@ from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.export.onnx import exported_proto, onnx_metadata, quantize_int8
 from conformer_prune.export.runtime import ort_session
 from conformer_prune.model.checkpoint import Recognizer
-from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND
 from conformer_prune.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -125,7 +124,7 @@ def export_sherpa(rec: Recognizer, out_dir: str | Path, example_seconds: float =
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = _SherpaGraph(rec).eval().cpu()
     gen = torch.Generator().manual_seed(0)
-    n_mels, frames = rec.model.config.n_mels, int(example_seconds * FEATURE_FRAMES_PER_SECOND)
+    n_mels, frames = rec.model.config.n_mels, int(example_seconds * rec.model.config.feature_rate)
     x = torch.randn(2, n_mels, frames, generator=gen)
     lengths = torch.tensor([frames, frames * 2 // 3])
     dims = (

@@ -46,6 +46,15 @@ class Recognizer:
     tokenizer: Tokenizer
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        model_rate, feature_rate = self.model.config.feature_rate, self.features.config.frames_per_second
+        if model_rate != feature_rate:
+            raise ValueError(
+                f"the model counts {model_rate:g} feature frames per second (ConformerConfig.feature_rate) "
+                f"but its front end makes {feature_rate:g} (sample_rate / hop_length); set the model's "
+                "feature_rate from the front end"
+            )
+
     @torch.no_grad()
     def transcribe(
         self,
@@ -112,9 +121,12 @@ def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         config, meta = ckpt["config"], dict(ckpt["meta"])
-        model = build_model(from_dict(ConformerConfig, config["model"], "model"))
+        feature_config = from_dict(FeatureConfig, config["features"], "features")
+        # checkpoints from before `feature_rate` was recorded: their front end's rate
+        model_config = {"feature_rate": feature_config.frames_per_second, **config["model"]}
+        model = build_model(from_dict(ConformerConfig, model_config, "model"))
         model.load_state_dict(ckpt["state_dict"], strict=True)
-        features = LogMelFeatures(from_dict(FeatureConfig, config["features"], "features"))
+        features = LogMelFeatures(feature_config)
         tokenizer = Tokenizer(meta.pop("tokenizer"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # RuntimeError: load_state_dict
         detail = " ".join(str(err).split())

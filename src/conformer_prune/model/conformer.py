@@ -71,7 +71,7 @@ PER_LAYER = ("heads", "ffn1", "ffn2", "conv_channels")
 # mapping, the kept (or expected) number of d_model dimensions
 HIDDEN = "hidden"
 
-FEATURE_FRAMES_PER_SECOND = 100  # log-mel frames per second of audio: a 10 ms hop
+FEATURE_FRAMES_PER_SECOND = 100.0  # the default rate of log-mel frames per second: a 10 ms hop
 SUBSAMPLING = 4  # the default: encoder frame = 4 feature frames, two stride-2 convolutions
 SUBSAMPLING_FACTORS = (4, 8, 16)
 MAX_STAGES = 4  # stride-2 stages of the largest factor
@@ -96,9 +96,10 @@ def subsampled_length(frames: int, factor: int = SUBSAMPLING) -> int:
     return frames
 
 
-def feature_frames(seconds: float) -> int:
-    """Log-mel frames of `seconds` of audio (centred frames: one more than seconds x rate)."""
-    return int(seconds * FEATURE_FRAMES_PER_SECOND) + 1
+def feature_frames(seconds: float, per_second: float = FEATURE_FRAMES_PER_SECOND) -> int:
+    """Log-mel frames of `seconds` of audio at `per_second` frames per second (centred frames: one
+    more than seconds x rate); a model's rate is `ConformerConfig.feature_rate`."""
+    return int(seconds * per_second) + 1
 
 
 class Size(NamedTuple):
@@ -117,6 +118,10 @@ class ConformerConfig:
 
     Args:
         n_mels: input feature bins.
+        feature_rate: input feature frames per second of audio (the front end's sample rate over
+            its hop: 100 for a 10 ms hop). Training, loading and NeMo import set it from the
+            front end; MACs per second of audio and the inputs of latency measurements and exports
+            are counted at this rate.
         vocab_size: tokenizer pieces; the CTC blank is the extra last output.
         d_model: model dimension, shared by all layers.
         n_layers: number of Conformer blocks.
@@ -145,6 +150,7 @@ class ConformerConfig:
     """
 
     n_mels: int = 80
+    feature_rate: float = FEATURE_FRAMES_PER_SECOND
     vocab_size: int = 128
     d_model: int = 144
     n_layers: int = 12
@@ -190,6 +196,8 @@ class ConformerConfig:
                 f"hidden_dims must be d_model = {self.d_model} sorted distinct dims of "
                 f"d_model_unpruned = {self.d_model_unpruned}, found {dims}"
             )
+        if not self.feature_rate > 0:
+            raise ValueError(f"feature_rate must be positive (frames per second), found {self.feature_rate}")
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, found {self.conv_kernel}")
         if self.subsampling not in get_args(SubsamplingKind):
@@ -235,7 +243,7 @@ class ConformerConfig:
     @property
     def frames_per_second(self) -> float:
         """Encoder output frames per second of audio."""
-        return FEATURE_FRAMES_PER_SECOND / self.subsampling_factor
+        return self.feature_rate / self.subsampling_factor
 
     def encoder_frames(self, frames: int) -> int:
         """Encoder frames of an utterance of `frames` feature frames."""

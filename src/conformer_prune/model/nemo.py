@@ -40,7 +40,7 @@ import io
 import math
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -522,6 +522,7 @@ def recognizer_from_nemo(path: str | Path) -> Recognizer:
     features = LogMelFeatures(_feature_config(archive))
     _check_front_end(archive, features)
     cfg, encoder = _model_config(archive, tokenizer.vocab_size)
+    cfg = replace(cfg, feature_rate=features.config.frames_per_second)
     model = build_model(cfg)
     state = _convert_state_dict(archive, cfg, bool(encoder["untie_biases"]), bool(encoder["use_bias"]))
     model.load_state_dict(state, strict=True)

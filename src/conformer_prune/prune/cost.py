@@ -59,7 +59,7 @@ def conformer_cost(
     expected counts or presence probabilities; see `ConformerCTC.named_prunable`), and with a
     `latency` model the predicted latency (ms, at the table's own utterance length). Names that
     are absent count as in `cfg`, so ``conformer_cost(cfg)`` is the dense model's cost."""
-    size = ConformerCTC.size(cfg, kept or {}, feature_frames(seconds))
+    size = ConformerCTC.size(cfg, kept or {}, feature_frames(seconds, cfg.feature_rate))
     predicted = None if latency is None else latency.predict(cfg, kept or {})
     return Cost(size.params, size.macs / seconds, predicted)
 

@@ -140,7 +140,7 @@ class LatencyModel:
         groups = ConvSubsampling.config_groups(cfg)
         front = {g: kept.get(f"frontend.{g}", float(n)) for g, n in groups.items()}
         # at a fixed model dimension, so the fraction measures the channels only
-        return ConvSubsampling.size(cfg, {**front, HIDDEN: 1.0}, feature_frames(10.0)).macs
+        return ConvSubsampling.size(cfg, {**front, HIDDEN: 1.0}, feature_frames(10.0, cfg.feature_rate)).macs
 
     def predict(self, cfg: ConformerConfig, kept: Mapping[str, Num] | None = None) -> Num:
         """Latency (ms) of `cfg` with `kept` units by gate name (mask sums, expected counts or

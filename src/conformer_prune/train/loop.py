@@ -232,6 +232,7 @@ def train_one_epoch(
     checkpoint: Callable[[EpochProgress], None] | None = None,
     checkpoint_seconds: float = 0.0,
     dataset: object = None,
+    frames_per_second: float = FEATURE_FRAMES_PER_SECOND,
 ) -> dict[str, float]:
     """One pass; returns the mean of every logged loss part and the audio seconds seen, over all
     ranks. Each rank's loss is weighted by its share of the step's utterances (see
@@ -240,7 +241,8 @@ def train_one_epoch(
     `progress`: where an interrupted pass stopped (`loader` then yields the rest of its batches);
     `checkpoint`: called with the progress after any step that ends `checkpoint_seconds` or more
     after the last call (or the start); `dataset`: names the utterances of a non-finite loss (by
-    default `loader.dataset`)."""
+    default `loader.dataset`); `frames_per_second`: the feature rate that turns frames into audio
+    seconds."""
     done = progress or EpochProgress()
     sums, steps, audio_frames = dict(done.sums), done.steps, done.audio_frames
     start = last_checkpoint = time.perf_counter()
@@ -283,7 +285,7 @@ def train_one_epoch(
             checkpoint(EpochProgress(steps, dict(sums), audio_frames, done.seconds + now - start))
             last_checkpoint = time.perf_counter()
     totals = dist.sum({**sums, "audio_frames": float(audio_frames)})
-    audio_seconds = totals.pop("audio_frames") / FEATURE_FRAMES_PER_SECOND
+    audio_seconds = totals.pop("audio_frames") / frames_per_second
     means = {k: v / max(1, steps * dist.world_size) for k, v in totals.items()}
     return {**means, "steps": steps, "audio_seconds": audio_seconds}
 
@@ -451,6 +453,7 @@ class Epochs:
             checkpoint=save,
             checkpoint_seconds=self.checkpoint_seconds,
             dataset=self.data.loader.dataset,
+            frames_per_second=self.rec.features.config.frames_per_second,
         )
         train_seconds = time.perf_counter() - t0
         if not self.dist.is_main:  # the others wait for rank 0 in their next step
@@ -492,6 +495,7 @@ def _train(
         else dist.from_main(lambda: Tokenizer.train((u.text for u in train_utts), cfg.tokenizer).to_bytes())
     )
     cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.model.feature_rate = cfg.features.frames_per_second
 
     features = LogMelFeatures(cfg.features)
     data = make_data(
