@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from conformer_prune.cli import main
+from conformer_prune.data.dataset import Batch
 from conformer_prune.evaluate import run as evaluate_run
 from conformer_prune.evaluate.metrics import macs_per_second
 from conformer_prune.model import build_model, load_recognizer
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.train import loop
-from tests.conftest import interrupt_within_epoch, log_without_wall_clock
+from conformer_prune.train.config import InterCTCConfig
+from tests.conftest import hetero_config, interrupt_within_epoch, log_without_wall_clock
 
 
 def test_end_to_end_tiny_run(
@@ -209,3 +211,50 @@ def test_a_front_end_with_another_hop_counts_audio_and_macs_at_its_own_rate(
     # attention's scores with their square
     frames = model.config.encoder_frames(1251) / model.config.encoder_frames(1001)
     assert frames < macs / at_10_ms < frames**2
+
+
+def test_intermediate_ctc_adds_the_ctc_head_on_earlier_blocks(
+    tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loss is (1 - sum w) CTC(last block) + sum w_k CTC(block k) through the same head,
+    computed here from a plain forward and a hook; training logs both parts; bad settings are
+    refused by name."""
+    torch.manual_seed(0)
+    cfg = hetero_config()
+    model = build_model(cfg).eval()
+    lengths = torch.tensor([61, 50, 40])
+    batch = Batch(
+        torch.randn(3, 61, cfg.n_mels),
+        lengths,
+        torch.randint(0, cfg.vocab_size, (3, 4)),
+        torch.tensor([4, 3, 2]),
+        torch.arange(3),
+    )
+    seen: list[torch.Tensor] = []
+    hook = model.encoder.layers[0].register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        log_probs, lengths = model(batch.feats, batch.feat_lengths)
+        hook.remove()
+        plain, parts = loop.ctc_loss(model, batch)
+        assert float(plain) == pytest.approx(float(loop._ctc(log_probs, lengths, batch, model.blank)))
+        assert set(parts) == {"ctc"}
+        first = loop._ctc(model.log_probs(seen[0]), lengths, batch, model.blank)
+        loss, parts = loop.ctc_loss(model, batch, InterCTCConfig(layers=[1], weights=[0.3]))
+    assert float(loss) == pytest.approx(0.7 * float(plain) + 0.3 * float(first), rel=1e-6)
+    assert parts == pytest.approx({"ctc": float(plain), "inter_ctc": float(first)}, rel=1e-6)
+    assert float(first) != pytest.approx(float(plain), rel=1e-3)  # another block's output
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
+    argv += ["--config", "tiny", "--out", str(out), "--set", "epochs=1"]
+    assert main([*argv, "inter_ctc.layers=[1]", "inter_ctc.weights=[0.3]"]) == 0
+    logged = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert logged["inter_ctc"] > 0 and logged["ctc"] > 0
+    capsys.readouterr()
+    for bad, message in [
+        (["inter_ctc.layers=[2]", "inter_ctc.weights=[0.3]"], "inter_ctc.layers must be blocks 1 to 1"),
+        (["inter_ctc.layers=[1]", "inter_ctc.weights=[1.0]"], "sum below 1"),
+        (["inter_ctc.layers=[1]", "inter_ctc.weights=[]"], "one weight per layer"),
+    ]:
+        assert main([*argv[:-2], "--out", str(tmp_path / "bad"), "--set", *bad]) == 2
+        assert message in capsys.readouterr().err

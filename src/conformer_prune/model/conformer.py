@@ -1061,7 +1061,11 @@ class ConformerCTC(nn.Module):
                 f"expected features of shape (batch, time, {self.config.n_mels}), found {tuple(feats.shape)}"
             )
         x, lengths = self.encoder(feats, lengths)
-        return torch.log_softmax(self.decoder(x).float(), dim=-1), lengths
+        return self.log_probs(x), lengths
+
+    def log_probs(self, x: Tensor) -> Tensor:
+        """The CTC head on encoder frames: (B, T', D) -> float32 log-probabilities (B, T', V)."""
+        return torch.log_softmax(self.decoder(x).float(), dim=-1)
 
     # -- pruning: the loops over the prunable modules ----------------------------------------------
 

@@ -11,7 +11,7 @@ from conformer_prune.data.features import FeatureConfig, SpecAugmentConfig
 from conformer_prune.data.tokenizer import TokenizerConfig
 from conformer_prune.model.conformer import ConformerConfig
 
-__all__ = ["OptimConfig", "TrainConfig"]
+__all__ = ["InterCTCConfig", "OptimConfig", "TrainConfig"]
 
 
 @dataclass
@@ -36,6 +36,33 @@ class OptimConfig:
 
 
 @dataclass
+class InterCTCConfig:
+    """Intermediate CTC (Lee and Watanabe, 2021; NeMo's `interctc`): the CTC head also reads the
+    output of some earlier blocks, and the loss is ``(1 - sum(weights)) * CTC(last block) +
+    sum(weights[i] * CTC(block layers[i]))``. It adds a CTC head's cost per layer listed and
+    changes nothing in the model or in recognition.
+
+    Args:
+        layers: 1-based block numbers whose outputs get the extra CTC loss (NeMo's
+            `apply_at_layers`); empty: none.
+        weights: one weight per entry of `layers` (NeMo's `loss_weights`); their sum is below 1.
+    """
+
+    layers: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != len(self.weights):
+            raise ValueError(
+                f"inter_ctc: one weight per layer, found layers {self.layers} and weights {self.weights}"
+            )
+        if any(w <= 0 for w in self.weights) or sum(self.weights) >= 1:
+            raise ValueError(f"inter_ctc.weights must be positive with a sum below 1, found {self.weights}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"inter_ctc.layers must be distinct, found {self.layers}")
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs besides its data.
 
@@ -48,6 +75,7 @@ class TrainConfig:
         epochs: passes over the training data (the schedule spans all of them).
         max_frames: padded feature frames per batch (100 frames = 1 s of audio).
         sorted_epochs: the first epochs that run short utterances first (SortaGrad).
+        inter_ctc: intermediate CTC losses on earlier blocks (none by default).
         speeds: speed perturbation: every training utterance is used once at each of these tempo
             factors (resampled, so pitch and formants move too, as another speaker's would);
             ``[0.9, 1.0, 1.1]`` is Kaldi's recipe and makes each epoch three times as long.
@@ -69,6 +97,7 @@ class TrainConfig:
     epochs: int = 30
     max_frames: int = 20000
     sorted_epochs: int = 0
+    inter_ctc: InterCTCConfig = field(default_factory=InterCTCConfig)
     speeds: tuple[float, ...] = (1.0,)
     seed: int = 0
     device: str = "auto"
@@ -84,5 +113,10 @@ class TrainConfig:
         check_at_least(self, 0, "checkpoint_minutes", "time_budget_minutes", meaning="none")
         check_at_least(self, 0, "sorted_epochs")
         check_speeds(self.speeds)
+        if any(not 1 <= k < self.model.n_layers for k in self.inter_ctc.layers):
+            raise ValueError(
+                f"inter_ctc.layers must be blocks 1 to {self.model.n_layers - 1} (the last block's "
+                f"output is the main CTC's), found {self.inter_ctc.layers}"
+            )
         if self.max_frames < 1:
             raise ValueError(f"max_frames: expected a positive number of frames, found {self.max_frames}")

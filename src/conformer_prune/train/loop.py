@@ -54,7 +54,7 @@ from conformer_prune.evaluate.metrics import error_rates
 from conformer_prune.evaluate.run import recognize_dataset
 from conformer_prune.model.checkpoint import Recognizer, save_recognizer
 from conformer_prune.model.conformer import FEATURE_FRAMES_PER_SECOND, SUBSAMPLING, ConformerCTC, build_model
-from conformer_prune.train.config import TrainConfig
+from conformer_prune.train.config import InterCTCConfig, TrainConfig
 from conformer_prune.utils import (
     atomic_save,
     atomic_write_text,
@@ -159,19 +159,35 @@ def append_log(path: Path, record: dict[str, Any]) -> None:
         log_file.write(json.dumps(record) + "\n")
 
 
-def ctc_loss(model: ConformerCTC, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-    """CTC loss averaged over utterances (each normalised by its target length)."""
-    log_probs, lengths = model(batch.feats, batch.feat_lengths)
-    loss = F.ctc_loss(
+def _ctc(log_probs: Tensor, lengths: Tensor, batch: Batch, blank: int) -> Tensor:
+    return F.ctc_loss(
         log_probs.transpose(0, 1),  # (T, B, V)
         batch.targets,
         lengths,
         batch.target_lengths,
-        blank=model.blank,
+        blank=blank,
         reduction="mean",
         zero_infinity=True,
     )
-    return loss, {"ctc": float(loss.detach())}
+
+
+def ctc_loss(
+    model: ConformerCTC, batch: Batch, inter: InterCTCConfig | None = None
+) -> tuple[Tensor, dict[str, float]]:
+    """CTC loss averaged over utterances (each normalised by its target length), with `inter`'s
+    intermediate CTC terms on earlier blocks' outputs (through the same CTC head) if it lists any.
+    The parts logged: "ctc" (the last block's) and "inter_ctc" (the intermediate terms' mean)."""
+    if inter is None or not inter.layers:
+        log_probs, lengths = model(batch.feats, batch.feat_lengths)
+        loss = _ctc(log_probs, lengths, batch, model.blank)
+        return loss, {"ctc": float(loss.detach())}
+    outputs: list[Tensor] = []
+    x, lengths = model.encoder(batch.feats, batch.feat_lengths, outputs)
+    final = _ctc(model.log_probs(x), lengths, batch, model.blank)
+    terms = [_ctc(model.log_probs(outputs[k - 1]), lengths, batch, model.blank) for k in inter.layers]
+    loss = (1 - sum(inter.weights)) * final + sum(w * t for w, t in zip(inter.weights, terms, strict=True))
+    inter_mean = sum(float(t.detach()) for t in terms) / len(terms)
+    return loss, {"ctc": float(final.detach()), "inter_ctc": inter_mean}
 
 
 def make_optimizer(
@@ -533,7 +549,7 @@ def _train(
 
     def loss_fn(batch: Batch) -> tuple[Tensor, dict[str, float]]:
         batch.feats = specaug(batch.feats, batch.feat_lengths, generator=specaug_gen)
-        return ctc_loss(model, batch)
+        return ctc_loss(model, batch, cfg.inter_ctc)
 
     def checkpoint(epoch: int, partial: dict[str, Any] | None = None) -> None:
         """The resumable state after `epoch` epochs, and within the next one if `partial`."""
