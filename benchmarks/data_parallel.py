@@ -35,7 +35,6 @@ def _worker(layout: str, args: argparse.Namespace) -> None:
     """Time `args.steps` steps after two warm-up steps; rank 0 prints their seconds as JSON."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
     from conformer_prune.config import load_config, recipe_path
@@ -62,14 +61,7 @@ def _worker(layout: str, args: argparse.Namespace) -> None:
     def step() -> None:
         with autocast(device, cfg.precision):
             log_probs, lengths = net(batch.feats, batch.feat_lengths)
-            loss = F.ctc_loss(
-                log_probs.transpose(0, 1),
-                batch.targets,
-                lengths,
-                batch.target_lengths,
-                blank=model.blank,
-                zero_infinity=True,
-            )
+            loss = model.ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

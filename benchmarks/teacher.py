@@ -5,6 +5,9 @@ Usage:
     python benchmarks/teacher.py --quick          # same code path, minutes
     python benchmarks/teacher.py --pilot v512 --minutes 25 --set tokenizer.vocab_size=512 epochs=1
                                                   # a short run to choose a lever: dev only
+    torchrun --standalone --nproc_per_node 2 benchmarks/teacher.py --set threads=1 max_frames=4000
+                                                  # data-parallel: 2 processes of 1 thread, the
+                                                  # same global batch (max_frames is per process)
 
 Stages are cached under benchmarks/cache/: the synthetic reference corpus (`REFERENCE_CORPUS`:
 train, dev, test and test-unseen), the training run (one run within `--minutes` of training on
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -44,6 +48,7 @@ from common import (
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import REFERENCE_CORPUS, UNSEEN_SPLIT, synthesize
+from conformer_prune.distributed import is_main_process
 from conformer_prune.evaluate import evaluate_recognizer
 from conformer_prune.model import load_recognizer
 from conformer_prune.train import TrainConfig, run_training
@@ -122,7 +127,7 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     log_path = run / "log.jsonl"
     epochs_before = len(log_path.read_text().splitlines()) if log_path.exists() else 0
-    if epochs_before < cfg.epochs:
+    if epochs_before < cfg.epochs and is_main_process():
         # every start of training is recorded: the issue asks for one uninterrupted run
         with (run / "starts.txt").open("a") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} from epoch {epochs_before}\n")
@@ -134,6 +139,8 @@ def main() -> None:
         run,
         resume=(run / "train_state.pt").exists(),
     )
+    if not is_main_process():  # under torchrun, rank 0 evaluates and writes
+        return
 
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     finished = log[-1]["epoch"]
@@ -166,6 +173,8 @@ def main() -> None:
         "subsampling": f"{cfg.model.subsampling} x{cfg.model.subsampling_factor}",
         "vocab_size": cfg.model.vocab_size,
         "precision": cfg.precision,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data-parallel under torchrun
+        "threads_per_process": cfg.threads,
         "commit": commit,
         "command": command_line(),
     }

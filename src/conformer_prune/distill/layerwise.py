@@ -189,15 +189,7 @@ class LayerwiseDistiller(nn.Module):
             x, lengths = student.encoder(batch.feats, batch.feat_lengths, student_layers)
         logits = student.decoder(x).float()  # (B, T, V)
         log_probs = torch.log_softmax(logits, dim=-1)
-        ctc = F.ctc_loss(
-            log_probs.transpose(0, 1),
-            batch.targets,
-            lengths,
-            batch.target_lengths,
-            blank=student.blank,
-            reduction="mean",
-            zero_infinity=True,
-        )
+        ctc = student.ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths)
         terms: dict[str, tuple[float, Tensor]] = {}  # distillation part -> (weight, value)
         if cfg.distils:
             teacher = self.teacher[0]

@@ -1067,6 +1067,19 @@ class ConformerCTC(nn.Module):
         """The CTC head on encoder frames: (B, T', D) -> float32 log-probabilities (B, T', V)."""
         return torch.log_softmax(self.decoder(x).float(), dim=-1)
 
+    def ctc_loss(self, log_probs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """CTC of this model's output averaged over utterances, each normalised by its target
+        length. Shapes: (B, T', V), (B,), (B, U), (B,) -> ()."""
+        return F.ctc_loss(
+            log_probs.transpose(0, 1),  # (T', B, V)
+            targets,
+            lengths,
+            target_lengths,
+            blank=self.blank,
+            reduction="mean",
+            zero_infinity=True,
+        )
+
     # -- pruning: the loops over the prunable modules ----------------------------------------------
 
     def blocks(self) -> list[ConformerBlock]:

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -159,32 +158,22 @@ def append_log(path: Path, record: dict[str, Any]) -> None:
         log_file.write(json.dumps(record) + "\n")
 
 
-def _ctc(log_probs: Tensor, lengths: Tensor, batch: Batch, blank: int) -> Tensor:
-    return F.ctc_loss(
-        log_probs.transpose(0, 1),  # (T, B, V)
-        batch.targets,
-        lengths,
-        batch.target_lengths,
-        blank=blank,
-        reduction="mean",
-        zero_infinity=True,
-    )
-
-
 def ctc_loss(
     model: ConformerCTC, batch: Batch, inter: InterCTCConfig | None = None
 ) -> tuple[Tensor, dict[str, float]]:
     """CTC loss averaged over utterances (each normalised by its target length), with `inter`'s
     intermediate CTC terms on earlier blocks' outputs (through the same CTC head) if it lists any.
     The parts logged: "ctc" (the last block's) and "inter_ctc" (the intermediate terms' mean)."""
-    if inter is None or not inter.layers:
-        log_probs, lengths = model(batch.feats, batch.feat_lengths)
-        loss = _ctc(log_probs, lengths, batch, model.blank)
-        return loss, {"ctc": float(loss.detach())}
+
+    def ctc(x: Tensor) -> Tensor:
+        return model.ctc_loss(model.log_probs(x), lengths, batch.targets, batch.target_lengths)
+
     outputs: list[Tensor] = []
     x, lengths = model.encoder(batch.feats, batch.feat_lengths, outputs)
-    final = _ctc(model.log_probs(x), lengths, batch, model.blank)
-    terms = [_ctc(model.log_probs(outputs[k - 1]), lengths, batch, model.blank) for k in inter.layers]
+    final = ctc(x)
+    if inter is None or not inter.layers:
+        return final, {"ctc": float(final.detach())}
+    terms = [ctc(outputs[k - 1]) for k in inter.layers]
     loss = (1 - sum(inter.weights)) * final + sum(w * t for w, t in zip(inter.weights, terms, strict=True))
     inter_mean = sum(float(t.detach()) for t in terms) / len(terms)
     return loss, {"ctc": float(final.detach()), "inter_ctc": inter_mean}
