@@ -164,16 +164,15 @@ def ctc_loss(
     """CTC loss averaged over utterances (each normalised by its target length), with `inter`'s
     intermediate CTC terms on earlier blocks' outputs (through the same CTC head) if it lists any.
     The parts logged: "ctc" (the last block's) and "inter_ctc" (the intermediate terms' mean)."""
-
-    def ctc(x: Tensor) -> Tensor:
-        return model.ctc_loss(model.log_probs(x), lengths, batch.targets, batch.target_lengths)
-
+    targets = (batch.targets, batch.target_lengths)
+    if inter is None or not inter.layers:
+        log_probs, lengths = model(batch.feats, batch.feat_lengths)
+        loss = model.ctc_loss(log_probs, lengths, *targets)
+        return loss, {"ctc": float(loss.detach())}
     outputs: list[Tensor] = []
     x, lengths = model.encoder(batch.feats, batch.feat_lengths, outputs)
-    final = ctc(x)
-    if inter is None or not inter.layers:
-        return final, {"ctc": float(final.detach())}
-    terms = [ctc(outputs[k - 1]) for k in inter.layers]
+    read = [x, *(outputs[k - 1] for k in inter.layers)]  # the last block's output, then the others
+    final, *terms = (model.ctc_loss(model.log_probs(y), lengths, *targets) for y in read)
     loss = (1 - sum(inter.weights)) * final + sum(w * t for w, t in zip(inter.weights, terms, strict=True))
     inter_mean = sum(float(t.detach()) for t in terms) / len(terms)
     return loss, {"ctc": float(final.detach()), "inter_ctc": inter_mean}
