@@ -253,12 +253,16 @@ def test_fastconformer_recipe_is_the_reference_shape_with_nemos_front_end() -> N
 
 
 def test_reference_teacher_recipe_is_the_teacher_recipe_for_the_larger_corpus() -> None:
-    """The reference teacher has the teacher recipe's model, vocabulary and augmentation (see
-    reference-teacher.yaml for why not the FastConformer's); only its epochs differ."""
+    """The reference teacher has the teacher recipe's model shape, vocabulary and augmentation (see
+    reference-teacher.yaml for why not the FastConformer's); for its short budget it drops dropout
+    and adds intermediate CTC, and its epochs differ."""
     teacher = load_config(TrainConfig, recipe_path("teacher"))
     reference = load_config(TrainConfig, recipe_path("reference-teacher"))
-    assert reference.model == teacher.model and reference.tokenizer == teacher.tokenizer
+    assert reference.model.dropout == reference.model.dropout_att == 0.0
+    no_dropout = dataclasses.replace(teacher.model, dropout=0.0, dropout_att=0.0)
+    assert reference.model == no_dropout and reference.tokenizer == teacher.tokenizer
     assert reference.specaug == teacher.specaug and reference.precision == teacher.precision == "bf16"
+    assert reference.inter_ctc.layers == [teacher.model.n_layers // 2]
 
 
 def test_sherpa_metadata_gives_the_models_subsampling_factor() -> None:
