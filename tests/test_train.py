@@ -21,6 +21,12 @@ from conformer_prune.train.config import InterCTCConfig
 from tests.conftest import hetero_config, interrupt_within_epoch, log_without_wall_clock
 
 
+def _tiny_epoch(corpus: Path, out: Path, *overrides: str) -> list[str]:
+    """`train` arguments for one epoch of the `tiny` recipe on `corpus` with `overrides`."""
+    data = ["--data", str(corpus / "train"), "--dev", str(corpus / "dev")]
+    return ["train", *data, "--config", "tiny", "--out", str(out), "--set", "epochs=1", *overrides]
+
+
 def test_end_to_end_tiny_run(
     tiny_corpus: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -179,9 +185,7 @@ def test_speed_perturbation_reaches_the_training_loop(
     """`speeds` makes each epoch read every utterance once per factor: its audio adds up to the
     plain epoch's over each factor."""
     out = tmp_path / "run"
-    argv = ["train", "--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
-    argv += ["--config", "tiny", "--out", str(out), "--set", "epochs=1", "speeds=[0.9,1.1]"]
-    assert main(argv) == 0
+    assert main(_tiny_epoch(tiny_corpus, out, "speeds=[0.9,1.1]")) == 0
     plain = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[0])
     perturbed = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     ratio = perturbed["audio_seconds"] / plain["audio_seconds"]
@@ -195,9 +199,7 @@ def test_a_front_end_with_another_hop_counts_audio_and_macs_at_its_own_rate(
     seconds are the audio's own, and MACs per second of audio and the closed-form cost use 10 s at
     125 frames per second (a model counted at 100 frames per second would show 8 s of audio)."""
     out = tmp_path / "run"
-    argv = ["train", "--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
-    argv += ["--config", "tiny", "--out", str(out), "--set", "epochs=1", "features.hop_length=128"]
-    assert main(argv) == 0
+    assert main(_tiny_epoch(tiny_corpus, out, "features.hop_length=128")) == 0
     plain = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[0])
     fine = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     # the same audio; the frame counts differ by at most one frame per utterance
@@ -251,9 +253,7 @@ def test_intermediate_ctc_adds_the_ctc_head_on_earlier_blocks(
     assert first != pytest.approx(float(plain), rel=1e-3)  # another block's output
 
     out = tmp_path / "run"
-    argv = ["train", "--data", str(tiny_corpus / "train"), "--dev", str(tiny_corpus / "dev")]
-    argv += ["--config", "tiny", "--out", str(out), "--set", "epochs=1"]
-    assert main([*argv, "inter_ctc.layers=[1]", "inter_ctc.weights=[0.3]"]) == 0
+    assert main(_tiny_epoch(tiny_corpus, out, "inter_ctc.layers=[1]", "inter_ctc.weights=[0.3]")) == 0
     logged = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert logged["inter_ctc"] > 0 and logged["ctc"] > 0
     capsys.readouterr()
@@ -262,5 +262,5 @@ def test_intermediate_ctc_adds_the_ctc_head_on_earlier_blocks(
         (["inter_ctc.layers=[1]", "inter_ctc.weights=[1.0]"], "sum below 1"),
         (["inter_ctc.layers=[1]", "inter_ctc.weights=[]"], "one weight per layer"),
     ]:
-        assert main([*argv[:-2], "--out", str(tmp_path / "bad"), "--set", *bad]) == 2
+        assert main(_tiny_epoch(tiny_corpus, tmp_path / "bad", *bad)) == 2
         assert message in capsys.readouterr().err
