@@ -39,6 +39,7 @@ def _worker(layout: str, args: argparse.Namespace) -> None:
 
     from conformer_prune.config import load_config, recipe_path
     from conformer_prune.model import build_model
+    from conformer_prune.model.conformer import feature_frames
     from conformer_prune.train import TrainConfig
     from conformer_prune.train.loop import autocast, make_optimizer
 
@@ -50,11 +51,12 @@ def _worker(layout: str, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     cfg = load_config(TrainConfig, recipe_path(args.recipe), args.set)
     cfg.model.vocab_size = 128
+    cfg.model.feature_rate = cfg.features.frames_per_second  # as training sets it
     model = build_model(cfg.model).train()
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
     net = DistributedDataParallel(model) if ddp else model
     per_rank = args.batch // world
-    frames = cfg.model.encoder_frames(int(args.seconds * cfg.model.feature_rate) + 1)
+    frames = cfg.model.encoder_frames(feature_frames(args.seconds, cfg.model.feature_rate))
     batch = random_batch(cfg.model, per_rank, args.seconds, frames // 3)
     device = torch.device("cpu")
 
