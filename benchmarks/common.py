@@ -63,7 +63,12 @@ def git_commit() -> str:
 
 
 def command_line() -> str:
-    return " ".join(["python", *[str(a) for a in sys.argv]])
+    """The command that started this process; under torchrun, the torchrun command that starts
+    the same run (its number of processes per node is part of the run's identity)."""
+    launcher = ["python"]
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        launcher = ["torchrun", "--standalone", "--nproc_per_node", os.environ["LOCAL_WORLD_SIZE"]]
+    return " ".join([*launcher, *[str(a) for a in sys.argv]])
 
 
 def save_result(name: str, data: dict[str, Any]) -> Path:

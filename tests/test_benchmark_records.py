@@ -124,3 +124,15 @@ def test_a_run_restored_from_its_record_is_read_and_its_record_left_as_it_was(
 
     assert run_stage(cfg, teacher, corpus, {}, tmp_path / "work" / "base", {}) == scored
     assert not (run / "model.pt").exists() and record.read_bytes() == kept
+
+
+def test_a_record_names_the_command_that_starts_the_same_run(monkeypatch: Any) -> None:
+    """Under torchrun the record's command is torchrun's, with its processes per node: one process
+    with the same arguments would be another run (its batches and threads differ)."""
+    monkeypatch.setattr(sys, "argv", ["benchmarks/teacher.py", "--set", "threads=1"])
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert common.command_line() == "python benchmarks/teacher.py --set threads=1"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert common.command_line() == (
+        "torchrun --standalone --nproc_per_node 2 benchmarks/teacher.py --set threads=1"
+    )
