@@ -4,6 +4,10 @@ for the same steps with the same recipe, data order, SpecAugment and distillatio
 
 Usage:
     nohup python benchmarks/prune.py > benchmarks/cache/prune.log 2>&1 &
+    # or both runs at once, one thread each (`common.Jobs`); the last process out times the models
+    for k in 0 1; do
+        nohup python benchmarks/prune.py --jobs 2 > benchmarks/cache/prune-$k.log 2>&1 &
+    done
     python benchmarks/prune.py --quick        # same code path on the quick teacher (teacher.py --quick)
 
 Stages are cached under benchmarks/cache/ and resume where they stopped: the reference corpus
@@ -151,6 +155,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="quick teacher and corpus, two epochs")
     parser.add_argument("--set", nargs="*", default=[], help="PruneConfig overrides (both runs)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes sharing the two runs (start this many), 1 thread each"
+    )
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     if args.quick:
@@ -172,7 +179,8 @@ def main() -> None:
         raise SystemExit("--set method=continued: the control runs beside the method anyway")
     control = load_config(PruneConfig, recipe_path("prune"), [*overrides, "method=continued"])
 
-    jobs = Jobs(1, CACHE / name)  # waits for a run another benchmark is training (distill's `chosen`)
+    # with --jobs 1 it still waits for a run another benchmark is training (distill's `chosen`)
+    jobs = Jobs(args.jobs, CACHE / name)
     with jobs.preparing():
         teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
     reports: dict[str, dict[str, Any]] = {}
@@ -187,6 +195,8 @@ def main() -> None:
 
         jobs.run(k, run_dir(c, teacher, corpus, restore=False), train)
     jobs.settle()
+    if not jobs.last():  # the last process out writes the record and times the models, alone
+        return
     wer_keys = [f"{m}_{s}" for s in SPLITS for m in ("wer", "cer")]
     systems = {"teacher": teacher_result} | {k: r["pruned"] for k, r in reports.items()}
     record: dict[str, Any] = {
