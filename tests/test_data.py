@@ -118,6 +118,18 @@ def test_speed_perturbed_training_set_has_an_entry_per_speed(tmp_path: Path) -> 
     assert load_config(TrainConfig, None, ["speeds=[0.9,1.0,1.1]"]).speeds == (0.9, 1.0, 1.1)
 
 
+@pytest.mark.parametrize(("frame_count", "pad_to"), [("stft", 0), ("nemo", 0), ("nemo", 16)])
+def test_budgeted_frames_are_the_front_ends_own(tmp_path: Path, frame_count: str, pad_to: int) -> None:
+    """The frames the batch sampler budgets and the too-short check counts are the real frames the
+    front end makes, with NeMo's count (one fewer) as with ours, and no `pad_to` padding."""
+    tok = Tokenizer.train(["HELLO WORLD", "IT'S A CAT"], TokenizerConfig(vocab_size=16))
+    root = _libri(tmp_path / "c", {"19-198-0000": "HELLO", "19-198-0001": "CAT"})
+    features = LogMelFeatures(FeatureConfig(frame_count=frame_count, pad_to=pad_to))  # type: ignore[arg-type]
+    for training in (True, False):
+        data = SpeechDataset(read_librispeech(root), tok, features, training=training)
+        assert [data[i][0].shape[0] for i in range(len(data))] == data.frames
+
+
 def test_librispeech_and_manifest_readers(tmp_path: Path) -> None:
     root = _libri(tmp_path / "dev", {"19-198-0000": "HELLO WORLD", "19-198-0001": "IT'S  A CAT"})
     utts = read_librispeech(root)

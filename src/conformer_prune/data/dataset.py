@@ -90,18 +90,17 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
             raise ValueError(f"speeds: perturbation is for training; found {list(speeds)} for evaluation")
         self.features = features.eval()
         self.sample_rate = features.config.sample_rate
-        hop = features.config.hop_length
         kept, kept_speeds, frames, tokens, too_short, too_long = [], [], [], [], [], []
         for utt in utts:
             if not training:
                 kept.append(utt)
                 kept_speeds.append(1.0)
-                frames.append(_frames(utt.duration, self.sample_rate, hop))
+                frames.append(self._frames(utt.duration))
                 tokens.append(torch.zeros(0, dtype=torch.long))
                 continue
             ids = tokenizer.encode(utt.text, where=f"utterance {utt.utt_id} ({utt.audio_path})")
             for speed in speeds:
-                n = _frames(utt.duration / speed, self.sample_rate, hop)
+                n = self._frames(utt.duration / speed)
                 where = utt.utt_id if speed == 1.0 else f"{utt.utt_id} at speed {speed}"
                 if subsampled_length(n, subsampling_factor) < len(ids):
                     too_short.append(where)
@@ -143,6 +142,12 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
     def __len__(self) -> int:
         return len(self.utts)
 
+    def _frames(self, seconds: float) -> int:
+        """Feature frames of `seconds` of audio, counted as the front end counts them (its
+        `frame_count`: ours or NeMo's, one fewer)."""
+        samples = torch.tensor([int(seconds * self.sample_rate)])
+        return int(self.features.output_lengths(samples)[0])
+
     def load_features(self, index: int) -> Tensor:
         """(T, F) features of utterance `index`; errors name the utterance."""
         if self._cache is not None and index in self._cache:
@@ -153,19 +158,14 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         except (OSError, ValueError) as err:
             raise type(err)(f"utterance {utt.utt_id}: {err}") from err
         with torch.no_grad():
-            feats, _ = self.features(audio[None], torch.tensor([audio.numel()]))
-        feats = feats[0]
+            feats, lengths = self.features(audio[None], torch.tensor([audio.numel()]))
+        feats = feats[0, : int(lengths[0])]  # without `pad_to`'s frames or the one NeMo does not count
         if self._cache is not None:
             self._cache[index] = feats
         return feats
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
         return self.load_features(index), self.tokens[index], index
-
-
-def _frames(seconds: float, sample_rate: int, hop: int) -> int:
-    """Feature frames of `seconds` of audio (the STFT's centred frames)."""
-    return int(seconds * sample_rate) // hop + 1
 
 
 def collate(samples: list[tuple[Tensor, Tensor, int]]) -> Batch:
