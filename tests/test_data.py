@@ -75,6 +75,8 @@ def test_audio_resampled_and_downmixed(tmp_path: Path) -> None:
     audio = load_audio(tmp_path / "s.wav", 16000)
     assert audio.ndim == 1 and abs(audio.shape[0] - 16000) <= 1
     np.testing.assert_allclose(audio[2000:2100], _tone(1.0)[2000:2100], atol=0.02)
+    with pytest.raises(ValueError, match="positive tempo factor, found 0"):
+        load_audio(tmp_path / "s.wav", 16000, speed=0.0)
 
 
 def _peak_hz(audio: np.ndarray, rate: int = 16000) -> float:

@@ -40,7 +40,10 @@ def load_audio(path: str | Path, sample_rate: int = 16000, speed: float = 1.0) -
     Raises:
         FileNotFoundError: the file does not exist.
         AudioError: the file cannot be decoded, holds no samples or holds NaN or infinite ones.
+        ValueError: `speed` is not positive (checked before the file is read).
     """
+    if not speed > 0:
+        raise ValueError(f"speed: expected a positive tempo factor, found {speed}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
@@ -55,8 +58,6 @@ def load_audio(path: str | Path, sample_rate: int = 16000, speed: float = 1.0) -
     bad = int(np.count_nonzero(~np.isfinite(audio)))
     if bad:
         raise AudioError(f"audio file {path} holds {bad} NaN or infinite samples; expected finite samples")
-    if not speed > 0:
-        raise ValueError(f"speed: expected a positive tempo factor, found {speed}")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     ratio = Fraction(int(sample_rate), int(rate)) / Fraction(speed).limit_denominator(100)
     if ratio != 1:
