@@ -69,11 +69,10 @@ from common import (
     timing_model,
     update_doc_section,
 )
-from prune import run_stage, teacher_eval, versus
+from prune import evaluated_splits, run_stage, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.evaluate import interleaved_latency_ms
 from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
 from conformer_prune.model import load_recognizer
@@ -245,7 +244,7 @@ def main() -> None:
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
         )
     work = CACHE / ("compare-quick" if args.quick else "compare")
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
+    evaluated = evaluated_splits(corpus)
     reports: dict[tuple[MethodName, float, int], dict[str, Any]] = {}
     unreachable: dict[str, str] = {}  # by run name
     selected = set(args.methods.split(","))

@@ -66,10 +66,9 @@ from common import (
     save_result,
     update_doc_section,
 )
-from prune import SPLITS, run_stage, split_sizes, teacher_eval, versus
+from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.prune.config import PruneConfig
 
 BASE = [
@@ -169,7 +168,7 @@ def main() -> None:
             raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
         budget = []
     work = CACHE / ("distill-quick" if args.quick else "distill")
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
+    evaluated = evaluated_splits(corpus)
     jobs = Jobs(args.jobs, work)
     with jobs.preparing():
         teacher_result = {} if args.plan else teacher_eval(teacher, evaluated, work / "teacher")

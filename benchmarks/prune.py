@@ -65,6 +65,11 @@ LATENCY_THREADS = 2
 LATENCY_ROUNDS = 30  # teacher, pruned and continued timed interleaved in one loop, median of these
 
 
+def evaluated_splits(corpus: Path) -> dict[str, Path]:
+    """The split directories every benchmark scores, under the names its records use (`SPLITS`)."""
+    return {s: corpus / (UNSEEN_SPLIT if s == "test_unseen" else s) for s in SPLITS}
+
+
 def stage_seconds(log_path: Path) -> tuple[float, float]:
     """Wall seconds of the pruning and of the fine-tuning stage, from the run's log."""
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
@@ -173,7 +178,7 @@ def main() -> None:
     name = "prune-50-quick" if args.quick else "prune-50"
     work = {"teacher": CACHE / f"{name}-teacher", "pruned": CACHE / name}
     work["continued"] = CACHE / f"{name}-continued"
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
+    evaluated = evaluated_splits(corpus)
     cfg = load_config(PruneConfig, recipe_path("prune"), overrides)
     if cfg.method == "continued":
         raise SystemExit("--set method=continued: the control runs beside the method anyway")

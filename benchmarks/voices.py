@@ -37,7 +37,7 @@ from common import (
     save_result,
     update_doc_section,
 )
-from prune import teacher_eval
+from prune import evaluated_splits, teacher_eval
 
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import UNSEEN_SPLIT
@@ -225,7 +225,7 @@ def main() -> None:
     pruned = work / args.run
     if not recogs_path(pruned, "test").exists():
         raise SystemExit(f"{pruned} holds no recognitions: run `python benchmarks/distill.py --plan` first")
-    evaluated = {"dev": corpus / "dev", "test": corpus / "test", "test_unseen": corpus / UNSEEN_SPLIT}
+    evaluated = evaluated_splits(corpus)
     teacher_eval(teacher, evaluated, work / "teacher")
 
     table = json.loads((corpus / "corpus.json").read_text())
