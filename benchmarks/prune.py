@@ -39,6 +39,7 @@ from common import (
     ROOT,
     Jobs,
     command_line,
+    file_digest,
     git_commit,
     keep_run_result,
     link_run,
@@ -79,14 +80,33 @@ def stage_seconds(log_path: Path) -> tuple[float, float]:
 
 
 def teacher_eval(teacher: Path, evaluated: dict[str, Path], out: Path) -> dict[str, Any]:
-    """The teacher's WER and cost, with its recognitions in `out` (cached in out/eval.json)."""
+    """The teacher's WER and cost, with its recognitions in `out`, cached in out/eval.json for this
+    teacher's bytes and these splits (`scored` in it): a directory that outlived the teacher or
+    corpus it scored is evaluated again, not read."""
     cache = out / "eval.json"
-    _check_fresh(cache)
+    scored = _scored(teacher, evaluated)
+    if cache.exists() and json.loads(cache.read_text()).get("scored") != scored:
+        print(f"{cache} scored another teacher or corpus: evaluating {teacher} again", flush=True)
+        cache.unlink()
     if not cache.exists():
         out.mkdir(parents=True, exist_ok=True)
-        write_json(cache, evaluate_recognizer(load_recognizer(teacher), evaluated, threads=2, recogs_dir=out))
-    result: dict[str, Any] = json.loads(cache.read_text())
+        result = evaluate_recognizer(load_recognizer(teacher), evaluated, threads=2, recogs_dir=out)
+        write_json(cache, {**result, "scored": scored})
+    _check_fresh(cache)
+    result = json.loads(cache.read_text())
+    del result["scored"]
     return result
+
+
+def _scored(teacher: Path, evaluated: dict[str, Path]) -> dict[str, Any]:
+    """What a teacher's evaluation scored: its bytes, and each split by its corpus's synthesis
+    record (a corpus without one, by its path)."""
+    splits = {}
+    for name, split in evaluated.items():
+        record = split.parent / "corpus.json"
+        corpus = file_digest(record) if record.exists() else str(split.parent.resolve())
+        splits[name] = {"corpus": corpus, "split": split.name}
+    return {"teacher_sha256": file_digest(teacher), "splits": splits}
 
 
 def run_stage(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -136,3 +137,30 @@ def test_a_record_names_the_command_that_starts_the_same_run(monkeypatch: Any) -
     assert common.command_line() == (
         "torchrun --standalone --nproc_per_node 2 benchmarks/teacher.py --set threads=1"
     )
+
+
+def test_a_teachers_cached_evaluation_is_read_only_for_that_teacher_and_corpus(
+    places: Any, monkeypatch: Any
+) -> None:
+    """A benchmark's teacher directory outlives the teacher it scored (a new reference teacher, a
+    rebuilt corpus): its evaluation is made again, never read as the new teacher's."""
+    import prune
+
+    _, teacher, corpus = places
+    calls: list[bytes] = []
+
+    def evaluate(rec: Any, evaluated: dict[str, Path], **kwargs: Any) -> dict[str, float]:
+        calls.append(rec)
+        return {f"wer_{s}": 0.1 * len(calls) for s in prune.SPLITS}
+
+    monkeypatch.setattr(prune, "load_recognizer", lambda path: Path(path).read_bytes())
+    monkeypatch.setattr(prune, "evaluate_recognizer", evaluate)
+    evaluated, out = prune.evaluated_splits(corpus), corpus.parent / "teacher-eval"
+    first = prune.teacher_eval(teacher, evaluated, out)
+    assert prune.teacher_eval(teacher, evaluated, out) == first and calls == [b"weights"]
+    assert "scored" not in first
+    teacher.write_bytes(b"other weights")
+    assert prune.teacher_eval(teacher, evaluated, out)["wer_test"] == 0.2
+    (corpus / "corpus.json").write_text('{"seed": 1}')
+    assert prune.teacher_eval(teacher, evaluated, out)["wer_test"] == pytest.approx(0.3)
+    assert calls == [b"weights", b"other weights", b"other weights"]
