@@ -60,6 +60,7 @@ from common import (
     RESULTS,
     ROOT,
     Jobs,
+    file_digest,
     git_commit,
     load_result,
     markdown_table,
@@ -126,9 +127,14 @@ def latency_table(teacher: Path, work: Path) -> Path:
 def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: int = 7) -> float:
     """The parameter target at which `method`'s one-shot shape measures LATENCY_TARGET x the
     teacher's latency on LATENCY_RUNTIME: a bisection, each shape timed interleaved with the
-    teacher, stopping within 2%; cached in `cache` with every try."""
+    teacher, stopping within 2%; cached in `cache` with every try, for this teacher's bytes (the
+    shapes rank its weights: another teacher's bisection is made again)."""
+    digest = file_digest(teacher_path)
     if cache.exists():
-        return float(json.loads(cache.read_text())["target_params"])
+        found = json.loads(cache.read_text())
+        if found.get("teacher_sha256") == digest:
+            return float(found["target_params"])
+        print(f"{cache} matched another teacher's shapes: matching {method} again", flush=True)
     teacher = load_recognizer(teacher_path).model
     lo, hi = 0.05, 1.0
     log: list[dict[str, Any]] = []
@@ -160,6 +166,7 @@ def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: i
             "runtime": LATENCY_RUNTIME,
             "target_params": best[0],
             "measured_ratio": best[1],
+            "teacher_sha256": digest,
             "tries": log,
         },
     )

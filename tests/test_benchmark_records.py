@@ -164,3 +164,29 @@ def test_a_teachers_cached_evaluation_is_read_only_for_that_teacher_and_corpus(
     (corpus / "corpus.json").write_text('{"seed": 1}')
     assert prune.teacher_eval(teacher, evaluated, out)["wer_test"] == pytest.approx(0.3)
     assert calls == [b"weights", b"other weights", b"other weights"]
+
+
+def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
+    places: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """compare.py's bisection ranks the teacher's weights, so its cached parameter target is kept
+    for that teacher's bytes alone."""
+    import compare
+
+    _, teacher, _ = places
+    timed: list[float] = []
+
+    def measure(models: list[Any], runtime: str, **kwargs: Any) -> tuple[float, float]:
+        timed.append(models[1])
+        return 100.0, 100.0 * models[1]  # a shape at target t measures t of the teacher's latency
+
+    monkeypatch.setattr(compare, "load_recognizer", lambda path: type("R", (), {"model": None}))
+    monkeypatch.setattr(compare, "one_shot_model", lambda cfg, model: cfg.target_params)
+    monkeypatch.setattr(compare, "measure_models_ms", measure)
+    cache = tmp_path / "matched.json"
+    target = compare.matched_params("magnitude-distill", teacher, cache)
+    assert abs(target / compare.LATENCY_TARGET - 1) <= 0.02
+    tries = len(timed)
+    assert compare.matched_params("magnitude-distill", teacher, cache) == target and len(timed) == tries
+    teacher.write_bytes(b"another teacher")
+    assert compare.matched_params("magnitude-distill", teacher, cache) == target and len(timed) == 2 * tries
