@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import fcntl
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -23,6 +25,7 @@ from conformer_prune.config import from_dict, to_dict
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
+from conformer_prune.evaluate import interleaved_latency_ms
 from conformer_prune.evaluate.run import recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import (
@@ -417,3 +420,18 @@ def _try_lock(run: Path) -> IO[str] | None:
         f.close()
         return None
     return f
+
+
+def fresh_latency_ms(paths: list[Path], threads: int, rounds: int) -> list[float]:
+    """`interleaved_latency_ms` of the models saved at `paths`, timed in a new process. The
+    process that trained a run (a `Jobs` run on one thread) timed the same models 2.7x slower than
+    a new one at the same 2 threads (the reference teacher: 204 against 74 ms), so no benchmark
+    times in it."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_latency_ms, [str(p) for p in paths], threads, rounds).result()
+
+
+def _latency_ms(paths: list[str], threads: int, rounds: int) -> list[float]:
+    models = [load_recognizer(p).model for p in paths]
+    return interleaved_latency_ms(models, threads=threads, rounds=rounds)

@@ -40,6 +40,7 @@ from common import (
     Jobs,
     command_line,
     file_digest,
+    fresh_latency_ms,
     git_commit,
     keep_run_result,
     link_run,
@@ -52,7 +53,7 @@ from common import (
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import UNSEEN_SPLIT
-from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
+from conformer_prune.evaluate import evaluate_recognizer
 from conformer_prune.evaluate.run import compare_recogs, read_recogs, recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
@@ -236,12 +237,10 @@ def main() -> None:
         "commit": commit,
         "command": command_line(),
     }
-    # the three models timed in one loop, interleaved, so that their ratios are fair on a shared machine
-    models = [
-        load_recognizer(path).model
-        for path in (teacher, work["pruned"] / "model.pt", work["continued"] / "model.pt")
-    ]
-    timed = interleaved_latency_ms(models, threads=LATENCY_THREADS, rounds=LATENCY_ROUNDS)
+    # the three models timed in one loop, interleaved, so that their ratios are fair on a shared
+    # machine, in a new process (not this one, which may have trained)
+    paths = [teacher, work["pruned"] / "model.pt", work["continued"] / "model.pt"]
+    timed = fresh_latency_ms(paths, threads=LATENCY_THREADS, rounds=LATENCY_ROUNDS)
     for k, ms in zip(("teacher", "pruned", "continued"), timed, strict=True):
         record[k] |= {"latency_ms_10s": ms, "rtf": ms / 10000.0, "latency_vs_teacher": ms / timed[0]}
     record["latency"] = {"threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS, "seconds": 10.0, "batch": 1}

@@ -190,3 +190,11 @@ def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
     assert compare.matched_params("magnitude-distill", teacher, cache) == target and len(timed) == tries
     teacher.write_bytes(b"another teacher")
     assert compare.matched_params("magnitude-distill", teacher, cache) == target and len(timed) == 2 * tries
+
+
+def test_models_are_timed_in_a_new_process(tmp_path: Path) -> None:
+    """`fresh_latency_ms` times saved models interleaved in a spawned process, one time per model."""
+    _finish(tmp_path / "run")
+    path = tmp_path / "run" / "model.pt"
+    timed = common.fresh_latency_ms([path, path], threads=1, rounds=2)
+    assert len(timed) == 2 and all(ms > 0 for ms in timed)

@@ -459,18 +459,14 @@ def test_dense_baselines_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path:
 
 
 MODELS = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
-# the teacher the committed pruned-50.pt was pruned from: the previous reference teacher (trained
-# at commit 7a7b0e5), kept beside the new teacher.pt until benchmarks/prune.py prunes the new one
-# and rewrites pruned-50.pt (then this names teacher.pt again)
-PRUNED_50_TEACHER = MODELS / "teacher-7a7b0e5.pt"
 
 
 def test_committed_checkpoints_load_strictly_and_their_masks_name_our_units() -> None:
-    """The reference teachers and the 50% model load with strict=True; the masks the pruned one
-    records are named as our gates name them, and slicing its teacher by them gives the pruned
-    model's shapes and, in closed form, its exact parameter count."""
-    assert load_recognizer(MODELS / "teacher.pt").model.config.n_layers == 12  # strict
-    teacher = load_recognizer(PRUNED_50_TEACHER).model  # strict
+    """The reference teacher and the 50% model pruned from it load with strict=True; the masks the
+    pruned one records are named as our gates name them, and slicing the teacher by them gives the
+    pruned model's shapes and, in closed form, its exact parameter count."""
+    teacher = load_recognizer(MODELS / "teacher.pt").model  # strict
+    assert teacher.config.n_layers == 12
     pruned = load_recognizer(MODELS / "pruned-50.pt")
     masks = {k: torch.tensor(v) for k, v in pruned.meta["masks"].items()}
     gates = ConformerGates.attach(build_model(teacher.config), list(STRUCTURES))
