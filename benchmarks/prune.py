@@ -4,7 +4,7 @@ for the same steps with the same recipe, data order, SpecAugment and distillatio
 
 Usage:
     nohup python benchmarks/prune.py > benchmarks/cache/prune.log 2>&1 &
-    # or both runs at once, one thread each (`common.Jobs`); the last process out times the models
+    # or both runs at once, one thread each (`common.Jobs`); the last process out writes the record
     for k in 0 1; do
         nohup python benchmarks/prune.py --jobs 2 > benchmarks/cache/prune-$k.log 2>&1 &
     done
@@ -221,7 +221,7 @@ def main() -> None:
 
         jobs.run(k, run_dir(c, teacher, corpus, restore=False), train)
     jobs.settle()
-    if not jobs.last():  # the last process out writes the record and times the models, alone
+    if not jobs.last():  # the last process out writes the record, once nothing else trains
         return
     wer_keys = [f"{m}_{s}" for s in SPLITS for m in ("wer", "cer")]
     systems = {"teacher": teacher_result} | {k: r["pruned"] for k, r in reports.items()}
