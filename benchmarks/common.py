@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 
@@ -26,6 +26,7 @@ from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
 from conformer_prune.evaluate import interleaved_latency_ms
+from conformer_prune.evaluate.profile import measure_models_ms
 from conformer_prune.evaluate.run import recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import (
@@ -35,6 +36,7 @@ from conformer_prune.model.conformer import (
     feature_frames,
 )
 from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.latency import Runtime
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.utils import atomic_write_bytes, atomic_write_text, write_json
 
@@ -47,6 +49,7 @@ RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see 
 RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
 TO_TRAIN = "to train"  # `run_state` of a run nobody has started
+T = TypeVar("T")
 RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
 
@@ -422,16 +425,25 @@ def _try_lock(run: Path) -> IO[str] | None:
     return f
 
 
-def fresh_latency_ms(paths: list[Path], threads: int, rounds: int) -> list[float]:
-    """`interleaved_latency_ms` of the models saved at `paths`, timed in a new process. The
-    process that trained a run (a `Jobs` run on one thread) timed the same models 2.7x slower than
-    a new one at the same 2 threads (the reference teacher: 204 against 74 ms), so no benchmark
-    times in it."""
+def in_new_process(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a new (spawned) process, where every benchmark times its models: the process
+    that trained a run (a `Jobs` run on one thread) timed the same models 2.7x slower than a new
+    one at the same 2 threads (the reference teacher: 204 against 74 ms). `fn` is a module-level
+    function; its arguments and result are pickled."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_latency_ms, [str(p) for p in paths], threads, rounds).result()
+        return pool.submit(fn, *args).result()
 
 
-def _latency_ms(paths: list[str], threads: int, rounds: int) -> list[float]:
-    models = [load_recognizer(p).model for p in paths]
-    return interleaved_latency_ms(models, threads=threads, rounds=rounds)
+def fresh_latency_ms(paths: list[Path], threads: int, rounds: int, runtime: Runtime = "torch") -> list[float]:
+    """The latency of each model at `paths` (a saved model, or a finished run's directory: see
+    `timing_model`), timed interleaved in a new process (`in_new_process`): PyTorch eager through
+    `interleaved_latency_ms`, or an ONNX Runtime through `measure_models_ms`."""
+    return in_new_process(_latency_ms, [str(p) for p in paths], threads, rounds, runtime)
+
+
+def _latency_ms(paths: list[str], threads: int, rounds: int, runtime: Runtime) -> list[float]:
+    models = [timing_model(Path(p)) if Path(p).is_dir() else load_recognizer(p).model for p in paths]
+    if runtime == "torch":
+        return interleaved_latency_ms(models, threads=threads, rounds=rounds)
+    return measure_models_ms(models, runtime, threads=threads, rounds=rounds)

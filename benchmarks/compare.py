@@ -61,7 +61,9 @@ from common import (
     ROOT,
     Jobs,
     file_digest,
+    fresh_latency_ms,
     git_commit,
+    in_new_process,
     load_result,
     markdown_table,
     reference_corpus,
@@ -74,7 +76,6 @@ from prune import evaluated_splits, run_stage, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.evaluate import interleaved_latency_ms
 from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.budget import UnreachableTargetError
@@ -119,22 +120,31 @@ def latency_table(teacher: Path, work: Path) -> Path:
     path = latency_table_path(work)
     if not path.exists():
         print(f"[profile] the teacher on {LATENCY_RUNTIME}", flush=True)
-        cfg = load_recognizer(teacher).model.config
-        write_table(profile_latency(cfg, LATENCY_RUNTIME, threads=2), path)
+        in_new_process(_profile, teacher, path)
     return path
+
+
+def _profile(teacher: Path, path: Path) -> None:
+    cfg = load_recognizer(teacher).model.config
+    write_table(profile_latency(cfg, LATENCY_RUNTIME, threads=2), path)
 
 
 def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: int = 7) -> float:
     """The parameter target at which `method`'s one-shot shape measures LATENCY_TARGET x the
     teacher's latency on LATENCY_RUNTIME: a bisection, each shape timed interleaved with the
     teacher, stopping within 2%; cached in `cache` with every try, for this teacher's bytes (the
-    shapes rank its weights: another teacher's bisection is made again)."""
+    shapes rank its weights: another teacher's bisection is made again). The bisection runs in a
+    new process, as every timing of the benchmarks does (`in_new_process`)."""
     digest = file_digest(teacher_path)
     if cache.exists():
         found = json.loads(cache.read_text())
         if found.get("teacher_sha256") == digest:
             return float(found["target_params"])
         print(f"{cache} matched another teacher's shapes: matching {method} again", flush=True)
+    return in_new_process(_bisect, method, teacher_path, digest, cache, tries)
+
+
+def _bisect(method: MethodName, teacher_path: Path, digest: str, cache: Path, tries: int) -> float:
     teacher = load_recognizer(teacher_path).model
     lo, hi = 0.05, 1.0
     log: list[dict[str, Any]] = []
@@ -352,9 +362,11 @@ def main() -> None:
     # PyTorch eager, and ONNX Runtime fp32 (the latency plane's runtime)
     names = ["teacher", *[run_name(*key) for key in reports]]
     names += [f"{m}-{LATENCY_NAME}" for m in latency_reports] + list(hidden_reports)
-    models = [load_recognizer(teacher).model] + [timing_model(work / name) for name in names[1:]]
-    latency = dict(zip(names, interleaved_latency_ms(models, threads=2, rounds=60), strict=True))
-    ort = dict(zip(names, measure_models_ms(models, LATENCY_RUNTIME, threads=2, rounds=30), strict=True))
+    # (each runtime in a new process: see `in_new_process`)
+    paths = [teacher] + [work / name for name in names[1:]]
+    latency = dict(zip(names, fresh_latency_ms(paths, threads=2, rounds=60), strict=True))
+    ort_ms = fresh_latency_ms(paths, threads=2, rounds=30, runtime=LATENCY_RUNTIME)
+    ort = dict(zip(names, ort_ms, strict=True))
     teacher_row = {k: teacher_result[k] for k in KEYS} | {
         "latency_ms_10s": latency["teacher"],
         "latency_ms_ort": ort["teacher"],

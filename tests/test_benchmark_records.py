@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
     monkeypatch.setattr(compare, "load_recognizer", lambda path: type("R", (), {"model": None}))
     monkeypatch.setattr(compare, "one_shot_model", lambda cfg, model: cfg.target_params)
     monkeypatch.setattr(compare, "measure_models_ms", measure)
+    monkeypatch.setattr(compare, "in_new_process", lambda fn, *args: fn(*args))  # keep the patches
     cache = tmp_path / "matched.json"
     target = compare.matched_params("magnitude-distill", teacher, cache)
     assert abs(target / compare.LATENCY_TARGET - 1) <= 0.02
@@ -193,8 +195,12 @@ def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
 
 
 def test_models_are_timed_in_a_new_process(tmp_path: Path) -> None:
-    """`fresh_latency_ms` times saved models interleaved in a spawned process, one time per model."""
+    """`fresh_latency_ms` times saved models, or finished runs' directories, interleaved in a
+    spawned process, one time per model, on PyTorch or ONNX Runtime."""
+    assert common.in_new_process(os.getpid) != os.getpid()
     _finish(tmp_path / "run")
     path = tmp_path / "run" / "model.pt"
-    timed = common.fresh_latency_ms([path, path], threads=1, rounds=2)
+    timed = common.fresh_latency_ms([path, tmp_path / "run"], threads=1, rounds=2)
+    assert len(timed) == 2 and all(ms > 0 for ms in timed)
+    timed = common.fresh_latency_ms([path, tmp_path / "run"], threads=1, rounds=2, runtime="ort")
     assert len(timed) == 2 and all(ms > 0 for ms in timed)
