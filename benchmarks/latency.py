@@ -46,7 +46,7 @@ from common import (
 
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulDFTLogMel
-from conformer_prune.evaluate.metrics import interleaved_medians_ms, macs_per_second
+from conformer_prune.evaluate.metrics import dummy_features, interleaved_medians_ms, macs_per_second
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.export.onnx import exported_proto
 from conformer_prune.export.runtime import ort_session
@@ -72,9 +72,7 @@ def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
 
 def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int, batch: int) -> Any:
     """A zero-argument callable that runs one batch of 10 s feature sequences."""
-    frames = int(SECONDS * rec.model.config.feature_rate)
-    feats = torch.randn(batch, frames, rec.model.config.n_mels, generator=torch.Generator().manual_seed(0))
-    lengths = torch.full((batch,), frames)
+    feats, lengths = dummy_features(rec.model.config, SECONDS, batch)
     if runtime == "torch":
         model = rec.model.eval()
 

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from conformer_prune.model.conformer import ConformerCTC, feature_frames
+from conformer_prune.model.conformer import ConformerConfig, ConformerCTC, feature_frames
 
 __all__ = [
     "count_params",
     "cpu_latency_ms",
+    "dummy_features",
     "error_rates",
     "interleaved_latency_ms",
     "interleaved_medians_ms",
@@ -71,10 +72,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _dummy(model: ConformerCTC, seconds: float, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    n_mels = model.config.n_mels
-    frames = feature_frames(seconds, model.config.feature_rate)
-    feats = torch.randn(batch, frames, n_mels, generator=torch.Generator().manual_seed(0))
+def dummy_features(cfg: ConformerConfig, seconds: float, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` utterances of `seconds` of seeded random features and their lengths: the input
+    every MAC count and latency measurement feeds a model."""
+    frames = feature_frames(seconds, cfg.feature_rate)
+    feats = torch.randn(batch, frames, cfg.n_mels, generator=torch.Generator().manual_seed(0))
     return feats, torch.full((batch,), frames, dtype=torch.long)
 
 
@@ -86,7 +88,7 @@ def macs_per_second(model: ConformerCTC, seconds: float = 10.0) -> float:
     Counted by `torch.utils.flop_counter` (matmuls and convolutions; FLOPs / 2).
     """
     model.eval()
-    feats, lengths = _dummy(model, seconds)
+    feats, lengths = dummy_features(model.config, seconds)
     with FlopCounterMode(display=False) as counter:
         model(feats.to(_device(model)), lengths.to(_device(model)))
     return counter.get_total_flops() / 2 / seconds
@@ -111,7 +113,7 @@ def cpu_latency_ms(
     torch.set_num_threads(threads)
     try:
         model.eval().cpu()
-        feats, lengths = _dummy(model, seconds, batch)
+        feats, lengths = dummy_features(model.config, seconds, batch)
         for _ in range(warmup):
             model(feats, lengths)
         times = []
@@ -154,8 +156,8 @@ def interleaved_latency_ms(
     try:
         runs = {}
         for k, model in enumerate(models):
-            inputs = _dummy(model.eval().cpu(), seconds, batch)
-            runs[k] = functools.partial(model, *inputs)
+            model.eval().cpu()
+            runs[k] = functools.partial(model, *dummy_features(model.config, seconds, batch))
         medians = interleaved_medians_ms(runs, rounds)
         return [medians[k] for k in range(len(models))]
     finally:

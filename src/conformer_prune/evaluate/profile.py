@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from conformer_prune.config import to_dict
-from conformer_prune.evaluate.metrics import interleaved_medians_ms
+from conformer_prune.evaluate.metrics import dummy_features, interleaved_medians_ms
 from conformer_prune.model.conformer import (
     HIDDEN,
     ConformerBlock,
@@ -78,12 +78,6 @@ class _Graph:
     inputs: tuple[Tensor, ...]
 
 
-def _features(cfg: ConformerConfig, seconds: float, batch: int) -> tuple[Tensor, Tensor]:
-    frames = feature_frames(seconds, cfg.feature_rate)
-    feats = torch.randn(batch, frames, cfg.n_mels, generator=torch.Generator().manual_seed(0))
-    return feats, torch.full((batch,), frames)
-
-
 def _block_graph(cfg: ConformerConfig, d: int, widths: dict[str, int], seconds: float, batch: int) -> _Graph:
     """A one-block model at dimension `d` with the given module widths (field -> width; the rest 0)."""
     fields = {branch.field: 0 for branch in ConformerBlock.BRANCHES.values()}
@@ -108,12 +102,12 @@ def _scaled(channels: list[int], fraction: float) -> list[int]:
 def _frontend_graph(cfg: ConformerConfig, d: int, fraction: float, seconds: float, batch: int) -> _Graph:
     channels = _scaled(cfg.subsampling_channels, fraction)
     module = ConvSubsampling(cfg.n_mels, channels, d, cfg.subsampling).eval()
-    return _Graph(module, _features(cfg, seconds, batch))
+    return _Graph(module, dummy_features(cfg, seconds, batch))
 
 
 def _model_graph(cfg: ConformerConfig, d: int, seconds: float, batch: int) -> _Graph:
     full = dataclasses.replace(cfg, d_model=d, d_model_unpruned=0, hidden_dims=[])
-    return _Graph(build_model(full).eval(), _features(cfg, seconds, batch))
+    return _Graph(build_model(full).eval(), dummy_features(cfg, seconds, batch))
 
 
 def _torch_runner(graph: _Graph) -> Callable[[], object]:
@@ -192,7 +186,8 @@ def measure_models_ms(
     """Median latency (ms) of each model's forward pass (features to log-probabilities) on
     `runtime`, measured interleaved in this process; compare them as ratios."""
     graphs = {
-        k: _Graph(m.eval().cpu().float(), _features(m.config, seconds, batch)) for k, m in enumerate(models)
+        k: _Graph(m.eval().cpu().float(), dummy_features(m.config, seconds, batch))
+        for k, m in enumerate(models)
     }
     medians = _timed(graphs, runtime, threads, rounds)
     return [medians[k] for k in range(len(models))]
