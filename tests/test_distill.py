@@ -183,7 +183,7 @@ def test_a_loss_without_distillation_reads_only_the_ctc_only_fields() -> None:
         for _ in range(2):  # the first step probes the gradient norms, the second does not
             total, parts = distiller.loss(student, _batch())
             total.backward()
-            steps.append((float(total), parts))
+            steps.append((float(total.detach()), parts))
         grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
         runs.append((distiller.state_dict(), steps, grads))
     (state_a, steps_a, grads_a), (state_b, steps_b, grads_b) = runs
