@@ -86,16 +86,15 @@ def teacher_eval(teacher: Path, evaluated: dict[str, Path], out: Path) -> dict[s
     corpus it scored is evaluated again, not read."""
     cache = out / "eval.json"
     scored = _scored(teacher, evaluated)
-    if cache.exists() and json.loads(cache.read_text()).get("scored") != scored:
+    result: dict[str, Any] | None = json.loads(cache.read_text()) if cache.exists() else None
+    if result is not None and result.pop("scored", None) != scored:
         print(f"{cache} scored another teacher or corpus: evaluating {teacher} again", flush=True)
-        cache.unlink()
-    if not cache.exists():
+        result = None
+    if result is None:
         out.mkdir(parents=True, exist_ok=True)
         result = evaluate_recognizer(load_recognizer(teacher), evaluated, threads=2, recogs_dir=out)
         write_json(cache, {**result, "scored": scored})
-    _check_fresh(cache)
-    result = json.loads(cache.read_text())
-    del result["scored"]
+    _check_splits(result, cache)
     return result
 
 
@@ -157,11 +156,15 @@ def run_stage(
 def _check_fresh(eval_json: Path) -> None:
     """A cached evaluation from before the test-unseen split (an older corpus) is not reused."""
     if eval_json.exists():
-        report = json.loads(eval_json.read_text())
-        scored = report.get("pruned", report)
-        missing = [s for s in SPLITS if f"wer_{s}" not in scored]
-        if missing:
-            raise SystemExit(f"{eval_json}: no WER on {missing} (an older corpus); remove {eval_json.parent}")
+        _check_splits(json.loads(eval_json.read_text()), eval_json)
+
+
+def _check_splits(report: dict[str, Any], eval_json: Path) -> None:
+    """`_check_fresh` of a report already read from `eval_json`."""
+    scored = report.get("pruned", report)
+    missing = [s for s in SPLITS if f"wer_{s}" not in scored]
+    if missing:
+        raise SystemExit(f"{eval_json}: no WER on {missing} (an older corpus); remove {eval_json.parent}")
 
 
 def versus(a: Path, b: Path, split: str) -> dict[str, Any]:
