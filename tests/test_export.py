@@ -195,8 +195,14 @@ def _calibration(n: int) -> list[dict[str, np.ndarray]]:
 
 
 def _weight_consumers(path: Path) -> set[str]:
+    """Names of the nodes that read an int8 weight, statically or dynamically quantized."""
+    static, dynamic = _int8_forms(path)
+    return static | dynamic
+
+
+def _int8_forms(path: Path) -> tuple[set[str], set[str]]:
     """Names of the nodes that read an int8 weight: through a DequantizeLinear of an initializer
-    (static, QDQ) or as the node that replaced them (dynamic: NAME_quant)."""
+    (static, QDQ), and as the node that replaced them (dynamic: NAME_quant)."""
     import onnx
 
     graph = onnx.load(path).graph
@@ -211,7 +217,7 @@ def _weight_consumers(path: Path) -> set[str]:
     dynamic = {
         n.name.removesuffix("_quant") for n in graph.node if n.op_type in ("MatMulInteger", "ConvInteger")
     }
-    return static | dynamic
+    return static, dynamic
 
 
 def _weighted(path: Path, names: set[str]) -> set[str]:
@@ -231,6 +237,8 @@ def _weighted(path: Path, names: set[str]) -> set[str]:
         ("dynamic", ["MatMul"], ["feed_forward"]),
         ("static", ["Conv"], ["subsampling"]),
         ("static", ["MatMul", "Conv"], ["attention", "convolution"]),
+        ("hybrid", ["MatMul", "Gemm", "Conv"], INT8_MODULES),
+        ("hybrid", ["MatMul", "Conv"], ["subsampling", "feed_forward"]),
     ],
 )
 def test_int8_quantizes_only_the_chosen_operators(
@@ -245,9 +253,13 @@ def test_int8_quantizes_only_the_chosen_operators(
     front_end = {n.name for n in graph.node if any("'features'" in p.value for p in n.metadata_props)}
     assert front_end and not chosen & front_end  # the log-mel front end stays fp32
     assert {n.op_type for n in graph.node if n.name in chosen} <= set(op_types)
-    calibration = _calibration(3) if mode == "static" else None
+    calibration = _calibration(3) if mode in ("static", "hybrid") else None
     q = quantize_int8(fp32, tmp_path / "q.onnx", mode, op_types, modules, calibration)  # type: ignore[arg-type]
     assert _weight_consumers(q) == _weighted(fp32, chosen) != set()
+    if mode == "hybrid":  # the convolutions static, the matrix products dynamic
+        convs = {n.name for n in graph.node if n.name in chosen and n.op_type == "Conv"}
+        assert _int8_forms(q) == (_weighted(fp32, convs), _weighted(fp32, chosen - convs))
+        assert convs and chosen - convs
 
 
 def test_static_int8_stays_close_to_fp32(tiny_corpus: Path, tiny_run: Path, tiny_export: Path) -> None:
@@ -301,7 +313,8 @@ def test_export_command_static_int8(tiny_corpus: Path, tiny_run: Path, tmp_path:
     ("extra", "message"),
     [
         (["--int8", "static"], "--int8 static needs --calibration"),
-        (["--int8", "dynamic", "--calibration", "corpus"], "--calibration is for --int8 static"),
+        (["--int8", "hybrid"], "--int8 hybrid needs --calibration"),
+        (["--int8", "dynamic", "--calibration", "corpus"], "--calibration is for --int8 static or hybrid"),
         (["--int8", "--int8-ops", "Softmax"], "int8 op types must be some of"),
         (["--int8", "--int8-modules", "ffn"], "int8 modules must be some of"),
         (["--int8", "static", "--calibration", "c", "--calibration-utterances", "0"], "at least 1"),
@@ -321,10 +334,12 @@ def test_bad_int8_arguments_are_clear_errors(
     features_export: tuple[Recognizer, Path], tmp_path: Path
 ) -> None:
     path = features_export[1]
-    with pytest.raises(ValueError, match="mode must be 'dynamic' or 'static'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \['dynamic', 'static', 'hybrid'\]"):
         quantize_int8(path, tmp_path / "q.onnx", "fp16")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs calibration inputs"):
         quantize_int8(path, tmp_path / "q.onnx", "static")
+    with pytest.raises(ValueError, match="hybrid int8 needs calibration inputs"):
+        quantize_int8(path, tmp_path / "q.onnx", "hybrid")
     with pytest.raises(ValueError, match="no Conv node in the modules"):
         quantize_int8(path, tmp_path / "q.onnx", "dynamic", ["Conv"], ["feed_forward"])
     assert not (tmp_path / "q.onnx").exists()

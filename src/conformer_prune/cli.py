@@ -303,16 +303,17 @@ def _add_export(sub: _Subparsers) -> None:
         "--int8",
         nargs="?",
         const="dynamic",
-        choices=["dynamic", "static"],
-        help="also write an int8 model NAME.int8.onnx: dynamic (when no value is given) or "
-        "static (activation ranges calibrated on --calibration, QDQ; faster: 1.3-1.5x fp32)",
+        choices=["dynamic", "static", "hybrid"],  # export.onnx.INT8_MODES (imported lazily)
+        help="also write an int8 model NAME.int8.onnx: dynamic (when no value is given), static "
+        "(activation ranges calibrated on --calibration, QDQ) or hybrid (the convolutions static, "
+        "the Linear layers dynamic; fastest at 1 thread)",
     )
     p.add_argument(
         "--int8-ops",
         nargs="+",
         metavar="OP",
         help="operators to quantize, of MatMul Gemm Conv (MatMul and Gemm are the Linear layers, "
-        "Conv the convolutions; default: MatMul Gemm for dynamic, all three for static)",
+        "Conv the convolutions; default: MatMul Gemm for dynamic, all three for static and hybrid)",
     )
     p.add_argument(
         "--int8-modules",
@@ -321,7 +322,9 @@ def _add_export(sub: _Subparsers) -> None:
         help="parts of the model to quantize, of subsampling feed_forward attention convolution "
         "head (default: all; the log-mel front end is never quantized)",
     )
-    p.add_argument("--calibration", help="a corpus (e.g. corpus/train) for --int8 static; not the test set")
+    p.add_argument(
+        "--calibration", help="a corpus (e.g. corpus/train) for --int8 static or hybrid; not the test set"
+    )
     p.add_argument(
         "--calibration-utterances", type=int, default=32, help="utterances of --calibration to use"
     )
@@ -342,17 +345,17 @@ def _add_export(sub: _Subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from conformer_prune.export import export_with_report
-    from conformer_prune.export.onnx import INT8_DEFAULTS, check_int8_choices
+    from conformer_prune.export.onnx import CALIBRATED_MODES, INT8_DEFAULTS, check_int8_choices
     from conformer_prune.export.run import int8_path
     from conformer_prune.export.sherpa import SHERPA_FILES
     from conformer_prune.utils import check_output_file
 
     if not args.onnx and not args.sherpa_onnx:
         raise ValueError("expected --onnx FILE.onnx and/or --sherpa-onnx DIR")
-    if args.int8 == "static" and not args.calibration:
-        raise ValueError("--int8 static needs --calibration CORPUS (utterances to calibrate on)")
-    if args.calibration and args.int8 != "static":
-        raise ValueError(f"--calibration is for --int8 static, found --int8 {args.int8}")
+    if args.int8 in CALIBRATED_MODES and not args.calibration:
+        raise ValueError(f"--int8 {args.int8} needs --calibration CORPUS (utterances to calibrate on)")
+    if args.calibration and args.int8 not in CALIBRATED_MODES:
+        raise ValueError(f"--calibration is for --int8 static or hybrid, found --int8 {args.int8}")
     if args.calibration_utterances < 1:
         raise ValueError(f"--calibration-utterances must be at least 1, found {args.calibration_utterances}")
     if args.int8:

@@ -19,6 +19,7 @@ import base64
 import copy
 import json
 import logging
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ from conformer_prune.model.checkpoint import Recognizer
 from conformer_prune.utils import atomic_write, atomic_write_bytes
 
 __all__ = [
+    "CALIBRATED_MODES",
     "INT8_DEFAULTS",
+    "INT8_MODES",
     "INT8_MODULES",
     "INT8_OP_TYPES",
     "ExportCheck",
@@ -267,7 +270,9 @@ def verify_onnx(
     return ExportCheck(diffs, lengths_equal)
 
 
-Int8Mode = Literal["dynamic", "static"]
+Int8Mode = Literal["dynamic", "static", "hybrid"]
+INT8_MODES: tuple[Int8Mode, ...] = ("dynamic", "static", "hybrid")
+CALIBRATED_MODES = ("static", "hybrid")  # the modes that need calibration inputs
 INT8_OP_TYPES = ("MatMul", "Gemm", "Conv")
 INT8_MODULES = ("subsampling", "feed_forward", "attention", "convolution", "head")
 # What each mode quantizes unless told otherwise, chosen by latency and WER on the pruned model
@@ -281,6 +286,7 @@ INT8_MODULES = ("subsampling", "feed_forward", "attention", "convolution", "head
 INT8_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dynamic": (("MatMul", "Gemm"), INT8_MODULES),
     "static": (("MatMul", "Gemm", "Conv"), INT8_MODULES),
+    "hybrid": (("MatMul", "Gemm", "Conv"), INT8_MODULES),
 }
 
 
@@ -347,20 +353,22 @@ def quantize_int8(
     Args:
         src: the fp32 file from `export_onnx`.
         dst: the int8 file (written atomically).
-        mode: "dynamic" (int8 weights, activations quantized at run time, `quantize_dynamic`) or
+        mode: "dynamic" (int8 weights, activations quantized at run time, `quantize_dynamic`),
             "static" (weights and activations in QDQ form with activation ranges calibrated on
-            `calibration`, `quantize_static`, per-channel weights).
+            `calibration`, `quantize_static`, per-channel weights), or "hybrid": the chosen
+            convolutions static and the chosen matrix products dynamic (ONNX Runtime's fastest
+            kernel of each: QLinearConv and DynamicQuantizeMatMul).
         op_types: which operators to quantize (of `INT8_OP_TYPES`); Linear layers export as
             MatMul (Gemm when 2-D), the convolution module's and the subsampling's convolutions
             as Conv. None: the mode's default (`INT8_DEFAULTS`).
         modules: which parts of the model to quantize (of `INT8_MODULES`); None: the mode's
             default. Static mode also quantizes the activation products of chosen attention.
-        calibration: static only: graph inputs (`{"waveforms" or "features": (1, N...),
+        calibration: static and hybrid only: graph inputs (`{"waveforms" or "features": (1, N...),
             "lengths": (1,)}`), typically a few dozen real utterances.
 
     Raises:
-        ValueError: an unknown mode, op type or module, no node to quantize, or static without
-            calibration inputs.
+        ValueError: an unknown mode, op type or module, no node to quantize, or static or hybrid
+            without calibration inputs.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -371,26 +379,18 @@ def quantize_int8(
         quantize_static,
     )
 
-    if mode not in ("dynamic", "static"):
-        raise ValueError(f"int8 mode must be 'dynamic' or 'static', found {mode!r}")
-    if mode == "static" and not calibration:
-        raise ValueError("static int8 needs calibration inputs (a few real utterances), found none")
+    if mode not in INT8_MODES:
+        raise ValueError(f"int8 mode must be one of {list(INT8_MODES)}, found {mode!r}")
+    if mode in CALIBRATED_MODES and not calibration:
+        raise ValueError(f"{mode} int8 needs calibration inputs (a few real utterances), found none")
     op_types = INT8_DEFAULTS[mode][0] if op_types is None else op_types
     modules = INT8_DEFAULTS[mode][1] if modules is None else modules
-    nodes = int8_nodes(onnx.load(str(src), load_external_data=False), op_types, modules)
-    dst = Path(dst)
-    if mode == "dynamic":
-        atomic_write(
-            dst,
-            lambda tmp: quantize_dynamic(
-                str(src),
-                tmp,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=list(op_types),
-                nodes_to_quantize=nodes,
-            ),
-        )
-        return dst
+    model = onnx.load(str(src), load_external_data=False)
+    nodes = int8_nodes(model, op_types, modules)
+    op_of = {n.name: n.op_type for n in model.graph.node}
+    # hybrid: the convolutions static, the matrix products dynamic
+    static_nodes = {"static": nodes, "dynamic": [], "hybrid": [n for n in nodes if op_of[n] == "Conv"]}[mode]
+    dynamic_nodes = [n for n in nodes if n not in static_nodes]
 
     class Calibration(CalibrationDataReader):
         """Feeds the calibrator one prepared input dict at a time."""
@@ -401,19 +401,36 @@ def quantize_int8(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._inputs, None)
 
-    reader = Calibration(list(calibration or []))
-    atomic_write(
-        dst,
-        lambda tmp: quantize_static(
+    def static(tmp: str) -> None:
+        quantize_static(
             str(src),
             tmp,
-            reader,
+            Calibration(list(calibration or [])),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types),
-            nodes_to_quantize=nodes,
+            op_types_to_quantize=sorted({op_of[n] for n in static_nodes}),
+            nodes_to_quantize=static_nodes,
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-        ),
-    )
+        )
+
+    def dynamic(source: str, tmp: str) -> None:
+        quantize_dynamic(
+            source,
+            tmp,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=sorted({op_of[n] for n in dynamic_nodes}),
+            nodes_to_quantize=dynamic_nodes,
+        )
+
+    dst = Path(dst)
+    if not static_nodes:
+        atomic_write(dst, lambda tmp: dynamic(str(src), tmp))
+    elif not dynamic_nodes:
+        atomic_write(dst, static)
+    else:  # the static pass first, calibrated on the fp32 graph, then the dynamic one on its output
+        with tempfile.TemporaryDirectory() as work:
+            staged = str(Path(work) / "static.onnx")
+            static(staged)
+            atomic_write(dst, lambda tmp: dynamic(staged, tmp))
     return dst

@@ -22,6 +22,7 @@ from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import Utterance, read_corpus
 from conformer_prune.evaluate.metrics import count_params, error_rates, interleaved_medians_ms
 from conformer_prune.export.onnx import (
+    CALIBRATED_MODES,
     INT8_DEFAULTS,
     Int8Mode,
     check_int8_choices,
@@ -133,7 +134,8 @@ def export_with_report(
     latency of each ONNX file on a 10 s input with `threads` threads.
 
     Args:
-        int8: False, or the quantization mode ("dynamic", "static"; True means "dynamic").
+        int8: False, or the quantization mode ("dynamic", "static", "hybrid"; True means
+            "dynamic").
         int8_ops, int8_modules: what to quantize (None: the mode's default, see `quantize_int8`).
         calibration: a corpus whose first `calibration_utterances` calibrate static int8.
         matmul_frontend: the front end's spectrum as matrix products (False: an ONNX STFT).
@@ -147,8 +149,8 @@ def export_with_report(
         int8_ops = INT8_DEFAULTS[mode][0] if int8_ops is None else int8_ops
         int8_modules = INT8_DEFAULTS[mode][1] if int8_modules is None else int8_modules
         check_int8_choices(int8_ops, int8_modules)
-    if mode == "static" and calibration is None:
-        raise ValueError("static int8 needs a calibration corpus, found none")
+    if mode in CALIBRATED_MODES and calibration is None:
+        raise ValueError(f"{mode} int8 needs a calibration corpus, found none")
     rec = load_recognizer(model)
     teacher_params = count_params(load_recognizer(teacher).model) if teacher else None
     utts = read_corpus(data) if data else []
@@ -178,7 +180,7 @@ def export_with_report(
     if mode is not None:
         inputs = (
             calibration_inputs(rec, read_corpus(calibration), frontend, calibration_utterances)
-            if mode == "static" and calibration is not None
+            if mode in CALIBRATED_MODES and calibration is not None
             else None
         )
         q_path = quantize_int8(onnx_path, int8_path(onnx_path), mode, int8_ops, int8_modules, inputs)
