@@ -163,6 +163,46 @@ def test_gated_fastconformer_equals_physically_pruned(factor: int) -> None:
     assert build_model(pruned.config).state_dict().keys() == pruned.state_dict().keys()
 
 
+def _gated_front_end_by_activations(
+    front: ConvSubsampling, x: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """The gated front end as the gates are defined: each stage's ReLU output times its gate, and
+    (dw_striding) each depthwise output times the previous stage's gate; (B, T, F) -> (B, C, T', F')."""
+    x, previous = x.unsqueeze(1), None
+    for i, stage in enumerate(front._stage_layers()):
+        if i > 0:
+            x = x * (torch.arange(x.shape[2])[None, :] < lengths[:, None])[:, None, :, None]
+        for k, layer in enumerate(stage):
+            x = layer(x)
+            if k == 0 and i > 0 and front.kind == "dw_striding":
+                x = x * previous[None, :, None, None]
+        previous = getattr(front, front.GATES[str(i)])()
+        x = x * previous[None, :, None, None]
+        lengths = front.output_lengths(lengths)
+    return x
+
+
+@pytest.mark.parametrize("subsampling", ["striding", "dw_striding"])
+def test_channel_gates_scale_the_filters_as_they_would_the_activations(subsampling: str) -> None:
+    """The front end folds each channel gate into the filters before the ReLU; with soft gate
+    values (and zeros) in [0, 1] that is the same function as scaling the activations after it."""
+    model = _fast(8, seed=5, subsampling=subsampling)
+    front = model.encoder.pre_encode
+    gates = ConformerGates.attach(model, ["frontend"])
+    g = torch.Generator().manual_seed(6)
+    values = {name: 0.1 + 0.9 * torch.rand(gate.n, generator=g) for name, gate in gates}
+    for v in values.values():
+        v[1] = 0.0  # and a closed gate in every stage
+    gates.freeze(values)  # the values themselves, soft, as the gates give them while pruning
+    x = torch.randn(3, 61, model.config.n_mels, generator=g)
+    lengths = torch.tensor([61, 40, 17])
+    x = x * (torch.arange(61)[None, :] < lengths[:, None])[..., None]
+    expected = _gated_front_end_by_activations(front, x, lengths)
+    got, _ = front._convolve(x.unsqueeze(1), lengths, channels_last=True)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert torch.count_nonzero(expected) > expected.numel() // 10  # not trivially zero
+
+
 def test_a_depthwise_filter_is_kept_exactly_when_its_input_channel_is() -> None:
     model = _fast(8, seed=4)
     gates = ConformerGates.attach(model, ["frontend"])
