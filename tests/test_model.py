@@ -17,7 +17,14 @@ from conformer_prune.model import (
     load_recognizer,
     save_recognizer,
 )
-from conformer_prune.model.conformer import ConvSubsampling, subsampled_length
+from conformer_prune.model.conformer import (
+    ConvolutionModule,
+    ConvSubsampling,
+    FeedForward,
+    RelPositionMultiHeadAttention,
+    subsampled_length,
+)
+from conformer_prune.prune.hardconcrete import HardConcrete
 from conformer_prune.train import TrainConfig
 from tests.conftest import hetero_config
 
@@ -129,3 +136,47 @@ def test_the_model_counts_frames_at_its_front_ends_rate(tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "old.pt")
     assert load_recognizer(tmp_path / "old.pt").model.config.feature_rate == 125.0
     assert load_recognizer(tmp_path / "m.pt").model.config == rec.model.config
+
+
+def _soft_gate(n: int, gen: torch.Generator) -> tuple[HardConcrete, torch.Tensor]:
+    """A frozen gate holding soft values in [0.1, 1] and one closed unit, as gates give them
+    while pruning, and those values."""
+    values = 0.1 + 0.9 * torch.rand(n, generator=gen)
+    values[1] = 0.0
+    gate = HardConcrete(n)
+    gate.freeze(values)
+    return gate, values
+
+
+@pytest.mark.parametrize("kind", ["ffn", "attention", "conv"])
+def test_unit_gates_scale_the_reader_as_they_would_the_activations(kind: str) -> None:
+    """A unit gate folds into the input columns of the layer that reads its units; with soft
+    values (and a closed unit) that is the same function as scaling the activations it reads."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 9, 12, generator=gen)
+    mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    if kind == "ffn":
+        module: torch.nn.Module = FeedForward(12, 20, 0.0)
+        reader, units, per_unit = module.linear2, 20, 1
+        call = lambda: module(x)  # noqa: E731
+    elif kind == "attention":
+        module = RelPositionMultiHeadAttention(12, 4, 3, 0.0)
+        reader, units, per_unit = module.linear_out, 4, 3
+        pos = torch.randn(1, 17, 12, generator=gen)
+        call = lambda: module(x, pos, mask)  # noqa: E731
+    else:
+        module = ConvolutionModule(12, 10, 5)
+        reader, units, per_unit = module.pointwise_conv2, 10, 1
+        call = lambda: module(x, mask)  # noqa: E731
+    module.eval()
+    gate, values = _soft_gate(units, gen)
+    scale = values.repeat_interleave(per_unit)
+    expected_scale = scale[None, :, None] if kind == "conv" else scale
+    handle = reader.register_forward_pre_hook(lambda _, args: (args[0] * expected_scale,))
+    expected = call()
+    handle.remove()
+    module.gate = gate
+    assert torch.allclose(call(), expected, atol=1e-6)
+    module.gate = None
+    assert not torch.allclose(call(), expected, atol=1e-3)  # the gate changes the output

@@ -381,6 +381,18 @@ def _conv2d(conv: nn.Conv2d, x: Tensor, scale: Tensor | None, channels_last: boo
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
+def _read_scaled(layer: nn.Linear | nn.Conv1d, x: Tensor, scale: Tensor | None) -> Tensor:
+    """`layer(x * scale)` for a Linear (scale over x's last axis) or a kernel-1 Conv1d (over its
+    channels), with the scale folded into the layer's input columns: a unit gate then costs a
+    product of the weight's size, not of the activations' (which, under bf16 autocast, also made
+    an fp32 copy of them)."""
+    if scale is None:
+        return layer(x)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight * scale[None, :], layer.bias)
+    return F.conv1d(x, layer.weight * scale[None, :, None], layer.bias)
+
+
 class ConvSubsampling(Prunable):
     """Stride-2 Conv2d stages over (time, frequency), then a Linear to d_model, laid out as NeMo's
     `ConvSubsampling` (the same `conv.{i}` indices, so weights map one to one):
@@ -681,10 +693,9 @@ class RelPositionMultiHeadAttention(Prunable):
 
     def forward(self, x: Tensor, pos_emb: Tensor, key_mask: Tensor) -> Tensor:
         ctx = self.context(x, pos_emb, key_mask)  # (B, H, T, d)
-        if self.gate is not None:
-            ctx = ctx * self.gate()[None, :, None, None]
         b, h, t, d = ctx.shape
-        return self.linear_out(ctx.transpose(1, 2).reshape(b, t, h * d))
+        scale = None if self.gate is None else self.gate().repeat_interleave(d)  # head h's columns
+        return _read_scaled(self.linear_out, ctx.transpose(1, 2).reshape(b, t, h * d), scale)
 
     def unit_groups(self) -> dict[str, int]:
         return {"units": self.heads}
@@ -759,9 +770,8 @@ class FeedForward(Prunable):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.activation(self.linear1(x))  # (B, T, hidden)
-        if self.gate is not None:
-            h = h * self.gate()
-        return self.linear2(self.dropout(h))
+        # dropout scales each element, so it commutes with the gate's scale per neuron
+        return _read_scaled(self.linear2, self.dropout(h), None if self.gate is None else self.gate())
 
     def unit_groups(self) -> dict[str, int]:
         return {"units": self.linear1.out_features}
@@ -833,9 +843,8 @@ class ConvolutionModule(Prunable):
 
     def tail(self, x: Tensor) -> Tensor:
         x = self.activation(self.batch_norm(self.depthwise_conv(x)))  # (B, C, T)
-        if self.gate is not None:
-            x = x * self.gate()[None, :, None]
-        return self.pointwise_conv2(x).transpose(1, 2)  # (B, T, D)
+        scale = None if self.gate is None else self.gate()
+        return _read_scaled(self.pointwise_conv2, x, scale).transpose(1, 2)  # (B, T, D)
 
     def unit_groups(self) -> dict[str, int]:
         return {"units": self.depthwise_conv.out_channels}
