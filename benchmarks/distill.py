@@ -11,7 +11,8 @@ Usage:
     python benchmarks/distill.py --stage candidates     # stop after a stage
     python benchmarks/distill.py --quick                # same code path on the quick teacher
     python benchmarks/distill.py --only l0 chosen       # train just these runs (reading the others)
-    python benchmarks/distill.py --plan                 # where every run stands; trains nothing
+    python benchmarks/distill.py --plan --jobs 2        # where every run stands; trains nothing
+    # (give the --jobs of the processes training: a run not started is named for that thread count)
 
 Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
 data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
