@@ -20,10 +20,11 @@ what it costs in closed form given the kept units (`size`), how it slices itself
 units score by magnitude (`unit_scores`) and which of its layers write and read the residual stream
 (`residual_writers`, `residual_readers`: what hidden-dimension pruning slices). Its gate slots
 (``None`` in a dense model) hold modules whose call returns a mask (see `conformer_prune.prune`):
-heads multiply the per-head attention context, neurons the feed-forward hidden units, channels the
+heads scale the per-head attention context, neurons the feed-forward hidden units, channels the
 convolution module's activations before pointwise_conv2 (so BatchNorm sees the channel as removed),
-front-end channels the outputs of each subsampling convolution, and module and layer gates scale a
-residual branch; the hidden gate of the encoder (`HIDDEN`) masks the model dimension everywhere (see
+front-end channels the outputs of each subsampling convolution (each applied as the same scale on
+the weights that read or write those units, which costs far less than scaling the activations), and
+module and layer gates scale a residual branch; the hidden gate of the encoder (`HIDDEN`) masks the model dimension everywhere (see
 `ConformerEncoder`). A mask of ones leaves the output unchanged; a zero is exactly what slicing the
 unit away computes. `ConformerCTC.named_prunable`, `ConformerCTC.size` and `ConformerCTC.prune` loop
 over these modules.
