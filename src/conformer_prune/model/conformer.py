@@ -24,10 +24,10 @@ heads scale the per-head attention context, neurons the feed-forward hidden unit
 convolution module's activations before pointwise_conv2 (so BatchNorm sees the channel as removed),
 front-end channels the outputs of each subsampling convolution (each applied as the same scale on
 the weights that read or write those units, which costs far less than scaling the activations), and
-module and layer gates scale a residual branch; the hidden gate of the encoder (`HIDDEN`) masks the model dimension everywhere (see
-`ConformerEncoder`). A mask of ones leaves the output unchanged; a zero is exactly what slicing the
-unit away computes. `ConformerCTC.named_prunable`, `ConformerCTC.size` and `ConformerCTC.prune` loop
-over these modules.
+module and layer gates scale a residual branch; the hidden gate of the encoder (`HIDDEN`) masks the
+model dimension everywhere (see `ConformerEncoder`). A mask of ones leaves the output unchanged; a
+zero is exactly what slicing the unit away computes. `ConformerCTC.named_prunable`,
+`ConformerCTC.size` and `ConformerCTC.prune` loop over these modules.
 
 Frame arithmetic (the feature frame rate and the subsampled length) is defined here once.
 """
