@@ -1,0 +1,173 @@
+"""Where a pruning step's time goes: the reference pruning recipe's step (gated student, layerwise
+distillation from the frozen teacher, AdamW) on the committed teacher, timed and broken down by
+operator.
+
+Usage:
+    python benchmarks/prune_step.py                       # the reference teacher, 1 thread
+    python benchmarks/prune_step.py --threads 2 --steps 7
+
+The student is the teacher with the recipe's gates attached (`recipes/prune.yaml`: its structures,
+initial gate logits and mask switch) and its distillation settings, on one seeded random batch of the
+recipe's size (`max_frames` of 5 s utterances), under the recipe's precision. Step times are medians
+over `--steps` steps after a warm-up; one more step runs under a TorchDispatchMode that sums each
+operator's time (by operator and input shapes; the dispatch adds a little time of its own, so the
+sum is reported beside the plain step). Run it on quiet cores: it measures absolute times.
+Writes benchmarks/results/prune_step.json and the `prune_step` section of docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    ROOT,
+    command_line,
+    git_commit,
+    load_result,
+    markdown_table,
+    random_batch,
+    save_result,
+    update_doc_section,
+)
+
+from conformer_prune.config import load_config, recipe_path
+from conformer_prune.distill.layerwise import LayerwiseDistiller
+from conformer_prune.model import load_recognizer
+from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.gates import ConformerGates
+from conformer_prune.train.loop import autocast
+
+SECONDS = 5.0  # utterance length of the batch
+
+
+class _OpTimes(TorchDispatchMode):
+    """Sums the wall time of every dispatched operator by (operator, first two input shapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)][:2]
+        key = (str(func.overloadpacket.__name__), " x ".join(str(list(s)) for s in shapes))
+        self.seconds[key] += time.perf_counter() - start
+        self.calls[key] += 1
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--teacher", default=str(ROOT / "benchmarks" / "models" / "teacher.pt"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--top", type=int, default=15, help="operators listed")
+    parser.add_argument("--note", default="", help="how the machine was loaded, kept with the results")
+    parser.add_argument("--docs", action="store_true", help="only rewrite the docs from the saved JSON")
+    args = parser.parse_args()
+    if args.docs:
+        write_docs(load_result("prune_step"))
+        return
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = load_config(PruneConfig, recipe_path("prune"), [])
+    teacher = load_recognizer(args.teacher).model.eval()
+    student = copy.deepcopy(teacher).train()  # before the distiller freezes the teacher
+    gates = ConformerGates.attach(
+        student,
+        cfg.structures,
+        cfg.init_unit_log_alpha,
+        cfg.init_module_log_alpha,
+        soft=cfg.mask_switch == "fold",
+    )
+    distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, cfg.distill)
+    params = list(
+        {id(p): p for p in [*student.parameters(), *distiller.parameters()] if p.requires_grad}.values()
+    )
+    optimizer = torch.optim.AdamW(params, cfg.lr)
+    batch_size = max(1, cfg.max_frames // round(SECONDS * 100))
+    batch = random_batch(teacher.config, batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
+    device = torch.device("cpu")
+
+    def step(k: int) -> None:
+        gates.set_step(cfg.seed, k)
+        with autocast(device, cfg.precision):
+            loss, _ = distiller.loss(student, batch, gates.remaining_layers())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+
+    times = []
+    for k in range(args.steps + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        step(k)
+        times.append(time.perf_counter() - start)
+    ops = _OpTimes()
+    with ops:
+        step(args.steps + 1)
+    top = ops.seconds.most_common(args.top)
+    record = {
+        "teacher": args.teacher,
+        "threads": args.threads,
+        "batch": [batch_size, SECONDS],
+        "precision": cfg.precision,
+        "structures": cfg.structures,
+        "step_seconds": statistics.median(times[1:]),
+        "step_seconds_all": times[1:],
+        "ops_seconds_total": sum(ops.seconds.values()),
+        "top_ops": [
+            {"op": op, "shapes": shapes, "calls": ops.calls[(op, shapes)], "seconds": seconds}
+            for (op, shapes), seconds in top
+        ],
+        "note": args.note,
+        "commit": git_commit(),
+        "command": command_line(),
+    }
+    print(f"step {record['step_seconds']:.3f} s (median of {args.steps})", flush=True)
+    save_result("prune_step", record)
+    write_docs(record)
+
+
+def write_docs(record: dict[str, Any]) -> None:
+    step = record["step_seconds"]
+    table = markdown_table(
+        ["operator", "input shapes", "calls", "seconds", "share of the step"],
+        [
+            [r["op"], r["shapes"], str(r["calls"]), f"{r['seconds']:.3f}", f"{r['seconds'] / step:.1%}"]
+            for r in record["top_ops"]
+        ],
+    )
+    teacher = Path(record["teacher"])
+    shown = teacher.relative_to(ROOT) if teacher.is_relative_to(ROOT) else teacher
+    note = record["note"][:1].upper() + record["note"][1:].rstrip(".") + ". " if record["note"] else ""
+    batch, seconds = record["batch"]
+    update_doc_section(
+        "prune_step",
+        "## Where a pruning step's time goes (`benchmarks/prune_step.py`)\n\n"
+        f"The reference pruning recipe's step on `{shown}` (structures {', '.join(record['structures'])}; "
+        f"distillation; AdamW), {batch} x {seconds:g} s of random features, {record['precision']}, "
+        f"{record['threads']} thread(s): **{step:.3f} s** per step (median of "
+        f"{len(record['step_seconds_all'])}); the operators of one more step, summed by operator and "
+        f"input shapes ({record['ops_seconds_total']:.3f} s in all). {note}Commit `{record['commit']}`."
+        f"\n\n{table}\n\nReproduce: `{record['command']}`.",
+    )
+
+
+if __name__ == "__main__":
+    main()
