@@ -56,7 +56,7 @@ class _OpTimes(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.seconds: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.seconds: collections.defaultdict[tuple[str, str], float] = collections.defaultdict(float)
         self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -121,7 +121,7 @@ def main() -> None:
     ops = _OpTimes()
     with ops:
         step(args.steps + 1)
-    top = ops.seconds.most_common(args.top)
+    top = sorted(ops.seconds.items(), key=lambda item: -item[1])[: args.top]
     record = {
         "teacher": args.teacher,
         "threads": args.threads,
