@@ -1,6 +1,6 @@
 """Where a pruning step's time goes: the reference pruning recipe's step (gated student, layerwise
-distillation from the frozen teacher, AdamW) on the committed teacher, timed and broken down by
-operator.
+distillation from the frozen teacher, the recipe's AdamW groups and clipping) on the committed
+teacher, timed and broken down by operator.
 
 Usage:
     python benchmarks/prune_step.py                       # the reference teacher, 1 thread
@@ -44,8 +44,10 @@ from common import (
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.model import load_recognizer
+from conformer_prune.prune.budget import Lagrangian
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.gates import ConformerGates
+from conformer_prune.prune.run import _weights, make_prune_optimizer
 from conformer_prune.train.loop import autocast
 
 SECONDS = 5.0  # utterance length of the batch
@@ -96,10 +98,9 @@ def main() -> None:
         soft=cfg.mask_switch == "fold",
     )
     distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, cfg.distill)
-    params = list(
-        {id(p): p for p in [*student.parameters(), *distiller.parameters()] if p.requires_grad}.values()
-    )
-    optimizer = torch.optim.AdamW(params, cfg.lr)
+    # the recipe's optimizer (weight, gate and multiplier groups, the gate clamp) and what it clips
+    weights = _weights(student, distiller)
+    optimizer = make_prune_optimizer(weights, gates, Lagrangian(), cfg)
     batch_size = max(1, cfg.max_frames // round(SECONDS * 100))
     batch = random_batch(teacher.config, batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
     device = torch.device("cpu")
@@ -110,7 +111,7 @@ def main() -> None:
             loss, _ = distiller.loss(student, batch, gates.remaining_layers())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
         optimizer.step()
 
     times = []
