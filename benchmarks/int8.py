@@ -7,11 +7,11 @@ Usage:
 
 The model is exported once (waveform graph, front end inside); each variant below quantizes that
 file. Static variants calibrate on the first utterances of the corpus's train split (never on the
-utterances scored). Latency: one 10 s utterance, batch 1, at 2 threads (the issue's
-setting) and at 1, every variant timed in alternation in one process (median times, and the median
-over rounds of each round's ratio to fp32; idle ONNX Runtime threads do not spin, so one session
-does not slow the next). WER: greedy,
-on the test split, with the paired-bootstrap 95% interval of each variant's difference from fp32.
+utterances scored). Latency: one 10 s utterance, batch 1, at 2 threads (the issue's setting) and
+at 1, every variant timed in alternation in one process (median times, and the median over rounds
+of each round's ratio to fp32; idle ONNX Runtime threads do not spin, so one session does not slow
+the next). WER: greedy, on the test split, with the paired-bootstrap 95% interval of each variant's
+difference from fp32.
 Writes benchmarks/results/int8.json and the `int8` section of docs/benchmark.md.
 """
 

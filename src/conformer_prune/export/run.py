@@ -137,7 +137,7 @@ def export_with_report(
         int8: False, or the quantization mode ("dynamic", "static", "hybrid"; True means
             "dynamic").
         int8_ops, int8_modules: what to quantize (None: the mode's default, see `quantize_int8`).
-        calibration: a corpus whose first `calibration_utterances` calibrate static int8.
+        calibration: a corpus whose first `calibration_utterances` calibrate static or hybrid int8.
         matmul_frontend: the front end's spectrum as matrix products (False: an ONNX STFT).
 
     Raises:
