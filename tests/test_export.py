@@ -20,7 +20,7 @@ from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulD
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.metrics import count_params
 from conformer_prune.export import OnnxRecognizer, export_onnx, quantize_int8, verify_onnx
-from conformer_prune.export.onnx import INT8_MODULES, int8_nodes
+from conformer_prune.export.onnx import CALIBRATED_MODES, INT8_MODULES, int8_nodes
 from conformer_prune.export.run import calibration_inputs
 from conformer_prune.model import Recognizer, build_model, load_recognizer
 from tests.conftest import hetero_config
@@ -253,7 +253,7 @@ def test_int8_quantizes_only_the_chosen_operators(
     front_end = {n.name for n in graph.node if any("'features'" in p.value for p in n.metadata_props)}
     assert front_end and not chosen & front_end  # the log-mel front end stays fp32
     assert {n.op_type for n in graph.node if n.name in chosen} <= set(op_types)
-    calibration = _calibration(3) if mode in ("static", "hybrid") else None
+    calibration = _calibration(3) if mode in CALIBRATED_MODES else None
     q = quantize_int8(fp32, tmp_path / "q.onnx", mode, op_types, modules, calibration)  # type: ignore[arg-type]
     assert _weight_consumers(q) == _weighted(fp32, chosen) != set()
     if mode == "hybrid":  # the convolutions static, the matrix products dynamic
