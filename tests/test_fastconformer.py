@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -201,6 +202,37 @@ def test_channel_gates_scale_the_filters_as_they_would_the_activations(subsampli
     got, _ = front._convolve(x.unsqueeze(1), lengths, channels_last=True)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     assert torch.count_nonzero(expected) > expected.numel() // 10  # not trivially zero
+
+
+@pytest.mark.parametrize("subsampling", ["striding", "dw_striding"])
+def test_the_padding_is_zeroed_as_a_frame_mask_would_forward_and_backward(subsampling: str) -> None:
+    """The ReLU that writes zeros into the padding computes what the ReLU times the frame mask
+    computes (the traced path's), and so do the gradients of the filters and the input."""
+    model = _fast(8, seed=7, subsampling=subsampling)
+    front = model.encoder.pre_encode
+    gates = ConformerGates.attach(model, ["frontend"])
+    g = torch.Generator().manual_seed(8)
+    gates.freeze({name: 0.1 + 0.9 * torch.rand(gate.n, generator=g) for name, gate in gates})
+    x = torch.randn(4, 63, model.config.n_mels, generator=g)
+    lengths = torch.tensor([63, 41, 17, 30])  # odd lengths: a stage reads its first padded frame
+    x = x * (torch.arange(63)[None, :] < lengths[:, None])[..., None]
+
+    def run(traced: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        inputs = x.clone().requires_grad_()
+        with patch("torch.compiler.is_compiling", return_value=traced):
+            out, _ = front._convolve(inputs.unsqueeze(1), lengths, channels_last=True)
+        weights = list(front.conv.parameters())
+        (out * torch.linspace(-1, 1, out.shape[2])[None, None, :, None]).sum().backward()
+        grads = [inputs.grad, *(p.grad for p in weights)]
+        for p in weights:
+            p.grad = None
+        return out.detach(), grads
+
+    (got, got_grads), (expected, expected_grads) = run(False), run(True)
+    assert torch.equal(got, expected)
+    for a, b in zip(got_grads, expected_grads, strict=True):
+        assert torch.equal(a, b), (a - b).abs().max()
+    assert torch.count_nonzero(expected_grads[0]) > expected_grads[0].numel() // 4
 
 
 def test_a_depthwise_filter_is_kept_exactly_when_its_input_channel_is() -> None:
