@@ -58,6 +58,32 @@ def test_padding_does_not_change_real_frames() -> None:
         torch.testing.assert_close(batched[i, : int(single_len[0])], single[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_attention_gives_padded_keys_exactly_zero_weight(autocast: bool) -> None:
+    """Whatever the padded frames hold, the real frames' attention output and the gradient that
+    reaches the real frames are bitwise the same: a padded key's probability is exactly 0 (its
+    score is -10000 before the softmax, and no second mask is needed after it)."""
+    torch.manual_seed(0)
+    module = RelPositionMultiHeadAttention(16, 4, 4, 0.0).eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 11, 16, generator=gen)
+    pos = torch.randn(1, 21, 16, generator=gen)
+    mask = torch.tensor([[True] * 11, [True] * 7 + [False] * 4])
+
+    def real_output_and_grad(padding_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = torch.where(mask[..., None], x, padding_scale * x).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(inputs, pos, mask)
+        (out * mask[..., None]).float().square().sum().backward()
+        assert inputs.grad is not None
+        return out[mask], inputs.grad[mask]
+
+    out, grad = real_output_and_grad(1.0)
+    other_out, other_grad = real_output_and_grad(50.0)
+    assert torch.equal(out, other_out) and torch.equal(grad, other_grad)
+    assert torch.count_nonzero(grad) == grad.numel()
+
+
 def _recognizer(cfg: ConformerConfig) -> Recognizer:
     tokenizer = Tokenizer.train(
         ["HELLO WORLD", "A CAT SAT ON THE MAT", "IT'S FINE"], TokenizerConfig(vocab_size=20)

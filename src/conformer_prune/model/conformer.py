@@ -717,9 +717,11 @@ class RelPositionMultiHeadAttention(Prunable):
         ac = torch.matmul(q_u, k.transpose(-2, -1))  # (B, H, T, T)
         bd = self.rel_shift(torch.matmul(q_v, p.transpose(-2, -1)))[..., :t]  # (B, H, T, T)
         scores = (ac + bd) / math.sqrt(d)
-        masked = ~key_mask[:, None, None, :]
-        scores = scores.masked_fill(masked, -10000.0)
-        attn = torch.softmax(scores, dim=-1).masked_fill(masked, 0.0)
+        # A padded key's probability is exp(-10000 - max) = 0 exactly (every row has a real key),
+        # so, unlike NeMo, no second mask zeroes it after the softmax: that pass over (B, H, T, T)
+        # (and its gradient) changed no number
+        scores = scores.masked_fill(~key_mask[:, None, None, :], -10000.0)
+        attn = torch.softmax(scores, dim=-1)
         return torch.matmul(self.dropout(attn), v)  # (B, H, T, d)
 
     def forward(self, x: Tensor, pos_emb: Tensor, key_mask: Tensor) -> Tensor:
