@@ -322,7 +322,8 @@ def write_frontend_docs(frontend: dict[str, Any]) -> None:
         "## The log-mel front end alone (`benchmarks/latency.py`)\n\n"
         f"One 10 s utterance, batch 1, {frontend['threads']} threads, medians of "
         f"{frontend['rounds']} interleaved rounds in one process; compare the rows as ratios. "
-        f"{frontend['note']} Commit `{frontend['commit']}`.\n\n"
+        f"{note[:1].upper() + note[1:].rstrip('.') + '. ' if (note := frontend['note']) else ''}"
+        f"Commit `{frontend['commit']}`.\n\n"
         f"{table}\n\nReproduce: `{frontend['command']}`.",
     )
 
