@@ -26,10 +26,10 @@ from torch import Tensor
 from conformer_prune.cli import main
 from conformer_prune.config import load_config
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.data.dataset import Batch, BucketBatchSampler
+from conformer_prune.data.dataset import Batch, BucketBatchSampler, SpeechDataset
 from conformer_prune.distill.layerwise import DistillConfig, LayerwiseDistiller
 from conformer_prune.distributed import SINGLE_PROCESS, Distributed, LossFn, launch
-from conformer_prune.model import build_model
+from conformer_prune.model import Recognizer, build_model, load_recognizer
 from conformer_prune.prune import run as prune_run
 from conformer_prune.prune.budget import Lagrangian
 from conformer_prune.prune.config import PruneConfig
@@ -188,6 +188,30 @@ def _worker(rank: int, ports: list[int], corpus: Path, root: Path) -> None:
         _one_step(dist, modules, loss_fn, batches[rank])
     torch.save(_named_grads(modules), root / f"grads-rank{rank}.pt")
 
+    os.environ["MASTER_PORT"] = str(ports[5])  # validation, each rank its share of dev
+    rec, dev_set = _validation_problem(root, corpus)
+    with torch.no_grad():  # BatchNorm statistics of rank 1's own: validation must use rank 0's
+        for m in rec.model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.add_(float(rank))
+    with launch(torch.device("cpu")) as dist:
+        result = loop.validate(rec, dev_set, torch.device("cpu"), dist)
+    assert (result is None) == (rank != 0)
+    if rank == 0:
+        torch.save(result, root / "validate.pt")
+
+
+def _validation_problem(root: Path, corpus: Path) -> tuple[Recognizer, SpeechDataset]:
+    """The trained tiny model's tokenizer and front end on a seeded model with convolution modules
+    (BatchNorm), and the dev set."""
+    trained = load_recognizer(root / "train" / "model.pt")
+    cfg = hetero_config()
+    cfg.vocab_size = trained.tokenizer.vocab_size
+    torch.manual_seed(3)
+    rec = Recognizer(build_model(cfg).eval(), trained.features, trained.tokenizer)
+    dev_set = SpeechDataset(read_corpus(corpus / "dev"), rec.tokenizer, rec.features, training=False)
+    return rec, dev_set
+
 
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
@@ -205,7 +229,7 @@ def runs(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("ddp")
     for name in ("train", "resumed", "prune", "train_ref", "prune_ref"):
         (root / name).mkdir()
-    mp.start_processes(_worker, (_free_ports(5), tiny_corpus, root), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, (_free_ports(6), tiny_corpus, root), nprocs=WORLD, start_method="spawn")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp_:
         mp_.setattr(loop, "BucketBatchSampler", _UnionSampler)
@@ -303,6 +327,19 @@ def test_ddp_gradient_is_the_utterance_weighted_sum_of_micro_batch_gradients(run
         print(f"rank {rank}: largest gradient difference {worst:.2e}")  # the largest gradients are ~1.7
         for key, value in reference.items():
             torch.testing.assert_close(grads[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_ddp_validation_equals_one_process_validating_all_of_dev(runs: Path, tiny_corpus: Path) -> None:
+    """Two ranks, each transcribing half of dev (rank 1 with other BatchNorm statistics, which it
+    must replace by rank 0's), give the error rates of one process transcribing all of it."""
+    rec, dev_set = _validation_problem(runs, tiny_corpus)
+    expected = loop.validate(rec, dev_set, torch.device("cpu"))
+    assert expected is not None and len(dev_set) >= 2 * WORLD
+    assert _load(runs / "validate.pt") == expected
+    for m in rec.model.modules():  # and the BatchNorm statistics matter to the result
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.add_(1.0)
+    assert loop.validate(rec, dev_set, torch.device("cpu")) != expected
 
 
 def test_without_torchrun_a_run_is_one_process_without_collectives(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,8 +31,11 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) a run is one process, ex
   projections, the Lagrange multipliers), so they stay identical on all ranks; the frozen teacher
   is not wrapped. Gates are sampled from (seed, step), the same masks on every rank; dropout and
   SpecAugment are seeded per rank (rank 0 draws those of a single process).
-- Rank 0 alone shows progress, validates, logs and writes checkpoints; every rank reads the same
-  checkpoint on --resume (so --out must be on a file system all nodes share).
+- Validation: every rank transcribes every W-th dev utterance with rank 0's buffers, and rank 0
+  scores the gathered transcripts (the error rates of the whole dev set, as one process computes
+  them).
+- Rank 0 alone shows progress, logs and writes checkpoints; every rank reads the same checkpoint on
+  --resume (so --out must be on a file system all nodes share).
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ __all__ = ["SINGLE_PROCESS", "Distributed", "LossFn", "is_main_process", "launch
 LossFn = Callable[[Batch], tuple[Tensor, dict[str, float]]]
 T = TypeVar("T")
 
-# Rank 0 validates while the other ranks wait in their next collective; give it time.
+# Rank 0 writes checkpoints and logs (and, after a pruning run, evaluates) while the other ranks
+# wait in their next collective; give it time.
 _TIMEOUT = timedelta(minutes=30)
 
 
@@ -132,6 +136,20 @@ class Distributed:
         value = torch.tensor([float(flag)], device=self.device)
         dist.broadcast(value, src=0)
         return bool(value.item())
+
+    def buffers_from_main(self, module: nn.Module) -> None:
+        """Every buffer of `module` (BatchNorm statistics, frozen masks) set to rank 0's."""
+        if self.enabled:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def gather(self, value: T) -> list[T] | None:
+        """Every rank's `value` (picklable), in rank order, on rank 0; None on the others."""
+        if not self.enabled:
+            return [value]
+        values: list[T] | None = [value] * self.world_size if self.is_main else None
+        dist.gather_object(value, values, dst=0)
+        return values
 
     def from_main(self, make: Callable[[], T]) -> T:
         """`make()` computed on rank 0 and sent to every rank (a picklable value)."""

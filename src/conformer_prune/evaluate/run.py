@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from conformer_prune.data.corpus import read_corpus
@@ -60,11 +60,17 @@ def recognize_dataset(
     progress: bool = True,
     desc: str = "decode",
     decoder: BeamSearchDecoder | None = None,
+    indices: Sequence[int] | None = None,
 ) -> list[Recognition]:
-    """Transcripts of every utterance in `dataset`, in dataset order: greedy, or by `decoder`."""
+    """Transcripts of every utterance in `dataset` (or of those at `indices`), in that order:
+    greedy, or by `decoder`."""
     model = rec.model.eval().to(device)
-    sampler = BucketBatchSampler(dataset.frames, max(max_frames, max(dataset.frames)), shuffle=False)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    chosen = list(range(len(dataset)) if indices is None else indices)
+    if not chosen:
+        return []
+    frames = [dataset.frames[i] for i in chosen]
+    sampler = BucketBatchSampler(frames, max(max_frames, max(frames)), shuffle=False)
+    loader = DataLoader(Subset(dataset, chosen), batch_sampler=sampler, collate_fn=collate)
     hyps: dict[int, str] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
         batch = batch.to(device)
@@ -75,7 +81,7 @@ def recognize_dataset(
             texts = [rec.tokenizer.decode(ids) for ids in greedy_decode(log_probs, lengths, model.blank)]
         for index, text in zip(batch.indices.tolist(), texts, strict=True):
             hyps[index] = text
-    return [Recognition(u.utt_id, u.text, hyps[i]) for i, u in enumerate(dataset.utts)]
+    return [Recognition(dataset.utts[i].utt_id, dataset.utts[i].text, hyps[i]) for i in chosen]
 
 
 def cost_report(

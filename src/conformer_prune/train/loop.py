@@ -294,9 +294,22 @@ def train_one_epoch(
     return {**means, "steps": steps, "audio_seconds": audio_seconds}
 
 
-def validate(rec: Recognizer, dataset: SpeechDataset, device: torch.device) -> dict[str, float]:
-    recs = recognize_dataset(rec, dataset, device=device, desc="validate")
-    return error_rates([r.ref for r in recs], [r.hyp for r in recs])
+def validate(
+    rec: Recognizer, dataset: SpeechDataset, device: torch.device, dist: Distributed = SINGLE_PROCESS
+) -> dict[str, float] | None:
+    """The dev error rates on rank 0 (None on the others). Under torchrun every rank transcribes
+    every W-th utterance with rank 0's buffers (its BatchNorm statistics are the ones kept), and
+    rank 0 scores all the transcripts together."""
+    dist.buffers_from_main(rec.model)
+    mine = range(dist.rank, len(dataset), dist.world_size)
+    recs = recognize_dataset(
+        rec, dataset, device=device, desc="validate", indices=mine, progress=dist.is_main
+    )
+    gathered = dist.gather([(r.ref, r.hyp) for r in recs])
+    if gathered is None:
+        return None
+    pairs = [pair for part in gathered for pair in part]
+    return error_rates([ref for ref, _ in pairs], [hyp for _, hyp in pairs])
 
 
 class RunDir:
@@ -418,7 +431,7 @@ class Epochs:
 
     def run(self, epoch: int, desc: str, partial: dict[str, Any] | None = None) -> EpochResult | None:
         """Epoch `epoch` (from 0), continued from `partial` (a state's record of it, written
-        within it) if given; None on ranks other than 0, which do not validate."""
+        within it) if given; None on ranks other than 0 (which validate their share only)."""
         seed_epoch(self.seed, epoch, self.data.sampler, self.specaug_gen, self.dist.rank)
         progress = EpochProgress(**partial["progress"]) if partial is not None else None
         if progress is not None:
@@ -460,10 +473,10 @@ class Epochs:
             frames_per_second=self.rec.features.config.frames_per_second,
         )
         train_seconds = time.perf_counter() - t0
-        if not self.dist.is_main:  # the others wait for rank 0 in their next step
-            return None
         model.eval()
-        dev = validate(self.rec, self.data.dev, self.dist.device)
+        dev = validate(self.rec, self.data.dev, self.dist.device, self.dist)
+        if dev is None:  # the other ranks wait for rank 0 in their next step
+            return None
         return EpochResult(stats, dev, train_seconds, time.perf_counter() - t0)
 
 
