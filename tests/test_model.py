@@ -84,6 +84,41 @@ def test_attention_gives_padded_keys_exactly_zero_weight(autocast: bool) -> None
     assert torch.count_nonzero(grad) == grad.numel()
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_rel_shift_picks_each_keys_relative_position(traced: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Query i's score for key j is its score at relative position i - j (column T-1-i+j of the
+    positions T-1..-(T-1)), as Transformer-XL's pad-reshape-slice shift gives it, gradients too:
+    the eager strided view and the traced graph's gather alike."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: traced)
+    b, h, t = 2, 3, 9
+    raw = torch.randn(b, h, t, 2 * t - 1, requires_grad=True)
+    shifted = RelPositionMultiHeadAttention.rel_shift(raw)
+    for i in range(t):
+        for j in range(t):
+            assert torch.equal(shifted[:, :, i, j], raw[:, :, i, t - 1 - (i - j)])
+    padded = F.pad(raw, (1, 0)).view(b, h, 2 * t, t)[:, :, 1:].reshape(b, h, t, 2 * t - 1)[..., :t]
+    assert torch.equal(shifted, padded)
+    grad = torch.randn(b, h, t, t)
+    (ours,) = torch.autograd.grad(shifted, raw, grad)
+    (theirs,) = torch.autograd.grad(padded, raw, grad)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_added_key_mask_gives_masked_fills_probabilities(autocast: bool) -> None:
+    """-10000 added to a padded key's score (and -0.0 to a real one's) leaves every probability
+    and its gradient bitwise those of filling the padded scores with -10000."""
+    gen = torch.Generator().manual_seed(0)
+    scores = (4 * torch.randn(2, 3, 7, 7, generator=gen)).requires_grad_()
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    grad = torch.randn(2, 3, 7, 7, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        filled = torch.softmax(scores.masked_fill(~mask[:, None, None, :], -10000.0), -1)
+        added = torch.softmax(scores + (~mask).to(scores.dtype)[:, None, None, :] * -10000.0, -1)
+    assert torch.equal(filled, added) and torch.count_nonzero(added[1, ..., 4:]) == 0
+    assert torch.equal(*(torch.autograd.grad(p, scores, grad)[0] for p in (filled, added)))
+
+
 def _recognizer(cfg: ConformerConfig) -> Recognizer:
     tokenizer = Tokenizer.train(
         ["HELLO WORLD", "A CAT SAT ON THE MAT", "IT'S FINE"], TokenizerConfig(vocab_size=20)
