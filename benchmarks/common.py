@@ -25,7 +25,6 @@ from conformer_prune.config import from_dict, to_dict
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
-from conformer_prune.evaluate import interleaved_latency_ms
 from conformer_prune.evaluate.profile import measure_models_ms
 from conformer_prune.evaluate.run import recogs_path
 from conformer_prune.model import load_recognizer
@@ -437,13 +436,11 @@ def in_new_process(fn: Callable[..., T], *args: Any) -> T:
 
 def fresh_latency_ms(paths: list[Path], threads: int, rounds: int, runtime: Runtime = "torch") -> list[float]:
     """The latency of each model at `paths` (a saved model, or a finished run's directory: see
-    `timing_model`), timed interleaved in a new process (`in_new_process`): PyTorch eager through
-    `interleaved_latency_ms`, or an ONNX Runtime through `measure_models_ms`."""
+    `timing_model`), timed interleaved on `runtime` (`measure_models_ms`) in a new process
+    (`in_new_process`)."""
     return in_new_process(_latency_ms, [str(p) for p in paths], threads, rounds, runtime)
 
 
 def _latency_ms(paths: list[str], threads: int, rounds: int, runtime: Runtime) -> list[float]:
     models = [timing_model(Path(p)) if Path(p).is_dir() else load_recognizer(p).model for p in paths]
-    if runtime == "torch":
-        return interleaved_latency_ms(models, threads=threads, rounds=rounds)
     return measure_models_ms(models, runtime, threads=threads, rounds=rounds)

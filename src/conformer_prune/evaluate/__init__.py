@@ -4,7 +4,6 @@ from conformer_prune.evaluate.metrics import (
     count_params,
     cpu_latency_ms,
     error_rates,
-    interleaved_latency_ms,
     macs_per_second,
     paired_bootstrap_wer,
 )
@@ -16,7 +15,6 @@ __all__ = [
     "cpu_latency_ms",
     "error_rates",
     "evaluate_recognizer",
-    "interleaved_latency_ms",
     "macs_per_second",
     "paired_bootstrap_wer",
     "recognize_dataset",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +19,6 @@ __all__ = [
     "cpu_latency_ms",
     "dummy_features",
     "error_rates",
-    "interleaved_latency_ms",
     "interleaved_medians_ms",
     "interleaved_times_ms",
     "macs_per_second",
@@ -143,22 +141,3 @@ def interleaved_times_ms(runs: Mapping[K, Callable[[], object]], rounds: int) ->
 def interleaved_medians_ms(runs: Mapping[K, Callable[[], object]], rounds: int) -> dict[K, float]:
     """Median wall time (ms) of each call of `interleaved_times_ms`."""
     return {key: statistics.median(t) for key, t in interleaved_times_ms(runs, rounds).items()}
-
-
-@torch.no_grad()
-def interleaved_latency_ms(
-    models: list[ConformerCTC], seconds: float = 10.0, threads: int = 2, rounds: int = 10, batch: int = 1
-) -> list[float]:
-    """Median CPU latency of each model, measured interleaved (`interleaved_medians_ms`); compare
-    the results as ratios."""
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        runs = {}
-        for k, model in enumerate(models):
-            model.eval().cpu()
-            runs[k] = functools.partial(model, *dummy_features(model.config, seconds, batch))
-        medians = interleaved_medians_ms(runs, rounds)
-        return [medians[k] for k in range(len(models))]
-    finally:
-        torch.set_num_threads(old_threads)

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.distributed import is_main_process
-from conformer_prune.evaluate import evaluate_recognizer, interleaved_latency_ms
+from conformer_prune.evaluate import evaluate_recognizer
+from conformer_prune.evaluate.profile import measure_models_ms
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import ConformerBlock, ConformerConfig, ConformerCTC
 from conformer_prune.prune.config import PruneConfig
@@ -133,8 +134,6 @@ def latency_check(
     """The pruned model's latency on the table's runtime, predicted and measured (interleaved with
     the teacher's in this process, at the table's threads, batch and length), against `target`
     (a kept fraction of the teacher's latency)."""
-    from conformer_prune.evaluate.profile import measure_models_ms
-
     model = LatencyModel.load(table)
     measured_teacher, measured = measure_models_ms(
         [teacher, pruned],
@@ -201,7 +200,7 @@ def prune_and_report(
         "wall_seconds": prune_seconds,
     }
     if latency:  # measured interleaved in one loop, so their ratio is fair on a shared machine
-        teacher_ms, pruned_ms = interleaved_latency_ms([teacher_rec.model, pruned_rec.model], threads=threads)
+        teacher_ms, pruned_ms = measure_models_ms([teacher_rec.model, pruned_rec.model], "torch", threads)
         for result_eval, ms in ((teacher_eval, teacher_ms), (pruned_eval, pruned_ms)):
             result_eval.update(latency_ms_10s=ms, rtf=ms / 10000.0)
     if result.latency_table is not None and latency:
