@@ -70,7 +70,9 @@ PARTS = {  # profile category -> module attribute names inside the encoder
 
 
 def _batch(model: ConformerCTC, batch: int, seconds: float) -> Batch:
-    tokens = max(1, int(seconds * 100 / 8) // 3)  # a third of the 8x encoder frames
+    # the same transcript length for every model (it belongs to the utterance, not the encoder):
+    # a third of the frames of the most subsampled encoder compared (8x), so CTC fits it in all
+    tokens = max(1, int(seconds * model.config.feature_rate / 8) // 3)
     return random_batch(model.config, batch, seconds, tokens)
 
 
