@@ -7,7 +7,10 @@ Usage:
 
 For every model: export to ONNX (features to log-probabilities, the graph that `latency_ms_10s`
 times in PyTorch) and quantize it to int8; then, for 1 and 2 threads and batches 1 and 8, time a
-10 s utterance in every (model, runtime) pair, interleaved round by round, and keep the medians.
+10 s utterance in every (model, runtime) pair, interleaved round by round, and keep the medians;
+each speed-up over the teacher's ONNX Runtime fp32 is the median of the rounds' own ratios (two
+runs of 7 rounds had put the pruned model at 1.49x and 1.64x by the ratio of medians), with its
+quartiles.
 The peak is the median rate of a 2048^3 fp32 matmul with the same threads, measured in the same
 run; achieved GFLOP/s count 2 x the model's MACs (also for int8, whose work is the same).
 WER on the test split compares PyTorch, ONNX Runtime fp32 and int8 (waveform graphs, front end
@@ -46,7 +49,12 @@ from common import (
 
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures, MatmulDFTLogMel
-from conformer_prune.evaluate.metrics import dummy_features, interleaved_medians_ms, macs_per_second
+from conformer_prune.evaluate.metrics import (
+    dummy_features,
+    interleaved_medians_ms,
+    interleaved_times_ms,
+    macs_per_second,
+)
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.export.onnx import exported_proto
 from conformer_prune.export.runtime import ort_session
@@ -89,6 +97,18 @@ def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int,
 def time_interleaved(runners: dict[K, Any], threads: int, rounds: int) -> dict[K, float]:
     torch.set_num_threads(threads)
     return interleaved_medians_ms(runners, rounds)
+
+
+def speedups(times: dict[K, list[float]], base: K) -> dict[K, dict[str, float]]:
+    """Each runner's speed-up over `base`: the median over rounds of that round's ratio (runs a
+    fraction of a second apart, so a load that drifts over the rounds cancels out), with the
+    quartiles of those ratios (how much the machine moved them)."""
+    out = {}
+    for key, t in times.items():
+        ratios = [b / x for b, x in zip(times[base], t, strict=True)]
+        q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out[key] = {"median": median, "q1": q1, "q3": q3}
+    return out
 
 
 def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[str, Any]:
@@ -139,7 +159,7 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="*", help="NAME=checkpoint (default: teacher and pruned-50)")
     parser.add_argument("--test", default=str(CACHE / "corpus-reference" / "test"), help="corpus for WER")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
         "--frontend-only",
         action="store_true",
@@ -194,8 +214,12 @@ def main() -> None:
                 for name, rec in recs.items()
                 for runtime in RUNTIMES
             }
-            medians = time_interleaved(runners, threads, args.rounds)
-            for (name, runtime), ms in medians.items():
+            torch.set_num_threads(threads)
+            times = interleaved_times_ms(runners, args.rounds)
+            base = ("teacher" if "teacher" in recs else next(iter(recs)), "ort-fp32")
+            ratios = speedups(times, base)
+            for (name, runtime), t in times.items():
+                ms = statistics.median(t)
                 gflops = 2 * macs[name] * batch / (ms / 1000) / 1e9
                 rows.append(
                     {
@@ -204,6 +228,7 @@ def main() -> None:
                         "threads": threads,
                         "batch": batch,
                         "latency_ms": ms,
+                        "speedup_vs_base": ratios[(name, runtime)],
                         "gflops": gflops,
                         "fraction_of_peak": gflops / peaks[threads],
                     }
@@ -242,6 +267,10 @@ def write_docs(record: dict[str, Any]) -> None:
                 for runtime in RUNTIMES:
                     r = lookup[(model, runtime, threads, batch)]
                     ref = lookup[(base, "ort-fp32", threads, batch)]["latency_ms"]
+                    # the median of the rounds' ratios and its quartiles (older records: the
+                    # ratio of the medians)
+                    ratio = r.get("speedup_vs_base", {"median": ref / r["latency_ms"]})
+                    spread = f" ({ratio['q1']:.2f}-{ratio['q3']:.2f})" if "q1" in ratio else ""
                     wer = record["wer_test"].get(model, {}).get(runtime)
                     table_rows.append(
                         [
@@ -250,7 +279,7 @@ def write_docs(record: dict[str, Any]) -> None:
                             str(threads),
                             str(batch),
                             f"{r['latency_ms']:.1f}",
-                            f"{ref / r['latency_ms']:.2f}x",
+                            f"{ratio['median']:.2f}x{spread}",
                             f"{r['gflops']:.1f}",
                             f"{100 * r['fraction_of_peak']:.0f}%",
                             f"{100 * wer:.2f}%" if wer is not None else "-",
@@ -263,7 +292,7 @@ def write_docs(record: dict[str, Any]) -> None:
             "threads",
             "batch",
             "latency (ms)",
-            f"speed-up vs {base} ort-fp32",
+            f"speed-up vs {base} ort-fp32 (quartiles)",
             "GFLOP/s",
             "of peak",
             "test WER",
@@ -287,7 +316,8 @@ def write_docs(record: dict[str, Any]) -> None:
     update_doc_section(
         "latency",
         "## Deployment latency (`benchmarks/latency.py`)\n\n"
-        f"10 s of audio (features to log-probabilities), medians of interleaved runs in one process, "
+        f"10 s of audio (features to log-probabilities), medians of interleaved runs in one process; "
+        f"a speed-up is the median over rounds of each round's ratio, with its quartiles; "
         f"PyTorch {record['torch_version']} eager against ONNX Runtime fp32 and int8 (dynamic "
         f"quantization of the Linear layers). Peak: a 2048^3 fp32 matmul in the same run, "
         f"{peaks['1']:.1f} GFLOP/s with 1 thread and {peaks['2']:.1f} with 2. Test WER through the "
