@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
 TO_TRAIN = "to train"  # `run_state` of a run nobody has started
 T = TypeVar("T")
+K = TypeVar("K")  # a timed runner's key
 RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
 
@@ -444,3 +446,15 @@ def fresh_latency_ms(paths: list[Path], threads: int, rounds: int, runtime: Runt
 def _latency_ms(paths: list[str], threads: int, rounds: int, runtime: Runtime) -> list[float]:
     models = [timing_model(Path(p)) if Path(p).is_dir() else load_recognizer(p).model for p in paths]
     return measure_models_ms(models, runtime, threads=threads, rounds=rounds)
+
+
+def speedups(times: dict[K, list[float]], base: K) -> dict[K, dict[str, float]]:
+    """Each runner's speed-up over `base` from the times of `interleaved_times_ms`: the median over
+    rounds of that round's ratio (runs a fraction of a second apart, so a load that drifts over
+    the rounds cancels out), with the quartiles of those ratios (how much the machine moved them)."""
+    out = {}
+    for key, t in times.items():
+        ratios = [b / x for b, x in zip(times[base], t, strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out[key] = {"median": statistics.median(ratios), "q1": q1, "q3": q3}
+    return out

@@ -44,6 +44,7 @@ from common import (
     load_result,
     markdown_table,
     save_result,
+    speedups,
     update_doc_section,
 )
 
@@ -171,12 +172,7 @@ def _latency(files: dict[str, Path], threads: int, rounds: int) -> tuple[dict[st
     runs = {name: functools.partial(s.run, None, wave) for name, s in sessions.items()}
     times = interleaved_times_ms(runs, rounds)
     latency = {name: statistics.median(t) for name, t in times.items()}
-    # each round's ratio compares runs a fraction of a second apart, so a load that drifts over
-    # the rounds cancels out of it
-    speedup = {
-        name: statistics.median(f / x for f, x in zip(times["fp32"], t, strict=True))
-        for name, t in times.items()
-    }
+    speedup = {name: r["median"] for name, r in speedups(times, "fp32").items()}
     print(f"{threads} threads: latency", latency, "speed-up", speedup, flush=True)
     return latency, speedup
 

@@ -44,6 +44,7 @@ from common import (
     load_result,
     markdown_table,
     save_result,
+    speedups,
     update_doc_section,
 )
 
@@ -97,18 +98,6 @@ def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int,
 def time_interleaved(runners: dict[K, Any], threads: int, rounds: int) -> dict[K, float]:
     torch.set_num_threads(threads)
     return interleaved_medians_ms(runners, rounds)
-
-
-def speedups(times: dict[K, list[float]], base: K) -> dict[K, dict[str, float]]:
-    """Each runner's speed-up over `base`: the median over rounds of that round's ratio (runs a
-    fraction of a second apart, so a load that drifts over the rounds cancels out), with the
-    quartiles of those ratios (how much the machine moved them)."""
-    out = {}
-    for key, t in times.items():
-        ratios = [b / x for b, x in zip(times[base], t, strict=True)]
-        q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        out[key] = {"median": median, "q1": q1, "q3": q3}
-    return out
 
 
 def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[str, Any]:

@@ -209,11 +209,9 @@ def test_models_are_timed_in_a_new_process(tmp_path: Path) -> None:
 def test_latency_speedups_are_the_rounds_own_ratios() -> None:
     """A load that drifts over the rounds slows both runners of a round alike and leaves their
     ratio (2x here) alone; the ratio of the two medians would be moved by it (40 / 25 = 1.6x)."""
-    import latency
-
     base = [10.0, 20.0, 40.0, 80.0, 160.0]
     times = {"teacher": base, "pruned": [5.0, 10.0, 25.0, 40.0, 80.0]}  # one round hit harder
-    ratios = latency.speedups(times, "teacher")
+    ratios = common.speedups(times, "teacher")
     assert ratios["teacher"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
     assert ratios["pruned"]["median"] == 2.0
     assert ratios["pruned"]["q1"] < 2.0 <= ratios["pruned"]["q3"]
