@@ -221,16 +221,9 @@ def analysis(
 
 def op_times_ms(path: Path, threads: int, runs: int) -> dict[str, float]:
     """ONNX Runtime's own kernel time per run (ms) of each operator type, after 5 warm-up runs."""
-    import onnxruntime as ort
-
     wave = _waveform()
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads, profile_prefix=Path(tmp) / "profile")
         for _ in range(5 + runs):
             session.run(None, wave)
         events = json.loads(Path(session.end_profiling()).read_text())

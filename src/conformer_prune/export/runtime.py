@@ -25,7 +25,12 @@ from conformer_prune.data.tokenizer import Tokenizer
 __all__ = ["OnnxRecognizer", "ort_session", "read_metadata"]
 
 
-def ort_session(model: str | Path | bytes, threads: int | None = None, spinning: bool = False) -> Any:
+def ort_session(
+    model: str | Path | bytes,
+    threads: int | None = None,
+    spinning: bool = False,
+    profile_prefix: str | Path | None = None,
+) -> Any:
     """An ONNX Runtime CPU session of a model file (or its serialized bytes).
 
     Args:
@@ -33,6 +38,8 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, spinning:
         spinning: let idle worker threads spin after a run. Off by default: spinning threads take
             the cores from whatever runs next, which skews interleaved timings and costs a
             device's power for a latency gain of well under a millisecond.
+        profile_prefix: where ONNX Runtime writes its profile of every kernel run (a JSON trace
+            named from this prefix; `session.end_profiling()` returns its path). None: no profile.
     """
     import onnxruntime as ort
 
@@ -42,6 +49,9 @@ def ort_session(model: str | Path | bytes, threads: int | None = None, spinning:
         options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
