@@ -15,9 +15,14 @@ gradient's size, so at the step where the expected sparsity first passes a targe
 lambda1 and lambda2 are about equal, and the gates only turn back once the gap reaches
 |lambda1| / (2 lambda2), about 0.5: a one-epoch stage of 100 steps (Conformer-S, the budget alone)
 overshoots a 50% target to 12% kept, whatever the multipliers' learning rate. Raising lambda2's
-rate relative to lambda1's turns the gates back sooner. `Budget.for_stage` therefore scales, for a
-stage shorter than `reference_steps`, the quadratic multiplier by reference / steps and lengthens the
-ramp, and leaves longer stages exactly as before (measured in `tests/test_prune.py`).
+rate relative to lambda1's turns the gates back sooner. Adam also moves each log_alpha by at most
+about its learning rate per step, so a gate starting at 3 needs some 60 steps at 0.05 to close: when
+the task loss holds the gates open, a short stage lags its target and then catches up in a rush (the
+demo's 174 steps: 3% expected sparsity against a 21% target after its first epoch, 35% against 49%
+after its second). `Budget.for_stage` therefore, for a stage shorter than `reference_steps`, scales
+the quadratic multiplier and the gates' learning rate by reference / steps (so the gates can travel
+as far as in the reference stage) and lengthens the ramp, and leaves longer stages exactly as before
+(measured in `tests/test_prune.py`).
 """
 
 from __future__ import annotations
@@ -79,26 +84,31 @@ class Budget:
         final: the target sparsity, 1 - the kept fraction.
         steps: steps of the pruning stage.
         ramp_steps: steps of the ramp (CoFiPruning ramps too; the length is ours).
+        quadratic_scale: lambda2's rate relative to lambda1's (`Lagrangian`).
+        gate_lr_scale: the factor on the gates' learning rate (`make_prune_optimizer`).
     """
 
     final: float
     steps: int
     ramp_steps: int
     quadratic_scale: float = 1.0
+    gate_lr_scale: float = 1.0
 
     @classmethod
     def for_stage(cls, final: float, steps: int, warmup: float, reference_steps: int) -> Budget:
         """The budget of a pruning stage of `steps` steps with a ramp over the fraction `warmup`.
 
-        A stage of at least `reference_steps` keeps that ramp and scale 1. A shorter one ramps over
+        A stage of at least `reference_steps` keeps that ramp and scales 1. A shorter one ramps over
         at least warmup x reference_steps steps, but at most twice its fraction, and scales the
-        quadratic multiplier by reference_steps / steps (ours; see the module docstring).
+        quadratic multiplier and the gates' learning rate by reference_steps / steps (ours; see the
+        module docstring).
         """
         ramp = int(warmup * steps)
         if steps >= reference_steps or steps <= 0:
             return cls(final, steps, ramp)
         ramp = min(max(ramp, int(warmup * reference_steps)), int(min(1.0, 2 * warmup) * steps))
-        return cls(final, steps, ramp, reference_steps / steps)
+        scale = reference_steps / steps
+        return cls(final, steps, ramp, quadratic_scale=scale, gate_lr_scale=scale)
 
     def target(self, step: int) -> float | None:
         """The target sparsity at `step`, or None once the pruning stage is over."""

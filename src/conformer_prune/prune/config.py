@@ -44,8 +44,9 @@ class PruneConfig:
         finetune_epochs: epochs with fixed masks afterwards.
         target_warmup: fraction of the pruning steps over which the target ramps up from 0.
         budget_reference_steps: a pruning stage shorter than this ramps longer and scales up the
-            quadratic Lagrange multiplier, so that a short stage does not overshoot its target
-            (`Budget.for_stage`); longer stages are unaffected.
+            quadratic Lagrange multiplier and the gates' learning rate, so that a short stage
+            neither lags nor overshoots its target (`Budget.for_stage`); longer stages are
+            unaffected.
         lr: peak learning rate of the weights (and distillation projections).
         gate_lr: learning rate of the gates' log_alpha (no weight decay).
         lambda_lr: learning rate of the Lagrange multipliers (gradient ascent).

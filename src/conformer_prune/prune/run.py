@@ -112,11 +112,16 @@ def _latency_model(cfg: PruneConfig, teacher: ConformerCTC, out: Path, dist: Dis
 
 
 def make_prune_optimizer(
-    weights: list[nn.Parameter], gates: ConformerGates | None, lagrangian: Lagrangian, cfg: PruneConfig
+    weights: list[nn.Parameter],
+    gates: ConformerGates | None,
+    lagrangian: Lagrangian,
+    cfg: PruneConfig,
+    gate_lr_scale: float = 1.0,
 ) -> torch.optim.AdamW:
-    """One AdamW, three groups: weights (decay on matrices), gate logits (own lr, no decay; empty
-    for a student without gates), Lagrange multipliers (own lr, gradient ascent). With
-    `cfg.clamp_log_alpha`, every step ends by clamping the gate logits (CoFiPruning's range)."""
+    """One AdamW, three groups: weights (decay on matrices), gate logits (lr `cfg.gate_lr` x
+    `gate_lr_scale`, see `Budget.for_stage`; no decay; empty for a student without gates), Lagrange
+    multipliers (own lr, gradient ascent). With `cfg.clamp_log_alpha`, every step ends by clamping
+    the gate logits (CoFiPruning's range)."""
     decay = [p for p in weights if p.dim() >= 2]
     no_decay = [p for p in weights if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -126,7 +131,7 @@ def make_prune_optimizer(
             {
                 "params": gates.log_alphas() if gates is not None else [],
                 "weight_decay": 0.0,
-                "lr": cfg.gate_lr,
+                "lr": cfg.gate_lr * gate_lr_scale,
                 "name": "gates",
             },
             {
@@ -286,8 +291,21 @@ def _prune(
         subsampling_factor=teacher_rec.model.config.subsampling_factor,
         speeds=speeds,
     )
-    optimizer = make_prune_optimizer(_weights(student, distiller), gates, lagrangian, cfg)
     steps_per_epoch = len(data.sampler)
+    budget = Budget.for_stage(
+        1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps
+    )
+    if dist.is_main and budget.gate_lr_scale != 1.0:
+        print(
+            f"a short pruning stage ({budget.steps} steps, fewer than budget_reference_steps="
+            f"{cfg.budget_reference_steps}): the target ramps over {budget.ramp_steps} steps, the "
+            f"quadratic multiplier and the gates' learning rate are scaled by {budget.gate_lr_scale:.2f}",
+            flush=True,
+        )
+    lagrangian.quadratic_scale = budget.quadratic_scale
+    optimizer = make_prune_optimizer(
+        _weights(student, distiller), gates, lagrangian, cfg, gate_lr_scale=budget.gate_lr_scale
+    )
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     weight_schedule = lr_schedule(cfg.warmup_steps, total_epochs * steps_per_epoch, 0.02)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -318,10 +336,6 @@ def _prune(
     # only once the state fits: a refused resume leaves the run as it was
     run.write_config("prune_config.yaml", cfg, dist)
 
-    budget = Budget.for_stage(
-        1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps
-    )
-    lagrangian.quadratic_scale = budget.quadratic_scale
     augment = SpecAugment(specaug)
     loss = _PruningLoss(
         student,
