@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -393,15 +393,17 @@ class Jobs:
         with lock:
             train()
 
-    def settle(self) -> None:
-        """`train()` of every run left to other processes so far, once each is let go (read when
-        finished, trained here when its process stopped before the end)."""
-        for run, train in self._pending.values():
+    def settle(self, names: Iterable[str] | None = None) -> None:
+        """`train()` of every run left to other processes so far (or of those of them named in
+        `names`, the others left pending), once each is let go (read when finished, trained here
+        when its process stopped before the end)."""
+        wanted = set(self._pending) if names is None else set(names) & set(self._pending)
+        for name in [n for n in self._pending if n in wanted]:
+            run, train = self._pending.pop(name)
             while (lock := _try_lock(run)) is None:
                 time.sleep(self._poll_seconds)
             with lock:
                 train()
-        self._pending.clear()
 
     def last(self) -> bool:
         """Whether this process is the last one out (call once, at the end): then it alone writes

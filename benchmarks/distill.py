@@ -221,7 +221,7 @@ def main() -> None:
     if last >= 3:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
         for seed in SEEDS:  # trains them while the others finish theirs
             run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
-    jobs.settle()  # the choice needs every candidate (another process's too)
+    jobs.settle(["base", *CHOICES])  # the choice needs every candidate (another process's too)
     if (args.only or args.plan) and not {"base", *CHOICES} <= reports.keys():
         if args.plan:
             print("the later stages wait for the choice: every candidate finished")

@@ -71,6 +71,22 @@ def test_a_held_run_is_left_and_settled_once_let_go(tmp_path: Path) -> None:
     assert jobs.last()
 
 
+def test_settling_named_runs_leaves_the_others_held_elsewhere_pending(tmp_path: Path) -> None:
+    """distill.py's choice waits for the candidates, not for an `l0` seed another process trains."""
+    runs = {name: tmp_path / "runs" / name for name in ("candidate", "seed")}
+    jobs = Jobs(1, tmp_path / "work", poll_seconds=0.01)
+    held = {name: _try_lock(run) for name, run in runs.items()}
+    calls: list[str] = []
+    for name, run in runs.items():
+        jobs.run(name, run, lambda n=name: calls.append(n))
+    held["candidate"].close()  # the candidate's process let it go; the seed's still trains it
+    jobs.settle(["candidate", "not-pending"])  # returns although "seed" is still held
+    assert calls == ["candidate"]
+    held["seed"].close()
+    jobs.settle()
+    assert calls == ["candidate", "seed"]
+
+
 def test_shared_runs_train_on_one_thread(tmp_path: Path, places: Any) -> None:
     cfg, teacher, corpus = places
     assert cfg.threads != 1
