@@ -27,14 +27,18 @@ Only the distillation settings (and, in the last stages, the seed or the target)
    (the front end's output, weight 1), `dynamic` (CoFi's minimum-distance map of every third
    teacher block onto the student's remaining blocks), `grad-norm` (distillation rescaled to CTC's
    gradient norm), `hard-switch` (kept units jump from E[z] to 1 when the masks are fixed, instead
-   of `base`'s fold of E[z] into the weights); and `l0`, no distillation at all.
+   of `base`'s fold of E[z] into the weights); and `l0`, no distillation at all (with a second
+   seed, `l0-seed1`: how far one seed moves a candidate).
 2. chosen: `base` plus every choice whose candidate's dev WER is below `base`'s (of the two layer
-   distances, the better one); nothing from test.
-3. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
-4. seeds: `chosen` and `l0` again with seeds 1 and 2 (seed 0 is stages 1-2), for the seed spread.
-5. at 30%: `chosen` at 30% of the parameters beside `continued` (the equal-training control),
+   distances, the better one); nothing from test. These are the package's defaults
+   (`DistillConfig`, `PruneConfig.mask_switch`), so compare.py's `l0-distill` and `continued` at
+   50% are this stage's runs. Beside it `chosen-without-distillation`: `l0` with every choice of
+   `chosen` that is not distillation (the mask switch), so that distillation is all that differs.
+3. seeds: both again with seeds 1 and 2 (seed 0 is stage 2), for the seed spread.
+4. at 30%: `chosen` at 30% of the parameters beside `continued` (the equal-training control),
    and `chosen` at 30% with whole-layer gates too (`chosen-30-layers`): whether they belong in
    the defaults at 30% is decided on dev.
+5. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
 
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
 dev and test WER with split sizes, the paired-bootstrap interval of its test WER against
@@ -96,19 +100,21 @@ CHOICES: dict[str, list[str]] = {
 }
 LAYERS = "structures=[heads,ffn,conv,modules,frontend,layers]"
 LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
-STAGES = ("candidates", "chosen", "ablation", "seeds", "at-30")
+STAGES = ("candidates", "chosen", "seeds", "at-30", "ablation")
 SEEDS = (1, 2)
+UNDISTILLED = "chosen-without-distillation"  # `l0` with `chosen`'s other choices
 RUN_NAMES = (  # every run's name, in the stages' order
     "base",
     "l0",
     *CHOICES,
-    *(f"l0-seed{seed}" for seed in SEEDS),
+    "l0-seed1",
     "chosen",
-    *(f"chosen-without-{choice}" for choice in CHOICES),
-    *(f"chosen-seed{seed}" for seed in SEEDS),
+    UNDISTILLED,
+    *(f"{m}-seed{seed}" for seed in SEEDS for m in ("chosen", UNDISTILLED)),
     "chosen-30",
     "continued",
     "chosen-30-layers",
+    *(f"chosen-without-{choice}" for choice in CHOICES),
 )
 
 
@@ -191,7 +197,7 @@ def main() -> None:
                 if kept is not None
                 else plan_state(cfg, teacher, corpus)
             )
-            print(f"{name:<24} {state}  ({shown.name})", flush=True)
+            print(f"{name:<30} {state}  ({shown.name})", flush=True)
             if kept is not None or finished:  # the later stages' choice reads the candidates
                 reports[name] = kept if kept is not None else json.loads((target / "eval.json").read_text())
             return
@@ -218,9 +224,7 @@ def main() -> None:
     run("l0", [*overrides([]), "method=l0"], compared=True)
     for choice in CHOICES:
         run(choice, overrides([choice]))
-    if last >= 3:  # `l0`'s seeds do not depend on the choice: a process left without a candidate
-        for seed in SEEDS:  # trains them while the others finish theirs
-            run(f"l0-seed{seed}", [*overrides([]), "method=l0", f"seed={seed}"])
+    run("l0-seed1", [*overrides([]), "method=l0", "seed=1"])
     jobs.settle(["base", *CHOICES])  # the choice needs every candidate (another process's too)
     if (args.only or args.plan) and not {"base", *CHOICES} <= reports.keys():
         if args.plan:
@@ -231,16 +235,18 @@ def main() -> None:
     # the later stages' runs depend on the choice only, not on each other
     if last >= 1:
         run("chosen", overrides(chosen), compared=True)
+        run(UNDISTILLED, overrides(chosen, "method=l0"), compared=True)
     if last >= 2:
-        for choice in chosen:
-            run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
-    if last >= 3:
         for seed in SEEDS:
             run(f"chosen-seed{seed}", overrides(chosen, f"seed={seed}"))
-    if last >= 4:
+            run(f"{UNDISTILLED}-seed{seed}", overrides(chosen, "method=l0", f"seed={seed}"))
+    if last >= 3:
         run("chosen-30", overrides(chosen, "target_params=0.3"))
         run("continued", [*overrides(chosen), "method=continued"])
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
+    if last >= 4:
+        for choice in chosen:
+            run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
     jobs.settle()
     if not jobs.last() or args.only or args.plan:  # the last process out of a full run writes the record
         return
@@ -274,7 +280,7 @@ def main() -> None:
         "command": command_line(),
     }
     seeds: dict[str, list[float]] = {}
-    for m in ("chosen", "l0"):
+    for m in ("chosen", UNDISTILLED):
         names = (m, *(f"{m}-seed{seed}" for seed in SEEDS))
         seeds[m] = [reports[n]["pruned"]["wer_test"] for n in names if n in reports]
     if all(len(v) == 1 + len(SEEDS) for v in seeds.values()):
@@ -283,9 +289,11 @@ def main() -> None:
             for m, v in seeds.items()
         }
         record["seeds"]["difference_of_means"] = (
-            record["seeds"]["chosen"]["mean"] - record["seeds"]["l0"]["mean"]
+            record["seeds"]["chosen"]["mean"] - record["seeds"][UNDISTILLED]["mean"]
         )
-        record["seeds"]["chosen_vs_l0_seed0"] = versus(targets["l0"], targets["chosen"], "test")
+        record["seeds"]["chosen_vs_undistilled_seed0"] = versus(
+            targets[UNDISTILLED], targets["chosen"], "test"
+        )
     if {"chosen-30", "continued"} <= set(reports):
         record["at_30"] = {
             "wer_test_chosen": reports["chosen-30"]["pruned"]["wer_test"],
@@ -355,9 +363,10 @@ def section(record: dict[str, Any]) -> str:
         s = record["seeds"]
         text += (
             f"\nSeeds 0-{len(SEEDS)}: chosen test WER mean {100 * s['chosen']['mean']:.2f}% (spread "
-            f"{100 * s['chosen']['spread']:.2f} points), l0 {100 * s['l0']['mean']:.2f}% (spread "
-            f"{100 * s['l0']['spread']:.2f}); difference of the means {100 * s['difference_of_means']:+.2f} "
-            f"points; seed 0 chosen minus l0: {_interval(s['chosen_vs_l0_seed0'])}.\n"
+            f"{100 * s['chosen']['spread']:.2f} points), {UNDISTILLED} {100 * s[UNDISTILLED]['mean']:.2f}% "
+            f"(spread {100 * s[UNDISTILLED]['spread']:.2f}); difference of the means "
+            f"{100 * s['difference_of_means']:+.2f} points; seed 0 chosen minus {UNDISTILLED}: "
+            f"{_interval(s['chosen_vs_undistilled_seed0'])}.\n"
         )
     if "at_30" in record:
         a = record["at_30"]

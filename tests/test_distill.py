@@ -84,7 +84,7 @@ def test_distances_are_zero_on_equal_outputs_and_normalized_mse_ignores_scale() 
 
 def test_dynamic_map_matches_each_teacher_layer_to_the_nearest_remaining_student_layer() -> None:
     teacher, student = _pair()
-    cfg = DistillConfig(layer_map="dynamic", teacher_layers=[0, 2])
+    cfg = DistillConfig(layer_loss="mse", layer_map="dynamic", teacher_layers=[0, 2])
     distiller = LayerwiseDistiller(teacher, 3, 32, cfg)
     _, parts = distiller.loss(student, _batch())
     assert distiller.last_alignment == [(0, 0), (2, 2)] and parts["layer_mse"] == 0.0
@@ -94,7 +94,7 @@ def test_dynamic_map_matches_each_teacher_layer_to_the_nearest_remaining_student
     # the order holds: a teacher block's match lies below the next one's; none is left for 0 here
     distiller.loss(student, _batch(), remaining=[False, False, True])
     assert distiller.last_alignment == [(2, 2)]
-    same = LayerwiseDistiller(teacher, 3, 32, DistillConfig())  # one to one, every block
+    same = LayerwiseDistiller(teacher, 3, 32, DistillConfig(layer_loss="mse", layer_map="same-index"))
     _perturb(student)
     _, dynamic_parts = distiller.loss(student, _batch(), remaining=[True, True, True])
     _, same_parts = same.loss(student, _batch())
@@ -103,7 +103,9 @@ def test_dynamic_map_matches_each_teacher_layer_to_the_nearest_remaining_student
 
 def test_kl_with_temperature_and_front_end_distillation() -> None:
     teacher, student = _pair()
-    cfg = DistillConfig(layer_weight=0.0, kl_weight=1.0, kl_temperature=2.0, frontend_weight=1.0)
+    cfg = DistillConfig(
+        layer_weight=0.0, kl_weight=1.0, kl_temperature=2.0, frontend_weight=1.0, layer_loss="mse"
+    )
     distiller = LayerwiseDistiller(teacher, 3, 32, cfg)
     _, parts = distiller.loss(student, _batch())
     assert parts["kl"] == pytest.approx(0.0, abs=1e-6) and parts["frontend"] == pytest.approx(0.0, abs=1e-7)
@@ -158,10 +160,10 @@ def test_a_loss_without_distillation_reads_only_the_ctc_only_fields() -> None:
     other = DistillConfig(
         layer_weight=2.0,
         kl_weight=0.5,
-        layer_loss="l1-cosine",
-        layer_map="dynamic",
+        layer_loss="normalized-mse",
+        layer_map="same-index",
         teacher_layers=[1, 2],
-        kl_temperature=2.0,
+        kl_temperature=3.0,
         frontend_weight=0.5,  # every field but the CTC-only ones differs from the default
         balance="grad-norm",
         max_balance=10.0,
