@@ -103,8 +103,7 @@ def test_continued_keeps_every_parameter_and_trains_with_distillation(
     epochs = _epochs(out)
     assert len(epochs) == 2 and all(r["stage"] == "finetune" for r in epochs)
     # CTC plus layerwise distillation from the frozen teacher: the student drifts from its copy
-    layer = f"layer_{DistillConfig().layer_loss}"
-    assert all(r["ctc"] > 0 and r[layer] > 0 for r in epochs)
+    assert all(r["ctc"] > 0 and r[DistillConfig().layer_key] > 0 for r in epochs)
     assert METHODS["continued"].distill and not METHODS["continued"].has_gates
 
 

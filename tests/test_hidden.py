@@ -144,7 +144,7 @@ def test_distillation_projections_read_the_kept_dimensions_only() -> None:
             new.bias.copy_(old.bias)
         _, gated_parts = distiller.loss(student.eval(), _batch())
         _, sliced_parts = sliced_distiller.loss(sliced, _batch())
-    layer = f"layer_{config.layer_loss}"
+    layer = config.layer_key
     assert gated_parts[layer] > 0.01 and gated_parts["frontend"] > 1e-3
     for part in ("ctc", layer, "frontend"):
         assert gated_parts[part] == pytest.approx(sliced_parts[part], rel=1e-4), part

@@ -348,8 +348,9 @@ def test_magnitude_baselines_end_to_end(
     assert records[0]["event"] == "masks_frozen"  # one shot, before any training
     epochs = [r for r in records if "epoch" in r]
     assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)  # same steps as l0
-    layer = f"layer_{DistillConfig().layer_loss}"
-    assert (layer in epochs[0]) == (method == "magnitude-distill")  # distillation or CTC only
+    assert (DistillConfig().layer_key in epochs[0]) == (
+        method == "magnitude-distill"
+    )  # distillation or CTC only
     rec = load_recognizer(out / "model.pt")
     assert count_params(rec.model) == report["pruned"]["params"]
 
@@ -451,7 +452,7 @@ def test_dense_baselines_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path:
     assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.02
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)
-    assert (f"layer_{DistillConfig().layer_loss}" in epochs[0]) == (method == "dense-distill")
+    assert (DistillConfig().layer_key in epochs[0]) == (method == "dense-distill")
     rec = load_recognizer(out / "model.pt")
     teacher = load_recognizer(tiny_run / "model.pt")
     assert rec.model.config.d_model < teacher.model.config.d_model

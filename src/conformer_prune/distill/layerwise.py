@@ -113,6 +113,11 @@ class DistillConfig:
             raise ValueError(f"probe_every must be at least 1, found {self.probe_every}")
 
     @property
+    def layer_key(self) -> str:
+        """The layer term's name in the loss's parts and log.jsonl: layer_mse, layer_l1-cosine, ..."""
+        return f"layer_{self.layer_loss}"
+
+    @property
     def distils(self) -> bool:
         return bool(self.layer_weight or self.kl_weight or self.frontend_weight)
 
@@ -223,7 +228,7 @@ class LayerwiseDistiller(nn.Module):
         distill = sum((w * v for w, v in terms.values()), torch.zeros((), device=ctc.device))
         total = cfg.ctc_weight * ctc + self.scale * distill
         parts = {"ctc": float(ctc.detach())}
-        names = {"layer": f"layer_{cfg.layer_loss}"}  # layer_mse, layer_l1-cosine, ...
+        names = {"layer": cfg.layer_key}
         parts |= {names.get(k, k): float(v.detach()) for k, (_, v) in terms.items()}
         parts |= self._norms
         if cfg.balance == "grad-norm" and cfg.distils:
