@@ -98,6 +98,7 @@ CHOICES: dict[str, list[str]] = {
     "grad-norm": ["distill.balance=grad-norm"],
     "hard-switch": ["mask_switch=hard"],
 }
+CANDIDATES = ("base", *CHOICES)  # what the choice reads
 LAYERS = "structures=[heads,ffn,conv,modules,frontend,layers]"
 LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
 STAGES = ("candidates", "chosen", "seeds", "at-30", "ablation")
@@ -225,8 +226,8 @@ def main() -> None:
     for choice in CHOICES:
         run(choice, overrides([choice]))
     run("l0-seed1", [*overrides([]), "method=l0", "seed=1"])
-    jobs.settle(["base", *CHOICES])  # the choice needs every candidate (another process's too)
-    if (args.only or args.plan) and not {"base", *CHOICES} <= reports.keys():
+    jobs.settle(CANDIDATES)  # the choice needs every candidate (another process's too)
+    if (args.only or args.plan) and not set(CANDIDATES) <= reports.keys():
         if args.plan:
             print("the later stages wait for the choice: every candidate finished")
         return  # the later stages need the choice
