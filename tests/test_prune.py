@@ -542,10 +542,8 @@ def _budget_only(
     gates = ConformerGates.attach(model, ["heads", "ffn", "conv", "modules", "frontend"])
     cfg = PruneConfig(budget_reference_steps=reference_steps, clamp_log_alpha=clamp)
     budget = Budget.for_stage(1 - cfg.ratio, steps, cfg.target_warmup, cfg.budget_reference_steps)
-    lagrangian = Lagrangian(budget.quadratic_scale)
-    optimizer = make_prune_optimizer(
-        [], gates, lagrangian, cfg, budget.gate_lr_scale if scale_gate_lr else 1.0
-    )
+    lagrangian = Lagrangian(budget.scale)
+    optimizer = make_prune_optimizer([], gates, lagrangian, cfg, budget.scale if scale_gate_lr else 1.0)
     full = as_float(conformer_cost(model.config).params)
     kept = []
     for step in range(steps):
@@ -566,7 +564,7 @@ def test_a_one_epoch_pruning_stage_does_not_overshoot_below_half_its_target() ->
     assert min(before) < 0.25  # what a one-epoch stage did
     assert min(after) >= 0.25 and abs(after[-1] - 0.5) < 0.1, (min(after), after[-1])
     long = Budget.for_stage(0.5, 2000, 0.3, 1000)  # a long stage is left as it was
-    assert (long.ramp_steps, long.quadratic_scale, long.gate_lr_scale) == (600, 1.0, 1.0)
+    assert (long.ramp_steps, long.scale) == (600, 1.0)
 
 
 def test_a_short_pruning_stage_held_back_by_its_task_loss_keeps_up_with_its_target() -> None:

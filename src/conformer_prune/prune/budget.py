@@ -84,15 +84,15 @@ class Budget:
         final: the target sparsity, 1 - the kept fraction.
         steps: steps of the pruning stage.
         ramp_steps: steps of the ramp (CoFiPruning ramps too; the length is ours).
-        quadratic_scale: lambda2's rate relative to lambda1's (`Lagrangian`).
-        gate_lr_scale: the factor on the gates' learning rate (`make_prune_optimizer`).
+        scale: lambda2's rate relative to lambda1's (`Lagrangian`) and the factor on the gates'
+            learning rate (`make_prune_optimizer`): one number, since the gates must travel as
+            fast as the multiplier turns them.
     """
 
     final: float
     steps: int
     ramp_steps: int
-    quadratic_scale: float = 1.0
-    gate_lr_scale: float = 1.0
+    scale: float = 1.0
 
     @classmethod
     def for_stage(cls, final: float, steps: int, warmup: float, reference_steps: int) -> Budget:
@@ -107,8 +107,7 @@ class Budget:
         if steps >= reference_steps or steps <= 0:
             return cls(final, steps, ramp)
         ramp = min(max(ramp, int(warmup * reference_steps)), int(min(1.0, 2 * warmup) * steps))
-        scale = reference_steps / steps
-        return cls(final, steps, ramp, quadratic_scale=scale, gate_lr_scale=scale)
+        return cls(final, steps, ramp, scale=reference_steps / steps)
 
     def target(self, step: int) -> float | None:
         """The target sparsity at `step`, or None once the pruning stage is over."""
