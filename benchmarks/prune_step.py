@@ -7,8 +7,9 @@ Usage:
     python benchmarks/prune_step.py --threads 2 --steps 7
 
 The student is the teacher with the recipe's gates attached (`recipes/prune.yaml`: its structures,
-initial gate logits and mask switch) and its distillation settings, on one seeded random batch of the
-recipe's size (`max_frames` of 5 s utterances), under the recipe's precision. Step times are medians
+initial gate logits and mask switch) and its distillation settings, built as a run builds them
+(`gated_student`), on one seeded random batch of the recipe's size (`max_frames` of 5 s utterances),
+under the recipe's precision. Step times are medians
 over `--steps` steps after a warm-up; one more step runs under a TorchDispatchMode that sums each
 operator's time (by operator and input shapes; the dispatch adds a little time of its own, so the
 sum is reported beside the plain step). Run it on quiet cores: it measures absolute times.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import statistics
 import sys
 import time
@@ -42,12 +42,11 @@ from common import (
 )
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.distill.layerwise import LayerwiseDistiller
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.budget import Lagrangian
 from conformer_prune.prune.config import PruneConfig
-from conformer_prune.prune.gates import ConformerGates
-from conformer_prune.prune.run import _weights, make_prune_optimizer
+from conformer_prune.prune.cost import as_float, conformer_cost
+from conformer_prune.prune.run import _weights, gated_student, make_prune_optimizer
 from conformer_prune.train.loop import autocast
 
 SECONDS = 5.0  # utterance length of the batch
@@ -89,15 +88,9 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config(PruneConfig, recipe_path("prune"), [])
     teacher = load_recognizer(args.teacher).model.eval()
-    student = copy.deepcopy(teacher).train()  # before the distiller freezes the teacher
-    gates = ConformerGates.attach(
-        student,
-        cfg.structures,
-        cfg.init_unit_log_alpha,
-        cfg.init_module_log_alpha,
-        soft=cfg.mask_switch == "fold",
-    )
-    distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, cfg.distill)
+    target_abs = cfg.ratio * as_float(conformer_cost(teacher.config).value(cfg.metric))
+    student, gates, distiller = gated_student(cfg, teacher, target_abs)
+    student.train()
     # the recipe's optimizer (weight, gate and multiplier groups, the gate clamp) and what it clips
     weights = _weights(student, distiller)
     optimizer = make_prune_optimizer(weights, gates, Lagrangian(), cfg)

@@ -71,7 +71,14 @@ from conformer_prune.prune.torch_pruning import torch_pruning_prune
 from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, start_run
 from conformer_prune.utils import resolve_device
 
-__all__ = ["LATENCY_TABLE", "PruneResult", "make_prune_optimizer", "one_shot_model", "run_pruning"]
+__all__ = [
+    "LATENCY_TABLE",
+    "PruneResult",
+    "gated_student",
+    "make_prune_optimizer",
+    "one_shot_model",
+    "run_pruning",
+]
 
 LATENCY_TABLE = "latency_table.json"  # in the run directory, when the run profiles the teacher
 
@@ -259,19 +266,7 @@ def _prune(
     teacher_cost = conformer_cost(teacher.config, latency=latency)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
     method = METHODS[cfg.method]
-    student = _student(method, teacher, target_abs, cfg.metric, latency).to(device)
-    gates = ConformerGates.attach(
-        student,
-        cfg.structures if method.has_gates else [],
-        cfg.init_unit_log_alpha,
-        cfg.init_module_log_alpha,
-        soft=method.learns_masks and cfg.mask_switch == "fold",
-    )
-    gates.latency = latency
-    distill_cfg = copy.deepcopy(cfg.distill) if method.distill else cfg.distill.ctc_only()
-    distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg).to(
-        device
-    )
+    student, gates, distiller = gated_student(cfg, teacher, target_abs, latency)
     lagrangian = Lagrangian().to(device)
     # one-shot and dense baselines and the control: nothing is learned about the shape, every
     # epoch fine-tunes with a fixed one (the same total number of steps as the method)
@@ -295,16 +290,16 @@ def _prune(
     budget = Budget.for_stage(
         1.0 - cfg.ratio, prune_epochs * steps_per_epoch, cfg.target_warmup, cfg.budget_reference_steps
     )
-    if dist.is_main and budget.gate_lr_scale != 1.0:
+    if dist.is_main and budget.scale != 1.0:
         print(
             f"a short pruning stage ({budget.steps} steps, fewer than budget_reference_steps="
             f"{cfg.budget_reference_steps}): the target ramps over {budget.ramp_steps} steps, the "
-            f"quadratic multiplier and the gates' learning rate are scaled by {budget.gate_lr_scale:.2f}",
+            f"quadratic multiplier and the gates' learning rate are scaled by {budget.scale:.2f}",
             flush=True,
         )
-    lagrangian.quadratic_scale = budget.quadratic_scale
+    lagrangian.quadratic_scale = budget.scale
     optimizer = make_prune_optimizer(
-        _weights(student, distiller), gates, lagrangian, cfg, gate_lr_scale=budget.gate_lr_scale
+        _weights(student, distiller), gates, lagrangian, cfg, gate_lr_scale=budget.scale
     )
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     weight_schedule = lr_schedule(cfg.warmup_steps, total_epochs * steps_per_epoch, 0.02)
@@ -440,6 +435,28 @@ def one_shot_model(cfg: PruneConfig, teacher: ConformerCTC) -> ConformerCTC:
     masks = magnitude_masks(gates, target_abs, cfg.metric)
     gates.freeze(masks)
     return physically_prune(student, gates.current_masks())
+
+
+def gated_student(
+    cfg: PruneConfig, teacher: ConformerCTC, target_abs: float, latency: LatencyModel | None = None
+) -> tuple[ConformerCTC, ConformerGates, LayerwiseDistiller]:
+    """What `cfg.method` trains, on the teacher's device: the student (`_student`) with the gates
+    of `cfg.structures` attached (none for a method without gates), and the distiller that holds
+    the frozen teacher (CTC only for a method that does not distil)."""
+    method = METHODS[cfg.method]
+    device = next(teacher.parameters()).device
+    student = _student(method, teacher, target_abs, cfg.metric, latency).to(device)
+    gates = ConformerGates.attach(
+        student,
+        cfg.structures if method.has_gates else [],
+        cfg.init_unit_log_alpha,
+        cfg.init_module_log_alpha,
+        soft=method.learns_masks and cfg.mask_switch == "fold",
+    )
+    gates.latency = latency
+    distill_cfg = copy.deepcopy(cfg.distill) if method.distill else cfg.distill.ctc_only()
+    distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg)
+    return student, gates, distiller.to(device)
 
 
 def _student(
