@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +64,6 @@ from conformer_prune.model.checkpoint import Recognizer
 
 SECONDS = 10.0
 RUNTIMES = ("torch", "ort-fp32", "ort-int8")
-K = TypeVar("K")  # a runner's key
 
 
 def peak_matmul_gflops(threads: int, n: int = 2048, runs: int = 7) -> float:
@@ -93,11 +92,6 @@ def _runner(rec: Recognizer, runtime: str, files: dict[str, Path], threads: int,
     session = OnnxRecognizer(files[runtime], threads=threads).session
     inputs = {"features": feats.numpy(), "lengths": lengths.numpy()}
     return lambda: session.run(None, inputs)
-
-
-def time_interleaved(runners: dict[K, Any], threads: int, rounds: int) -> dict[K, float]:
-    torch.set_num_threads(threads)
-    return interleaved_medians_ms(runners, rounds)
 
 
 def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[str, Any]:
@@ -131,7 +125,8 @@ def frontend_latency(config: FeatureConfig, threads: int, rounds: int) -> dict[s
             torch_features(waves, lengths)
 
     runners["torch"] = run_torch
-    medians = time_interleaved(runners, threads, rounds)
+    torch.set_num_threads(threads)
+    medians = interleaved_medians_ms(runners, rounds)
     return {
         "threads": threads,
         "batch": 1,
