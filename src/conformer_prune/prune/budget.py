@@ -19,10 +19,14 @@ rate relative to lambda1's turns the gates back sooner. Adam also moves each log
 about its learning rate per step, so a gate starting at 3 needs some 60 steps at 0.05 to close: when
 the task loss holds the gates open, a short stage lags its target and then catches up in a rush (the
 demo's 174 steps: 3% expected sparsity against a 21% target after its first epoch, 35% against 49%
-after its second). `Budget.for_stage` therefore, for a stage shorter than `reference_steps`, scales
-the quadratic multiplier and the gates' learning rate by reference / steps (so the gates can travel
-as far as in the reference stage) and lengthens the ramp, and leaves longer stages exactly as before
-(measured in `tests/test_prune.py`).
+after its second). The multipliers are bound the same way: the demo's lambda1 ended at -9.0 after
+174 steps at 0.05, Adam's limit, so a task loss that holds the gates open harder outgrows them (the
+distillation defaults: expected sparsity 0.38 on average over the demo's second pruning epoch,
+whose target averages 0.49). `Budget.for_stage` therefore, for a stage shorter than
+`reference_steps`, scales the gates' and the multipliers' learning rates and the quadratic
+multiplier by reference / steps (so gates and multipliers can travel as far as in the reference
+stage, and lambda2 still grows that much faster than lambda1) and lengthens the ramp, and leaves
+longer stages exactly as before (measured in `tests/test_prune.py`).
 """
 
 from __future__ import annotations
@@ -85,8 +89,8 @@ class Budget:
         steps: steps of the pruning stage.
         ramp_steps: steps of the ramp (CoFiPruning ramps too; the length is ours).
         scale: lambda2's rate relative to lambda1's (`Lagrangian`) and the factor on the gates'
-            learning rate (`make_prune_optimizer`): one number, since the gates must travel as
-            fast as the multiplier turns them.
+            and the multipliers' learning rates (`make_prune_optimizer`): one number, since the
+            gates must travel as fast as the multipliers turn them.
     """
 
     final: float
@@ -100,8 +104,8 @@ class Budget:
 
         A stage of at least `reference_steps` keeps that ramp and scales 1. A shorter one ramps over
         at least warmup x reference_steps steps, but at most twice its fraction, and scales the
-        quadratic multiplier and the gates' learning rate by reference_steps / steps (ours; see the
-        module docstring).
+        quadratic multiplier and the gates' and multipliers' learning rates by
+        reference_steps / steps (ours; see the module docstring).
         """
         ramp = int(warmup * steps)
         if steps >= reference_steps or steps <= 0:

@@ -123,12 +123,12 @@ def make_prune_optimizer(
     gates: ConformerGates | None,
     lagrangian: Lagrangian,
     cfg: PruneConfig,
-    gate_lr_scale: float = 1.0,
+    scale: float = 1.0,
 ) -> torch.optim.AdamW:
     """One AdamW, three groups: weights (decay on matrices), gate logits (lr `cfg.gate_lr` x
-    `gate_lr_scale`, see `Budget.for_stage`; no decay; empty for a student without gates), Lagrange
-    multipliers (own lr, gradient ascent). With `cfg.clamp_log_alpha`, every step ends by clamping
-    the gate logits (CoFiPruning's range)."""
+    `scale`, the budget's, see `Budget.for_stage`; no decay; empty for a student without gates),
+    Lagrange multipliers (lr `cfg.lambda_lr` x `scale`, gradient ascent). With
+    `cfg.clamp_log_alpha`, every step ends by clamping the gate logits (CoFiPruning's range)."""
     decay = [p for p in weights if p.dim() >= 2]
     no_decay = [p for p in weights if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -138,13 +138,13 @@ def make_prune_optimizer(
             {
                 "params": gates.log_alphas() if gates is not None else [],
                 "weight_decay": 0.0,
-                "lr": cfg.gate_lr * gate_lr_scale,
+                "lr": cfg.gate_lr * scale,
                 "name": "gates",
             },
             {
                 "params": list(lagrangian.parameters()),
                 "weight_decay": 0.0,
-                "lr": cfg.lambda_lr,
+                "lr": cfg.lambda_lr * scale,
                 "maximize": True,
                 "name": "lagrange",
             },
@@ -294,13 +294,12 @@ def _prune(
         print(
             f"a short pruning stage ({budget.steps} steps, fewer than budget_reference_steps="
             f"{cfg.budget_reference_steps}): the target ramps over {budget.ramp_steps} steps, the "
-            f"quadratic multiplier and the gates' learning rate are scaled by {budget.scale:.2f}",
+            f"multipliers' and the gates' learning rates and the quadratic multiplier are scaled by "
+            f"{budget.scale:.2f}",
             flush=True,
         )
     lagrangian.quadratic_scale = budget.scale
-    optimizer = make_prune_optimizer(
-        _weights(student, distiller), gates, lagrangian, cfg, gate_lr_scale=budget.scale
-    )
+    optimizer = make_prune_optimizer(_weights(student, distiller), gates, lagrangian, cfg, scale=budget.scale)
     total_epochs = cfg.prune_epochs + cfg.finetune_epochs
     weight_schedule = lr_schedule(cfg.warmup_steps, total_epochs * steps_per_epoch, 0.02)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
