@@ -73,7 +73,7 @@ from common import (
     save_result,
     update_doc_section,
 )
-from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
+from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus, versus_runs
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.prune.config import PruneConfig
@@ -296,8 +296,21 @@ def main() -> None:
         record["seeds"]["difference_of_means"] = (
             record["seeds"]["chosen"]["mean"] - record["seeds"][UNDISTILLED]["mean"]
         )
-        record["seeds"]["chosen_vs_undistilled_seed0"] = versus(
-            targets[UNDISTILLED], targets["chosen"], "test"
+        pairs = {0: ("chosen", UNDISTILLED)}
+        pairs |= {n: (f"chosen-seed{n}", f"{UNDISTILLED}-seed{n}") for n in SEEDS}
+        record["seeds"]["chosen_vs_undistilled"] = {  # each seed's own pair, paired bootstrap on test
+            str(seed): versus(targets[b], targets[a], "test") for seed, (a, b) in pairs.items()
+        }
+        record["seeds"]["chosen_vs_undistilled_mean"] = versus_runs(  # the seeds' mean WERs
+            [targets[b] for _, b in pairs.values()], [targets[a] for a, _ in pairs.values()], "test"
+        )
+        mean = record["seeds"]["chosen_vs_undistilled_mean"]
+        record["seeds"]["claim_holds"] = (  # issue 16: interval below 0 and the spreads under the gap
+            mean["high"] < 0
+            and max(record["seeds"][m]["spread"] for m in ("chosen", UNDISTILLED)) < -mean["delta"]
+        )
+        record["seeds"]["below_0_at_every_seed"] = all(
+            v["high"] < 0 for v in record["seeds"]["chosen_vs_undistilled"].values()
         )
     for key, (pruned, _) in AGAINST_CONTINUED.items():  # the equal-training control's claims
         if {pruned, "continued"} <= set(reports):
@@ -371,8 +384,12 @@ def section(record: dict[str, Any]) -> str:
             f"\nSeeds 0-{len(SEEDS)}: chosen test WER mean {100 * s['chosen']['mean']:.2f}% (spread "
             f"{100 * s['chosen']['spread']:.2f} points), {UNDISTILLED} {100 * s[UNDISTILLED]['mean']:.2f}% "
             f"(spread {100 * s[UNDISTILLED]['spread']:.2f}); difference of the means "
-            f"{100 * s['difference_of_means']:+.2f} points; seed 0 chosen minus {UNDISTILLED}: "
-            f"{_interval(s['chosen_vs_undistilled_seed0'])}.\n"
+            f"{100 * s['difference_of_means']:+.2f} points. Chosen minus {UNDISTILLED}, seed by seed: "
+            + "; ".join(f"seed {k} {_interval(v)}" for k, v in s["chosen_vs_undistilled"].items())
+            + f"; the seeds' means, {_interval(s['chosen_vs_undistilled_mean'])}. Distillation lower with "
+            f"the interval of the means below 0 and both spreads under the difference: "
+            f"**{'holds' if s['claim_holds'] else 'does not hold'}**; the interval below 0 at every seed: "
+            f"{'yes' if s['below_0_at_every_seed'] else 'no'}.\n"
         )
     for key, (pruned, ceiling) in AGAINST_CONTINUED.items():
         if key in record:

@@ -54,7 +54,7 @@ from common import (
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.evaluate import evaluate_recognizer
-from conformer_prune.evaluate.run import compare_recogs, read_recogs, recogs_path
+from conformer_prune.evaluate.run import compare_recognition_runs, compare_recogs, read_recogs, recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.report import prune_and_report
@@ -171,6 +171,13 @@ def versus(a: Path, b: Path, split: str) -> dict[str, Any]:
     """WER of the recognitions in run `b` minus those in run `a` on `split`, with the paired
     bootstrap's 95% interval and the split's size (`compare_recogs`)."""
     return compare_recogs(recogs_path(a, split), recogs_path(b, split))
+
+
+def versus_runs(a: list[Path], b: list[Path], split: str) -> dict[str, Any]:
+    """`versus` of two systems trained several times each (seeds): the mean WER of the runs in `b`
+    minus that of the runs in `a` (`compare_recognition_runs`)."""
+    recs_a, recs_b = ([read_recogs(recogs_path(run, split)) for run in runs] for runs in (a, b))
+    return compare_recognition_runs(recs_a, recs_b, f"the runs {[r.name for r in (*a, *b)]}")
 
 
 def split_sizes(recogs_dir: Path, split: str, hours: float) -> dict[str, Any]:

@@ -268,6 +268,32 @@ def test_paired_bootstrap_wer_separates_a_real_difference_from_luck() -> None:
         paired_bootstrap_wer(refs, good, bad[:-1])
 
 
+def test_paired_bootstrap_over_seeds_compares_the_runs_mean_wers() -> None:
+    from conformer_prune.evaluate.metrics import error_rates, paired_bootstrap_wer, paired_bootstrap_wer_runs
+    from conformer_prune.evaluate.run import compare_recognition_runs
+
+    refs = [f"THE CAT SAT ON MAT {i}" for i in range(60)]
+    good = list(refs)
+    bad = [r.replace("CAT", "HAT") if i % 2 else r for i, r in enumerate(refs)]
+    worse = [r.replace("CAT", "HAT").replace("MAT", "HAT") if i % 2 else r for i, r in enumerate(refs)]
+    # one run each: the single-run bootstrap, resample for resample
+    assert paired_bootstrap_wer_runs(refs, [good], [bad]) == paired_bootstrap_wer(refs, good, bad)
+    # two seeds of b: the difference of the mean WERs
+    res = paired_bootstrap_wer_runs(refs, [good, good], [bad, worse])
+    mean_b = (error_rates(refs, bad)["wer"] + error_rates(refs, worse)["wer"]) / 2
+    assert res["delta"] == pytest.approx(mean_b - error_rates(refs, good)["wer"])
+    assert 0 < res["low"] < res["delta"] < res["high"]
+    # a seed that disagrees on one utterance halves that utterance's difference, not more
+    lucky = [refs[0].replace("CAT", "HAT"), *refs[1:]]
+    assert paired_bootstrap_wer_runs(refs, [good], [lucky, good])["delta"] == pytest.approx(1 / 6 / 60 / 2)
+    with pytest.raises(ValueError, match="one hypothesis per reference"):
+        paired_bootstrap_wer_runs(refs, [good], [bad, bad[:-1]])
+    runs = [{f"u{i}": pair for i, pair in enumerate(zip(refs, hyps, strict=True))} for hyps in (bad, worse)]
+    assert compare_recognition_runs(runs[:1], runs)["words"] == 6 * 60
+    with pytest.raises(ValueError, match="same utterances"):
+        compare_recognition_runs(runs[:1], [runs[0], dict(list(runs[1].items())[1:])])
+
+
 def test_compare_recogs_pairs_the_same_utterances(tmp_path: Path) -> None:
     from conformer_prune.evaluate.report import format_interval
     from conformer_prune.evaluate.run import compare_recogs

@@ -22,6 +22,8 @@ __all__ = [
     "interleaved_medians_ms",
     "interleaved_times_ms",
     "macs_per_second",
+    "paired_bootstrap_wer",
+    "paired_bootstrap_wer_runs",
 ]
 
 K = TypeVar("K")
@@ -46,11 +48,28 @@ def paired_bootstrap_wer(
     (Bisani and Ney, 2004): utterances are resampled with replacement and both systems scored on
     each resample, so an interval that excludes 0 says the difference is not the test set's luck.
     """
-    if not refs or not len(refs) == len(hyps_a) == len(hyps_b):
-        raise ValueError(
-            f"expected one hypothesis per reference from each system, found {len(refs)} references, "
-            f"{len(hyps_a)} and {len(hyps_b)} hypotheses"
-        )
+    return paired_bootstrap_wer_runs(refs, [hyps_a], [hyps_b], resamples, seed)
+
+
+def paired_bootstrap_wer_runs(
+    refs: list[str],
+    runs_a: list[list[str]],
+    runs_b: list[list[str]],
+    resamples: int = 10000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """`paired_bootstrap_wer` of two systems each trained several times (seeds): each utterance's
+    errors are the mean over the system's runs, so ``delta`` is the difference of the runs' mean
+    WERs and the interval covers the test set's luck in that difference (the runs' own spread is
+    not in it; report it beside)."""
+    if not refs or not runs_a or not runs_b:
+        raise ValueError("expected references and at least one run of each system")
+    for hyps in (*runs_a, *runs_b):
+        if len(hyps) != len(refs):
+            raise ValueError(
+                f"expected one hypothesis per reference from each system, found {len(refs)} references "
+                f"and {len(hyps)} hypotheses"
+            )
 
     def errors(hyps: list[str]) -> torch.Tensor:
         out = [jiwer.process_words(r.upper(), h.upper()) for r, h in zip(refs, hyps, strict=True)]
@@ -59,7 +78,8 @@ def paired_bootstrap_wer(
     words = torch.tensor([len(r.split()) for r in refs], dtype=torch.float64)
     if not bool((words > 0).all()):
         raise ValueError("every reference needs at least one word")
-    diff = errors(hyps_b) - errors(hyps_a)
+    mean_errors = [torch.stack([errors(h) for h in runs]).mean(0) for runs in (runs_a, runs_b)]
+    diff = mean_errors[1] - mean_errors[0]
     idx = torch.randint(len(refs), (resamples, len(refs)), generator=torch.Generator().manual_seed(seed))
     deltas = diff[idx].sum(1) / words[idx].sum(1)
     low, high = torch.quantile(deltas, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()

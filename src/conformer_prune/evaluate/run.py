@@ -25,13 +25,14 @@ from conformer_prune.evaluate.metrics import (
     cpu_latency_ms,
     error_rates,
     macs_per_second,
-    paired_bootstrap_wer,
+    paired_bootstrap_wer_runs,
 )
 from conformer_prune.model.checkpoint import Recognizer, greedy_decode
 from conformer_prune.utils import atomic_write_text
 
 __all__ = [
     "Recognition",
+    "compare_recognition_runs",
     "compare_recognitions",
     "compare_recogs",
     "cost_report",
@@ -128,17 +129,30 @@ def compare_recognitions(
     """WER of system `b` minus system `a` from their (reference, hypothesis) per utterance id,
     with the paired bootstrap's 95% interval (`paired_bootstrap_wer`) and the size of the split
     (``utterances``, ``words``); `what` names the two in errors."""
-    if rec_a.keys() != rec_b.keys():
-        raise ValueError(
-            f"expected recognitions of the same utterances in {what}; "
-            f"found {len(rec_a.keys() ^ rec_b.keys())} that only one of them holds"
-        )
-    utts = sorted(rec_a)
-    refs = [rec_a[u][0] for u in utts]
-    if refs != [rec_b[u][0] for u in utts]:
+    return compare_recognition_runs([rec_a], [rec_b], what)
+
+
+def compare_recognition_runs(
+    runs_a: list[dict[str, tuple[str, str]]],
+    runs_b: list[dict[str, tuple[str, str]]],
+    what: str = "the two systems",
+) -> dict[str, Any]:
+    """`compare_recognitions` of two systems trained several times each (seeds): the difference of
+    their runs' mean WERs, with `paired_bootstrap_wer_runs`'s interval."""
+    first = runs_a[0]
+    for rec in (*runs_a, *runs_b):
+        if rec.keys() != first.keys():
+            raise ValueError(
+                f"expected recognitions of the same utterances in {what}; "
+                f"found {len(rec.keys() ^ first.keys())} that only one of them holds"
+            )
+    utts = sorted(first)
+    refs = [first[u][0] for u in utts]
+    if any(refs != [rec[u][0] for u in utts] for rec in (*runs_a, *runs_b)):
         raise ValueError(f"{what} hold different references for the same utterances")
     result: dict[str, Any] = {"utterances": len(utts), "words": sum(len(r.split()) for r in refs)}
-    return result | paired_bootstrap_wer(refs, [rec_a[u][1] for u in utts], [rec_b[u][1] for u in utts])
+    hyps_a, hyps_b = ([[rec[u][1] for u in utts] for rec in runs] for runs in (runs_a, runs_b))
+    return result | paired_bootstrap_wer_runs(refs, hyps_a, hyps_b)
 
 
 def recogs_path(recogs_dir: Path, name: str) -> Path:
