@@ -73,7 +73,7 @@ from common import (
     timing_model,
     update_doc_section,
 )
-from prune import evaluated_splits, run_stage, teacher_eval, versus
+from prune import evaluated_splits, run_stage, teacher_eval, versus, versus_runs
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
@@ -429,6 +429,14 @@ def main() -> None:
             method_run = work / run_name("l0-distill", 0.5, 0)
             hidden["wer_test_vs_l0_distill"] = versus(method_run, work / HIDDEN_RUN, "test")
         print(hidden, flush=True)
+    seed_runs = {  # the learned methods' seeds at 50%: their means compared, not seed 0 alone
+        m: [work / run_name(*key) for key in reports if key[:2] == (m, 0.5)] for m in ("l0-distill", "l0")
+    }
+    seed_means = (
+        versus_runs(seed_runs["l0-distill"], seed_runs["l0"], "test")
+        if all(len(runs) > 1 for runs in seed_runs.values())
+        else None
+    )
     budget = load_config(PruneConfig, recipe_path("prune"), overrides_for("l0-distill", 0.5, 0, args.quick))
     record = {
         "splits": split_sizes(evaluated),
@@ -436,6 +444,7 @@ def main() -> None:
         "results": results,
         "latency_plane": latency_plane,
         "hidden_dimension": hidden,
+        "l0_vs_l0_distill_seed_means": seed_means,  # l0's mean test WER minus l0-distill's
         "not_run": [
             name
             for name in [run_name(*key) for key in RUNS if key not in reports]
@@ -496,11 +505,11 @@ def checks(record: dict[str, Any]) -> list[dict[str, Any]]:
     ref, control = _row(record, "l0-distill", 0.5), _row(record, CONTROL, 1.0)
     others = [r for r in half if r["method"] != "l0-distill"]
     above = [r["method"] for r in others if (r.get("wer_test_vs_l0_distill") or {}).get("low", 0) > 0]
-    seeds = [
-        100 * r["wer_test"]
-        for r in record["results"]
-        if r["method"] == "l0-distill" and r["target_params"] == 0.5
-    ]
+    by_seed = {  # test WER (%) of each seed of the learned methods at 50%
+        m: [100 * r["wer_test"] for r in record["results"] if r["method"] == m and r["target_params"] == 0.5]
+        for m in ("l0-distill", "l0")
+    }
+    seeds = by_seed["l0-distill"]
     lowest = _lowest(half, "wer_test")
     check(
         "test WER at 50%: l0-distill lowest, every interval against it excluding 0",
@@ -508,6 +517,14 @@ def checks(record: dict[str, Any]) -> list[dict[str, Any]]:
         f"lowest: {' = '.join(lowest) or '-'}; {len(above)} of {len(others)} intervals above 0; l0-distill "
         f"seeds {', '.join(f'{w:.2f}%' for w in seeds) or '-'}",
         None if ref is None or not others else lowest == ["l0-distill"] and len(above) == len(others),
+    )
+    means = record.get("l0_vs_l0_distill_seed_means")
+    spread = max((max(v) - min(v) for v in by_seed.values() if v), default=0.0)  # points
+    check(
+        "l0 minus l0-distill at 50%, the seeds' mean test WERs",
+        "interval above 0, both seed spreads under the difference",
+        "-" if means is None else f"{_versus_cell(means)}; largest spread {spread:.2f} points",
+        None if means is None else means["low"] > 0 and spread < 100 * means["delta"],
     )
     for ratio, bound in ((0.5, 1.03), (0.3, 1.10)):
         row = _row(record, "l0-distill", ratio)
