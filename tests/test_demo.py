@@ -30,7 +30,7 @@ def test_demo_prunes_reports_side_by_side_and_resumes(
     teacher, work = tiny_run / "model.pt", tmp_path / "demo"
     record = run_demo(work, teacher=teacher, prune_overrides=_PRUNE, **_TINY)
     out = capsys.readouterr().out
-    for stage in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
+    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert stage in out
     # both models on every split, with its size and the interval of pruned minus teacher
     teacher_eval, pruned_eval = record["teacher_eval"], record["pruned_eval"]
@@ -43,6 +43,15 @@ def test_demo_prunes_reports_side_by_side_and_resumes(
         row = f"  {name:<12} {d['utterances']:>6,} utterances {d['words']:>7,} words   {format_interval(d)}"
         assert row in out
         assert f"  wer_{name} " in out
+    # and against the equal-training control: the teacher unpruned, trained for the same steps
+    control_eval = record["continued_eval"]
+    assert control_eval["params"] == teacher_eval["params"]
+    assert _epoch_records(work / "continued") == _epoch_records(work / "pruned-50")
+    for name in _SPLITS:
+        d = record["pruned_minus_continued"][name]
+        assert d["utterances"] == control_eval[f"utterances_{name}"]
+        assert pytest.approx(d["delta"]) == pruned_eval[f"wer_{name}"] - control_eval[f"wer_{name}"]
+        assert f"{100 * control_eval[f'wer_{name}']:.2f}%   {format_interval(d)}" in out
     for key in ("params", "macs_per_second", "latency_ms_10s"):
         assert f"  {key} " in out
     assert pruned_eval["params"] < teacher_eval["params"]
@@ -51,12 +60,12 @@ def test_demo_prunes_reports_side_by_side_and_resumes(
     assert json.loads((work / "demo.json").read_text()) == json.loads(json.dumps(record))
 
     # a second run reuses every stage: no new pruning epoch, the same figures
-    epochs = _epoch_records(work / "pruned-50")
+    epochs = {stage: _epoch_records(work / stage) for stage in ("pruned-50", "continued")}
     model_mtime = (work / "pruned-50" / "model.pt").stat().st_mtime
     again = run_demo(work, teacher=teacher, prune_overrides=_PRUNE, **_TINY)
-    assert _epoch_records(work / "pruned-50") == epochs
+    assert {stage: _epoch_records(work / stage) for stage in epochs} == epochs
     assert (work / "pruned-50" / "model.pt").stat().st_mtime == model_mtime
-    for key in ("teacher_eval", "pruned_eval", "pruned_minus_teacher", "export"):
+    for key in ("teacher_eval", "pruned_eval", "pruned_minus_teacher", "continued_eval", "export"):
         assert again[key] == record[key]
 
     # another teacher into the same working directory would mix two demos

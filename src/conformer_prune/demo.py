@@ -1,7 +1,8 @@
 """The main job on a trained recognizer, cached stage by stage in one working directory: a small
 subset of the reference corpus, the teacher's evaluation, 50% pruning with layerwise distillation,
-teacher and pruned model side by side (WER with split sizes and paired-bootstrap intervals,
-parameters, MACs, latency), ONNX export.
+the equal-training control (`continued`: the teacher, unpruned, trained for the same steps with the
+same recipe), teacher and pruned model side by side (WER with split sizes and paired-bootstrap
+intervals against the teacher and the control, parameters, MACs, latency), ONNX export.
 
 Usage:
     run_demo(Path("runs/demo"))   # what `conformer-prune demo` runs, on the committed teacher
@@ -132,30 +133,40 @@ def run_demo(
     start = time.perf_counter()
     identity = _check_teacher(teacher, work)
     corpus = work / "corpus"
-    print(f"[1/4] {hours} h + {unseen_hours} h test-unseen of the reference corpus in {corpus}")
+    print(f"[1/5] {hours} h + {unseen_hours} h test-unseen of the reference corpus in {corpus}")
     subset = {**REFERENCE_CORPUS, "hours": hours, "unseen_hours": unseen_hours}
     stats = synthesize(corpus, **subset, workers=workers)
     splits = {name: corpus / name for name in _EVALUATED}
     teacher_dir = work / "teacher"
-    print(f"[2/4] evaluating the teacher {teacher} in {teacher_dir}")
+    print(f"[2/5] evaluating the teacher {teacher} in {teacher_dir}")
     teacher_eval = _teacher_eval(teacher, splits, teacher_dir, workers)
-    pruned = work / "pruned-50"
-    print(f"[3/4] pruning to 50% of the parameters with layerwise distillation in {pruned}")
-    if (pruned / "eval.json").exists():  # written last: the stage is complete
-        report = json.loads((pruned / "eval.json").read_text(encoding="utf-8"))
-    else:
-        prune_cfg = load_config(PruneConfig, recipe_path("demo-prune"), prune_overrides)
-        resume = (pruned / "prune_state.pt").exists()
-        tokenizer = load_recognizer(teacher).tokenizer
-        train, dev = (_spellable(corpus / name, tokenizer, work) for name in ("train", "dev"))
-        report = prune_and_report(
-            prune_cfg, teacher, train, dev, splits, pruned, resume, threads=workers, teacher_eval=teacher_eval
+    prune_cfg, control_cfg = (
+        load_config(PruneConfig, recipe_path("demo-prune"), [*(prune_overrides or []), *extra])
+        for extra in ([], ["method=continued"])
+    )
+    tokenizer = load_recognizer(teacher).tokenizer
+    train, dev = (_spellable(corpus / name, tokenizer, work) for name in ("train", "dev"))
+
+    def stage(out: Path, cfg: PruneConfig, latency: bool) -> dict[str, Any]:
+        if (out / "eval.json").exists():  # written last: the stage is complete
+            return json.loads((out / "eval.json").read_text(encoding="utf-8"))
+        resume = (out / "prune_state.pt").exists()
+        return prune_and_report(
+            cfg, teacher, train, dev, splits, out, resume, workers, teacher_eval=teacher_eval, latency=latency
         )
-    intervals = {
-        name: compare_recogs(recogs_path(teacher_dir, name), recogs_path(pruned, name)) for name in splits
-    }
+
+    pruned = work / "pruned-50"
+    print(f"[3/5] pruning to 50% of the parameters with layerwise distillation in {pruned}")
+    report = stage(pruned, prune_cfg, latency=True)
+    control = work / "continued"
+    print(f"[4/5] the control: the teacher, unpruned, trained for the same steps in {control}")
+    control_report = stage(control, control_cfg, latency=False)
+    intervals, against_control = (
+        {name: compare_recogs(recogs_path(base, name), recogs_path(pruned, name)) for name in splits}
+        for base in (teacher_dir, control)
+    )
     onnx_path = work / "pruned-50.onnx"
-    print(f"[4/4] exporting the pruned model to ONNX (fp32 and int8) in {onnx_path}")
+    print(f"[5/5] exporting the pruned model to ONNX (fp32 and int8) in {onnx_path}")
     export_json = work / "export.json"
     if export_json.exists():
         export = json.loads(export_json.read_text(encoding="utf-8"))
@@ -173,6 +184,8 @@ def run_demo(
         "teacher_eval": report["teacher"],
         "pruned_eval": report["pruned"],
         "pruned_minus_teacher": intervals,
+        "continued_eval": control_report["pruned"],
+        "pruned_minus_continued": against_control,
         "prune_wall_seconds": report["wall_seconds"],
         "export": export,
         "wall_seconds": time.perf_counter() - start,
@@ -185,15 +198,19 @@ def run_demo(
 
 def format_summary(record: dict[str, Any]) -> str:
     """Teacher and pruned model side by side, then each split's size and the paired-bootstrap 95%
-    interval of the pruned model's WER minus the teacher's."""
+    interval of the pruned model's WER minus the teacher's, then minus the control's."""
     lines = [
         f"teacher {record['teacher']['path']} and the pruned model (greedy decoding, latency of a 10 s "
         f"utterance on {record['teacher_eval']['threads']} threads):",
         format_comparison(record["teacher_eval"], record["pruned_eval"]),
         "pruned minus teacher WER, points, with the paired bootstrap's 95% interval:",
     ]
-    for name, d in record["pruned_minus_teacher"].items():
-        lines.append(
-            f"  {name:<12} {d['utterances']:>6,} utterances {d['words']:>7,} words   {format_interval(d)}"
-        )
+    control = "pruned minus continued (the teacher, unpruned, trained for the same steps), its WER first:"
+    for key, title in (("pruned_minus_teacher", None), ("pruned_minus_continued", control)):
+        if title:
+            lines.append(title)
+        for name, d in record[key].items():
+            wer = f"{100 * record['continued_eval'][f'wer_{name}']:.2f}%   " if title else ""
+            size = f"{d['utterances']:>6,} utterances {d['words']:>7,} words"
+            lines.append(f"  {name:<12} {size}   {wer}{format_interval(d)}")
     return "\n".join(lines)
