@@ -12,6 +12,8 @@ Usage:
     python benchmarks/distill.py --quick                # same code path on the quick teacher
     python benchmarks/distill.py --only l0 chosen       # train just these runs (reading the others)
     python benchmarks/distill.py --plan --jobs 2        # where every run stands; trains nothing
+    python benchmarks/distill.py --record --stage at-30  # the record of the runs finished so far
+                                                        # (trains nothing, while others train)
     # (give the --jobs of the processes training: a run not started is named for that thread count)
 
 Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
@@ -75,6 +77,7 @@ from common import (
     reference_corpus,
     run_dir,
     save_result,
+    timing_model,
     update_doc_section,
 )
 from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus, versus_runs
@@ -170,6 +173,12 @@ def main() -> None:
         help="list every run with where it stands (finished, restored from its record, WER alone from "
         "an old record, training elsewhere, started, to train) and train nothing",
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the record and the docs section from the runs finished so far, up to --stage, "
+        "and train nothing (while other processes still train the rest)",
+    )
     args = parser.parse_args()
     if args.only and (unknown := set(args.only) - set(RUN_NAMES)):
         parser.error(f"--only takes runs named {', '.join(RUN_NAMES)}; not {sorted(unknown)}")
@@ -213,7 +222,7 @@ def main() -> None:
             if kept is not None or finished:  # the later stages' choice reads the candidates
                 reports[name] = kept if kept is not None else json.loads((target / "eval.json").read_text())
             return
-        if args.only and name not in args.only and kept is None and not finished:
+        if (args.record or (args.only and name not in args.only)) and kept is None and not finished:
             return  # neither asked for nor finished
         targets[name] = target
         order.append(name)
@@ -262,7 +271,7 @@ def main() -> None:
         for choice in chosen:
             run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
     jobs.settle()
-    if not jobs.last() or args.only or args.plan:  # the last process out of a full run writes the record
+    if args.only or args.plan or not (args.record or jobs.last()):  # the last out of a full run writes
         return
 
     for name in [n for n in old if (targets[n] / "eval.json").exists()]:  # trained since, as another name
@@ -346,12 +355,21 @@ def main() -> None:
             "wer_dev": dev_wer,
             "layer_gates_chosen_on_dev": dev_wer["chosen-30-layers"] < dev_wer["chosen-30"],
             "test_vs_without": versus(targets["chosen-30"], targets["chosen-30-layers"], "test"),
+            "emptied_blocks": {n: emptied_blocks(targets[n]) for n in ("chosen-30", "chosen-30-layers")},
         }
     name = "distill-quick" if args.quick else "distill"
     save_result(name, record)
     print(json.dumps(record, indent=2))
     if not args.quick:
         update_doc_section("distill", section(record))
+
+
+def emptied_blocks(run: Path) -> list[int]:
+    """The blocks of a finished run's compact model with nothing left (no head, neither feed-forward,
+    no convolution channel), whichever gates removed them."""
+    c = timing_model(run).config  # its model.pt's, or its record's shape
+    parts = zip(c.heads, c.ffn1, c.ffn2, c.conv_channels, strict=True)
+    return [i for i, widths in enumerate(parts) if not any(widths)]
 
 
 def _interval(v: dict[str, float] | None) -> str:
@@ -386,8 +404,8 @@ def section(record: dict[str, Any]) -> str:
     )
     text = (
         "## Distillation choices (`benchmarks/distill.py`)\n\n"
-        f"Each run prunes the reference teacher to 50% of the parameters with the reference recipe; only "
-        f"the distillation differs. Chosen on dev: "
+        f"Each run prunes the reference teacher to 50% of the parameters (the `-30` runs: 30%) with the "
+        f"reference recipe; only the distillation differs. Chosen on dev: "
         f"**{', '.join(record['chosen']) or 'nothing beyond base'}**. "
         f"Intervals: the paired bootstrap's 95% for the test WER minus `{record['reference']}`'s. Gradient "
         f"norms: the last epoch's. Splits: {sizes}. Commit `{record['commit']}`.\n\n{table}\n"
@@ -435,8 +453,16 @@ def section(record: dict[str, Any]) -> str:
         text += (
             f"\nWhole-layer gates at 30%: dev WER {100 * lay['wer_dev']['chosen-30-layers']:.2f}% with them, "
             f"{100 * lay['wer_dev']['chosen-30']:.2f}% without, so they {verdict} in the defaults at 30% "
-            f"(test, with minus without: {_interval(lay['test_vs_without'])}).\n"
+            f"(test, with minus without: {_interval(lay['test_vs_without'])})."
         )
+        if "emptied_blocks" in lay:
+            empty = lay["emptied_blocks"]
+            text += (
+                f" Blocks left empty, counted from 0: chosen-30 (module gates alone) "
+                f"{', '.join(map(str, empty['chosen-30'])) or 'none'}; chosen-30-layers "
+                f"{', '.join(map(str, empty['chosen-30-layers'])) or 'none'}."
+            )
+        text += "\n"
     return text + f"\nReproduce: `{record['command']}`."
 
 
