@@ -126,7 +126,10 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     """What one pruning-engine run trains: its resolved config, the teacher's bytes and the
     corpus's synthesis record (a latency table by its bytes, not its path). A method that does not
     distil keeps only the distillation fields its CTC-only loss reads, so `l0` is one run whatever
-    the distillation settings beside it (distill.py's and compare.py's `l0` are one)."""
+    the distillation settings beside it (distill.py's and compare.py's `l0` are one); one that
+    learns no masks (`continued`, the one-shot and dense methods) trains every epoch alike, so only
+    its total number of epochs counts (`continued` is one run whether the recipe splits 3 epochs
+    2 + 1 or 1 + 2)."""
     config = to_dict(cfg)
     for key in NOT_TRAINED:
         config.pop(key)
@@ -134,6 +137,9 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
         config.pop("speeds")
     if not METHODS[cfg.method].distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
+    if not METHODS[cfg.method].learns_masks:  # every epoch fine-tunes: only their total is trained,
+        total = cfg.prune_epochs + cfg.finetune_epochs  # written as the 2 + 1 form runs had before
+        config["prune_epochs"], config["finetune_epochs"] = total - 1, 1
     if cfg.latency_table:
         config["latency_table"] = file_digest(Path(cfg.latency_table))
     return {

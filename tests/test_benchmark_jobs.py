@@ -127,6 +127,22 @@ def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_sett
     assert run("method=l0-distill") != run("method=l0-distill", *other)
 
 
+def test_a_method_that_learns_no_masks_is_one_run_whatever_the_split_of_its_epochs(tmp_path: Path) -> None:
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+
+    def run(*overrides: str) -> Path:
+        return run_dir(load_config(PruneConfig, recipe_path("prune"), list(overrides)), teacher, corpus)
+
+    one_two = ("prune_epochs=1", "finetune_epochs=2")
+    for method in ("continued", "magnitude-distill", "torch-pruning", "scratch"):
+        assert run(f"method={method}") == run(f"method={method}", *one_two)
+        assert run(f"method={method}") != run(f"method={method}", "finetune_epochs=2")  # 4 epochs
+    assert run("method=l0-distill") != run("method=l0-distill", *one_two)  # its masks learn 1 epoch
+
+
 def test_a_plan_shows_a_run_on_the_threads_it_started_on(places: Any) -> None:
     cfg, teacher, corpus = places
     assert plan_state(cfg, teacher, corpus) == (TO_TRAIN, run_dir(cfg, teacher, corpus))
