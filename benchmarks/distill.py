@@ -416,6 +416,39 @@ def section(record: dict[str, Any]) -> str:
             "(benchmarks/results/runs/), on a machine whose cache is gone, so WER alone: no interval, "
             "no gradient norms.\n"
         )
+    by_run = {r["run"]: r for r in record["runs"]}
+    ablated = [
+        (c, by_run[f"chosen-without-{c}"]) for c in record["chosen"] if f"chosen-without-{c}" in by_run
+    ]
+    if ablated and "chosen" in by_run:
+        chosen = by_run["chosen"]
+        ablation = markdown_table(
+            ["switched off", "dev WER", "dev minus chosen", "test WER", "test minus chosen (95% CI)"],
+            [
+                [
+                    "nothing (chosen)",
+                    f"{100 * chosen['wer_dev']:.2f}%",
+                    "-",
+                    f"{100 * chosen['wer_test']:.2f}%",
+                    "-",
+                ]
+            ]
+            + [
+                [
+                    choice,
+                    f"{100 * r['wer_dev']:.2f}%",
+                    f"{100 * (r['wer_dev'] - chosen['wer_dev']):+.2f}",
+                    f"{100 * r['wer_test']:.2f}%",
+                    _interval(r.get("wer_test_vs_reference")),
+                ]
+                for choice, r in ablated
+            ],
+        )
+        text += (
+            f"\nAblation: `chosen` with each of its choices switched off in turn ({len(ablated)} of "
+            f"{len(record['chosen'])} run so far), seed 0; a positive difference is what the choice is "
+            f"worth.\n\n{ablation}\n"
+        )
     if "seeds" in record:
         s = record["seeds"]
         text += (
