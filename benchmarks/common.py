@@ -115,6 +115,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 # config keys that change how a run is computed or written, not what it trains (fine-tuning the
 # compact student is fine-tuning the gated one with fixed masks: tests/test_prune.py)
 NOT_TRAINED = ("checkpoint_minutes", "finetune_compact")
+# the gradient-norm probe's period, in the identity of every run named before it left what is
+# trained (`DistillConfig.probe_trains`): runs that only log with it are named with this value
+NAMED_PROBE_EVERY = 20
 
 
 def file_digest(path: Path) -> str:
@@ -129,14 +132,18 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     the distillation settings beside it (distill.py's and compare.py's `l0` are one); one that
     learns no masks (`continued`, the one-shot and dense methods) trains every epoch alike, so only
     its total number of epochs counts (`continued` is one run whether the recipe splits 3 epochs
-    2 + 1 or 1 + 2)."""
+    2 + 1 or 1 + 2); and the gradient-norm probe's period counts only where it sets the loss's
+    scale (the "grad-norm" balance)."""
     config = to_dict(cfg)
     for key in NOT_TRAINED:
         config.pop(key)
     if config["speeds"] is None:  # the teacher's, as before the field existed: the same identity
         config.pop("speeds")
+    loss = cfg.distill if METHODS[cfg.method].distill else cfg.distill.ctc_only()
     if not METHODS[cfg.method].distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
+    if not loss.probe_trains:  # when the norms are logged: written as the 20 runs were named with
+        config["distill"]["probe_every"] = NAMED_PROBE_EVERY
     if not METHODS[cfg.method].learns_masks:  # every epoch fine-tunes: only their total is trained,
         total = cfg.prune_epochs + cfg.finetune_epochs  # written as the 2 + 1 form runs had before
         config["prune_epochs"], config["finetune_epochs"] = total - 1, 1

@@ -104,7 +104,7 @@ CHOICES: dict[str, list[str]] = {
     "kl": ["distill.kl_weight=1.0", "distill.kl_temperature=2.0"],
     "frontend": ["distill.frontend_weight=1.0"],
     "dynamic": ["distill.layer_map=dynamic"],
-    "grad-norm": ["distill.balance=grad-norm"],
+    "grad-norm": ["distill.balance=grad-norm", "distill.probe_every=20"],  # its scale's period, as run
     "hard-switch": ["mask_switch=hard"],
 }
 CANDIDATES = ("base", *CHOICES)  # what the choice reads

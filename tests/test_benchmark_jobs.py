@@ -127,6 +127,21 @@ def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_sett
     assert run("method=l0-distill") != run("method=l0-distill", *other)
 
 
+def test_the_gradient_norm_probes_period_names_a_run_only_where_it_sets_the_scale(tmp_path: Path) -> None:
+    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
+    teacher.write_bytes(b"weights")
+    corpus.mkdir()
+    (corpus / "corpus.json").write_text("{}")
+
+    def run(*overrides: str) -> Path:
+        return run_dir(load_config(PruneConfig, recipe_path("prune"), list(overrides)), teacher, corpus)
+
+    for method in ("l0-distill", "l0", "continued"):
+        assert run(f"method={method}", "distill.probe_every=20") == run(f"method={method}")
+    balanced = ("method=l0-distill", "distill.balance=grad-norm")
+    assert run(*balanced, "distill.probe_every=20") != run(*balanced, "distill.probe_every=100")
+
+
 def test_a_method_that_learns_no_masks_is_one_run_whatever_the_split_of_its_epochs(tmp_path: Path) -> None:
     teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
     teacher.write_bytes(b"weights")

@@ -154,6 +154,30 @@ def test_gradient_norms_are_logged_and_grad_norm_balance_matches_ctcs_scale() ->
     assert fresh["grad_norm_ctc"] != again["grad_norm_ctc"]
 
 
+def test_the_probes_period_changes_nothing_trained_unless_it_sets_the_scale() -> None:
+    """What lets the benchmarks' run identity ignore `probe_every` outside "grad-norm": the same
+    steps probing at every step or never after the first train the same weights, to the bit."""
+    trained = []
+    for every in (1, 1000):
+        teacher, student = _pair()
+        student.train()
+        _perturb(student)
+        cfg = DistillConfig(kl_weight=0.5, frontend_weight=0.5, probe_every=every)
+        assert not cfg.probe_trains and dataclasses.replace(cfg, balance="grad-norm").probe_trains
+        distiller = LayerwiseDistiller(teacher, 3, 32, cfg)
+        opt = torch.optim.AdamW([*student.parameters(), *distiller.parameters()], lr=1e-2)
+        for _ in range(3):
+            total, _ = distiller.loss(student, _batch())
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+        assert float(distiller.probe_step) == 3
+        trained.append({n: p.detach().clone() for n, p in student.named_parameters()})
+    for name, value in trained[0].items():
+        torch.testing.assert_close(trained[1][name], value, rtol=0, atol=0, msg=name)
+    assert not DistillConfig(balance="grad-norm").ctc_only().probe_trains  # CTC alone: nothing to scale
+
+
 def test_a_loss_without_distillation_reads_only_the_ctc_only_fields() -> None:
     """What lets a method that does not distil (`l0`) be one run whatever the distillation
     settings (the benchmarks' run identity keeps only CTC_ONLY_FIELDS for it)."""
