@@ -91,8 +91,9 @@ class DistillConfig:
     frontend_weight: weight of the distance between the front ends' outputs.
     balance: "fixed" or "grad-norm" (distillation rescaled to CTC's gradient norm).
     probe_every: steps between gradient-norm measurements (logging and "grad-norm"). Each probe
-        takes one more backward pass per loss part; at 20 (the default before) the probes took
-        about 13% of a reference pruning step, at 100 under 3%, still some ten a reference epoch.
+        takes one more backward pass per loss part (four with the defaults): every 20 steps (the
+        default before) an estimated 13% of a pruning step, every 100 a fifth of that, still some
+        ten probes a reference epoch.
     max_balance: the largest scale "grad-norm" may apply.
     """
 
