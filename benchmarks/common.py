@@ -139,12 +139,12 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
         config.pop(key)
     if config["speeds"] is None:  # the teacher's, as before the field existed: the same identity
         config.pop("speeds")
-    loss = cfg.distill if METHODS[cfg.method].distill else cfg.distill.ctc_only()
-    if not METHODS[cfg.method].distill:
+    method = METHODS[cfg.method]
+    if not method.distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
-    if not loss.probe_trains:  # when the norms are logged: written as the 20 runs were named with
-        config["distill"]["probe_every"] = NAMED_PROBE_EVERY
-    if not METHODS[cfg.method].learns_masks:  # every epoch fine-tunes: only their total is trained,
+    if not (cfg.distill if method.distill else cfg.distill.ctc_only()).probe_trains:  # logging only:
+        config["distill"]["probe_every"] = NAMED_PROBE_EVERY  # written as the runs were named with
+    if not method.learns_masks:  # every epoch fine-tunes: only their total is trained,
         total = cfg.prune_epochs + cfg.finetune_epochs  # written as the 2 + 1 form runs had before
         config["prune_epochs"], config["finetune_epochs"] = total - 1, 1
     if cfg.latency_table:

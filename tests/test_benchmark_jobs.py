@@ -7,8 +7,11 @@ import dataclasses
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from common import TO_TRAIN, Jobs, _try_lock, plan_state, run_dir, run_state
@@ -112,45 +115,44 @@ def test_a_run_finished_on_other_threads_is_read_not_trained_again(tmp_path: Pat
     assert alone.config(cfg, teacher, corpus) == cfg and shared.config(cfg, teacher, corpus) == cfg
 
 
-def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_settings(tmp_path: Path) -> None:
+@pytest.fixture
+def named_run(tmp_path: Path) -> Callable[..., Path]:
+    """The run directory of the reference recipe with `overrides`, for a stand-in teacher and corpus."""
     teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
     teacher.write_bytes(b"weights")
     corpus.mkdir()
     (corpus / "corpus.json").write_text("{}")
-    other = ["distill.layer_map=dynamic", "distill.balance=grad-norm", "distill.kl_weight=1.0"]
 
     def run(*overrides: str) -> Path:
         return run_dir(load_config(PruneConfig, recipe_path("prune"), list(overrides)), teacher, corpus)
 
+    return run
+
+
+def test_a_method_that_does_not_distil_is_one_run_whatever_the_distillation_settings(
+    named_run: Callable[..., Path],
+) -> None:
+    run = named_run
+    other = ["distill.layer_map=dynamic", "distill.balance=grad-norm", "distill.kl_weight=1.0"]
     assert run("method=l0") == run("method=l0", *other)
     assert run("method=l0") != run("method=l0", "distill.ctc_weight=0.5")  # read by CTC-only too
     assert run("method=l0-distill") != run("method=l0-distill", *other)
 
 
-def test_the_gradient_norm_probes_period_names_a_run_only_where_it_sets_the_scale(tmp_path: Path) -> None:
-    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
-    teacher.write_bytes(b"weights")
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text("{}")
-
-    def run(*overrides: str) -> Path:
-        return run_dir(load_config(PruneConfig, recipe_path("prune"), list(overrides)), teacher, corpus)
-
+def test_the_gradient_norm_probes_period_names_a_run_only_where_it_sets_the_scale(
+    named_run: Callable[..., Path],
+) -> None:
+    run = named_run
     for method in ("l0-distill", "l0", "continued"):
         assert run(f"method={method}", "distill.probe_every=20") == run(f"method={method}")
     balanced = ("method=l0-distill", "distill.balance=grad-norm")
     assert run(*balanced, "distill.probe_every=20") != run(*balanced, "distill.probe_every=100")
 
 
-def test_a_method_that_learns_no_masks_is_one_run_whatever_the_split_of_its_epochs(tmp_path: Path) -> None:
-    teacher, corpus = tmp_path / "teacher.pt", tmp_path / "corpus"
-    teacher.write_bytes(b"weights")
-    corpus.mkdir()
-    (corpus / "corpus.json").write_text("{}")
-
-    def run(*overrides: str) -> Path:
-        return run_dir(load_config(PruneConfig, recipe_path("prune"), list(overrides)), teacher, corpus)
-
+def test_a_method_that_learns_no_masks_is_one_run_whatever_the_split_of_its_epochs(
+    named_run: Callable[..., Path],
+) -> None:
+    run = named_run
     one_two = ("prune_epochs=1", "finetune_epochs=2")
     for method in ("continued", "magnitude-distill", "torch-pruning", "scratch"):
         assert run(f"method={method}") == run(f"method={method}", *one_two)
