@@ -16,10 +16,12 @@ Usage:
                                                         # (trains nothing, while others train)
     # (give the --jobs of the processes training: a run not started is named for that thread count)
 
-Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its epochs,
-data order, learning rates and the teacher's SpecAugment), one cached, resumable run directory of
-the pruning engine named under benchmarks/cache/distill[-quick]/ (a link into benchmarks/cache/runs/,
-shared with the other benchmarks' identical runs), skipped once its eval.json exists.
+Every run is the reference pruning recipe (`recipes/prune.yaml`: 50% of the parameters, its data
+order, learning rates and the teacher's SpecAugment) at 2 pruning + 1 fine-tuning epochs (pinned:
+the split every choice here was made at, whatever the recipe says later), one cached, resumable
+run directory of the pruning engine named under benchmarks/cache/distill[-quick]/ (a link into
+benchmarks/cache/runs/, shared with the other benchmarks' identical runs), skipped once its
+eval.json exists.
 Only the distillation settings (and, in the last stages, the seed or the target) differ. Stages:
 
 1. candidates: `base`, the distillation the method had before issue 16 (layer MSE on every block,
@@ -194,7 +196,7 @@ def main() -> None:
             reference_corpus()  # synthesised when missing, checked otherwise
         elif not (corpus / "corpus.json").exists():  # a run's identity holds the corpus's record
             raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
-        budget = []
+        budget = ["prune_epochs=2", "finetune_epochs=1"]  # PRUNE1's SCHEDULE overrides it
     work = CACHE / ("distill-quick" if args.quick else "distill")
     evaluated = evaluated_splits(corpus)
     jobs = Jobs(args.jobs, work)
