@@ -22,7 +22,8 @@ the split every choice here was made at, whatever the recipe says later), one ca
 run directory of the pruning engine named under benchmarks/cache/distill[-quick]/ (a link into
 benchmarks/cache/runs/, shared with the other benchmarks' identical runs), skipped once its
 eval.json exists.
-Only the distillation settings (and, in the last stages, the seed or the target) differ. Stages:
+Only the distillation settings (and, in the last stages, the seed, the target or the split of the
+epochs) differ. Stages:
 
 1. candidates: `base`, the distillation the method had before issue 16 (layer MSE on every block,
    paired by index, CTC weight 1, no KL, no front end, fixed weights), and `base` with one choice
@@ -407,7 +408,8 @@ def section(record: dict[str, Any]) -> str:
     text = (
         "## Distillation choices (`benchmarks/distill.py`)\n\n"
         f"Each run prunes the reference teacher to 50% of the parameters (the `-30` runs: 30%) with the "
-        f"reference recipe; only the distillation differs. Chosen on dev: "
+        f"reference recipe at 2 + 1 epochs ({PRUNE1}: 1 + 2); besides the seed, target or split so "
+        f"named, only the distillation differs. Chosen on dev: "
         f"**{', '.join(record['chosen']) or 'nothing beyond base'}**. "
         f"Intervals: the paired bootstrap's 95% for the test WER minus `{record['reference']}`'s. Gradient "
         f"norms: the last epoch's. Splits: {sizes}. Commit `{record['commit']}`.\n\n{table}\n"
