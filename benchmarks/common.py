@@ -142,8 +142,8 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     method = METHODS[cfg.method]
     if not method.distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
-    if not (cfg.distill if method.distill else cfg.distill.ctc_only()).probe_trains:  # logging only:
-        config["distill"]["probe_every"] = NAMED_PROBE_EVERY  # written as the runs were named with
+    if not (method.distill and cfg.distill.probe_trains):  # the probe only logs: written as the
+        config["distill"]["probe_every"] = NAMED_PROBE_EVERY  # runs were named with
     if not method.learns_masks:  # every epoch fine-tunes: only their total is trained,
         total = cfg.prune_epochs + cfg.finetune_epochs  # written as the 2 + 1 form runs had before
         config["prune_epochs"], config["finetune_epochs"] = total - 1, 1
