@@ -47,8 +47,9 @@ epochs) differ. Stages:
    decided on dev.
 5. schedule: `chosen-prune1`, `chosen` with the same three epochs split 1 pruning + 2 fine-tuning
    instead of 2 + 1 (in `chosen`, the pruned model's dev WER still fell 1.15 points in its one
-   fine-tuning epoch while `continued`'s flattened); the split with the lower dev WER is the one
-   compared with `continued` at 50%.
+   fine-tuning epoch while `continued`'s flattened); the split with the lower dev WER at 50% is the
+   recipe's, and the one compared with `continued` at 50% and, through `chosen-30-prune1` (the same
+   split at 30%), at 30%.
 6. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
 
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
@@ -118,6 +119,7 @@ SEEDS = (1, 2)
 # record key -> (the pruned run compared with `continued`, the issues' ceiling on their test WER ratio)
 AGAINST_CONTINUED = {"at_50": ("chosen", 1.03), "at_30": ("chosen-30", 1.10)}
 PRUNE1 = "chosen-prune1"  # `chosen` with 1 pruning + 2 fine-tuning epochs (the schedule stage)
+PRUNE1_30 = "chosen-30-prune1"  # the same split at 30% of the parameters
 SCHEDULE = ["prune_epochs=1", "finetune_epochs=2"]
 UNDISTILLED = "chosen-without-distillation"  # `l0` with `chosen`'s other choices
 RUN_NAMES = (  # every run's name, in the stages' order
@@ -132,6 +134,7 @@ RUN_NAMES = (  # every run's name, in the stages' order
     "chosen-30",
     "chosen-30-layers",
     PRUNE1,
+    PRUNE1_30,
     *(f"chosen-without-{choice}" for choice in CHOICES),
 )
 
@@ -270,6 +273,7 @@ def main() -> None:
         run("chosen-30-layers", overrides(chosen, "target_params=0.3", LAYERS))
     if last >= 4 and not args.quick:  # the quick budget is 1 + 1 epochs
         run(PRUNE1, overrides(chosen, *SCHEDULE))
+        run(PRUNE1_30, overrides(chosen, "target_params=0.3", *SCHEDULE))
     if last >= 5:
         for choice in chosen:
             run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
@@ -333,17 +337,19 @@ def main() -> None:
         record["seeds"]["below_0_at_every_seed"] = all(
             v["high"] < 0 for v in record["seeds"]["chosen_vs_undistilled"].values()
         )
-    at_50 = "chosen"
-    if {"chosen", PRUNE1} <= set(reports):  # the split of the three epochs, chosen on dev
+    if {"chosen", PRUNE1} <= set(reports):  # the split of the three epochs, chosen on dev at 50%
         dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in ("chosen", PRUNE1)}
         record["schedule"] = {
             "wer_dev": dev_wer,
             "prune1_chosen_on_dev": dev_wer[PRUNE1] < dev_wer["chosen"],
             "test_vs_chosen": versus(targets["chosen"], targets[PRUNE1], "test"),
         }
-        at_50 = PRUNE1 if record["schedule"]["prune1_chosen_on_dev"] else "chosen"
-    for key, (pruned, _) in AGAINST_CONTINUED.items():  # the equal-training control's claims
-        pruned = at_50 if key == "at_50" else pruned
+        if {"chosen-30", PRUNE1_30} <= set(reports):  # the same two splits at 30%, shown beside
+            record["schedule"]["wer_dev_30"] = {
+                n: reports[n]["pruned"]["wer_dev"] for n in ("chosen-30", PRUNE1_30)
+            }
+            record["schedule"]["test_vs_chosen_30"] = versus(targets["chosen-30"], targets[PRUNE1_30], "test")
+    for key, pruned in compared_runs(record, set(reports)).items():  # the equal-training control's claims
         if {pruned, "continued"} <= set(reports):
             record[key] = {
                 "run": pruned,
@@ -365,6 +371,17 @@ def main() -> None:
     print(json.dumps(record, indent=2))
     if not args.quick:
         update_doc_section("distill", section(record))
+
+
+def compared_runs(record: dict[str, Any], finished: set[str]) -> dict[str, str]:
+    """The pruned run each claim against `continued` takes: the split of the epochs chosen on dev at
+    50% (the recipe's), at both targets; at 30% the 2 + 1 run until the 1 + 2 one has finished."""
+    compared = {key: pruned for key, (pruned, _) in AGAINST_CONTINUED.items()}
+    if record.get("schedule", {}).get("prune1_chosen_on_dev"):
+        compared["at_50"] = PRUNE1
+        if PRUNE1_30 in finished:
+            compared["at_30"] = PRUNE1_30
+    return compared
 
 
 def emptied_blocks(run: Path) -> list[int]:
@@ -473,8 +490,16 @@ def section(record: dict[str, Any]) -> str:
             f"{100 * sch['wer_dev'][PRUNE1]:.2f}% dev WER against chosen's 2 + 1 "
             f"{100 * sch['wer_dev']['chosen']:.2f}%, so the comparison at 50% takes "
             f"**{PRUNE1 if sch['prune1_chosen_on_dev'] else 'chosen (2 + 1)'}** (test, {PRUNE1} minus "
-            f"chosen: {_interval(sch['test_vs_chosen'])}).\n"
+            f"chosen: {_interval(sch['test_vs_chosen'])})."
         )
+        if "wer_dev_30" in sch:
+            text += (
+                f" At 30%: {PRUNE1_30} {100 * sch['wer_dev_30'][PRUNE1_30]:.2f}% dev WER against "
+                f"chosen-30's {100 * sch['wer_dev_30']['chosen-30']:.2f}% (test, {PRUNE1_30} minus "
+                f"chosen-30: {_interval(sch['test_vs_chosen_30'])}); the comparison at 30% takes the "
+                f"split chosen at 50%{'' if sch['prune1_chosen_on_dev'] else ' (2 + 1)'}."
+            )
+        text += "\n"
     for key, (pruned, ceiling) in AGAINST_CONTINUED.items():
         if key in record:
             a = record[key]

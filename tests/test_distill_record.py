@@ -69,9 +69,28 @@ def test_the_schedule_taken_at_50_is_the_one_lower_on_dev_and_the_ablation_shows
     assert "(1 of 2 run so far)" in text  # frontend's ablation is not in the record yet
     other = distill.section(_record(prune1_dev=0.151))
     assert "takes **chosen (2 + 1)**" in other and "At 50% of the parameters: chosen 13.80%" in other
+    at_30 = copy.deepcopy(_record(0.148))
+    at_30["schedule"] |= {
+        "wer_dev_30": {"chosen-30": 0.19, distill.PRUNE1_30: 0.18},
+        "test_vs_chosen_30": {"delta": -0.01, "low": -0.015, "high": -0.005},
+    }
+    assert f"At 30%: {distill.PRUNE1_30} 18.00% dev WER against chosen-30's 19.00%" in distill.section(at_30)
     unablated = copy.deepcopy(_record(0.148))
     unablated["runs"] = [r for r in unablated["runs"] if not r["run"].startswith("chosen-without-")]
     assert "Ablation" not in distill.section(unablated)
+
+
+def test_the_claims_against_continued_take_the_split_chosen_at_50_at_both_targets() -> None:
+    both = {"chosen", "chosen-30", distill.PRUNE1, distill.PRUNE1_30}
+    assert distill.compared_runs(_record(prune1_dev=0.148), both) == {
+        "at_50": distill.PRUNE1,
+        "at_30": distill.PRUNE1_30,
+    }
+    assert distill.compared_runs(_record(prune1_dev=0.148), both - {distill.PRUNE1_30}) == {
+        "at_50": distill.PRUNE1,
+        "at_30": "chosen-30",  # until the 30% run of that split has finished
+    }
+    assert distill.compared_runs(_record(prune1_dev=0.151), both) == {"at_50": "chosen", "at_30": "chosen-30"}
 
 
 def test_a_block_with_nothing_left_is_counted_empty_whichever_gates_emptied_it(tmp_path: Path) -> None:
