@@ -15,6 +15,9 @@ Stages are cached under benchmarks/cache/ and resume where they stopped: the ref
 evaluation (with its recognitions, for the paired bootstrap), the pruning run and the `continued`
 run (each resumable at every epoch, skipped once its eval.json exists; both live in
 benchmarks/cache/runs/, shared with the other benchmarks' identical runs, see `common.link_run`).
+The pruned run's weights are read (the compact model, its layer table), so it is trained here if
+it finished elsewhere; `continued` may be a run restored from its record in results/runs/, since
+it is timed by its shape, which is the teacher's.
 The WER differences of the pruned model against the teacher and against `continued` carry the
 paired bootstrap's 95% interval on dev, test and test-unseen. Writes
 benchmarks/results/prune-50.json, the prune section of docs/benchmark.md,
@@ -221,15 +224,17 @@ def main() -> None:
         teacher_result = teacher_eval(teacher, evaluated, work["teacher"])
     reports: dict[str, dict[str, Any]] = {}
     for k, c in (("pruned", cfg), ("continued", control)):
-        # the compact model and the layer table are read: weights, not only records
-        c = jobs.config(c, teacher, corpus, weights=True)
+        # the pruned run's compact model and layer table are read: its weights, not only its record;
+        # `continued` is timed by its shape (the teacher's), so a record restored without weights serves
+        weights = k == "pruned"
+        c = jobs.config(c, teacher, corpus, weights=weights)
 
-        def train(k: str = k, c: PruneConfig = c) -> None:
+        def train(k: str = k, c: PruneConfig = c, weights: bool = weights) -> None:
             reports[k] = run_stage(
-                c, teacher, corpus, evaluated, work[k], teacher_result, latency=False, weights=True
+                c, teacher, corpus, evaluated, work[k], teacher_result, latency=False, weights=weights
             )
 
-        jobs.run(k, run_dir(c, teacher, corpus, restore=False), train)
+        jobs.run(k, run_dir(c, teacher, corpus, restore=not weights), train)
     jobs.settle()
     if not jobs.last():  # the last process out writes the record, once nothing else trains
         return
@@ -248,14 +253,15 @@ def main() -> None:
         "command": command_line(),
     }
     # the three models timed in one loop, interleaved, so that their ratios are fair on a shared
-    # machine, in a new process (not this one, which may have trained)
-    paths = [teacher, work["pruned"] / "model.pt", work["continued"] / "model.pt"]
+    # machine, in a new process (not this one, which may have trained); `continued` from its run
+    # directory: its model.pt, or its shape with fresh weights when restored from its record
+    paths = [teacher, work["pruned"] / "model.pt", work["continued"]]
     timed = fresh_latency_ms(paths, threads=LATENCY_THREADS, rounds=LATENCY_ROUNDS)
     for k, ms in zip(("teacher", "pruned", "continued"), timed, strict=True):
         record[k] |= {"latency_ms_10s": ms, "rtf": ms / 10000.0, "latency_vs_teacher": ms / timed[0]}
     record["latency"] = {"threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS, "seconds": 10.0, "batch": 1}
     record["train_threads"] = {k: r["pruned"]["threads"] for k, r in reports.items()}
-    if _written(work["continued"])["specaug"] != record["specaug"]:
+    if _identity_config(work["continued"])["specaug"] != _identity_config(work["pruned"])["specaug"]:
         raise SystemExit("the pruned and continued runs trained under different SpecAugment")
     p, c, t = record["pruned"], record["continued"], record["teacher"]
     record["ratios"] = {
@@ -277,6 +283,13 @@ def main() -> None:
     # the compact model, for latency.py
     shutil.copyfile(work["pruned"] / "model.pt", ROOT / "benchmarks" / "models" / "pruned-50.pt")
     update_doc_section("prune", section(record, cfg, (work["pruned"] / "layers.md").read_text()))
+
+
+def _identity_config(run: Path) -> dict[str, Any]:
+    """The config a run is named by (`common.run_identity`; a restored run has no prune_config.yaml),
+    where a SpecAugment of None is the teacher's."""
+    config: dict[str, Any] = json.loads((run / "identity.json").read_text())["config"]
+    return config
 
 
 def _written(run: Path) -> dict[str, Any]:
