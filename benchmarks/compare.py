@@ -10,15 +10,14 @@ Usage:
 
 Each (method, target) is a cached, resumable stage named in benchmarks/cache/compare[-quick]/: a
 link to the pruning engine's run directory in benchmarks/cache/runs/ (shared with the other
-benchmarks' identical runs: prune.py's two runs and distill.py's `chosen` and `continued` are this
-table's l0-distill and continued at 50%, since its choices are the package's defaults; distill.py's
-`chosen-without-distillation` and its seed 1 are its l0 at 50%, whatever their distillation
-settings, since a method that does not distil is one run whatever those say), skipped once its
-eval.json exists. All methods at 50% of the teacher's parameters; l0-distill, l0, magnitude-distill
-and torch-pruning also at 30% and 70%; and the equal-training control `continued` (the teacher,
+benchmarks' identical runs: prune.py's two runs and distill.py's `chosen-prune1`, `chosen-30-prune1`
+and `continued` are this table's l0-distill at 50% and 30% and continued, since its choices and
+its split of the epochs are the package's defaults), skipped once its eval.json exists. All
+methods at 50% of the teacher's parameters; l0-distill, l0, magnitude-distill and torch-pruning
+also at 30% and 70%; and the equal-training control `continued` (the teacher,
 unpruned, trained as long with distillation from its frozen copy), against which every method's test
 WER carries a paired-bootstrap interval. Every method gets the reference pruning run's budget
-(`recipes/prune.yaml`: 2 pruning + 1 fine-tuning epochs, about 2 hours a run on 2 CPU cores,
+(`recipes/prune.yaml`: 1 pruning + 2 fine-tuning epochs, about 2 hours a run on 2 CPU cores,
 measured, so the table takes many sessions or a GPU), except `scratch`, which gets the teacher's own
 number of epochs. Every method trains under the teacher's own SpecAugment (the pruning config's
 default). The dense methods start from random weights and use the teacher recipe's learning rate

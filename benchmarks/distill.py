@@ -36,11 +36,12 @@ epochs) differ. Stages:
    seed, `l0-seed1`: how far one seed moves a candidate).
 2. chosen: `base` plus every choice whose candidate's dev WER is below `base`'s (of the two layer
    distances, the better one); nothing from test. These are the package's defaults
-   (`DistillConfig`, `PruneConfig.mask_switch`), so compare.py's `l0-distill` and `continued` at
-   50% are this stage's runs. Beside it `chosen-without-distillation`: `l0` with every choice of
-   `chosen` that is not distillation (the mask switch), so that distillation is all that differs;
-   and `continued`, the equal-training control (the teacher, unpruned, trained as long with the
-   same distillation), which every claim at 50% and 30% is measured against.
+   (`DistillConfig`, `PruneConfig.mask_switch`). Beside it `chosen-without-distillation`: `l0`
+   with every choice of `chosen` that is not distillation (the mask switch), so that distillation
+   is all that differs; and `continued`, the equal-training control (the teacher, unpruned,
+   trained as long with the same distillation), which every claim at 50% and 30% is measured
+   against, and which is compare.py's (it learns no masks, so the split of its epochs does not
+   name it).
 3. seeds: both again with seeds 1 and 2 (seed 0 is stage 2), for the seed spread.
 4. at 30%: `chosen` at 30% of the parameters (against `continued`), and `chosen` at 30% with
    whole-layer gates too (`chosen-30-layers`): whether they belong in the defaults at 30% is
@@ -48,8 +49,9 @@ epochs) differ. Stages:
 5. schedule: `chosen-prune1`, `chosen` with the same three epochs split 1 pruning + 2 fine-tuning
    instead of 2 + 1 (in `chosen`, the pruned model's dev WER still fell 1.15 points in its one
    fine-tuning epoch while `continued`'s flattened); the split with the lower dev WER at 50% is the
-   recipe's, and the one compared with `continued` at 50% and, through `chosen-30-prune1` (the same
-   split at 30%), at 30%.
+   recipe's (1 + 2 since 2026-12-03), and the one compared with `continued` at 50% and, through
+   `chosen-30-prune1` (the same split at 30%), at 30%; these two are compare.py's `l0-distill` at
+   50% and 30%.
 6. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
 
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's

@@ -153,11 +153,13 @@ def test_a_method_that_learns_no_masks_is_one_run_whatever_the_split_of_its_epoc
     named_run: Callable[..., Path],
 ) -> None:
     run = named_run
-    one_two = ("prune_epochs=1", "finetune_epochs=2")
+    two_one, one_two = ("prune_epochs=2", "finetune_epochs=1"), ("prune_epochs=1", "finetune_epochs=2")
     for method in ("continued", "magnitude-distill", "torch-pruning", "scratch"):
-        assert run(f"method={method}") == run(f"method={method}", *one_two)
-        assert run(f"method={method}") != run(f"method={method}", "finetune_epochs=2")  # 4 epochs
-    assert run("method=l0-distill") != run("method=l0-distill", *one_two)  # its masks learn 1 epoch
+        assert run(f"method={method}", *two_one) == run(f"method={method}", *one_two)
+        assert run(f"method={method}", *two_one) != run(
+            f"method={method}", "prune_epochs=2", "finetune_epochs=2"
+        )
+    assert run("method=l0-distill", *two_one) != run("method=l0-distill", *one_two)  # masks: 2 or 1
 
 
 def test_a_plan_shows_a_run_on_the_threads_it_started_on(places: Any) -> None:
