@@ -427,8 +427,8 @@ def section(record: dict[str, Any]) -> str:
     text = (
         "## Distillation choices (`benchmarks/distill.py`)\n\n"
         f"Each run prunes the reference teacher to 50% of the parameters (the `-30` runs: 30%) with the "
-        f"reference recipe at 2 + 1 epochs (the `-prune1` runs: 1 + 2, the recipe's split since); besides the seed, target or split so "
-        f"named, only the distillation differs. Chosen on dev: "
+        f"reference recipe at 2 + 1 epochs (the `-prune1` runs: 1 + 2, the recipe's split since); "
+        f"besides the seed, target or split so named, only the distillation differs. Chosen on dev: "
         f"**{', '.join(record['chosen']) or 'nothing beyond base'}**. "
         f"Intervals: the paired bootstrap's 95% for the test WER minus `{record['reference']}`'s. Gradient "
         f"norms: the last epoch's. Splits: {sizes}. Commit `{record['commit']}`.\n\n{table}\n"
