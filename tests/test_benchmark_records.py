@@ -194,6 +194,35 @@ def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
     assert compare.matched_params("magnitude-distill", teacher, cache) == target and len(timed) == 2 * tries
 
 
+def test_a_method_whose_shapes_never_get_near_the_latency_target_is_unreachable_there(
+    places: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """A latency floor above the target (torch-pruning's shapes measured 0.60-0.63 of the teacher
+    at 0.30-0.41 of its parameters): the closest shape is not at the latency the row compares at,
+    so the stage is recorded unreachable with the tries, and nothing is trained at it."""
+    import compare
+
+    from conformer_prune.prune.budget import UnreachableTargetError
+
+    _, teacher, _ = places
+    floor = 0.6  # no shape measures below this fraction of the teacher's latency
+
+    def measure(models: list[Any], runtime: str, **kwargs: Any) -> tuple[float, float]:
+        return 100.0, 100.0 * max(floor, models[1])
+
+    monkeypatch.setattr(compare, "load_recognizer", lambda path: type("R", (), {"model": None}))
+    monkeypatch.setattr(compare, "one_shot_model", lambda cfg, model: cfg.target_params)
+    monkeypatch.setattr(compare, "measure_models_ms", measure)
+    monkeypatch.setattr(compare, "in_new_process", lambda fn, *args: fn(*args))
+    cache = tmp_path / "matched.json"
+    with pytest.raises(UnreachableTargetError, match=r"closest 0\.600 at"):
+        compare.matched_params("torch-pruning", teacher, cache)
+    assert json.loads(cache.read_text())["measured_ratio"] == pytest.approx(floor)  # the tries are kept
+    with pytest.raises(UnreachableTargetError):  # and read again, not measured again
+        monkeypatch.setattr(compare, "measure_models_ms", None)
+        compare.matched_params("torch-pruning", teacher, cache)
+
+
 def test_models_are_timed_in_a_new_process(tmp_path: Path) -> None:
     """`fresh_latency_ms` times saved models, or finished runs' directories, interleaved in a
     spawned process, one time per model, on PyTorch or ONNX Runtime."""
@@ -215,3 +244,26 @@ def test_latency_speedups_are_the_rounds_own_ratios() -> None:
     assert ratios["teacher"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
     assert ratios["pruned"]["median"] == 2.0
     assert ratios["pruned"]["q1"] < 2.0 <= ratios["pruned"]["q3"]
+
+
+def test_the_latency_check_names_a_rival_with_no_shape_at_that_latency() -> None:
+    """compare.py's check of issue 17 (l0-distill below its rivals at the same measured latency)
+    compares the rivals that reached it and names the one that could not."""
+    import compare
+
+    ahead = {"delta": 0.02, "low": 0.01, "high": 0.03}
+    record = {
+        "teacher": {"wer_test": 0.13},
+        "results": [],
+        "latency_plane": [
+            {"method": "l0-distill", "measured_ratio": 0.51},
+            {"method": "magnitude-distill", "measured_ratio": 0.5, "wer_test_vs_l0_distill": ahead},
+        ],
+        "unreachable": {f"torch-pruning-{compare.LATENCY_NAME}": "no shape within 5%"},
+    }
+    (row,) = [c for c in compare.checks(record) if c["check"].startswith("test WER at the same measured")]
+    assert row["met"] is True
+    assert (
+        row["measured"]
+        == f"1 of 1 intervals above 0; torch-pruning-{compare.LATENCY_NAME}: no shape at that latency"
+    )
