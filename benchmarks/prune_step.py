@@ -12,7 +12,10 @@ initial gate logits and mask switch) and its distillation settings, built as a r
 under the recipe's precision. Step times are medians
 over `--steps` steps after a warm-up; one more step runs under a TorchDispatchMode that sums each
 operator's time (by operator and input shapes; the dispatch adds a little time of its own, so the
-sum is reported beside the plain step). Run it on quiet cores: it measures absolute times.
+sum is reported beside the plain step). Then the gradient-norm probe's cost (one more backward
+pass per loss part, `distill.probe_every`): steps with and without a probe, `--steps` pairs
+interleaved, and what a probe every 20 and every 100 steps adds to the mean step. Run it on quiet
+cores: it measures absolute times.
 Writes benchmarks/results/prune_step.json and the `prune_step` section of docs/benchmark.md.
 """
 
@@ -115,6 +118,16 @@ def main() -> None:
     ops = _OpTimes()
     with ops:
         step(args.steps + 1)
+    plain: list[float] = []  # interleaved pairs: a step as usual, then one that probes
+    probed: list[float] = []
+    for k in range(args.steps):
+        for probe, out in ((False, plain), (True, probed)):
+            if probe:
+                distiller.probe_next()
+            start = time.perf_counter()
+            step(args.steps + 2 + 2 * k + probe)
+            out.append(time.perf_counter() - start)
+    extra = statistics.median(b / a for a, b in zip(plain, probed, strict=True)) - 1  # of a step
     top = sorted(ops.seconds.items(), key=lambda item: -item[1])[: args.top]
     record = {
         "teacher": args.teacher,
@@ -125,6 +138,13 @@ def main() -> None:
         "step_seconds": statistics.median(times[1:]),
         "step_seconds_all": times[1:],
         "ops_seconds_total": sum(ops.seconds.values()),
+        "probe": {
+            "probe_every": cfg.distill.probe_every,
+            "plain_seconds": plain,
+            "probed_seconds": probed,
+            "extra_fraction_of_a_step": extra,  # median over the pairs of probed / plain - 1
+            "mean_step_extra": {str(n): extra / n for n in (20, 100)},
+        },
         "top_ops": [
             {"op": op, "shapes": shapes, "calls": ops.calls[(op, shapes)], "seconds": seconds}
             for (op, shapes), seconds in top
@@ -159,7 +179,20 @@ def write_docs(record: dict[str, Any]) -> None:
         f"{record['threads']} thread(s): **{step:.3f} s** per step (median of "
         f"{len(record['step_seconds_all'])}); the operators of one more step, summed by operator and "
         f"input shapes ({record['ops_seconds_total']:.3f} s in all). {note}Commit `{record['commit']}`."
-        f"\n\n{table}\n\nReproduce: `{record['command']}`.",
+        f"\n\n{table}\n\n{_probe_text(record.get('probe'))}Reproduce: `{record['command']}`.",
+    )
+
+
+def _probe_text(probe: dict[str, Any] | None) -> str:
+    if probe is None:  # a record from before the probe was timed
+        return ""
+    extra, mean = probe["extra_fraction_of_a_step"], probe["mean_step_extra"]
+    return (
+        f"The gradient-norm probe: a step that probes takes {1 + extra:.2f}x a plain one (median of "
+        f"{len(probe['plain_seconds'])} interleaved pairs, {statistics.median(probe['probed_seconds']):.3f} "
+        f"against {statistics.median(probe['plain_seconds']):.3f} s), so a probe every 20 steps adds "
+        f"{mean['20']:.1%} to the mean step and one every 100 (the default since 2026-12-03) "
+        f"{mean['100']:.1%}.\n\n"
     )
 
 
