@@ -144,11 +144,12 @@ def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: i
     raises UnreachableTargetError (its stage records why), rather than train a shape that is not
     at the latency it is compared at."""
     digest = file_digest(teacher_path)
-    if not (cache.exists() and json.loads(cache.read_text()).get("teacher_sha256") == digest):
-        if cache.exists():
+    found = json.loads(cache.read_text()) if cache.exists() else None
+    if found is None or found.get("teacher_sha256") != digest:
+        if found is not None:
             print(f"{cache} matched another teacher's shapes: matching {method} again", flush=True)
         in_new_process(_bisect, method, teacher_path, digest, cache, tries)
-    found = json.loads(cache.read_text())
+        found = json.loads(cache.read_text())
     ratio = found["measured_ratio"]  # None: no parameter target gave a shape
     if ratio is None or abs(ratio / LATENCY_TARGET - 1) > MATCH_TOLERANCE:
         tried = sorted(
