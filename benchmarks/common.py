@@ -118,6 +118,8 @@ NOT_TRAINED = ("checkpoint_minutes", "finetune_compact")
 # the gradient-norm probe's period, in the identity of every run named before it left what is
 # trained (`DistillConfig.probe_trains`): runs that only log with it are named with this value
 NAMED_PROBE_EVERY = 20
+# the ceilings on other metrics (`PruneConfig.ceilings`), in the identity only when set
+CEILINGS = ("max_params", "max_macs", "max_latency")
 
 
 def file_digest(path: Path) -> str:
@@ -139,6 +141,9 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
         config.pop(key)
     if config["speeds"] is None:  # the teacher's, as before the field existed: the same identity
         config.pop("speeds")
+    for key in CEILINGS:  # no ceiling, as before the fields existed: the same identity
+        if config[key] is None:
+            config.pop(key)
     method = METHODS[cfg.method]
     if not method.distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}

@@ -14,9 +14,12 @@ from conformer_prune.cli import main
 from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
 from conformer_prune.model import ConformerConfig, build_model
 from conformer_prune.model.conformer import HIDDEN
+from conformer_prune.prune.budget import Budget, Lagrangian
+from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.latency import FORMAT, LatencyModel, interpolate
+from conformer_prune.prune.run import make_prune_optimizer
 from tests.conftest import hetero_config
 
 SMALL_GRID: dict[str, Any] = dict(
@@ -110,6 +113,93 @@ def test_deterministic_masks_meet_a_latency_target() -> None:
     assert 0.98 * target <= achieved <= target
 
 
+def _gates_with_table() -> tuple[ConformerGates, float, float]:
+    """The gates of a small model with random log_alpha and the hand-made table, and the dense
+    model's parameters and predicted latency."""
+    cfg = hetero_config(heads=[4, 2, 1], ffn1=[64, 16, 32], ffn2=[32, 32, 8], conv_channels=[32, 8, 16])
+    gates = ConformerGates.attach(build_model(cfg), ["heads", "ffn", "conv", "modules"])
+    gates.latency = LatencyModel(_table(cfg))
+    for _, gate in gates:
+        gate.log_alpha.data = torch.randn(gate.n, generator=torch.Generator().manual_seed(gate.n)) * 2 + 1
+    full = conformer_cost(cfg, latency=gates.latency)
+    return gates, as_float(full.params), as_float(full.value("latency"))
+
+
+def test_deterministic_masks_meet_a_parameter_target_under_a_latency_ceiling() -> None:
+    """The masks of a 60% parameter target alone keep 90% of the latency; under a ceiling 10%
+    below that, the adjustment removes the units with the least P(z != 0) per millisecond and
+    restores none that would break either limit."""
+    gates, params, latency = _gates_with_table()
+    alone = gates.mask_cost(gates.deterministic_masks(target=0.6 * params, metric="params"))
+    ceiling = 0.9 * as_float(alone.value("latency"))
+    masks = gates.deterministic_masks(target=0.6 * params, metric="params", ceilings={"latency": ceiling})
+    both = gates.mask_cost(masks)
+    assert as_float(alone.params) <= 0.6 * params < 1.01 * as_float(alone.params)
+    assert as_float(both.value("latency")) <= ceiling and as_float(both.params) <= 0.6 * params
+    assert 0.97 * ceiling < as_float(both.value("latency"))  # at the ceiling, not far under it
+    # a ceiling the target already meets changes nothing
+    loose = gates.deterministic_masks(target=0.6 * params, metric="params", ceilings={"latency": latency})
+    assert all(torch.equal(loose[k], m) for k, m in gates.deterministic_masks(0.6 * params, "params").items())
+
+
+def _budget_with_ceiling(ceiling: float | None, steps: int = 300) -> tuple[float, float]:
+    """Kept parameters and predicted latency (fractions of the dense model's) after a pruning stage
+    in which only a 50% parameter budget, a `ceiling` on latency and a task loss that holds the
+    gates open act."""
+    gates, params, latency = _gates_with_table()
+    budget = Budget(final=0.5, steps=steps, ramp_steps=100)
+    lagrangian = Lagrangian(ceilings=["latency"] if ceiling is not None else [])
+    optimizer = make_prune_optimizer([], gates, lagrangian, PruneConfig())
+    for step in range(steps):
+        cost = gates.expected_cost()
+        sparsity = 1 - cost.params / params
+        target = budget.target(step)
+        assert target is not None
+        loss = lagrangian(torch.as_tensor(sparsity), target) - 2.0 * sparsity
+        if ceiling is not None:
+            least = budget.target(step, 1 - ceiling)
+            assert least is not None
+            loss = loss + lagrangian.ceiling("latency", 1 - cost.value("latency") / latency, least)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    cost = gates.expected_cost()
+    return as_float(cost.params) / params, as_float(cost.value("latency")) / latency
+
+
+def test_a_latency_ceiling_holds_beside_an_exact_parameter_target() -> None:
+    kept, latency = _budget_with_ceiling(None)
+    assert abs(kept - 0.5) < 0.01 and latency > 0.75, (kept, latency)
+    kept, latency = _budget_with_ceiling(0.72)
+    assert abs(kept - 0.5) < 0.02 and latency <= 0.72, (kept, latency)
+
+
+def test_a_ceiling_term_is_zero_while_the_ceiling_holds() -> None:
+    lagrangian = Lagrangian(ceilings=["latency"])
+    lagrangian.ceilings["latency_1"].data.fill_(-3.0)
+    lagrangian.ceilings["latency_2"].data.fill_(2.0)
+    sparsity = torch.tensor(0.45, requires_grad=True)
+    held = lagrangian.ceiling("latency", sparsity, 0.4)
+    held.backward()
+    assert float(held.detach()) == 0.0 and float(sparsity.grad) == 0.0  # type: ignore[arg-type]
+    sparsity.grad = None
+    exceeded = lagrangian.ceiling("latency", sparsity, 0.5)
+    exceeded.backward()
+    assert float(exceeded.detach()) == pytest.approx(3.0 * 0.05 + 2.0 * 0.05**2)
+    assert float(sparsity.grad) < 0  # type: ignore[arg-type]  # descending it raises the sparsity
+    assert set(Lagrangian().state_dict()) == {"lambda1", "lambda2"}  # runs without ceilings resume
+
+
+def test_ceilings_are_checked_when_the_config_is_made() -> None:
+    assert PruneConfig(max_latency=0.6).ceilings == {"latency": 0.6}
+    with pytest.raises(ValueError, match="max_params: the target is on params"):
+        PruneConfig(max_params=0.6)
+    with pytest.raises(ValueError, match=r"max_latency: expected a kept fraction in \(0, 1\), found 1.5"):
+        PruneConfig(max_latency=1.5)
+    with pytest.raises(ValueError, match=r"only the methods that learn their masks.*not magnitude"):
+        PruneConfig(method="magnitude", max_macs=0.5)
+
+
 @pytest.fixture(scope="module")
 def torch_table() -> tuple[ConformerConfig, dict[str, Any]]:
     cfg = ConformerConfig.create(
@@ -189,3 +279,33 @@ def test_prune_to_a_latency_target_end_to_end(tiny_corpus: Path, tiny_run: Path,
     assert main([*profile, "--runtime", "torch"]) == 0
     assert LatencyModel.load(tmp_path / "t.json").config.d_model == 32
     assert main(profile) == 2
+
+
+def test_prune_to_a_parameter_target_under_a_latency_ceiling_end_to_end(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """`--target-params 0.6 --max-latency 0.6`: the pruned model has 60% of the parameters at most
+    and a predicted latency under the ceiling, measured beside it; the log shows the ceiling's
+    multipliers, and the frozen masks record both limits."""
+    from conformer_prune.model import load_recognizer
+
+    table_path = tmp_path / "table.json"
+    teacher = load_recognizer(tiny_run / "model.pt").model
+    write_table(_table(teacher.config), table_path)
+    out = tmp_path / "pruned"
+    argv = [
+        "prune", "--teacher", str(tiny_run / "model.pt"), "--data", str(tiny_corpus / "train"),
+        "--dev", str(tiny_corpus / "dev"), "--out", str(out), "--target-params", "0.6",
+        "--max-latency", "0.6", "--latency-table", str(table_path), "--set", "prune_epochs=1",
+        "finetune_epochs=1", "max_frames=4000", "device=cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "eval.json").read_text())
+    check = report["latency_target"]
+    assert report["ceilings"] == {"latency": 0.6} and check["kind"] == "ceiling"
+    assert check["predicted_ratio"] <= 0.6 and isinstance(check["target_met"], bool)
+    pruned = load_recognizer(out / "model.pt").model
+    assert sum(p.numel() for p in pruned.parameters()) <= 0.6 * sum(p.numel() for p in teacher.parameters())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    frozen = next(entry for entry in log if entry.get("event") == "masks_frozen")
+    assert frozen["ceiling_latency"]["achieved"] <= frozen["ceiling_latency"]["ceiling"]

@@ -474,10 +474,17 @@ def _add_prune(sub: _Subparsers) -> None:
         help="kept fraction of the teacher's latency on --latency-runtime (predicted by a latency "
         "table; the sliced model's measured latency is reported beside it)",
     )
+    for metric, what in (("params", "parameters"), ("macs", "MACs"), ("latency", "latency")):
+        p.add_argument(
+            f"--max-{metric}",
+            type=float,
+            help=f"ceiling: at most this fraction of the teacher's {what}, met together with the target "
+            "(l0 and l0-distill)",
+        )
     p.add_argument(
         "--latency-table",
-        help="the table of --target-latency (conformer-prune profile); default: profile the teacher "
-        "at the start of the run",
+        help="the table of --target-latency or --max-latency (conformer-prune profile); default: "
+        "profile the teacher at the start of the run",
     )
     p.add_argument(
         "--latency-runtime",
@@ -511,6 +518,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         overrides += ["target_params=null", f"target_latency={args.target_latency}"]
     elif args.target_params is not None:
         overrides += [f"target_params={args.target_params}"]
+    for metric in ("params", "macs", "latency"):
+        ceiling = getattr(args, f"max_{metric}")
+        if ceiling is not None:
+            overrides.append(f"max_{metric}={ceiling}")
     if args.method:
         overrides.append(f"method={args.method}")
     if args.latency_table:

@@ -27,10 +27,17 @@ whose target averages 0.49). `Budget.for_stage` therefore, for a stage shorter t
 multiplier by reference / steps (so gates and multipliers can travel as far as in the reference
 stage, and lambda2 still grows that much faster than lambda1) and lengthens the ramp, and leaves
 longer stages exactly as before (measured in `tests/test_prune.py`).
+
+Ceilings. A run may also cap other metrics (``target_params: 0.5, max_latency: 0.6``: half the
+parameters, at most 60% of the teacher's latency). Each ceiling is an inequality, s_m >= t_m, with
+multipliers of its own on the gap min(0, s_m - t_m): the term and its gradients are zero while the
+ceiling holds, and grow like the target's while it is exceeded. Its t_m ramps with the target, so
+that the two constraints tighten together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -51,11 +58,15 @@ class Lagrangian(nn.Module):
             moves that many times faster than lambda1 (see `Budget.for_stage`).
     """
 
-    def __init__(self, quadratic_scale: float = 1.0) -> None:
+    def __init__(self, quadratic_scale: float = 1.0, ceilings: Iterable[str] = ()) -> None:
         super().__init__()
         self.lambda1 = nn.Parameter(torch.zeros(()))
         self.lambda2 = nn.Parameter(torch.zeros(()))
         self.quadratic_scale = quadratic_scale
+        # one pair of multipliers per ceiling, by metric (none: the state of a run without them)
+        self.ceilings = nn.ParameterDict(
+            {f"{metric}_{k}": nn.Parameter(torch.zeros(())) for metric in ceilings for k in (1, 2)}
+        )
 
     @property
     def quadratic(self) -> Tensor:
@@ -65,6 +76,17 @@ class Lagrangian(nn.Module):
     def forward(self, sparsity: Tensor, target: float) -> Tensor:
         gap = sparsity - target
         return self.lambda1 * gap + self.quadratic * gap * gap
+
+    def ceiling(self, metric: str, sparsity: Tensor, least: float) -> Tensor:
+        """The term of the ceiling on `metric`: lambda1 g + lambda2 g^2 with g = min(0, s - least),
+        zero while the expected sparsity in `metric` is at least `least`."""
+        gap = torch.clamp(sparsity - least, max=0.0)
+        lambda1, quadratic = self.multipliers(metric)
+        return lambda1 * gap + quadratic * gap * gap
+
+    def multipliers(self, metric: str) -> tuple[Tensor, Tensor]:
+        """lambda1 and the multiplier of the squared gap of the ceiling on `metric`."""
+        return self.ceilings[f"{metric}_1"], self.quadratic_scale * self.ceilings[f"{metric}_2"]
 
 
 def target_sparsity(step: int, warmup_steps: int, final: float) -> float:
@@ -113,8 +135,9 @@ class Budget:
         ramp = min(max(ramp, int(warmup * reference_steps)), int(min(1.0, 2 * warmup) * steps))
         return cls(final, steps, ramp, scale=reference_steps / steps)
 
-    def target(self, step: int) -> float | None:
-        """The target sparsity at `step`, or None once the pruning stage is over."""
+    def target(self, step: int, final: float | None = None) -> float | None:
+        """The target sparsity at `step`, or None once the pruning stage is over; with `final`
+        (a ceiling's sparsity), that one's on the same ramp."""
         if step >= self.steps:
             return None
-        return target_sparsity(step, self.ramp_steps, self.final)
+        return target_sparsity(step, self.ramp_steps, self.final if final is None else final)

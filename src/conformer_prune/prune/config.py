@@ -11,7 +11,7 @@ from conformer_prune.data.features import SpecAugmentConfig
 from conformer_prune.distill.layerwise import DistillConfig
 from conformer_prune.prune.cost import Metric
 from conformer_prune.prune.latency import Runtime
-from conformer_prune.prune.methods import MethodName
+from conformer_prune.prune.methods import METHODS, MethodName
 
 __all__ = ["PruneConfig", "teacher_specaug", "teacher_speeds"]
 
@@ -34,7 +34,13 @@ class PruneConfig:
         target_latency: kept fraction of the teacher's latency on a runtime, as a latency table
             predicts it (`conformer_prune.prune.latency`); the sliced model's measured latency is
             reported beside the prediction.
-        latency_table: the table (``conformer-prune profile``) of the latency target; None
+        max_params, max_macs, max_latency: ceilings on the other metrics, as kept fractions of the
+            teacher's, met together with the target: the learned methods (l0, l0-distill) hold
+            each with a Lagrangian of its own that acts only while the ceiling is exceeded, and
+            their final masks meet every ceiling (`ConformerGates.deterministic_masks`). For
+            example ``target_params: 0.5, max_latency: 0.6`` asks for half the parameters and at
+            most 60% of the teacher's latency.
+        latency_table: the table (``conformer-prune profile``) of a latency target or ceiling; None
             profiles the teacher on `latency_runtime` at the start of the run (into the run
             directory's latency_table.json, which a resumed run reuses).
         latency_runtime: "torch", "ort" or "ort-int8", for a table the run profiles.
@@ -93,6 +99,9 @@ class PruneConfig:
     target_params: float | None = 0.5
     target_macs: float | None = None
     target_latency: float | None = None
+    max_params: float | None = None
+    max_macs: float | None = None
+    max_latency: float | None = None
     latency_table: str | None = None
     latency_runtime: Runtime = "ort"
     latency_threads: int = 2
@@ -129,6 +138,16 @@ class PruneConfig:
             raise ValueError("set exactly one of target_params, target_macs and target_latency")
         if not 0 < given[0] < 1:
             raise ValueError(f"the target is a kept fraction in (0, 1), found {given[0]}")
+        if self.ceilings and not METHODS[self.method].learns_masks:
+            raise ValueError(
+                f"{', '.join(f'max_{m}' for m in self.ceilings)}: only the methods that learn their masks "
+                f"(l0, l0-distill) meet ceilings, not {self.method}"
+            )
+        for metric, ceiling in self.ceilings.items():
+            if metric == self.metric:
+                raise ValueError(f"max_{metric}: the target is on {metric}; a ceiling caps another metric")
+            if not 0 < ceiling < 1:
+                raise ValueError(f"max_{metric}: expected a kept fraction in (0, 1), found {ceiling}")
         check_at_least(self, 0, "prune_epochs", "finetune_epochs")
         if self.prune_epochs + self.finetune_epochs < 1:
             raise ValueError(
@@ -145,6 +164,21 @@ class PruneConfig:
         if self.target_params is not None:
             return "params"
         return "macs" if self.target_macs is not None else "latency"
+
+    @property
+    def ceilings(self) -> dict[Metric, float]:
+        """The ceilings given (max_params, max_macs, max_latency), by metric."""
+        given: dict[Metric, float | None] = {
+            "params": self.max_params,
+            "macs": self.max_macs,
+            "latency": self.max_latency,
+        }
+        return {metric: value for metric, value in given.items() if value is not None}
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether the run needs a latency model: a latency target or ceiling."""
+        return self.metric == "latency" or "latency" in self.ceilings
 
     @property
     def ratio(self) -> float:

@@ -220,11 +220,16 @@ class ConformerGates:
         return {name: 0.0 if g is None else float(g) for name, g in zip(kept, grads, strict=True)}
 
     def deterministic_masks(
-        self, target: float | None = None, metric: Metric = "params"
+        self,
+        target: float | None = None,
+        metric: Metric = "params",
+        ceilings: dict[Metric, float] | None = None,
     ) -> dict[str, Tensor]:
         """0/1 masks: each gate keeps its round(E[#non-zero]) best units; then, if `target` (an
         absolute parameter or MAC count) is given, units are removed or restored until the exact
-        cost is at or just under it.
+        cost is at or just under it. `ceilings` (absolute costs in other metrics) are met too:
+        after the target, the weakest units per unit of each ceiling's cost are removed until it
+        holds, and a unit is restored only where the target and every ceiling still hold.
 
         The adjustment guarantees the target is met within one unit's cost (a head is about 0.4%
         of a Conformer-S), where independent rounding per gate can miss it by several percent. It
@@ -243,41 +248,44 @@ class ConformerGates:
             return self.normalized(masks)
         masks = self.normalized(masks)
 
-        def cost(m: dict[str, Tensor]) -> float:
-            return float(self.mask_cost(m).value(metric))
+        limits: dict[Metric, float] = {metric: target, **(ceilings or {})}
+
+        def within(m: dict[str, Tensor], by: Metric) -> bool:
+            return float(self.mask_cost(m).value(by)) <= limits[by]
 
         def is_open(name: str | None) -> bool:
             return name is None or name not in masks or bool(masks[name].sum() > 0)
 
-        unit_cost = self.unit_costs(masks, metric)
-        # candidate units, best first: (P(z != 0) per unit of cost, gate name, index)
-        ranked = sorted(
-            (
-                (float(p) / max(unit_cost[name], 1e-12), name, j)
-                for name, slot in self.slots.items()
-                if slot.learned and slot.unit and is_open(slot.closes) and is_open(slot.layer)
-                for j, p in enumerate(slot.gate.prob_nonzero().detach().tolist())
-            ),
-            reverse=True,
-        )
-        current = cost(masks)
-        # drop the weakest kept units until at or under the target ...
-        for _, name, j in reversed(ranked):
-            if current <= target:
-                break
-            if masks[name][j] == 1:
-                masks[name][j] = 0.0
-                current = cost(masks)
+        def ranked(by: Metric) -> list[tuple[float, str, int]]:
+            """Candidate units, best first: (P(z != 0) per unit of cost in `by`, gate, index)."""
+            unit_cost = self.unit_costs(masks, by)
+            return sorted(
+                (
+                    (float(p) / max(unit_cost[name], 1e-12), name, j)
+                    for name, slot in self.slots.items()
+                    if slot.learned and slot.unit and is_open(slot.closes) and is_open(slot.layer)
+                    for j, p in enumerate(slot.gate.prob_nonzero().detach().tolist())
+                ),
+                reverse=True,
+            )
+
+        order = ranked(metric)
+        # drop the weakest kept units until at or under the target, then under each ceiling ...
+        for by in limits:
+            if within(masks, by):
+                continue
+            for _, name, j in reversed(order if by == metric else ranked(by)):
+                if masks[name][j] == 1:
+                    masks[name][j] = 0.0
+                    if within(masks, by):
+                        break
         # ... then restore the strongest removed units that still fit (small ones fill the gap a
         # large one left)
-        for _, name, j in ranked:
+        for _, name, j in order:
             if masks[name][j] == 0:
                 masks[name][j] = 1.0
-                new = cost(masks)
-                if new > target:
+                if not all(within(masks, by) for by in limits):
                     masks[name][j] = 0.0
-                else:
-                    current = new
         return self.normalized(masks)
 
     @torch.no_grad()

@@ -262,12 +262,13 @@ def _prune(
         print(f"SpecAugment: {to_dict(specaug)}, from {source}", flush=True)
         if speeds != (1.0,):
             print(f"speed perturbation: {list(speeds)}, from {speeds_source}", flush=True)
-    latency = _latency_model(cfg, teacher, out, dist) if cfg.metric == "latency" else None
+    latency = _latency_model(cfg, teacher, out, dist) if cfg.uses_latency else None
     teacher_cost = conformer_cost(teacher.config, latency=latency)
     target_abs = cfg.ratio * as_float(teacher_cost.value(cfg.metric))
+    ceilings = {m: c * as_float(teacher_cost.value(m)) for m, c in cfg.ceilings.items()}
     method = METHODS[cfg.method]
     student, gates, distiller = gated_student(cfg, teacher, target_abs, latency)
-    lagrangian = Lagrangian().to(device)
+    lagrangian = Lagrangian(ceilings=cfg.ceilings).to(device)
     # one-shot and dense baselines and the control: nothing is learned about the shape, every
     # epoch fine-tunes with a fixed one (the same total number of steps as the method)
     prune_epochs = cfg.prune_epochs if method.learns_masks else 0
@@ -339,6 +340,7 @@ def _prune(
         budget,
         teacher_cost,
         cfg.metric,
+        {m: 1.0 - c for m, c in cfg.ceilings.items()},
         augment,
         specaug_gen=torch.Generator(),
         seed=cfg.seed,
@@ -376,7 +378,7 @@ def _prune(
     for epoch in range(start_epoch, total_epochs):
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
-            _freeze(gates, target_abs, cfg, run)
+            _freeze(gates, target_abs, cfg, run, ceilings=ceilings)
         if stage == "finetune" and compact_masks is None and cfg.finetune_compact and compactable(gates):
             to_compact(gates.current_masks())
             epochs = make_epochs()
@@ -410,7 +412,7 @@ def _prune(
         )
         save_state(epoch + 1)
     if not all(g.frozen for _, g in gates):
-        _freeze(gates, target_abs, cfg, run)
+        _freeze(gates, target_abs, cfg, run, ceilings=ceilings)
     masks = compact_masks if compact_masks is not None else gates.current_masks()
     sliced = student if compact_masks is not None else physically_prune(student, masks)
     pruned = _save_compact(sliced, masks, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
@@ -490,6 +492,7 @@ class _PruningLoss:
     budget: Budget
     teacher_cost: Cost
     metric: Metric
+    ceilings: dict[Metric, float]  # the final sparsity each ceiling asks for, by metric
     specaug: SpecAugment
     specaug_gen: torch.Generator
     seed: int
@@ -511,6 +514,21 @@ class _PruningLoss:
             lambda1=float(self.lagrangian.lambda1.detach()),
             lambda2=float(self.lagrangian.quadratic.detach()),
         )
+        for metric, final in self.ceilings.items():
+            capped = expected_sparsity(expected.value(metric), self.teacher_cost.value(metric))
+            least = self.budget.target(self.step, final)
+            if least is not None:
+                term = self.lagrangian.ceiling(metric, torch.as_tensor(capped), least)
+                loss = loss + term
+                parts[f"lagrangian_{metric}"] = float(term.detach())
+            lambda1, quadratic = self.lagrangian.multipliers(metric)
+            parts.update(
+                {
+                    f"expected_sparsity_{metric}": as_float(capped),
+                    f"lambda1_{metric}": float(lambda1.detach()),
+                    f"lambda2_{metric}": float(quadratic.detach()),
+                }
+            )
         self.step += 1
         return loss, parts
 
@@ -548,14 +566,16 @@ def _freeze(
     cfg: PruneConfig,
     run: RunDir,
     masks: dict[str, Tensor] | None = None,
+    ceilings: dict[Metric, float] | None = None,
 ) -> None:
-    """Fix the masks (the learned gates' deterministic ones unless `masks` is given) and log how
-    close they come to the target."""
+    """Fix the masks (the learned gates' deterministic ones, under the target and the `ceilings`
+    (absolute costs), unless `masks` is given) and log how close they come to each."""
     if masks is None:
-        masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric)
+        masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric, ceilings=ceilings)
     gates.fold(masks)  # soft gates only (mask_switch "fold"): kept units keep their E[z]
     gates.freeze(masks)
-    achieved = as_float(gates.mask_cost(masks).value(cfg.metric))
+    cost = gates.mask_cost(masks)
+    achieved = as_float(cost.value(cfg.metric))
     run.log(
         {
             "event": "masks_frozen",
@@ -563,5 +583,9 @@ def _freeze(
             "target": target_abs,
             "achieved": achieved,
             "ratio_error": achieved / target_abs - 1,
+            **{
+                f"ceiling_{m}": {"ceiling": c, "achieved": as_float(cost.value(m))}
+                for m, c in (ceilings or {}).items()
+            },
         }
     )
