@@ -6,12 +6,16 @@ Usage:
 Every part is built at a grid of widths, with random weights (latency does not depend on their
 values), and timed on the runtime at `threads` threads, batch `batch`, one utterance of `seconds`:
 
-- one Conformer block holding only a feed-forward module of `units` neurons, only a
-  self-attention module of `units` heads, only a convolution module of `units` channels, and the
-  empty block (its final LayerNorm alone), at every model dimension of the `hidden` grid; a
-  module's latency is its block's minus the empty block's;
-- the subsampling front end with every stage's channels scaled by each fraction of the grid;
-- the whole model at every model dimension, whose latency less its parts' is ``rest``.
+- the whole model (every layer at the widest widths of any layer) at every model dimension of
+  the `hidden` grid, whose latency less its parts' is ``rest``;
+- for each module type, the same model with that type's modules at `units` (neurons, heads,
+  channels) in every layer, and without them: a module's latency at `units` is the difference
+  divided by the number of such modules. Modules are measured in place, in the whole model,
+  because that is where they run: timed alone, in a one-block graph, a module costs more than it
+  adds to the whole model (on the reference teacher, ONNX Runtime at 2 threads, the one-block
+  parts summed to 53 ms of a 44 ms model), so a table of one-block parts predicted a pruned
+  model at 0.48 of the teacher's latency where it measured 0.65;
+- the subsampling front end alone, with every stage's channels scaled by each fraction of the grid.
 
 All graphs are timed interleaved, round by round (`interleaved_medians_ms`), so a noisy machine
 slows them alike, and each keeps its median. Runtimes: ``torch`` (PyTorch eager, fp32), ``ort``
@@ -48,7 +52,6 @@ from conformer_prune.model.conformer import (
     ConformerCTC,
     ConvSubsampling,
     build_model,
-    feature_frames,
 )
 from conformer_prune.prune.latency import FORMAT, PARTS, RUNTIMES, LatencyModel, Runtime
 from conformer_prune.utils import atomic_write_text
@@ -61,37 +64,10 @@ FRONTEND_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 _INT8_OPS = ["MatMul", "Gemm"]
 
 
-class _Block(nn.Module):
-    """One block as a graph of (x, pos_emb, frame_mask)."""
-
-    def __init__(self, block: ConformerBlock) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, x: Tensor, pos_emb: Tensor, frame_mask: Tensor) -> Tensor:
-        return self.block(x, pos_emb, frame_mask)
-
-
 @dataclasses.dataclass
 class _Graph:
     module: nn.Module
     inputs: tuple[Tensor, ...]
-
-
-def _block_graph(cfg: ConformerConfig, d: int, widths: dict[str, int], seconds: float, batch: int) -> _Graph:
-    """A one-block model at dimension `d` with the given module widths (field -> width; the rest 0)."""
-    fields = {branch.field: 0 for branch in ConformerBlock.BRANCHES.values()}
-    fields.update(widths)
-    per_layer: dict[str, Any] = {k: [v] for k, v in fields.items()}
-    one = dataclasses.replace(cfg, d_model=d, n_layers=1, d_model_unpruned=0, hidden_dims=[], **per_layer)
-    model = build_model(one).eval()
-    t = one.encoder_frames(feature_frames(seconds, cfg.feature_rate))
-    x = torch.randn(batch, t, d, generator=torch.Generator().manual_seed(1))
-    x, pos_emb = model.encoder.pos_enc(x)
-    mask = torch.ones(batch, t, dtype=torch.bool)
-    block = model.encoder.layers[0]
-    assert isinstance(block, ConformerBlock)
-    return _Graph(_Block(block).eval(), (x.detach(), pos_emb.detach(), mask))
 
 
 def _scaled(channels: list[int], fraction: float) -> list[int]:
@@ -105,8 +81,12 @@ def _frontend_graph(cfg: ConformerConfig, d: int, fraction: float, seconds: floa
     return _Graph(module, dummy_features(cfg, seconds, batch))
 
 
-def _model_graph(cfg: ConformerConfig, d: int, seconds: float, batch: int) -> _Graph:
-    full = dataclasses.replace(cfg, d_model=d, d_model_unpruned=0, hidden_dims=[])
+def _model_graph(
+    cfg: ConformerConfig, d: int, seconds: float, batch: int, widths: dict[str, int] | None = None
+) -> _Graph:
+    """The whole model at dimension `d`, with every layer's `widths` (field -> width) if given."""
+    per_layer: dict[str, Any] = {k: [v] * cfg.n_layers for k, v in (widths or {}).items()}
+    full = dataclasses.replace(cfg, d_model=d, d_model_unpruned=0, hidden_dims=[], **per_layer)
     return _Graph(build_model(full).eval(), dummy_features(cfg, seconds, batch))
 
 
@@ -264,19 +244,23 @@ def profile_latency(
         if not mac_fractions or value > mac_fractions[-1]:
             fractions.append(f)
             mac_fractions.append(value)
+    # the whole model, every layer at the widest widths, and each module type at each width (0:
+    # without it) in every layer
+    base = {**widest, "ffn2": widest["ffn1"]}
+    part_fields = {"ffn": ("ffn1", "ffn2"), "heads": ("heads",), "conv": ("conv_channels",)}
     graphs: dict[Any, _Graph] = {}
     for d in hidden:
-        graphs["empty", d] = _block_graph(cfg, d, {}, seconds, batch)
-        graphs["model", d] = _model_graph(cfg, d, seconds, batch)
+        graphs["model", d] = _model_graph(cfg, d, seconds, batch, base)
         for part in PARTS:
-            for u in units[part]:
-                graphs[part, d, u] = _block_graph(cfg, d, {fields[part]: u}, seconds, batch)
+            for u in [0, *units[part]]:
+                widths = base | {field: u for field in part_fields[part]}
+                graphs[part, d, u] = _model_graph(cfg, d, seconds, batch, widths)
         for f in fractions:
             graphs["frontend", d, f] = _frontend_graph(cfg, d, f, seconds, batch)
     ms = _timed(graphs, runtime, threads, rounds, progress)
 
     def part_ms(part: str, d: int, u: int) -> float:
-        return ms[part, d, u] - ms["empty", d]
+        return (ms[part, d, u] - ms[part, d, 0]) / (cfg.n_layers * len(part_fields[part]))
 
     parts: dict[str, Any] = {
         part: {"units": units[part], "ms": [[part_ms(part, d, u) for u in units[part]] for d in hidden]}
@@ -300,7 +284,8 @@ def profile_latency(
         "profile_seconds": 0.0,
         "fit": (
             "bilinear interpolation of measured tables (piecewise linear in units, then in d); a "
-            "module = its one-block model minus the empty block; rest = whole model - front end - modules"
+            "module = (the whole model with that type's modules at that width in every layer - the "
+            "whole model without them) / their number; rest = whole model - front end - modules"
         ),
         "config": to_dict(cfg),
         "hidden": hidden,
@@ -311,7 +296,11 @@ def profile_latency(
     # rest(d): the whole model's time less the front end and the modules as the table predicts
     # them (between grid points by its interpolation), so the dense model at each d is exact
     parts_only = LatencyModel(table)
-    table["rest_ms"] = [ms["model", d] - float(parts_only.predict(cfg, {HIDDEN: float(d)})) for d in hidden]
+    uniform_widths: dict[str, Any] = {k: [v] * cfg.n_layers for k, v in base.items()}
+    uniform = dataclasses.replace(cfg, **uniform_widths)
+    table["rest_ms"] = [
+        ms["model", d] - float(parts_only.predict(uniform, {HIDDEN: float(d)})) for d in hidden
+    ]
     table["profile_seconds"] = time.perf_counter() - start
     return table
 
