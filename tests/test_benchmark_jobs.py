@@ -178,3 +178,22 @@ def test_a_plan_shows_a_run_on_the_threads_it_started_on(places: Any) -> None:
     assert run_state(shared) == "finished (restored from its record: no weights)"
     (shared / "model.pt").write_bytes(b"")
     assert run_state(shared) == "finished"
+
+
+def test_a_ceiling_names_another_run_and_no_ceiling_names_the_run_as_before(
+    named_run: Callable[..., Path],
+) -> None:
+    run = named_run
+    assert run("max_latency=0.57") != run() and run("max_latency=0.57") != run("max_latency=0.6")
+    assert run("max_latency=null", "max_macs=null") == run()
+
+
+def test_the_ceiling_joins_the_method_only_when_dev_is_not_worse_and_the_latency_is_met() -> None:
+    from ceiling import verdict
+
+    def record(low: float, ratio: float) -> dict[str, Any]:
+        return {"ceiling_vs_recipe": {"dev": {"low": low}}, "ceiling": {"latency_vs_teacher": ratio}}
+
+    assert verdict(record(-0.002, 0.59))["adopt"]
+    assert not verdict(record(0.001, 0.59))["adopt"]  # worse on dev beyond noise
+    assert not verdict(record(-0.002, 0.61))["adopt"]  # not 40% faster
