@@ -267,3 +267,11 @@ def test_the_latency_check_names_a_rival_with_no_shape_at_that_latency() -> None
         row["measured"]
         == f"1 of 1 intervals above 0; torch-pruning-{compare.LATENCY_NAME}: no shape at that latency"
     )
+
+
+def test_the_latency_model_check_times_shapes_spread_over_their_sizes() -> None:
+    from latency_model import spread
+
+    params = {f"run{i}": size for i, size in enumerate([50, 10, 40, 20, 30, 60, 70])}
+    assert spread(params, 3) == ["run1", "run2", "run6"]  # smallest, middle, largest
+    assert spread(params, 10) == sorted(params, key=lambda k: params[k])  # all, when few
