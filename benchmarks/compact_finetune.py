@@ -45,7 +45,7 @@ from conformer_prune.model.conformer import feature_frames
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.physical import physically_prune
-from conformer_prune.train.loop import autocast
+from conformer_prune.train.loop import autocast, resolve_precision
 
 MODELS = ROOT / "benchmarks" / "models"
 
@@ -79,6 +79,8 @@ def main() -> None:
     commit = git_commit()
     torch.set_num_threads(2)
     cfg = load_config(PruneConfig, recipe_path("prune"), [])
+    # the precision as a run resolves it (fp32 on a CPU without native bf16)
+    cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
     teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
     pruned = load_recognizer(MODELS / "pruned-50.pt")
     gated = copy.deepcopy(teacher)

@@ -41,7 +41,7 @@ def _worker(layout: str, args: argparse.Namespace) -> None:
     from conformer_prune.model import build_model
     from conformer_prune.model.conformer import feature_frames
     from conformer_prune.train import TrainConfig
-    from conformer_prune.train.loop import autocast, make_optimizer
+    from conformer_prune.train.loop import autocast, make_optimizer, resolve_precision
 
     ddp = layout == "ddp"
     if ddp:
@@ -59,9 +59,10 @@ def _worker(layout: str, args: argparse.Namespace) -> None:
     frames = cfg.model.encoder_frames(feature_frames(args.seconds, cfg.model.feature_rate))
     batch = random_batch(cfg.model, per_rank, args.seconds, frames // 3)
     device = torch.device("cpu")
+    precision = resolve_precision(cfg.precision, device)  # as a run resolves it
 
     def step() -> None:
-        with autocast(device, cfg.precision):
+        with autocast(device, precision):
             log_probs, lengths = net(batch.feats, batch.feat_lengths)
             loss = model.ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths)
         optimizer.zero_grad(set_to_none=True)

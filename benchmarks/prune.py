@@ -57,11 +57,13 @@ from common import (
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.synth import UNSEEN_SPLIT
 from conformer_prune.evaluate import evaluate_recognizer
+from conformer_prune.evaluate.profile import machine
 from conformer_prune.evaluate.run import compare_recognition_runs, compare_recogs, read_recogs, recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.report import prune_and_report
-from conformer_prune.utils import write_json
+from conformer_prune.train.loop import native_bf16
+from conformer_prune.utils import resolve_device, write_json
 
 SPLITS = ("dev", "test", "test_unseen")  # test_unseen: the corpus's UNSEEN_SPLIT directory
 TARGET_RATIO = 1.03  # pruned test WER at most 1.03x continued's (issue 15)
@@ -136,6 +138,8 @@ def run_stage(
     if (run / "eval.json").exists():
         report: dict[str, Any] = json.loads((run / "eval.json").read_text())
     else:
+        if corpus.name != "corpus-quick":
+            check_precision(cfg, run)
         resume, train, dev = (run / "prune_state.pt").exists(), corpus / "train", corpus / "dev"
         report = prune_and_report(
             cfg,
@@ -154,6 +158,18 @@ def run_stage(
     if corpus.name != "corpus-quick" and (run / "model.pt").exists():
         keep_run_result(run)
     return report
+
+
+def check_precision(cfg: PruneConfig, run: Path) -> None:
+    """Refuse to train a bf16 run where it would compute in fp32 (a CPU without native bf16,
+    `resolve_precision`): the benchmarks' runs are compared with one another, and every one so far
+    trained in bf16."""
+    if cfg.precision == "bf16" and not native_bf16(resolve_device(cfg.device)):
+        raise SystemExit(
+            f"{run.resolve().name}: this machine has no native bfloat16 ({machine()['cpu']}), so the run "
+            "would train in fp32, unlike the bf16 runs it is compared with (and bf16 emulated is about "
+            "10x slower); train it on a CPU with avx512_bf16 or amx_bf16, or on a GPU"
+        )
 
 
 def _check_fresh(eval_json: Path) -> None:

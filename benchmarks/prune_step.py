@@ -9,7 +9,7 @@ Usage:
 The student is the teacher with the recipe's gates attached (`recipes/prune.yaml`: its structures,
 initial gate logits and mask switch) and its distillation settings, built as a run builds them
 (`gated_student`), on one seeded random batch of the recipe's size (`max_frames` of 5 s utterances),
-under the recipe's precision. Step times are medians
+under the recipe's precision (as a run resolves it: fp32 on a CPU without native bf16). Step times are medians
 over `--steps` steps after a warm-up; one more step runs under a TorchDispatchMode that sums each
 operator's time (by operator and input shapes; the dispatch adds a little time of its own, so the
 sum is reported beside the plain step). Then the gradient-norm probe's cost (one more backward
@@ -50,7 +50,7 @@ from conformer_prune.prune.budget import Lagrangian
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.run import _weights, gated_student, make_prune_optimizer
-from conformer_prune.train.loop import autocast
+from conformer_prune.train.loop import autocast, resolve_precision
 
 SECONDS = 5.0  # utterance length of the batch
 
@@ -100,10 +100,11 @@ def main() -> None:
     batch_size = max(1, cfg.max_frames // round(SECONDS * 100))
     batch = random_batch(teacher.config, batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
     device = torch.device("cpu")
+    precision = resolve_precision(cfg.precision, device)  # as a run computes it
 
     def step(k: int) -> None:
         gates.set_step(cfg.seed, k)
-        with autocast(device, cfg.precision):
+        with autocast(device, precision):
             loss, _ = distiller.loss(student, batch, gates.remaining_layers())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,7 +134,7 @@ def main() -> None:
         "teacher": args.teacher,
         "threads": args.threads,
         "batch": [batch_size, SECONDS],
-        "precision": cfg.precision,
+        "precision": precision,
         "structures": cfg.structures,
         "step_seconds": statistics.median(times[1:]),
         "step_seconds_all": times[1:],

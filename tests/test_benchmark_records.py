@@ -275,3 +275,21 @@ def test_the_latency_model_check_times_shapes_spread_over_their_sizes() -> None:
     params = {f"run{i}": size for i, size in enumerate([50, 10, 40, 20, 30, 60, 70])}
     assert spread(params, 3) == ["run1", "run2", "run6"]  # smallest, middle, largest
     assert spread(params, 10) == sorted(params, key=lambda k: params[k])  # all, when few
+
+
+def test_a_benchmark_refuses_to_train_a_bf16_run_where_it_would_compute_in_fp32(
+    monkeypatch: Any, tmp_path: Path
+) -> None:
+    import prune
+
+    from conformer_prune.config import load_config, recipe_path
+    from conformer_prune.prune.config import PruneConfig
+
+    cfg = load_config(PruneConfig, recipe_path("prune"), [])
+    assert cfg.precision == "bf16"
+    monkeypatch.setattr(prune, "native_bf16", lambda device: False)
+    with pytest.raises(SystemExit, match="l0-distill-x: this machine has no native bfloat16"):
+        prune.check_precision(cfg, tmp_path / "l0-distill-x")
+    prune.check_precision(dataclasses.replace(cfg, precision="fp32"), tmp_path / "run")  # fp32: anywhere
+    monkeypatch.setattr(prune, "native_bf16", lambda device: True)
+    prune.check_precision(cfg, tmp_path / "run")

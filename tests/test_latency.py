@@ -307,5 +307,6 @@ def test_prune_to_a_parameter_target_under_a_latency_ceiling_end_to_end(
     pruned = load_recognizer(out / "model.pt").model
     assert sum(p.numel() for p in pruned.parameters()) <= 0.6 * sum(p.numel() for p in teacher.parameters())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {entry["precision"] for entry in log if "epoch" in entry} == {"fp32"}  # the precision used
     frozen = next(entry for entry in log if entry.get("event") == "masks_frozen")
     assert frozen["ceiling_latency"]["achieved"] <= frozen["ceiling_latency"]["ceiling"]

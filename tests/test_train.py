@@ -264,3 +264,19 @@ def test_intermediate_ctc_adds_the_ctc_head_on_earlier_blocks(
     ]:
         assert main(_tiny_epoch(tiny_corpus, tmp_path / "bad", *bad)) == 2
         assert message in capsys.readouterr().err
+
+
+INTEL_SPR = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+AMD_MILAN = "processor\t: 0\nflags\t\t: fpu sse2 fma avx2 sha_ni vaes\n"
+ARM_V9 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_bf16_runs_in_fp32_on_a_cpu_that_only_emulates_it(capsys: pytest.CaptureFixture[str]) -> None:
+    cpu = torch.device("cpu")
+    assert loop.native_bf16(cpu, INTEL_SPR) and loop.native_bf16(cpu, ARM_V9)
+    assert not loop.native_bf16(cpu, AMD_MILAN)
+    assert loop.resolve_precision("bf16", cpu, INTEL_SPR) == "bf16"
+    assert capsys.readouterr().out == ""
+    assert loop.resolve_precision("bf16", cpu, AMD_MILAN) == "fp32"
+    assert "bf16 asked, fp32 used" in capsys.readouterr().out
+    assert loop.resolve_precision("fp32", cpu, INTEL_SPR) == "fp32"

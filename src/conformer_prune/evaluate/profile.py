@@ -56,7 +56,7 @@ from conformer_prune.model.conformer import (
 from conformer_prune.prune.latency import FORMAT, PARTS, RUNTIMES, LatencyModel, Runtime
 from conformer_prune.utils import atomic_write_text
 
-__all__ = ["RUNTIMES", "Runtime", "measure_models_ms", "profile_latency", "write_table"]
+__all__ = ["RUNTIMES", "Runtime", "machine", "measure_models_ms", "profile_latency", "write_table"]
 
 UNIT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 HIDDEN_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -181,7 +181,8 @@ def _even(x: float) -> int:
     return max(2, 2 * round(x / 2))
 
 
-def _machine() -> dict[str, Any]:
+def machine() -> dict[str, Any]:
+    """The CPU (its model name), its cores, the system and Python: what a timing was measured on."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -278,7 +279,7 @@ def profile_latency(
         "batch": batch,
         "seconds": seconds,
         "rounds": rounds,
-        "machine": _machine(),
+        "machine": machine(),
         "versions": _versions(runtime),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "profile_seconds": 0.0,

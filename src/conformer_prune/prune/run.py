@@ -68,7 +68,7 @@ from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.methods import METHODS, Method
 from conformer_prune.prune.physical import physically_prune, without_gates
 from conformer_prune.prune.torch_pruning import torch_pruning_prune
-from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, start_run
+from conformer_prune.train.loop import Epochs, RunDir, lr_schedule, make_data, resolve_precision, start_run
 from conformer_prune.utils import resolve_device
 
 __all__ = [
@@ -332,6 +332,7 @@ def _prune(
     run.write_config("prune_config.yaml", cfg, dist)
 
     augment = SpecAugment(specaug)
+    precision = resolve_precision(cfg.precision, device)
     loss = _PruningLoss(
         student,
         distiller,
@@ -367,7 +368,7 @@ def _prune(
             augment,
             loss.specaug_gen,
             cfg.seed,
-            cfg.precision,
+            precision,
             cfg.grad_clip,
             dist,
             checkpoint if cfg.checkpoint_minutes else None,
@@ -407,6 +408,7 @@ def _prune(
                     else {}
                 ),
                 "train_seconds": result.train_seconds,
+                "precision": precision,
                 "elapsed_seconds": elapsed,
             }
         )
