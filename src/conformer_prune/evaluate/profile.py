@@ -115,8 +115,12 @@ def _ort_runner(graph: _Graph, threads: int, int8: bool, workdir: Path, name: st
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantized = workdir / f"{name}.int8.onnx"
-        quantize_dynamic(
-            str(path), str(quantized), weight_type=QuantType.QInt8, op_types_to_quantize=_INT8_OPS
+        quantize_dynamic(  # as `conformer_prune.export.onnx.quantize_int8` quantizes
+            str(path),
+            str(quantized),
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            op_types_to_quantize=_INT8_OPS,
         )
         path = quantized
     session = ort_session(path, threads)
