@@ -55,6 +55,7 @@ from compare import LATENCY_RUNTIME, latency_table_path
 from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
+from conformer_prune.evaluate.profile import machine
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel
@@ -149,7 +150,7 @@ def make_record(
         "ceiling_latency": CEILING,
         "table": table.name,
         "runtime": LATENCY_RUNTIME,
-        "timing": {"threads": THREADS, "rounds": ROUNDS, "batch": 1, "seconds": 10.0},
+        "timing": {"threads": THREADS, "rounds": ROUNDS, "batch": 1, "seconds": 10.0, "machine": machine()},
         "splits": {s: split_sizes(work / "teacher", s, teacher_result[f"hours_{s}"]) for s in SPLITS},
         "teacher": {
             **{f"wer_{s}": teacher_result[f"wer_{s}"] for s in SPLITS},

@@ -80,7 +80,7 @@ from prune import evaluated_splits, run_stage, teacher_eval, versus, versus_runs
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
+from conformer_prune.evaluate.profile import machine, measure_models_ms, profile_latency, write_table
 from conformer_prune.model import load_recognizer
 from conformer_prune.prune.budget import UnreachableTargetError
 from conformer_prune.prune.config import PruneConfig
@@ -481,6 +481,7 @@ def main() -> None:
         ],
         "unreachable": unreachable,
         "threads": 2,
+        "machine": machine(),  # where the latencies were measured
         "epochs": {"prune": budget.prune_epochs, "finetune": budget.finetune_epochs},
         "commit": commit,
         # the table holds every cached stage, whichever --methods this run had: the whole command

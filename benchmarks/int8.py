@@ -51,6 +51,7 @@ from common import (
 from conformer_prune.data.audio import load_audio
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.evaluate.metrics import error_rates, interleaved_times_ms, paired_bootstrap_wer
+from conformer_prune.evaluate.profile import machine
 from conformer_prune.export.onnx import (
     CALIBRATED_MODES,
     INT8_MODULES,
@@ -157,6 +158,7 @@ def main() -> None:
         "rounds": args.rounds,
         "rows": rows,
         "note": args.note,
+        "machine": machine(),
         "commit": commit,
         "command": command_line(),
     }

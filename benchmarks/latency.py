@@ -56,6 +56,7 @@ from conformer_prune.evaluate.metrics import (
     interleaved_times_ms,
     macs_per_second,
 )
+from conformer_prune.evaluate.profile import machine
 from conformer_prune.export import OnnxRecognizer, export_onnx, onnx_error_rates, quantize_int8
 from conformer_prune.export.onnx import exported_proto
 from conformer_prune.export.runtime import ort_session
@@ -226,6 +227,7 @@ def main() -> None:
         "wer_test": wer,
         "frontend": frontend,
         "torch_version": torch.__version__,
+        "machine": machine(),
         "commit": commit,
         "command": command_line(),
     }

@@ -39,7 +39,7 @@ from common import (
 
 from conformer_prune.config import from_dict
 from conformer_prune.evaluate.metrics import count_params
-from conformer_prune.evaluate.profile import measure_models_ms
+from conformer_prune.evaluate.profile import machine, measure_models_ms
 from conformer_prune.model import ConformerConfig, build_model, load_recognizer
 from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel, Runtime
@@ -135,6 +135,7 @@ def main() -> None:
         "batch": first.batch,
         "seconds": first.seconds,
         "rounds": args.rounds,
+        "machine": machine(),
         "latency_ms_teacher": ms["teacher"],
         "rows": rows,
         "tables": summary,

@@ -276,6 +276,7 @@ def main() -> None:
     for k, ms in zip(("teacher", "pruned", "continued"), timed, strict=True):
         record[k] |= {"latency_ms_10s": ms, "rtf": ms / 10000.0, "latency_vs_teacher": ms / timed[0]}
     record["latency"] = {"threads": LATENCY_THREADS, "rounds": LATENCY_ROUNDS, "seconds": 10.0, "batch": 1}
+    record["latency"]["machine"] = machine()
     record["train_threads"] = {k: r["pruned"]["threads"] for k, r in reports.items()}
     if _identity_config(work["continued"])["specaug"] != _identity_config(work["pruned"])["specaug"]:
         raise SystemExit("the pruned and continued runs trained under different SpecAugment")
