@@ -131,7 +131,8 @@ def latency_table(teacher: Path, work: Path) -> Path:
 
 def _profile(teacher: Path, path: Path) -> None:
     cfg = load_recognizer(teacher).model.config
-    write_table(profile_latency(cfg, LATENCY_RUNTIME, threads=2), path)
+    # the model dimension at the teacher's alone: the latency runs here do not prune it
+    write_table(profile_latency(cfg, LATENCY_RUNTIME, threads=2, hidden_fractions=(1.0,)), path)
 
 
 def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: int = 7) -> float:

@@ -83,6 +83,17 @@ def test_latency_model_sums_the_parts_weighted_by_their_presence() -> None:
         model.describes(dataclasses.replace(cfg, conv_kernel=9))
 
 
+def test_a_table_of_one_model_dimension_refuses_to_predict_another() -> None:
+    cfg = hetero_config()
+    both = _table(cfg)
+    one = dict(both, hidden=[cfg.d_model], rest_ms=both["rest_ms"][-1:])
+    one["parts"] = {name: dict(part, ms=part["ms"][-1:]) for name, part in both["parts"].items()}
+    dense = as_float(LatencyModel(both).predict(cfg))
+    assert as_float(LatencyModel(one).predict(cfg)) == pytest.approx(dense)
+    with pytest.raises(ValueError, match="profiled at d_model 32 alone"):
+        LatencyModel(one).predict(cfg, {HIDDEN: 16.0})
+
+
 def test_a_table_that_is_not_one_is_refused_with_its_name(tmp_path: Path) -> None:
     path = tmp_path / "table.json"
     path.write_text(json.dumps({"runtime": "ort"}))

@@ -100,6 +100,7 @@ class LatencyModel:
         self.batch: int = table["batch"]
         self.seconds: float = table["seconds"]
         hidden = [float(d) for d in table["hidden"]]
+        self.hidden = hidden
         parts = table["parts"]
         self.parts = {name: _Table(parts[name]["units"], hidden, parts[name]["ms"]) for name in PARTS}
         self.frontend = _Table(parts["frontend"]["fraction"], hidden, parts["frontend"]["ms"])
@@ -147,6 +148,11 @@ class LatencyModel:
         presence probabilities, as `conformer_prune.prune.cost.conformer_cost` takes them)."""
         kept = kept or {}
         d = kept.get(HIDDEN, float(cfg.d_model))
+        if len(self.hidden) == 1 and (HIDDEN in kept or cfg.d_model != self.hidden[0]):
+            raise ValueError(
+                f"the latency table was profiled at d_model {self.hidden[0]:g} alone; a model whose "
+                "model dimension is pruned needs a table of several (conformer-prune profile's default)"
+            )
         fraction = self.frontend_conv_macs(cfg, kept) / self._frontend_macs
         total = self.rest(0.0, d) + self.frontend(fraction, d)
         for i in range(cfg.n_layers):

@@ -102,14 +102,18 @@ def _latency_model(cfg: PruneConfig, teacher: ConformerCTC, out: Path, dist: Dis
     def table() -> dict[str, Any]:
         if cfg.latency_table or path.is_file():
             return LatencyModel.load(path).table
-        from conformer_prune.evaluate.profile import profile_latency, write_table
+        from conformer_prune.evaluate.profile import HIDDEN_FRACTIONS, profile_latency, write_table
 
         print(
             f"profiling the teacher on {cfg.latency_runtime} ({cfg.latency_threads} threads, batch 1, "
             "10 s) for the latency target",
             flush=True,
         )
-        made = profile_latency(teacher.config, cfg.latency_runtime, cfg.latency_threads)
+        # the model dimension's grid only where it is pruned (each point is a dozen whole models)
+        hidden = HIDDEN_FRACTIONS if HIDDEN in cfg.structures else (1.0,)
+        made = profile_latency(
+            teacher.config, cfg.latency_runtime, cfg.latency_threads, hidden_fractions=hidden
+        )
         write_table(made, path)
         return made
 
