@@ -148,7 +148,7 @@ class LatencyModel:
         presence probabilities, as `conformer_prune.prune.cost.conformer_cost` takes them)."""
         kept = kept or {}
         d = kept.get(HIDDEN, float(cfg.d_model))
-        if len(self.hidden) == 1 and (HIDDEN in kept or cfg.d_model != self.hidden[0]):
+        if len(self.hidden) == 1 and as_float(d) != self.hidden[0]:
             raise ValueError(
                 f"the latency table was profiled at d_model {self.hidden[0]:g} alone; a model whose "
                 "model dimension is pruned needs a table of several (conformer-prune profile's default)"
