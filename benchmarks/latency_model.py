@@ -32,6 +32,7 @@ from common import (
     file_digest,
     git_commit,
     in_new_process,
+    load_result,
     markdown_table,
     save_result,
     update_doc_section,
@@ -89,7 +90,11 @@ def main() -> None:
     parser.add_argument("--tables", nargs="+", type=Path, required=True, help="latency tables to check")
     parser.add_argument("--shapes", type=int, default=12, help="run shapes to time, besides pruned-50")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (medians)")
+    parser.add_argument("--docs", action="store_true", help="only rewrite the docs from the saved JSON")
     args = parser.parse_args()
+    if args.docs:
+        update_doc_section("latency-model", section(load_result("latency_model")))
+        return
     tables = {path.name: LatencyModel.load(path) for path in args.tables}
     first = next(iter(tables.values()))
     teacher = load_recognizer(TEACHER).model
@@ -169,8 +174,11 @@ def section(record: dict[str, Any]) -> str:
             "",
             f"Latency as a fraction of the teacher's ({record['latency_ms_teacher']:.1f} ms) on "
             f"{record['runtime']}, {record['threads']} threads, batch {record['batch']}, "
-            f"{record['seconds']:g} s; every shape timed interleaved with the teacher, median of "
-            f"{record['rounds']} rounds. Absolute error of the predicted fraction: {errors}.",
+            f"{record['seconds']:g} s, on {record['machine']['cpu']}; every shape (the compact models of "
+            f"finished runs, and the committed pruned-50.pt) timed interleaved with the teacher, median "
+            f"of {record['rounds']} rounds. Absolute error of the predicted fraction: {errors}.",
+            "",
+            "Tables: " + "; ".join(f"`{n}`: {v['fit']}" for n, v in record["tables"].items()) + ".",
             "",
             markdown_table(header, rows),
         ]
