@@ -149,6 +149,8 @@ def make_record(
     record: dict[str, Any] = {
         "ceiling_latency": CEILING,
         "table": table.name,
+        # the table predicts the machine it was profiled on; the latencies here are this one's
+        "table_machine": latency.table.get("machine", {}).get("cpu"),
         "runtime": LATENCY_RUNTIME,
         "timing": {"threads": THREADS, "rounds": ROUNDS, "batch": 1, "seconds": 10.0, "machine": machine()},
         "splits": {s: split_sizes(work / "teacher", s, teacher_result[f"hours_{s}"]) for s in SPLITS},
@@ -211,7 +213,9 @@ def section(record: dict[str, Any]) -> str:
         "## A latency ceiling beside the parameter target (`benchmarks/ceiling.py`)",
         "",
         f"Latency: ONNX Runtime fp32, {record['timing']['threads']} threads, batch 1, 10 s, the three models "
-        f"interleaved, median of {record['timing']['rounds']} rounds. Splits: {sizes}.",
+        f"interleaved, median of {record['timing']['rounds']} rounds, on "
+        f"{record['timing']['machine']['cpu']} (the ceiling's table was profiled on "
+        f"{record['table_machine']}). Splits: {sizes}.",
         "",
         markdown_table(header, rows),
         "",

@@ -431,6 +431,8 @@ def main() -> None:
             **{k: report["pruned"][k] for k in KEYS},
             "latency_ms_teacher": ort["teacher"],
             "latency_ms_predicted": as_float(LatencyModel.load(table_path).predict(pruned.config)),
+            # the table predicts the machine it was profiled on; the latencies here are this one's
+            "table_machine": LatencyModel.load(table_path).table.get("machine", {}).get("cpu"),
             "latency_ms_measured": ort[name],
             "measured_ratio": ort[name] / ort["teacher"],
             "latency_ms_10s": latency[name],
