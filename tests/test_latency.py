@@ -256,7 +256,7 @@ def test_profile_predicts_a_pruned_models_measured_latency(
 
 @pytest.mark.parametrize("runtime", ["ort", "ort-int8"])
 def test_onnx_runtime_profiles(runtime: str) -> None:
-    cfg = hetero_config(heads=2, ffn1=32, ffn2=32, conv_channels=16, subsampling_channels=[8, 8])
+    cfg = hetero_config(n_layers=1, heads=2, ffn1=32, ffn2=32, conv_channels=16, subsampling_channels=[8, 8])
     grid = dict(SMALL_GRID, unit_fractions=(1.0,), hidden_fractions=(1.0,), frontend_fractions=(1.0,))
     table = profile_latency(cfg, runtime, threads=1, seconds=2.0, rounds=2, **grid)  # type: ignore[arg-type]
     model = LatencyModel(table)
