@@ -45,6 +45,7 @@ from common import (
     git_commit,
     markdown_table,
     plan_state,
+    quick_inputs,
     reference_corpus,
     run_dir,
     save_result,
@@ -97,10 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     commit = git_commit()
     if args.quick:
-        corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
+        corpus, teacher = quick_inputs()
         overrides = ["prune_epochs=1", "finetune_epochs=1"]
-        if not teacher.exists():
-            raise SystemExit("run `python benchmarks/teacher.py --quick` first")
     else:
         corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
         overrides = []

@@ -127,6 +127,14 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def quick_inputs() -> tuple[Path, Path]:
+    """The quick corpus and teacher that `teacher.py --quick` makes, for a benchmark's --quick."""
+    corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
+    if not teacher.exists():
+        raise SystemExit("run `python benchmarks/teacher.py --quick` first")
+    return corpus, teacher
+
+
 def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any]:
     """What one pruning-engine run trains: its resolved config, the teacher's bytes and the
     corpus's synthesis record (a latency table by its bytes, not its path). A method that does not

@@ -70,6 +70,7 @@ from common import (
     in_new_process,
     load_result,
     markdown_table,
+    quick_inputs,
     reference_corpus,
     run_dir,
     save_result,
@@ -278,9 +279,7 @@ def main() -> None:
         return
     commit = git_commit()  # the code this run starts with
     if args.quick:
-        corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
-        if not teacher.exists():
-            raise SystemExit("run `python benchmarks/teacher.py --quick` first")
+        corpus, teacher = quick_inputs()
         teacher_epochs = 2
     else:
         corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"

@@ -80,6 +80,7 @@ from common import (
     markdown_table,
     old_eval,
     plan_state,
+    quick_inputs,
     reference_corpus,
     run_dir,
     save_result,
@@ -192,10 +193,8 @@ def main() -> None:
         parser.error(f"--only takes runs named {', '.join(RUN_NAMES)}; not {sorted(unknown)}")
     commit = git_commit()
     if args.quick:
-        corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
+        corpus, teacher = quick_inputs()
         budget = ["prune_epochs=1", "finetune_epochs=1"]
-        if not teacher.exists():
-            raise SystemExit("run `python benchmarks/teacher.py --quick` first")
     else:
         corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
         if not args.plan:

@@ -48,6 +48,7 @@ from common import (
     keep_run_result,
     link_run,
     markdown_table,
+    quick_inputs,
     reference_corpus,
     run_dir,
     save_result,
@@ -216,10 +217,8 @@ def main() -> None:
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     if args.quick:
-        corpus, teacher = CACHE / "corpus-quick", CACHE / "teacher-quick" / "model.pt"
+        corpus, teacher = quick_inputs()
         overrides = ["prune_epochs=1", "finetune_epochs=1", *args.set]
-        if not teacher.exists():
-            raise SystemExit("run `python benchmarks/teacher.py --quick` first")
     else:
         corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
         overrides = list(args.set)
