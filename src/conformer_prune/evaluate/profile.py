@@ -249,8 +249,8 @@ def profile_latency(
         if not mac_fractions or value > mac_fractions[-1]:
             fractions.append(f)
             mac_fractions.append(value)
-    # the whole model, every layer at the widest widths, and each module type at each width (0:
-    # without it) in every layer
+    # the whole model, every layer at the widest widths, and each module type at each narrower
+    # width (0: without it) in every layer; at the widest it is the whole model
     base = {**widest, "ffn2": widest["ffn1"]}
     part_fields = {"ffn": ("ffn1", "ffn2"), "heads": ("heads",), "conv": ("conv_channels",)}
     graphs: dict[Any, _Graph] = {}
@@ -258,14 +258,19 @@ def profile_latency(
         graphs["model", d] = _model_graph(cfg, d, seconds, batch, base)
         for part in PARTS:
             for u in [0, *units[part]]:
+                if u == base[part_fields[part][0]]:
+                    continue
                 widths = base | {field: u for field in part_fields[part]}
                 graphs[part, d, u] = _model_graph(cfg, d, seconds, batch, widths)
         for f in fractions:
             graphs["frontend", d, f] = _frontend_graph(cfg, d, f, seconds, batch)
     ms = _timed(graphs, runtime, threads, rounds, progress)
 
+    def timed(part: str, d: int, u: int) -> float:
+        return ms["model", d] if u == base[part_fields[part][0]] else ms[part, d, u]
+
     def part_ms(part: str, d: int, u: int) -> float:
-        return (ms[part, d, u] - ms[part, d, 0]) / (cfg.n_layers * len(part_fields[part]))
+        return (timed(part, d, u) - timed(part, d, 0)) / (cfg.n_layers * len(part_fields[part]))
 
     parts: dict[str, Any] = {
         part: {"units": units[part], "ms": [[part_ms(part, d, u) for u in units[part]] for d in hidden]}
