@@ -57,6 +57,7 @@ from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.evaluate.profile import machine
+from conformer_prune.evaluate.report import format_interval
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel
@@ -219,10 +220,7 @@ def section(record: dict[str, Any]) -> str:
         markdown_table(header, rows),
         "",
         "Ceiling minus recipe (WER points, paired bootstrap 95%): "
-        + "; ".join(
-            f"{names[s]} {100 * d['delta']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
-            for s, d in diff.items()
-        )
+        + "; ".join(f"{names[s]} {format_interval(d)}" for s, d in diff.items())
         + ".",
         "",
         f"The rule fixed before the run (dev WER not worse beyond noise, measured latency at most "

@@ -417,7 +417,7 @@ def main() -> None:
     for method, report in latency_reports.items():
         name = f"{method}-{LATENCY_NAME}"
         matched = matched_json(work / name)
-        table_path = latency_table_path(work)
+        table = LatencyModel.load(latency_table_path(work))
         pruned = timing_model(work / name)
         row = {
             "method": method,
@@ -429,9 +429,9 @@ def main() -> None:
             "target_params": json.loads(matched.read_text())["target_params"] if matched.exists() else None,
             **{k: report["pruned"][k] for k in KEYS},
             "latency_ms_teacher": ort["teacher"],
-            "latency_ms_predicted": as_float(LatencyModel.load(table_path).predict(pruned.config)),
+            "latency_ms_predicted": as_float(table.predict(pruned.config)),
             # the table predicts the machine it was profiled on; the latencies here are this one's
-            "table_machine": LatencyModel.load(table_path).table.get("machine", {}).get("cpu"),
+            "table_machine": table.table.get("machine", {}).get("cpu"),
             "latency_ms_measured": ort[name],
             "measured_ratio": ort[name] / ort["teacher"],
             "latency_ms_10s": latency[name],

@@ -104,23 +104,25 @@ def main() -> None:
     params = {k: count_params(build_model(from_dict(ConformerConfig, c))) for k, c in shapes.items()}
     configs = {k: shapes[k] for k in spread(params, args.shapes)}
     configs["pruned-50.pt"] = dataclasses.asdict(load_recognizer(PRUNED).model.config)
+    params["pruned-50.pt"] = count_params(build_model(from_dict(ConformerConfig, configs["pruned-50.pt"])))
     print(
         f"timing the teacher and {len(configs)} shapes on {first.runtime}, {first.threads} threads",
         flush=True,
     )
     ms = in_new_process(_timed, configs, first.runtime, first.threads, args.rounds)
     teacher_params = count_params(teacher)
+    teacher_ms = {name: as_float(model.predict(teacher.config)) for name, model in tables.items()}
     rows = []
     for name, config in configs.items():
         cfg = from_dict(ConformerConfig, config)
         row: dict[str, Any] = {
             "shape": name,
-            "params_vs_teacher": count_params(build_model(cfg)) / teacher_params,
+            "params_vs_teacher": params[name] / teacher_params,
             "latency_ms": ms[name],
             "measured_ratio": ms[name] / ms["teacher"],
         }
         for table_name, model in tables.items():
-            predicted = as_float(model.predict(cfg)) / as_float(model.predict(teacher.config))
+            predicted = as_float(model.predict(cfg)) / teacher_ms[table_name]
             row[f"predicted_ratio[{table_name}]"] = predicted
         rows.append(row)
     summary = {

@@ -250,8 +250,9 @@ class ConformerGates:
 
         limits: dict[Metric, float] = {metric: target, **(ceilings or {})}
 
-        def within(m: dict[str, Tensor], by: Metric) -> bool:
-            return float(self.mask_cost(m).value(by)) <= limits[by]
+        def within(m: dict[str, Tensor], *by: Metric) -> bool:
+            cost = self.mask_cost(m)  # once for every limit asked
+            return all(float(cost.value(metric)) <= limits[metric] for metric in by)
 
         def is_open(name: str | None) -> bool:
             return name is None or name not in masks or bool(masks[name].sum() > 0)
@@ -284,7 +285,7 @@ class ConformerGates:
         for _, name, j in order:
             if masks[name][j] == 0:
                 masks[name][j] = 1.0
-                if not all(within(masks, by) for by in limits):
+                if not within(masks, *limits):
                     masks[name][j] = 0.0
         return self.normalized(masks)
 
