@@ -51,8 +51,10 @@ $(LMPLZ): $(STAMP)
 
 lmplz: $(LMPLZ)
 
+# the suite in one worker per core (pytest-xdist): much of it is single-threaded tracing (ONNX
+# export). On 2 cores (AMD EPYC) 2 workers took 430 s; one took 775 s, with 7 more exports then
 test: lint typecheck $(LMPLZ)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto
 
 $(NEMO_STAMP):
 	python3 -m venv $(NEMO_VENV)

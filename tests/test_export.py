@@ -56,20 +56,34 @@ def _check_parity(rec: Recognizer, path: Path, frontend: bool) -> None:
     assert len(json.loads(meta["vocabulary"])) == rec.tokenizer.vocab_size
 
 
-@pytest.mark.parametrize("shape", [DENSE, PRUNED], ids=["dense", "pruned"])
-def test_onnx_runtime_matches_pytorch_from_waveforms(shape: dict[str, object], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def dense_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recognizer, Path]:
+    """The dense shape exported with its front end, once for the tests that read it (an export
+    takes 15-25 s on 2 cores, most of it in torch.export's tracing)."""
+    rec = _recognizer(DENSE)
+    path = tmp_path_factory.mktemp("onnx") / "dense.onnx"
+    return rec, export_onnx(rec, path, teacher_params=10**6)
+
+
+def test_onnx_runtime_matches_pytorch_from_waveforms(
+    dense_export: tuple[Recognizer, Path], tmp_path: Path
+) -> None:
     import onnx
 
-    rec = _recognizer(shape)
+    rec, fast = dense_export
     # by default the front end's spectrum is matrix products, not ONNX Runtime's slow STFT
-    fast = export_onnx(rec, tmp_path / "fast.onnx", teacher_params=10**6)
     _check_parity(rec, fast, frontend=True)
     ops = {node.op_type for node in onnx.load(fast).graph.node}
     assert not ops & {"STFT", "DFT"}, ops
-    # on request an ONNX STFT
+    # on request an ONNX STFT (the encoder's graph does not depend on which front end reads it)
     path = export_onnx(rec, tmp_path / "m.onnx", teacher_params=10**6, matmul_frontend=False)
     _check_parity(rec, path, frontend=True)
     assert "STFT" in {node.op_type for node in onnx.load(path).graph.node}
+
+
+def test_onnx_runtime_matches_pytorch_for_a_pruned_shape_from_waveforms(tmp_path: Path) -> None:
+    rec = _recognizer(PRUNED)
+    _check_parity(rec, export_onnx(rec, tmp_path / "pruned.onnx", teacher_params=10**6), frontend=True)
 
 
 FRONT_ENDS = {
@@ -242,12 +256,11 @@ def _weighted(path: Path, names: set[str]) -> set[str]:
     ],
 )
 def test_int8_quantizes_only_the_chosen_operators(
-    mode: str, op_types: list[str], modules: list[str], tmp_path: Path
+    mode: str, op_types: list[str], modules: list[str], dense_export: tuple[Recognizer, Path], tmp_path: Path
 ) -> None:
     import onnx
 
-    rec = _recognizer(DENSE)
-    fp32 = export_onnx(rec, tmp_path / "m.onnx")
+    _, fp32 = dense_export
     chosen = set(int8_nodes(onnx.load(fp32), op_types, modules))
     graph = onnx.load(fp32).graph
     front_end = {n.name for n in graph.node if any("'features'" in p.value for p in n.metadata_props)}
