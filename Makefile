@@ -52,7 +52,7 @@ $(LMPLZ): $(STAMP)
 lmplz: $(LMPLZ)
 
 # the suite in one worker per core (pytest-xdist): much of it is single-threaded tracing (ONNX
-# export). On 2 cores (AMD EPYC) 2 workers took 430-550 s in three runs (the host's load varies);
+# export). On 2 cores (AMD EPYC) 2 workers took 430-590 s in four runs (the host's load varies);
 # one took 775 s, with 7 more exports then
 test: lint typecheck $(LMPLZ)
 	$(VENV)/bin/pytest -n auto
