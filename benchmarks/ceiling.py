@@ -149,8 +149,7 @@ def make_record(
     record: dict[str, Any] = {
         "ceiling_latency": CEILING,
         "table": table.name,
-        # the table predicts the machine it was profiled on; the latencies here are this one's
-        "table_machine": latency.table.get("machine", {}).get("cpu"),
+        "table_machine": latency.cpu,  # the latencies here are this machine's
         "runtime": LATENCY_RUNTIME,
         "timing": {"threads": THREADS, "rounds": ROUNDS, "batch": 1, "seconds": 10.0, "machine": machine()},
         "splits": {s: split_sizes(work / "teacher", s, teacher_result[f"hours_{s}"]) for s in SPLITS},

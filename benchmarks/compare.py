@@ -430,8 +430,7 @@ def main() -> None:
             **{k: report["pruned"][k] for k in KEYS},
             "latency_ms_teacher": ort["teacher"],
             "latency_ms_predicted": as_float(table.predict(pruned.config)),
-            # the table predicts the machine it was profiled on; the latencies here are this one's
-            "table_machine": table.table.get("machine", {}).get("cpu"),
+            "table_machine": table.cpu,  # the latencies here are this machine's
             "latency_ms_measured": ort[name],
             "measured_ratio": ort[name] / ort["teacher"],
             "latency_ms_10s": latency[name],

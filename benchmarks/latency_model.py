@@ -103,8 +103,9 @@ def main() -> None:
     shapes = run_shapes(TEACHER)
     params = {k: count_params(build_model(from_dict(ConformerConfig, c))) for k, c in shapes.items()}
     configs = {k: shapes[k] for k in spread(params, args.shapes)}
-    configs["pruned-50.pt"] = dataclasses.asdict(load_recognizer(PRUNED).model.config)
-    params["pruned-50.pt"] = count_params(build_model(from_dict(ConformerConfig, configs["pruned-50.pt"])))
+    pruned = load_recognizer(PRUNED).model
+    configs["pruned-50.pt"] = dataclasses.asdict(pruned.config)
+    params["pruned-50.pt"] = count_params(pruned)
     print(
         f"timing the teacher and {len(configs)} shapes on {first.runtime}, {first.threads} threads",
         flush=True,

@@ -99,6 +99,8 @@ class LatencyModel:
         self.threads: int = table["threads"]
         self.batch: int = table["batch"]
         self.seconds: float = table["seconds"]
+        # the CPU it was profiled on: its predictions are that machine's latencies
+        self.cpu: str | None = table.get("machine", {}).get("cpu")
         hidden = [float(d) for d in table["hidden"]]
         self.hidden = hidden
         parts = table["parts"]
