@@ -337,7 +337,7 @@ def main() -> None:
                 store[key] = run_stage(
                     cfg, teacher, corpus, evaluated, run, teacher_result, latency=not jobs.shared
                 )
-            except UnreachableTargetError as err:  # a target the method cannot reach (torch-pruning at 30%)
+            except UnreachableTargetError as err:  # below the method's smallest model (Torch-Pruning's)
                 unreachable[run.name] = str(err)
                 unreachable_txt.write_text(f"{err}\n")
                 print(f"[{label}] cannot reach the target: {err}", flush=True)

@@ -198,8 +198,9 @@ def test_a_method_whose_shapes_never_get_near_the_latency_target_is_unreachable_
     places: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:
     """A latency floor above the target (torch-pruning's shapes measured 0.60-0.63 of the teacher
-    at 0.30-0.41 of its parameters): the closest shape is not at the latency the row compares at,
-    so the stage is recorded unreachable with the tries, and nothing is trained at it."""
+    at 0.30-0.41 of its parameters while its tracer did not see the front end): the closest shape
+    is not at the latency the row compares at, so the stage is recorded unreachable with the tries,
+    and nothing is trained at it."""
     import compare
 
     from conformer_prune.prune.budget import UnreachableTargetError

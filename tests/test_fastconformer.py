@@ -235,6 +235,30 @@ def test_the_padding_is_zeroed_as_a_frame_mask_would_forward_and_backward(subsam
     assert torch.count_nonzero(expected_grads[0]) > expected_grads[0].numel() // 4
 
 
+@pytest.mark.parametrize("subsampling", ["striding", "dw_striding"])
+def test_module_calls_compute_the_same_front_end_through_hooked_modules(subsampling: str) -> None:
+    """With `module_calls` (for Torch-Pruning's tracer) every front-end convolution runs as a module
+    call, so forward hooks see it, and the output is the fast path's."""
+    model = _fast(8, seed=9, subsampling=subsampling).eval()
+    front = model.encoder.pre_encode
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(3, 57, model.config.n_mels, generator=g)
+    lengths = torch.tensor([57, 40, 23])
+    x = x * (torch.arange(57)[None, :] < lengths[:, None])[..., None]
+    convs = [m for m in front.conv if isinstance(m, torch.nn.Conv2d)]
+    seen: list[torch.nn.Module] = []
+    for conv in convs:
+        conv.register_forward_hook(lambda m, *_: seen.append(m))
+    with torch.no_grad():
+        expected, expected_lengths = front(x, lengths)
+        assert seen == []  # the fast path calls the convolutions as functions
+        front.module_calls = True
+        got, got_lengths = front(x, lengths)
+    assert seen == convs
+    assert torch.equal(got_lengths, expected_lengths)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_depthwise_filter_is_kept_exactly_when_its_input_channel_is() -> None:
     model = _fast(8, seed=4)
     gates = ConformerGates.attach(model, ["frontend"])
@@ -277,6 +301,8 @@ def test_torch_pruning_prunes_a_fastconformer() -> None:
     assert 0.98 * 0.6 * total <= achieved <= 0.6 * total
     assert pruned.config.subsampling == "dw_striding"
     assert pruned.config.subsampling_channels[-1] == teacher.config.subsampling_channels[-1]
+    kept, full = pruned.config.subsampling_channels, teacher.config.subsampling_channels
+    assert all(k < f for k, f in zip(kept[:-1], full[:-1], strict=True))  # the earlier stages are pruned
     # the depthwise convolutions stay depthwise, each with the channels its stage reads
     pre = pruned.encoder.pre_encode
     for dw, c in zip(pre.conv[2::3], pruned.config.subsampling_channels, strict=False):

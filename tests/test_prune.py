@@ -381,6 +381,8 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
     assert (1 - slack) * ratio * total <= achieved <= ratio * total
     assert pruned.config.d_model == teacher.config.d_model
     assert pruned.config.subsampling_channels[1] == teacher.config.subsampling_channels[1]
+    # the first stage's channels are the library's to prune (its tracer once never saw them)
+    assert pruned.config.subsampling_channels[0] < teacher.config.subsampling_channels[0]
     # the library's choice, read back as masks over our units: slicing the teacher by them with
     # our own physical pruning must give exactly the library's model (whole heads with their
     # position biases, GLU pairs, BatchNorm statistics)

@@ -465,6 +465,9 @@ class ConvSubsampling(Prunable):
         self.gate2: Gate | None = None
         self.gate3: Gate | None = None
         self.gate4: Gate | None = None
+        # every layer called as a module, without the CPU fast paths of `_convolve`: for a tracer
+        # that hooks modules (Torch-Pruning's dependency graph never saw a functional convolution)
+        self.module_calls = False
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
@@ -508,7 +511,7 @@ class ConvSubsampling(Prunable):
         # torch.compile) keeps the product, which needs no lengths on the host.
         producers, depthwise = self._producers(), self._depthwise()
         stages = self._stage_layers()
-        traced = torch.compiler.is_compiling()
+        traced = torch.compiler.is_compiling() or self.module_calls
         previous: Tensor | None = None  # the previous stage's channel gate, (C_{i-1},)
         for i, stage in enumerate(stages):
             if i > 0 and traced:
@@ -519,7 +522,10 @@ class ConvSubsampling(Prunable):
             for layer in stage:
                 if isinstance(layer, nn.Conv2d):
                     scale = mask if layer is producers[i] else previous if layer in depthwise else None
-                    x = _conv2d(layer, x, scale, channels_last)
+                    if self.module_calls and scale is None:
+                        x = layer(x)
+                    else:
+                        x = _conv2d(layer, x, scale, channels_last)
                 elif i < len(stages) - 1 and not traced:  # the ReLU of a stage another reads
                     x = _ReLUPastLengthsZeroed.apply(x, out_lengths)
                 else:
