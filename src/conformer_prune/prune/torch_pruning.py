@@ -18,7 +18,10 @@ What a user must add around the library for this model, and does here:
 - the modules' `heads` attribute is updated after pruning;
 - the last subsampling convolution keeps its output channels: the tracer maps the
   channel-major flatten in front of `pre_encode.out` onto the wrong columns (measured: 3 columns
-  removed where 3 x 20 belong to the pruned channels), so it is an ignored layer; the earlier
+  removed where 3 x 20 belong to the pruned channels: Torch-Pruning 1.6.1 maps a flatten from the
+  sizes its autograd node saved, `_saved_self_sizes`, which PyTorch 2 names `_saved_self_sym_sizes`,
+  and its fallback gives up in a model whose Linear layers read 3-D inputs; a tracing-only flatten
+  of (N, C, F, 1) did not help), so it is an ignored layer; the earlier
   stages' channels (read only by the next stage) are pruned, which needs the front end to call its
   convolutions as modules while the library traces (`ConvSubsampling.module_calls`): its CPU fast
   path calls them as functions, which the tracer's module hooks never see (it then leaves every
