@@ -51,6 +51,7 @@ from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.prune.run import _weights, gated_student, make_prune_optimizer
 from conformer_prune.train.loop import autocast, resolve_precision
+from conformer_prune.utils import keep_freed_memory
 
 SECONDS = 5.0  # utterance length of the batch
 
@@ -87,6 +88,7 @@ def main() -> None:
     if args.docs:
         write_docs(load_result("prune_step"))
         return
+    keep_freed_memory()  # as a run does (`start_run`)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(PruneConfig, recipe_path("prune"), [])

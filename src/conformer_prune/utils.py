@@ -1,7 +1,9 @@
-"""Small shared helpers: atomic writes and device choice."""
+"""Small shared helpers: atomic writes, device choice and the CPU allocator."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import tempfile
@@ -17,6 +19,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "check_output_file",
+    "keep_freed_memory",
     "load_state",
     "log_size",
     "resolve_device",
@@ -145,6 +148,28 @@ def truncate_log(path: str | Path, size: int | None) -> None:
     if size is not None and path.exists() and path.stat().st_size > size:
         with open(path, "r+b") as log_file:
             log_file.truncate(size)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep the memory this process frees for its next allocations instead of
+    handing it back to the kernel; returns whether it applied (not off glibc).
+
+    glibc maps every block above 32 MB afresh and unmaps it when freed, so each training step
+    paid the kernel to map and zero the front end's activation maps again (16 x 144 x 251 x 40:
+    92 MB in fp32, 46 MB in bf16), for the forward pass, its gradients and the teacher's. Measured
+    on the reference pruning step (`benchmarks/prune_step.py`'s, fp32, 1 thread, AMD EPYC): 72-106k
+    page faults and 0.24-0.36 s of system time per step before, none after, and the step 12% faster
+    (median of six interleaved pairs of processes; 0.84-0.94 of the time in each pair). The price:
+    the process keeps its peak memory until it exits (2.1 GB resident for that step, either way)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # no C library by that name, or one without mallopt (macOS)
+        return False
+    # no block is mapped on its own, and the heap is never trimmed (the limit is a C int)
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -57,6 +57,7 @@ from conformer_prune.train.config import InterCTCConfig, TrainConfig
 from conformer_prune.utils import (
     atomic_save,
     atomic_write_text,
+    keep_freed_memory,
     load_state,
     log_size,
     resolve_device,
@@ -424,7 +425,9 @@ class RunDir:
 
 
 def start_run(threads: int, seed: int) -> None:
-    """CPU threads (0 keeps PyTorch's default) and the seed of everything built before epoch 1."""
+    """CPU threads (0 keeps PyTorch's default), an allocator that reuses freed memory
+    (`keep_freed_memory`) and the seed of everything built before epoch 1."""
+    keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
