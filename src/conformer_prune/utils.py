@@ -162,8 +162,11 @@ def keep_freed_memory() -> bool:
     92 MB in fp32, 46 MB in bf16), for the forward pass, its gradients and the teacher's. Measured
     on the reference pruning step (`benchmarks/prune_step.py`'s, fp32, 1 thread, AMD EPYC): 72-106k
     page faults and 0.24-0.36 s of system time per step before, none after, and the step 12% faster
-    (median of six interleaved pairs of processes; 0.84-0.94 of the time in each pair). The price:
-    the process keeps its peak memory until it exits (2.1 GB resident for that step, either way)."""
+    (median of six interleaved pairs of processes; 0.84-0.94 of the time in each pair), and the
+    weights after 3 steps bitwise the same. The price: the process keeps its peak memory until it
+    exits, and its heap fragments. Over 40 steps of five batch shapes (3-8 s utterances, 2 threads)
+    the peak resident memory was 2.41 GB against 2.15 GB without; over 150 steps it was 2.36 GB from
+    step 10 to 130 and 2.45 GB after."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):  # no C library by that name, or one without mallopt (macOS)
