@@ -16,16 +16,16 @@ What a user must add around the library for this model, and does here:
   cannot map head-major channel indices onto their two dimensions and refuses the attention
   group;
 - the modules' `heads` attribute is updated after pruning;
-- the last subsampling convolution keeps its output channels: the tracer maps the
-  channel-major flatten in front of `pre_encode.out` onto the wrong columns (measured: 3 columns
-  removed where 3 x 20 belong to the pruned channels: Torch-Pruning 1.6.1 maps a flatten from the
-  sizes its autograd node saved, `_saved_self_sizes`, which PyTorch 2 names `_saved_self_sym_sizes`,
-  and its fallback gives up in a model whose Linear layers read 3-D inputs; a tracing-only flatten
-  of (N, C, F, 1) did not help), so it is an ignored layer; the earlier
-  stages' channels (read only by the next stage) are pruned, which needs the front end to call its
-  convolutions as modules while the library traces (`ConvSubsampling.module_calls`): its CPU fast
-  path calls them as functions, which the tracer's module hooks never see (it then leaves every
-  front-end channel in place);
+- the last subsampling convolution keeps its output channels, as an ignored layer: the tracer
+  maps the channel-major flatten in front of `pre_encode.out` onto the wrong columns (measured: 3
+  columns removed where 3 x 20 belong to the pruned channels). Torch-Pruning 1.6.1 maps a flatten
+  from the sizes its autograd node saved, `_saved_self_sizes`, which PyTorch 2 names
+  `_saved_self_sym_sizes`, and its fallback gives up in a model whose Linear layers read 3-D
+  inputs; a tracing-only flatten of (N, C, F, 1) did not help;
+- the earlier stages' channels (read only by the next stage) are pruned, which needs the front
+  end to call its convolutions as modules while the library traces (`ConvSubsampling.module_calls`):
+  its CPU fast path calls them as functions, which the tracer's module hooks never see (it then
+  leaves every front-end channel in place);
 - the GLU of the convolution module is written as `chunk` + `sigmoid` in the model, so the
   tracer pairs channel c with C + c (with `F.glu` it prunes only the first half).
 
