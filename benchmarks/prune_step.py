@@ -74,6 +74,35 @@ class _OpTimes(TorchDispatchMode):
         return out
 
 
+class ReferenceStep:
+    """The reference pruning recipe's step (see the module docstring) on `teacher`, on one seeded
+    random batch of the recipe's size; `step(k)` trains step k."""
+
+    def __init__(self, teacher: Path) -> None:
+        torch.manual_seed(0)
+        self.cfg = cfg = load_config(PruneConfig, recipe_path("prune"), [])
+        model = load_recognizer(teacher).model.eval()
+        target_abs = cfg.ratio * as_float(conformer_cost(model.config).value(cfg.metric))
+        self.student, self.gates, self.distiller = gated_student(cfg, model, target_abs)
+        self.student.train()
+        # the recipe's optimizer (weight, gate and multiplier groups, the gate clamp) and what it clips
+        self.weights = _weights(self.student, self.distiller)
+        self.optimizer = make_prune_optimizer(self.weights, self.gates, Lagrangian(), cfg)
+        self.batch_size = max(1, cfg.max_frames // round(SECONDS * 100))
+        self.batch = random_batch(model.config, self.batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
+        self.device = torch.device("cpu")
+        self.precision = resolve_precision(cfg.precision, self.device)  # as a run computes it
+
+    def __call__(self, k: int) -> None:
+        self.gates.set_step(self.cfg.seed, k)
+        with autocast(self.device, self.precision):
+            loss, _ = self.distiller.loss(self.student, self.batch, self.gates.remaining_layers())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.weights, self.cfg.grad_clip)
+        self.optimizer.step()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,28 +119,8 @@ def main() -> None:
         return
     keep_freed_memory()  # as a run does (`start_run`)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = load_config(PruneConfig, recipe_path("prune"), [])
-    teacher = load_recognizer(args.teacher).model.eval()
-    target_abs = cfg.ratio * as_float(conformer_cost(teacher.config).value(cfg.metric))
-    student, gates, distiller = gated_student(cfg, teacher, target_abs)
-    student.train()
-    # the recipe's optimizer (weight, gate and multiplier groups, the gate clamp) and what it clips
-    weights = _weights(student, distiller)
-    optimizer = make_prune_optimizer(weights, gates, Lagrangian(), cfg)
-    batch_size = max(1, cfg.max_frames // round(SECONDS * 100))
-    batch = random_batch(teacher.config, batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
-    device = torch.device("cpu")
-    precision = resolve_precision(cfg.precision, device)  # as a run computes it
-
-    def step(k: int) -> None:
-        gates.set_step(cfg.seed, k)
-        with autocast(device, precision):
-            loss, _ = distiller.loss(student, batch, gates.remaining_layers())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
-        optimizer.step()
+    step = ReferenceStep(Path(args.teacher))
+    cfg, distiller = step.cfg, step.distiller
 
     times = []
     for k in range(args.steps + 1):  # the first is a warm-up
@@ -135,8 +144,8 @@ def main() -> None:
     record = {
         "teacher": args.teacher,
         "threads": args.threads,
-        "batch": [batch_size, SECONDS],
-        "precision": precision,
+        "batch": [step.batch_size, SECONDS],
+        "precision": step.precision,
         "structures": cfg.structures,
         "step_seconds": statistics.median(times[1:]),
         "step_seconds_all": times[1:],

@@ -159,14 +159,13 @@ def keep_freed_memory() -> bool:
 
     glibc maps every block above 32 MB afresh and unmaps it when freed, so each training step
     paid the kernel to map and zero the front end's activation maps again (16 x 144 x 251 x 40:
-    92 MB in fp32, 46 MB in bf16), for the forward pass, its gradients and the teacher's. Measured
-    on the reference pruning step (`benchmarks/prune_step.py`'s, fp32, 1 thread, AMD EPYC): 72-106k
-    page faults and 0.24-0.36 s of system time per step before, none after, and the step 12% faster
-    (median of six interleaved pairs of processes; 0.84-0.94 of the time in each pair), and the
-    weights after 3 steps bitwise the same. The price: the process keeps its peak memory until it
-    exits, and its heap fragments. Over 40 steps of five batch shapes (3-8 s utterances, 2 threads)
-    the peak resident memory was 2.41 GB against 2.15 GB without; over 150 steps it was 2.36 GB from
-    step 10 to 130 and 2.45 GB after."""
+    92 MB in fp32, 46 MB in bf16), for the forward pass, its gradients and the teacher's.
+    `benchmarks/allocator.py` measures it on the reference pruning step in pairs of new processes
+    (docs/benchmark.md: fp32, 1 thread, AMD EPYC): 47-126k page faults and 0.24-0.39 s of system
+    time per step with glibc's defaults, none with this; the step at 0.878 of the time (median of
+    six pairs' ratios, 0.71-1.02), and the weights bitwise the same. The price: the process keeps
+    its peak memory until it exits (2.06-2.13 GB against 2.00-2.13 GB there), and over a long run
+    of varying batch shapes its heap may fragment and grow."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):  # no C library by that name, or one without mallopt (macOS)
