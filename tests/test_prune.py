@@ -31,7 +31,7 @@ from conformer_prune.prune.run import (
     make_prune_optimizer,
     one_shot_model,
 )
-from conformer_prune.prune.torch_pruning import torch_pruning_prune
+from conformer_prune.prune.torch_pruning import _prune_once, torch_pruning_prune
 from conformer_prune.train import loop
 from tests.conftest import (
     assert_same_real_frames,
@@ -375,19 +375,23 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
     total = as_float(full_cost.value(metric))
     pruned = torch_pruning_prune(teacher, ratio * total, metric)
     achieved = as_float(conformer_cost(pruned.config).value(metric))
-    # parameters within 2%; MACs move in coarser steps under one global ratio: in this tiny model
-    # one of the 8 first-convolution channels carries 1/8 of the second convolution's MACs
-    slack = 0.02 if metric == "params" else 0.15
+    # parameters within 4%: one step of the global ratio can remove a whole head of this tiny model
+    # (3% of its parameters) with other units (measured: 0.721 -> 0.685 of them from ratio 0.30 to
+    # 0.31, a gap the 70% target falls in); MACs move in coarser steps: one of the 8
+    # first-convolution channels carries 1/8 of the second convolution's MACs
+    slack = 0.04 if metric == "params" else 0.15
     assert (1 - slack) * ratio * total <= achieved <= ratio * total
     assert pruned.config.d_model == teacher.config.d_model
-    assert pruned.config.subsampling_channels[1] == teacher.config.subsampling_channels[1]
-    # the first stage's channels are the library's to prune (its tracer once never saw them)
+    # the first stage's channels are the library's to prune (its tracer once never saw them); the
+    # last stage's are too (below), where its global ranking puts them
     assert pruned.config.subsampling_channels[0] < teacher.config.subsampling_channels[0]
     # the library's choice, read back as masks over our units: slicing the teacher by them with
     # our own physical pruning must give exactly the library's model (whole heads with their
     # position biases, GLU pairs, BatchNorm statistics)
     conv0 = teacher.encoder.pre_encode.conv[0].weight
     masks = {"frontend.0": _kept_rows(pruned.encoder.pre_encode.conv[0].weight, conv0)}
+    conv1 = teacher.encoder.pre_encode.conv[2].weight[:, masks["frontend.0"].bool()]  # kept inputs
+    masks["frontend.1"] = _kept_rows(pruned.encoder.pre_encode.conv[2].weight, conv1)
     for i, (t, p) in enumerate(zip(teacher.encoder.layers, pruned.encoder.layers, strict=True)):
         if t.self_attn is not None:
             hd = t.self_attn.head_dim
@@ -407,6 +411,21 @@ def test_torch_pruning_removes_whole_units_consistently_and_meets_the_target(
     for key, value in expected.state_dict().items():
         torch.testing.assert_close(pruned.state_dict()[key], value, rtol=0, atol=0, msg=key)
     assert count_params(teacher) == full  # the teacher is untouched
+
+
+def test_torch_pruning_prunes_the_last_front_end_stage_with_its_columns_of_out() -> None:
+    """The channel-major flatten into `out`: Torch-Pruning alone removed one column per channel."""
+    teacher = _model().eval()
+    pruned = _prune_once(teacher, 0.5, frames=200)  # a ratio at which the library removes 4 of 6
+    t, p = teacher.encoder.pre_encode, pruned.encoder.pre_encode
+    assert p.conv[2].out_channels < t.conv[2].out_channels
+    first = _kept_rows(p.conv[0].weight, t.conv[0].weight).bool()
+    last = _kept_rows(p.conv[2].weight, t.conv[2].weight[:, first]).bool()
+    columns = t.out.weight.view(t.out.out_features, t.conv[2].out_channels, t.freq)[:, last]
+    assert torch.equal(p.out.weight, columns.reshape(t.out.out_features, -1))
+    feats, lengths = torch.randn(2, 120, teacher.config.n_mels), torch.tensor([120, 77])
+    with torch.no_grad():
+        assert torch.isfinite(pruned(feats, lengths)[0]).all()
 
 
 def test_torch_pruning_says_when_a_target_is_out_of_its_reach() -> None:

@@ -16,16 +16,15 @@ What a user must add around the library for this model, and does here:
   cannot map head-major channel indices onto their two dimensions and refuses the attention
   group;
 - the modules' `heads` attribute is updated after pruning;
-- the last subsampling convolution keeps its output channels, as an ignored layer: the tracer
-  maps the channel-major flatten in front of `pre_encode.out` onto the wrong columns (measured: 3
-  columns removed where 3 x 20 belong to the pruned channels). Torch-Pruning 1.6.1 maps a flatten
-  from the sizes its autograd node saved, `_saved_self_sizes`, which PyTorch 2 names
-  `_saved_self_sym_sizes`, and its fallback gives up in a model whose Linear layers read 3-D
-  inputs; a tracing-only flatten of (N, C, F, 1) did not help;
-- the earlier stages' channels (read only by the next stage) are pruned, which needs the front
-  end to call its convolutions as modules while the library traces (`ConvSubsampling.module_calls`):
-  its CPU fast path calls them as functions, which the tracer's module hooks never see (it then
-  leaves every front-end channel in place);
+- the channel-major flatten between the last subsampling convolution and `pre_encode.out` is
+  mapped with the library's own function (`update_reshape_index_mapping`, channel c to its `freq`
+  columns), called on that one node: Torch-Pruning 1.6.1 finds a flatten's sizes in
+  `_saved_self_sizes`, which PyTorch 2 names `_saved_self_sym_sizes`, and its fallback is
+  disabled in any model whose Linear layers read 3-D inputs, so the library on its own removed 3
+  columns where 3 x 20 belong (until 2026-12-03 that convolution was an ignored layer instead);
+- the front end calls its convolutions as modules while the library traces
+  (`ConvSubsampling.module_calls`): its CPU fast path calls them as functions, which the tracer's
+  module hooks never see (it then leaves every front-end channel in place);
 - the GLU of the convolution module is written as `chunk` + `sigmoid` in the model, so the
   tracer pairs channel c with C + c (with `F.glu` it prunes only the first half).
 
@@ -36,6 +35,7 @@ Usage:
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,30 @@ def _kept_heads(pruned_q: Tensor, teacher_q: Tensor, head_dim: int) -> Tensor:
     return torch.tensor(kept)
 
 
+def _map_flatten(graph: Any, linear: nn.Linear) -> None:
+    """Maps channel c of the (B, T, C, F) tensor flattened into `linear` onto its F input columns
+    (see the module docstring), with the library's own mapping function."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import index_mapping
+
+    todo, seen = [graph.module2node[linear]], set()
+    while todo:
+        for node in todo.pop().inputs:
+            size = getattr(node.grad_fn, "_saved_self_sym_sizes", None)  # what the flatten read
+            flattens = size is not None and len(size) == 4 and size[2] * size[3] == linear.in_features
+            if node.type == ops.OPTYPE.RESHAPE and flattens:
+                graph._2d_4d = True  # the fallback's switch, for this node alone
+                try:
+                    index_mapping.update_reshape_index_mapping(graph, node)
+                finally:
+                    graph._2d_4d = False
+                return
+            if node not in seen:
+                seen.add(node)
+                todo.append(node)
+    raise RuntimeError(f"Torch-Pruning's graph has no (B, T, C, F) flatten in front of {linear}")
+
+
 def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCTC:
     """Torch-Pruning at one global ratio; returns a plain model built from its own config.
 
@@ -80,7 +104,7 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
 
     # d_model is kept: the decoder and every writer of the residual stream are left alone (the
     # attention's linear_out too, whose input channels follow the heads)
-    ignored: list[nn.Module] = [model.decoder, model.encoder.pre_encode.last_conv()]
+    ignored: list[nn.Module] = [model.decoder]
     ignored += [layer for _, module in model.named_prunable() for layer in module.residual_writers()]
     num_heads: dict[nn.Module, int] = {
         lin: attn.heads
@@ -101,6 +125,7 @@ def _prune_once(teacher: ConformerCTC, ratio: float, frames: int) -> ConformerCT
             prune_head_dims=False,
             head_pruning_ratio=ratio,
         )
+        _map_flatten(pruner.DG, model.encoder.pre_encode.out)
         pruner.step()
 
     teacher_attns = _attentions(teacher)
@@ -141,8 +166,9 @@ def torch_pruning_prune(
     Raises:
         UnreachableTargetError: no ratio the bisection tries reaches the target. The size falls with the ratio
             only up to a point: at high ratios Torch-Pruning leaves whole every group its global
-            ranking would empty (measured on the reference teacher of 6.67 M: 1.99 M parameters at
-            0.8, 1.86 M at 0.875, 2.15 M at 0.9, 2.32 M at 0.95), so small targets are out of reach.
+            ranking would empty (measured on the reference teacher of 6.67 M: 1.76 M parameters at
+            0.8, 1.68 M at 0.85, 1.70 M at 0.875, 1.93 M at 0.9, 2.10 M at 0.95), so small targets
+            are out of reach.
     """
     teacher = copy.deepcopy(teacher).cpu().float().eval()
     lo, hi = 0.0, 1.0
