@@ -270,6 +270,53 @@ def test_the_latency_check_names_a_rival_with_no_shape_at_that_latency() -> None
     )
 
 
+def test_a_check_whose_runs_are_missing_is_not_run_rather_than_met() -> None:
+    """Two methods at 50% do not make l0-distill "lowest of all methods" (a table made with
+    --methods, or before every stage has run); a rival timed off the target latency is not compared
+    at it."""
+    import compare
+
+    below = {"delta": 0.02, "low": 0.01, "high": 0.03}
+    row = {
+        "target_params": 0.5,
+        "seed": 0,
+        "wer_test_unseen": 0.4,
+        "latency_ms_ort": 5.0,
+        "latency_ms_10s": 5.0,
+    }
+    results = [
+        {**row, "method": "l0-distill", "wer_test": 0.14},
+        {**row, "method": "magnitude", "wer_test": 0.16, "wer_test_vs_l0_distill": below},
+    ]
+    plane = [
+        {"method": "l0-distill", "measured_ratio": 0.5},
+        {"method": "magnitude-distill", "measured_ratio": 0.56, "wer_test_vs_l0_distill": below},
+        {"method": "torch-pruning", "measured_ratio": 0.5, "wer_test_vs_l0_distill": below},
+    ]
+    not_run = [compare.run_name(m, 0.5, 0) for m in compare.METHODS if m not in ("l0-distill", "magnitude")]
+    record = {
+        "teacher": {"latency_ms_ort": 10.0, "latency_ms_10s": 10.0},
+        "results": results,
+        "latency_plane": plane,
+        "not_run": [*not_run, compare.HIDDEN_RUN],
+    }
+    met = {c["check"].split(":")[0]: c for c in compare.checks(record)}
+    lowest = met["test WER at 50%"]
+    assert lowest["met"] is None and "not run: " in lowest["measured"]
+    assert met["ranking at 50% on test-unseen as on test"]["met"] is None
+    assert met["l0-distill at 50% params"]["met"] is True  # what it needs is there
+    rivals = met["test WER at the same measured latency"]
+    assert (
+        rivals["met"] is None and "magnitude-distill measured at 0.560x, off the target" in rivals["measured"]
+    )
+    record["not_run"] = []  # every run there and timed at the target: the same rows decide
+    plane[1]["measured_ratio"] = 0.51
+    met = {c["check"].split(":")[0]: c for c in compare.checks(record)}
+    assert (
+        met["test WER at 50%"]["met"] is True and met["test WER at the same measured latency"]["met"] is True
+    )
+
+
 def test_the_latency_model_check_times_shapes_spread_over_their_sizes() -> None:
     from latency_model import spread
 
