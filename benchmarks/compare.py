@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -80,6 +81,7 @@ from common import (
 )
 from prune import evaluated_splits, run_stage, teacher_eval, versus, versus_runs
 
+import conformer_prune
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.evaluate.profile import machine, measure_models_ms, profile_latency, write_table
@@ -202,8 +204,44 @@ def _bisect(method: MethodName, teacher_path: Path, digest: str, cache: Path, tr
             "measured_ratio": None if best is None else best[1],
             "teacher_sha256": digest,
             "tries": log,
+            "machine": machine(),  # where the tries were timed: the table's timing should be the same
+            "commit": git_commit(),
         },
     )
+
+
+def pruning_code(teacher: Path) -> str:
+    """A digest of what decides whether a method reaches a target: the teacher's bytes, the
+    pruning package and the model's source, and Torch-Pruning's version. A stage found out of reach
+    by other code is tried again (a fix to a method, as Torch-Pruning's front end on 2026-12-03,
+    can bring a target within its reach)."""
+    import torch_pruning
+
+    digest = hashlib.sha256(f"{file_digest(teacher)} torch-pruning {torch_pruning.__version__}".encode())
+    package = Path(conformer_prune.__file__).parent
+    for source in sorted([*(package / "prune").glob("*.py"), package / "model" / "conformer.py"]):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def read_unreachable(marker: Path, code: str) -> str | None:
+    """Why a stage cannot reach its target, if `marker` says so for this `code` (`pruning_code`);
+    a marker of other code (or of the plain-text form before the code was kept) is removed."""
+    if not marker.exists():
+        return None
+    try:
+        found = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        found = None
+    if isinstance(found, dict) and found.get("code") == code:
+        return str(found["error"])
+    print(f"{marker.name}: written by other pruning code, trying the target again", flush=True)
+    marker.unlink(missing_ok=True)
+    return None
+
+
+def write_unreachable(marker: Path, err: Exception, code: str) -> None:
+    write_json(marker, {"error": str(err), "code": code})
 
 
 def run_name(method: MethodName, ratio: float, seed: int) -> str:
@@ -296,6 +334,7 @@ def main() -> None:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
     latency_reports: dict[MethodName, dict[str, Any]] = {}
     jobs = Jobs(args.jobs, work)
+    code = pruning_code(teacher)  # what decides whether a target is out of a method's reach
     with jobs.preparing():  # the timed preparations on a quiet machine, before any process trains
         teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
         if "l0-distill" in selected:
@@ -313,8 +352,8 @@ def main() -> None:
         """One cached, resumable run into `store[key]` (or `unreachable[run.name]`), when selected
         or cached; trained by this process, or by another one sharing the runs (`Jobs`)."""
         unreachable_txt = work / f"{run.name}.unreachable.txt"
-        if unreachable_txt.exists():
-            unreachable[run.name] = unreachable_txt.read_text().strip()
+        if (found := read_unreachable(unreachable_txt, code)) is not None:
+            unreachable[run.name] = found
             return
         if method not in selected and not run.is_symlink():
             return
@@ -322,15 +361,15 @@ def main() -> None:
             cfg = jobs.config(make_cfg(), teacher, corpus)  # cheap: the profile and the matches are cached
         except UnreachableTargetError as err:
             unreachable[run.name] = str(err)
-            unreachable_txt.write_text(f"{err}\n")
+            write_unreachable(unreachable_txt, err, code)
             return
         target = run_dir(cfg, teacher, corpus)
         if method not in selected and not (target / "eval.json").exists():
             return
 
         def train() -> None:
-            if unreachable_txt.exists():  # found by another process
-                unreachable[run.name] = unreachable_txt.read_text().strip()
+            if (found := read_unreachable(unreachable_txt, code)) is not None:  # by another process
+                unreachable[run.name] = found
                 return
             if not (target / "eval.json").exists():
                 print(f"[{label}] {run}", flush=True)
@@ -340,7 +379,7 @@ def main() -> None:
                 )
             except UnreachableTargetError as err:  # below the method's smallest model (Torch-Pruning's)
                 unreachable[run.name] = str(err)
-                unreachable_txt.write_text(f"{err}\n")
+                write_unreachable(unreachable_txt, err, code)
                 print(f"[{label}] cannot reach the target: {err}", flush=True)
 
         jobs.run(label, target, train)

@@ -22,6 +22,7 @@ from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 from conformer_prune.model import Recognizer, build_model, save_recognizer
+from conformer_prune.prune.budget import UnreachableTargetError
 from tests.conftest import hetero_config
 
 PRUNED = dict(heads=[4, 0, 1], ffn1=[64, 16, 0], ffn2=[0, 32, 8], conv_channels=[32, 8, 0])
@@ -315,6 +316,26 @@ def test_a_check_whose_runs_are_missing_is_not_run_rather_than_met() -> None:
     assert (
         met["test WER at 50%"]["met"] is True and met["test WER at the same measured latency"]["met"] is True
     )
+
+
+def test_a_stage_found_out_of_reach_by_other_code_is_tried_again(tmp_path: Path) -> None:
+    """compare.py's unreachable markers hold the pruning code they were found with: Torch-Pruning
+    at 30% was out of reach until its front end was fixed, and a marker must not outlive that."""
+    import compare
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"weights")
+    code = compare.pruning_code(teacher)
+    assert code == compare.pruning_code(teacher)
+    teacher.write_bytes(b"other weights")
+    assert compare.pruning_code(teacher) != code
+    marker = tmp_path / "torch-pruning-30.unreachable.txt"
+    compare.write_unreachable(marker, UnreachableTargetError("the smallest it gave was 2,098,060"), code)
+    assert compare.read_unreachable(marker, code) == "the smallest it gave was 2,098,060"
+    assert compare.read_unreachable(marker, "other code") is None and not marker.exists()
+    marker.write_text("the smallest it gave was 2,098,060\n")  # the form before the code was kept
+    assert compare.read_unreachable(marker, code) is None and not marker.exists()
+    assert compare.read_unreachable(marker, code) is None  # no marker: nothing known
 
 
 def test_the_latency_model_check_times_shapes_spread_over_their_sizes() -> None:
