@@ -48,6 +48,7 @@ DOC = DOCS / "benchmark.md"
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
 RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
+STARTED = "started.json"  # the commit a run started from
 TO_TRAIN = "to train"  # `run_state` of a run nobody has started
 T = TypeVar("T")
 K = TypeVar("K")  # a timed runner's key
@@ -193,6 +194,8 @@ def link_run(link: Path, cfg: PruneConfig, teacher: Path, corpus: Path, restore:
     target.mkdir(parents=True, exist_ok=True)
     if not (target / "identity.json").exists():
         write_json(target / "identity.json", identity)
+        # the code it starts with (the identity holds what it trains, not the code that trains it)
+        write_json(target / STARTED, {"commit": git_commit()})
     if link.exists() and not link.is_symlink():
         raise SystemExit(f"{link} is a run directory of an older layout; remove it (runs now live in {RUNS})")
     relative = Path(os.path.relpath(target, link.parent))
@@ -224,6 +227,8 @@ def keep_run_result(link: Path) -> Path:
         "eval": json.loads((run / "eval.json").read_text()),
         "log": [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()],
         "architecture": to_dict(load_recognizer(run / "model.pt").model.config),
+        # the commit it started from; None for runs started before it was kept (2026-12-03)
+        "commit": json.loads((run / STARTED).read_text())["commit"] if (run / STARTED).exists() else None,
     }
     recogs = {p.stem.removeprefix("recogs-"): p.read_text(encoding="utf-8") for p in run.glob("recogs-*.txt")}
     path, recogs_file = _record_paths(run.name)
@@ -258,6 +263,8 @@ def restore_run(run: Path) -> bool:
     write_json(run / "identity.json", record["identity"])
     atomic_write_text(run / "log.jsonl", "".join(json.dumps(r) + "\n" for r in record["log"]))
     write_json(run / ARCHITECTURE, record["architecture"])
+    if record.get("commit"):
+        write_json(run / STARTED, {"commit": record["commit"]})
     recogs = json.loads(gzip.decompress(_record_paths(run.name)[1].read_bytes()))
     for split, text in recogs.items():
         atomic_write_text(recogs_path(run, split), text)

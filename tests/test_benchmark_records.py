@@ -37,6 +37,7 @@ def _finish(run: Path) -> Recognizer:
     run.mkdir(parents=True, exist_ok=True)
     save_recognizer(run / "model.pt", rec)
     (run / "identity.json").write_text(json.dumps({"config": {"seed": 0}}))
+    (run / common.STARTED).write_text(json.dumps({"commit": "abc1234"}))  # the code it started from
     (run / "log.jsonl").write_text('{"epoch": 1, "grad_norm_ctc": 0.9}\n{"epoch": 2, "grad_norm_ctc": 0.8}\n')
     for split in ("dev", "test"):
         lines = [f"# run_id r{split}", "u1\tref=HELLO WORLD", f"u1\thyp=HELLO {split.upper()}"]
@@ -62,7 +63,7 @@ def test_a_finished_run_is_restored_on_a_new_machine_with_all_but_its_weights(pl
     assert not (run / "model.pt").exists()
     for name in ("recogs-dev.txt", "recogs-test.txt"):
         assert after[name] == before[name]
-    for name in ("eval.json", "identity.json"):
+    for name in ("eval.json", "identity.json", common.STARTED):
         assert json.loads(after[name]) == json.loads(before[name])
     assert read_recogs(recogs_path(run, "test")) == {"u1": ("HELLO WORLD", "HELLO TEST")}
     logged = [json.loads(line) for line in after["log.jsonl"].decode().splitlines()]
