@@ -148,8 +148,9 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     config = to_dict(cfg)
     for key in NOT_TRAINED:
         config.pop(key)
-    if config["speeds"] is None:  # the teacher's, as before the field existed: the same identity
-        config.pop("speeds")
+    for key in ("speeds", "betas"):  # the defaults, as before the fields existed: the same identity
+        if config[key] is None:
+            config.pop(key)
     for key in CEILINGS:  # no ceiling, as before the fields existed: the same identity
         if config[key] is None:
             config.pop(key)

@@ -23,8 +23,9 @@ WER carries a paired-bootstrap interval. Every method gets the reference pruning
 measured, so the table takes many sessions or a GPU), except `scratch`, which gets the teacher's own
 number of epochs. Every method trains under the teacher's own SpecAugment (the pruning config's
 default). The dense methods start from random weights and use the teacher recipe's learning rate
-(`scratch` also its 400 warm-up steps, `dense-distill` the pruning recipe's warm-up) instead of the
-pruning one (chosen a priori, not tuned; nothing is tuned on test). Finally every model's CPU
+and Adam betas (`scratch` also its 400 warm-up steps, `dense-distill` the pruning recipe's warm-up;
+neither has the teacher's intermediate CTC, which the pruning engine lacks) instead of the pruning
+ones (chosen a priori, not tuned; nothing is tuned on test). Finally every model's CPU
 latency is measured in one process, interleaved. Writes benchmarks/results/compare.json, the compare
 section of docs/benchmark.md and docs/compare.png (with --quick: 1 + 1 epochs, compare-quick.json
 and the table and plot in benchmarks/cache/compare-quick/, not in docs/).
@@ -269,8 +270,9 @@ def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: 
         out.append(f"target_params={ratio}")
     if method == "scratch":  # the dense model from scratch gets the teacher's epochs
         out += ["prune_epochs=0", f"finetune_epochs={teacher_epochs}", "warmup_steps=400"]
-    if REGISTRY[method].masks == "dense":  # random weights: the teacher recipe's learning rate
-        out += [f"lr={load_config(TrainConfig, recipe_path('teacher')).optim.lr}"]
+    if REGISTRY[method].masks == "dense":  # random weights: the teacher recipe's optimizer
+        optim = load_config(TrainConfig, recipe_path("teacher")).optim
+        out += [f"lr={optim.lr}", f"betas=[{optim.betas[0]},{optim.betas[1]}]"]
     return out
 
 
@@ -854,8 +856,8 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         f"{' = '.join(best['dev']) or '-'}); the target, `l0-distill` lowest on test, is **{verdict}**. "
         f"Not run: {not_run}. {cannot}{seeds_md}"
         f"Every method trains {epochs['prune']} + {epochs['finetune']} epochs (pruning + fine-tuning) "
-        f"after the teacher exists (`scratch`: the teacher's "
-        f"epochs; `scratch` and `dense-distill` with the teacher recipe's learning rate), all under "
+        f"after the teacher exists (`scratch`: the teacher's epochs; `scratch` and `dense-distill` "
+        f"with the teacher recipe's learning rate and betas), all under "
         f"the teacher's SpecAugment; `continued` is the equal-training control, the teacher unpruned "
         f"and trained as long with distillation from its frozen copy. Latency: 2 threads, batch 1, "
         f"10 s, median of 60 rounds with all models interleaved in one process. The intervals are "

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conformer_prune.cli import build_parser, main
-from conformer_prune.config import ConfigError, load_config
+from conformer_prune.config import ConfigError, load_config, recipe_path
 from conformer_prune.data.dataset import Batch
 from conformer_prune.distill.layerwise import DistillConfig, LayerwiseDistiller
 from conformer_prune.evaluate.metrics import count_params, macs_per_second
@@ -33,6 +33,7 @@ from conformer_prune.prune.run import (
 )
 from conformer_prune.prune.torch_pruning import _prune_once, torch_pruning_prune
 from conformer_prune.train import loop
+from conformer_prune.train.config import TrainConfig
 from tests.conftest import (
     assert_same_real_frames,
     hetero_config,
@@ -650,6 +651,17 @@ def test_log_alpha_is_clamped_to_cofis_range_after_every_step() -> None:
     assert float(free.min()) < low - 1 and float(free.max()) > high + 1
     bounds = torch.tensor([low, high])  # in float32, as log_alpha is
     assert bool(clamped.min() >= bounds[0]) and bool(clamped.max() <= bounds[1])
+
+
+def test_the_optimizer_takes_the_betas_asked_for_and_pytorchs_otherwise() -> None:
+    """`scratch` and `dense-distill` train from random weights with the teacher recipe's betas."""
+    weight = torch.nn.Parameter(torch.ones(3, 3))
+    for betas, expected in ((None, (0.9, 0.999)), ((0.9, 0.98), (0.9, 0.98))):
+        optimizer = make_prune_optimizer([weight], None, Lagrangian(), PruneConfig(betas=betas))
+        assert {tuple(group["betas"]) for group in optimizer.param_groups} == {expected}
+    teacher_betas = load_config(TrainConfig, recipe_path("teacher")).optim.betas
+    cfg = load_config(PruneConfig, recipe_path("prune"), [f"betas=[{teacher_betas[0]},{teacher_betas[1]}]"])
+    assert cfg.betas == teacher_betas == (0.9, 0.98)
 
 
 @torch.no_grad()

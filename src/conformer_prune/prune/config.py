@@ -59,6 +59,10 @@ class PruneConfig:
         clamp_log_alpha: clamp every gate's log_alpha to CoFiPruning's range [ln 0.01, ln 100]
             after each step (`HardConcrete.LOG_ALPHA_RANGE`).
         weight_decay: on weight matrices only.
+        betas: AdamW's betas for every group; None (the default): PyTorch's (0.9, 0.999). A dense
+            model trained from random weights (`scratch`, `dense-distill`) is better given the
+            teacher recipe's (`TrainConfig.optim.betas`, (0.9, 0.98)), as `benchmarks/compare.py`
+            does.
         warmup_steps: linear learning-rate warm-up of the weights.
         grad_clip: max norm of the weights' gradient.
         init_unit_log_alpha: initial log_alpha of head, neuron and channel gates.
@@ -115,6 +119,7 @@ class PruneConfig:
     lambda_lr: float = 0.05
     clamp_log_alpha: bool = True
     weight_decay: float = 1e-3
+    betas: tuple[float, float] | None = None
     warmup_steps: int = 50
     grad_clip: float = 1.0
     init_unit_log_alpha: float = 3.0

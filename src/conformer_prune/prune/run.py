@@ -154,6 +154,7 @@ def make_prune_optimizer(
             },
         ],
         lr=cfg.lr,
+        betas=cfg.betas if cfg.betas is not None else (0.9, 0.999),
     )
     if cfg.clamp_log_alpha and gates is not None:
         optimizer.register_step_post_hook(lambda *_: gates.clamp_())
