@@ -22,11 +22,11 @@ WER carries a paired-bootstrap interval. Every method gets the reference pruning
 (`recipes/prune.yaml`: 1 pruning + 2 fine-tuning epochs, about 2 hours a run on 2 CPU cores,
 measured, so the table takes many sessions or a GPU), except `scratch`, which gets the teacher's own
 number of epochs. Every method trains under the teacher's own SpecAugment (the pruning config's
-default). The dense methods start from random weights and use the teacher recipe's learning rate
-and Adam betas (`scratch` also its 400 warm-up steps, `dense-distill` the pruning recipe's warm-up;
-neither has the teacher's intermediate CTC, which the pruning engine lacks) instead of the pruning
-ones (chosen a priori, not tuned; nothing is tuned on test). Finally every model's CPU
-latency is measured in one process, interleaved. Writes benchmarks/results/compare.json, the compare
+default). The dense methods start from random weights and use the recipe the teacher's checkpoint
+records: its learning rate, Adam betas and intermediate CTC (`scratch` also its warm-up steps,
+`dense-distill` the pruning recipe's warm-up) instead of the pruning ones (chosen a priori, not
+tuned; nothing is tuned on test). Finally every model's CPU latency is measured in one process,
+interleaved. Writes benchmarks/results/compare.json, the compare
 section of docs/benchmark.md and docs/compare.png (with --quick: 1 + 1 epochs, compare-quick.json
 and the table and plot in benchmarks/cache/compare-quick/, not in docs/).
 
@@ -60,6 +60,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
@@ -83,7 +85,7 @@ from common import (
 from prune import evaluated_splits, run_stage, teacher_eval, versus, versus_runs
 
 import conformer_prune
-from conformer_prune.config import load_config, recipe_path
+from conformer_prune.config import from_dict, load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.evaluate.profile import machine, measure_models_ms, profile_latency, write_table
 from conformer_prune.model import load_recognizer
@@ -259,20 +261,39 @@ def matched_json(run: Path) -> Path:
     return RESULTS / "compare-matched" / f"{run.name}.json"
 
 
-def overrides_for(method: MethodName, ratio: float, teacher_epochs: int, quick: bool) -> list[str]:
+def teacher_recipe(teacher: Path) -> TrainConfig:
+    """The recipe the teacher was trained with, as its checkpoint records it (`train` keeps it)."""
+    meta = torch.load(teacher, map_location="cpu", weights_only=False).get("meta", {})
+    if "train_config" not in meta:
+        raise SystemExit(
+            f"{teacher}: its checkpoint keeps no training recipe (`train_config`, which `train` writes)"
+        )
+    return from_dict(TrainConfig, meta["train_config"])
+
+
+def overrides_for(
+    method: MethodName, ratio: float, teacher_epochs: int, quick: bool, recipe: TrainConfig | None = None
+) -> list[str]:
     """The PruneConfig overrides of one run; SpecAugment is left to the default, the teacher's own,
     for every method (NeMo's 10 time masks kept a dense model from scratch at 96% dev WER for 16
-    epochs on these short utterances)."""
+    epochs on these short utterances). A dense model from random weights takes the teacher's own
+    `recipe` (`teacher_recipe`): its learning rate, Adam betas and intermediate CTC, and for
+    `scratch` its warm-up and number of epochs."""
     out = [f"method={method}"]
     if quick:  # the reference budget is the recipe's (issue 18); the quick path takes 1 + 1 epochs
         out += ["prune_epochs=1", "finetune_epochs=1"]
     if method != CONTROL:  # the control has no target (the recipe's is ignored)
         out.append(f"target_params={ratio}")
+    if REGISTRY[method].masks != "dense":
+        return out
+    if recipe is None:
+        raise ValueError(f"{method} trains from random weights: pass the teacher's recipe")
+    optim, inter = recipe.optim, recipe.inter_ctc
     if method == "scratch":  # the dense model from scratch gets the teacher's epochs
-        out += ["prune_epochs=0", f"finetune_epochs={teacher_epochs}", "warmup_steps=400"]
-    if REGISTRY[method].masks == "dense":  # random weights: the teacher recipe's optimizer
-        optim = load_config(TrainConfig, recipe_path("teacher")).optim
-        out += [f"lr={optim.lr}", f"betas=[{optim.betas[0]},{optim.betas[1]}]"]
+        out += ["prune_epochs=0", f"finetune_epochs={teacher_epochs}", f"warmup_steps={optim.warmup_steps}"]
+    out += [f"lr={optim.lr}", f"betas=[{optim.betas[0]},{optim.betas[1]}]"]
+    if inter.layers:
+        out += [f"inter_ctc.layers={inter.layers}", f"inter_ctc.weights={inter.weights}"]
     return out
 
 
@@ -327,6 +348,7 @@ def main() -> None:
         teacher_epochs = int(
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
         )
+    recipe = teacher_recipe(teacher)  # a dense model from random weights is trained as the teacher
     work = CACHE / ("compare-quick" if args.quick else "compare")
     evaluated = evaluated_splits(corpus)
     reports: dict[tuple[MethodName, float, int], dict[str, Any]] = {}
@@ -387,7 +409,7 @@ def main() -> None:
         jobs.run(label, target, train)
 
     for method, ratio, seed in RUNS:
-        params_overrides = [*overrides_for(method, ratio, teacher_epochs, args.quick), f"seed={seed}"]
+        params_overrides = [*overrides_for(method, ratio, teacher_epochs, args.quick, recipe), f"seed={seed}"]
         stage(
             reports,
             (method, ratio, seed),
@@ -398,7 +420,7 @@ def main() -> None:
         )
 
     def latency_cfg(method: MethodName, run: Path) -> PruneConfig:
-        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick)
+        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick, recipe)
         if method == "l0-distill":
             table = latency_table(teacher, work)
             overrides += ["target_params=null", f"target_latency={LATENCY_TARGET}", f"latency_table={table}"]
@@ -857,7 +879,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         f"Not run: {not_run}. {cannot}{seeds_md}"
         f"Every method trains {epochs['prune']} + {epochs['finetune']} epochs (pruning + fine-tuning) "
         f"after the teacher exists (`scratch`: the teacher's epochs; `scratch` and `dense-distill` "
-        f"with the teacher recipe's learning rate and betas), all under "
+        f"with the teacher's learning rate, betas and intermediate CTC), all under "
         f"the teacher's SpecAugment; `continued` is the equal-training control, the teacher unpruned "
         f"and trained as long with distillation from its frozen copy. Latency: 2 threads, batch 1, "
         f"10 s, median of 60 rounds with all models interleaved in one process. The intervals are "

@@ -339,6 +339,40 @@ def test_a_stage_found_out_of_reach_by_other_code_is_tried_again(tmp_path: Path)
     assert compare.read_unreachable(marker, code) is None  # no marker: nothing known
 
 
+def test_a_dense_model_from_random_weights_is_trained_with_the_teachers_own_recipe(tmp_path: Path) -> None:
+    """compare.py's `scratch` and `dense-distill`: the learning rate, Adam betas and intermediate
+    CTC of the recipe the teacher's checkpoint records (and `scratch` its warm-up); the pruning
+    methods keep the pruning recipe's."""
+    import compare
+
+    from conformer_prune.config import load_config, recipe_path, to_dict
+    from conformer_prune.prune.config import PruneConfig
+    from conformer_prune.train.config import InterCTCConfig, OptimConfig, TrainConfig
+
+    trained = TrainConfig(
+        optim=OptimConfig(lr=3e-3, betas=(0.85, 0.97), warmup_steps=250),
+        inter_ctc=InterCTCConfig(layers=[6], weights=[0.3]),
+    )
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"meta": {"train_config": to_dict(trained)}}, teacher)
+    recipe = compare.teacher_recipe(teacher)
+    pruning = load_config(PruneConfig, recipe_path("prune"))
+    for method in ("scratch", "dense-distill", "l0-distill"):
+        cfg = load_config(
+            PruneConfig, recipe_path("prune"), compare.overrides_for(method, 0.5, 9, False, recipe)
+        )
+        if method == "l0-distill":
+            assert (cfg.lr, cfg.betas, cfg.inter_ctc.layers) == (pruning.lr, None, [])
+            continue
+        assert (cfg.lr, cfg.betas) == (3e-3, (0.85, 0.97))
+        assert (cfg.inter_ctc.layers, cfg.inter_ctc.weights) == ([6], [0.3])
+        epochs = (cfg.prune_epochs + cfg.finetune_epochs, cfg.warmup_steps)
+        assert epochs == ((9, 250) if method == "scratch" else (3, pruning.warmup_steps))
+    torch.save({"meta": {}}, teacher)
+    with pytest.raises(SystemExit, match="keeps no training recipe"):
+        compare.teacher_recipe(teacher)
+
+
 def test_the_latency_model_check_times_shapes_spread_over_their_sizes() -> None:
     from latency_model import spread
 

@@ -219,3 +219,29 @@ def test_a_loss_without_distillation_reads_only_the_ctc_only_fields() -> None:
         torch.testing.assert_close(state_b[key], value, rtol=0, atol=0, msg=key)
     for key, value in grads_a.items():
         torch.testing.assert_close(grads_b[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_intermediate_ctc_in_the_pruning_loss_is_the_training_loss_of_train() -> None:
+    """`PruneConfig.inter_ctc` (for dense models trained from random weights as the teacher was):
+    the label loss is `train`'s, (1 - w) CTC(last block) + w CTC(block k), and "ctc" logs the last
+    block's alone."""
+    from conformer_prune.train.config import InterCTCConfig
+    from conformer_prune.train.loop import ctc_loss
+
+    teacher, student = _pair()
+    _perturb(student)
+    inter = InterCTCConfig(layers=[1], weights=[0.3])
+    ctc_only = DistillConfig().ctc_only()
+    plain = LayerwiseDistiller(teacher, 3, 32, ctc_only)
+    with_inter = LayerwiseDistiller(teacher, 3, 32, ctc_only, inter)
+    loss, parts = with_inter.loss(student, _batch())
+    expected, expected_parts = ctc_loss(student, _batch(), inter)
+    torch.testing.assert_close(loss, expected)
+    assert parts["ctc"] == pytest.approx(expected_parts["ctc"]) and parts["inter_ctc"] == pytest.approx(
+        expected_parts["inter_ctc"]
+    )
+    last, last_parts = plain.loss(student, _batch())
+    assert last_parts["ctc"] == pytest.approx(parts["ctc"]) and "inter_ctc" not in last_parts
+    assert float((loss - 0.7 * last).detach() / 0.3) == pytest.approx(parts["inter_ctc"], rel=1e-5)
+    with pytest.raises(ValueError, match=r"inter_ctc\.layers must be blocks 1 to 2"):
+        LayerwiseDistiller(teacher, 3, 32, ctc_only, InterCTCConfig(layers=[3], weights=[0.3]))

@@ -469,12 +469,15 @@ def test_dense_baseline_shape_meets_the_parameter_target(ratio: float) -> None:
 @pytest.mark.parametrize("method", ["scratch", "dense-distill"])
 def test_dense_baselines_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / method
-    assert main([*_prune_argv(tiny_corpus, tiny_run, out), "--method", method]) == 0
+    inter = ["inter_ctc.layers=[1]", "inter_ctc.weights=[0.3]"] if method == "scratch" else []
+    prune, *args = _prune_argv(tiny_corpus, tiny_run, out)  # its --set last, extended
+    assert main([prune, "--method", method, *args, *inter]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.02
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(epochs) == 3 and all(r["stage"] == "finetune" for r in epochs)
     assert (DistillConfig().layer_key in epochs[0]) == (method == "dense-distill")
+    assert ("inter_ctc" in epochs[0]) == (method == "scratch")  # as the teacher's recipe may ask
     rec = load_recognizer(out / "model.pt")
     teacher = load_recognizer(tiny_run / "model.pt")
     assert rec.model.config.d_model < teacher.model.config.d_model

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from conformer_prune.data.dataset import Batch
 from conformer_prune.model.conformer import ConformerCTC
+from conformer_prune.train.config import InterCTCConfig
 
 __all__ = [
     "CTC_ONLY_FIELDS",
@@ -166,13 +167,28 @@ class LayerwiseDistiller(nn.Module):
         n_layers: student blocks (one projection each).
         d_model: model dimension of the student (the teacher's may be larger: dense-distill).
         config: the loss's weights and choices.
+        inter_ctc: intermediate CTC terms of the student's label loss (as `train`'s); None or no
+            layers: the last block's CTC alone.
     """
 
-    def __init__(self, teacher: ConformerCTC, n_layers: int, d_model: int, config: DistillConfig) -> None:
+    def __init__(
+        self,
+        teacher: ConformerCTC,
+        n_layers: int,
+        d_model: int,
+        config: DistillConfig,
+        inter_ctc: InterCTCConfig | None = None,
+    ) -> None:
         super().__init__()
         if teacher.config.n_layers != n_layers:
             raise ValueError(
                 f"teacher has {teacher.config.n_layers} blocks, student {n_layers}; expected equal"
+            )
+        self.inter_ctc = inter_ctc if inter_ctc is not None and inter_ctc.layers else None
+        if self.inter_ctc is not None and not all(1 <= k < n_layers for k in self.inter_ctc.layers):
+            raise ValueError(
+                f"inter_ctc.layers must be blocks 1 to {n_layers - 1} (the last block's output is the "
+                f"main CTC's), found {self.inter_ctc.layers}"
             )
         self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not saved
         self.config = config
@@ -209,6 +225,17 @@ class LayerwiseDistiller(nn.Module):
         logits = student.decoder(x).float()  # (B, T, V)
         log_probs = torch.log_softmax(logits, dim=-1)
         ctc = student.ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths)
+        parts: dict[str, float] = {"ctc": float(ctc.detach())}  # the last block's, as `train` logs
+        if self.inter_ctc is not None:  # the label loss with intermediate CTC, as `train`'s
+            weights = self.inter_ctc.weights
+            inter = [
+                student.ctc_loss(
+                    student.log_probs(student_layers[k - 1]), lengths, batch.targets, batch.target_lengths
+                )
+                for k in self.inter_ctc.layers
+            ]
+            ctc = (1 - sum(weights)) * ctc + sum(w * t for w, t in zip(weights, inter, strict=True))
+            parts["inter_ctc"] = sum(float(t.detach()) for t in inter) / len(inter)
         terms: dict[str, tuple[float, Tensor]] = {}  # distillation part -> (weight, value)
         if cfg.distils:
             teacher = self.teacher[0]
@@ -238,7 +265,6 @@ class LayerwiseDistiller(nn.Module):
             self.probe_step += 1
         distill = sum((w * v for w, v in terms.values()), torch.zeros((), device=ctc.device))
         total = cfg.ctc_weight * ctc + self.scale * distill
-        parts = {"ctc": float(ctc.detach())}
         names = {"layer": cfg.layer_key}
         parts |= {names.get(k, k): float(v.detach()) for k, (_, v) in terms.items()}
         parts |= self._norms

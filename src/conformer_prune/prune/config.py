@@ -12,6 +12,7 @@ from conformer_prune.distill.layerwise import DistillConfig
 from conformer_prune.prune.cost import Metric
 from conformer_prune.prune.latency import Runtime
 from conformer_prune.prune.methods import METHODS, MethodName
+from conformer_prune.train.config import InterCTCConfig
 
 __all__ = ["PruneConfig", "teacher_specaug", "teacher_speeds"]
 
@@ -63,6 +64,9 @@ class PruneConfig:
             model trained from random weights (`scratch`, `dense-distill`) is better given the
             teacher recipe's (`TrainConfig.optim.betas`, (0.9, 0.98)), as `benchmarks/compare.py`
             does.
+        inter_ctc: intermediate CTC in the student's label loss (`TrainConfig.inter_ctc`); none by
+            default. `benchmarks/compare.py` gives the dense models trained from random weights
+            the teacher's own.
         warmup_steps: linear learning-rate warm-up of the weights.
         grad_clip: max norm of the weights' gradient.
         init_unit_log_alpha: initial log_alpha of head, neuron and channel gates.
@@ -120,6 +124,7 @@ class PruneConfig:
     clamp_log_alpha: bool = True
     weight_decay: float = 1e-3
     betas: tuple[float, float] | None = None
+    inter_ctc: InterCTCConfig = field(default_factory=InterCTCConfig)
     warmup_steps: int = 50
     grad_clip: float = 1.0
     init_unit_log_alpha: float = 3.0

@@ -463,7 +463,9 @@ def gated_student(
     )
     gates.latency = latency
     distill_cfg = copy.deepcopy(cfg.distill) if method.distill else cfg.distill.ctc_only()
-    distiller = LayerwiseDistiller(teacher, student.config.n_layers, student.config.d_model, distill_cfg)
+    distiller = LayerwiseDistiller(
+        teacher, student.config.n_layers, student.config.d_model, distill_cfg, cfg.inter_ctc
+    )
     return student, gates, distiller.to(device)
 
 
