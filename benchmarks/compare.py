@@ -97,7 +97,8 @@ from conformer_prune.prune.methods import METHODS as REGISTRY
 from conformer_prune.prune.methods import MethodName
 from conformer_prune.prune.run import one_shot_model
 from conformer_prune.train.config import TrainConfig
-from conformer_prune.utils import write_json
+from conformer_prune.train.loop import native_bf16
+from conformer_prune.utils import resolve_device, write_json
 
 METHODS = tuple(REGISTRY)
 CONTROL: MethodName = "continued"  # prunes nothing: its one run keeps 100% of the parameters
@@ -282,6 +283,10 @@ def overrides_for(
     out = [f"method={method}"]
     if quick:  # the reference budget is the recipe's (issue 18); the quick path takes 1 + 1 epochs
         out += ["prune_epochs=1", "finetune_epochs=1"]
+        # and checks the code path on any machine: fp32 where bf16 is not native (the reference
+        # runs refuse to train there, `check_precision`)
+        if not native_bf16(resolve_device(load_config(PruneConfig, recipe_path("prune")).device)):
+            out.append("precision=fp32")
     if method != CONTROL:  # the control has no target (the recipe's is ignored)
         out.append(f"target_params={ratio}")
     if REGISTRY[method].masks != "dense":
