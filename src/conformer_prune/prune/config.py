@@ -60,10 +60,9 @@ class PruneConfig:
         clamp_log_alpha: clamp every gate's log_alpha to CoFiPruning's range [ln 0.01, ln 100]
             after each step (`HardConcrete.LOG_ALPHA_RANGE`).
         weight_decay: on weight matrices only.
-        betas: AdamW's betas for every group; None (the default): PyTorch's (0.9, 0.999). A dense
-            model trained from random weights (`scratch`, `dense-distill`) is better given the
-            teacher recipe's (`TrainConfig.optim.betas`, (0.9, 0.98)), as `benchmarks/compare.py`
-            does.
+        betas: AdamW's betas for every group; None (the default): PyTorch's (0.9, 0.999).
+            `benchmarks/compare.py` gives the dense models trained from random weights (`scratch`,
+            `dense-distill`) the teacher's (`TrainConfig.optim.betas`), as the rest of its recipe.
         inter_ctc: intermediate CTC in the student's label loss (`TrainConfig.inter_ctc`); none by
             default. `benchmarks/compare.py` gives the dense models trained from random weights
             the teacher's own.
