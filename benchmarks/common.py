@@ -403,11 +403,17 @@ class Jobs:
         benchmark alone on the cores (2 threads) reads a run that another finished while sharing
         them (1 thread) and does not train it again. `weights`: the benchmark reads the run's
         model, so only a run finished here with its model.pt counts (none is restored from its
-        record: `run_dir`)."""
+        record: `run_dir`). A run not finished but started on some threads (its saved state here,
+        or held by another process) goes on on those threads: resumed, or waited for, rather than
+        trained again from its first step on others."""
         for finished in thread_variants(cfg):
             run = run_dir(finished, teacher, corpus, restore=not weights)
             if (run / "eval.json").exists() and (not weights or (run / "model.pt").exists()):
                 return finished
+        for started in thread_variants(cfg):
+            state = run_state(run_dir(started, teacher, corpus, restore=False))
+            if state.startswith(("started", "training in another process")):
+                return started
         return dataclasses.replace(cfg, threads=1) if self.shared else cfg
 
     @contextmanager

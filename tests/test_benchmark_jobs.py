@@ -105,7 +105,12 @@ def test_a_run_finished_on_other_threads_is_read_not_trained_again(tmp_path: Pat
     assert one_thread.threads == 1 and alone.config(cfg, teacher, corpus) == cfg  # nothing finished
     run = run_dir(one_thread, teacher, corpus)
     run.mkdir(parents=True)
-    (run / "prune_state.pt").write_bytes(b"")  # started on one thread, not finished: not read
+    (run / "prune_state.pt").write_bytes(b"")  # started on one thread: resumed there, not restarted
+    assert alone.config(cfg, teacher, corpus) == one_thread
+    (run / "prune_state.pt").unlink()
+    held = _try_lock(run)  # held by a process sharing the cores: waited for there, not trained twice
+    assert held is not None and alone.config(cfg, teacher, corpus) == one_thread
+    held.close()  # neither started nor held: on the process's own threads
     assert alone.config(cfg, teacher, corpus) == cfg
     (run / "eval.json").write_text("{}")  # finished (shared, one thread): read by the lone process
     assert alone.config(cfg, teacher, corpus) == one_thread
