@@ -61,8 +61,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
@@ -265,7 +263,7 @@ def matched_json(run: Path) -> Path:
 
 def teacher_recipe(teacher: Path) -> TrainConfig:
     """The recipe the teacher was trained with, as its checkpoint records it (`train` keeps it)."""
-    meta = torch.load(teacher, map_location="cpu", weights_only=False).get("meta", {})
+    meta = load_recognizer(teacher).meta
     if "train_config" not in meta:
         raise SystemExit(
             f"{teacher}: its checkpoint keeps no training recipe (`train_config`, which `train` writes)"

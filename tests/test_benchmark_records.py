@@ -354,7 +354,7 @@ def test_a_dense_model_from_random_weights_is_trained_with_the_teachers_own_reci
         inter_ctc=InterCTCConfig(layers=[6], weights=[0.3]),
     )
     teacher = tmp_path / "teacher.pt"
-    torch.save({"meta": {"train_config": to_dict(trained)}}, teacher)
+    save_recognizer(teacher, _finish(tmp_path / "run"), train_config=to_dict(trained))
     recipe = compare.teacher_recipe(teacher)
     pruning = load_config(PruneConfig, recipe_path("prune"))
     for method in ("scratch", "dense-distill", "l0-distill"):
@@ -368,7 +368,7 @@ def test_a_dense_model_from_random_weights_is_trained_with_the_teachers_own_reci
         assert (cfg.inter_ctc.layers, cfg.inter_ctc.weights) == ([6], [0.3])
         epochs = (cfg.prune_epochs + cfg.finetune_epochs, cfg.warmup_steps)
         assert epochs == ((9, 250) if method == "scratch" else (3, pruning.warmup_steps))
-    torch.save({"meta": {}}, teacher)
+    save_recognizer(teacher, _finish(tmp_path / "run"))  # as one imported from NeMo
     with pytest.raises(SystemExit, match="keeps no training recipe"):
         compare.teacher_recipe(teacher)
 
