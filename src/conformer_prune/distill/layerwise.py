@@ -227,14 +227,13 @@ class LayerwiseDistiller(nn.Module):
         ctc = student.ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths)
         parts: dict[str, float] = {"ctc": float(ctc.detach())}  # the last block's, as `train` logs
         if self.inter_ctc is not None:  # the label loss with intermediate CTC, as `train`'s
-            weights = self.inter_ctc.weights
             inter = [
                 student.ctc_loss(
                     student.log_probs(student_layers[k - 1]), lengths, batch.targets, batch.target_lengths
                 )
                 for k in self.inter_ctc.layers
             ]
-            ctc = (1 - sum(weights)) * ctc + sum(w * t for w, t in zip(weights, inter, strict=True))
+            ctc = self.inter_ctc.loss(ctc, inter)
             parts["inter_ctc"] = sum(float(t.detach()) for t in inter) / len(inter)
         terms: dict[str, tuple[float, Tensor]] = {}  # distillation part -> (weight, value)
         if cfg.distils:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from torch import Tensor
+
 from conformer_prune.config import check_at_least
 from conformer_prune.data.audio import check_speeds
 from conformer_prune.data.features import FeatureConfig, SpecAugmentConfig
@@ -60,6 +62,10 @@ class InterCTCConfig:
             raise ValueError(f"inter_ctc.weights must be positive with a sum below 1, found {self.weights}")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"inter_ctc.layers must be distinct, found {self.layers}")
+
+    def loss(self, final: Tensor, terms: list[Tensor]) -> Tensor:
+        """The combined loss of the last block's CTC and the terms of `layers`, in their order."""
+        return (1 - sum(self.weights)) * final + sum(w * t for w, t in zip(self.weights, terms, strict=True))
 
 
 @dataclass

@@ -174,7 +174,7 @@ def ctc_loss(
     x, lengths = model.encoder(batch.feats, batch.feat_lengths, outputs)
     read = [x, *(outputs[k - 1] for k in inter.layers)]  # the last block's output, then the others
     final, *terms = (model.ctc_loss(model.log_probs(y), lengths, *targets) for y in read)
-    loss = (1 - sum(inter.weights)) * final + sum(w * t for w, t in zip(inter.weights, terms, strict=True))
+    loss = inter.loss(final, terms)
     inter_mean = sum(float(t.detach()) for t in terms) / len(terms)
     return loss, {"ctc": float(final.detach()), "inter_ctc": inter_mean}
 
