@@ -12,6 +12,7 @@ Usage:
     python benchmarks/distill.py --quick                # same code path on the quick teacher
     python benchmarks/distill.py --only l0 chosen       # train just these runs (reading the others)
     python benchmarks/distill.py --plan --jobs 2        # where every run stands; trains nothing
+    python benchmarks/distill.py --precision fp32       # the ablation in fp32, where bf16 is not native
     python benchmarks/distill.py --record --stage at-30  # the record of the runs finished so far
                                                         # (trains nothing, while others train)
     # (give the --jobs of the processes training: a run not started is named for that thread count)
@@ -53,6 +54,11 @@ epochs) differ. Stages:
    `chosen-30-prune1` (the same split at 30%), at 30%; these two are compare.py's `l0-distill` at
    50% and 30%.
 6. ablation: `chosen` with each of its choices switched off in turn (dev and test WER reported).
+   Every run so far trained in bf16, and a bf16 run refuses to train on a CPU without native
+   bf16. There, `--precision fp32` trains the ablation runs not yet finished in bf16 in fp32
+   instead (`chosen-fp32-without-...`), each measured against `chosen-fp32`, `chosen` itself in
+   fp32, never against a bf16 run; `chosen-fp32` against `chosen`'s bf16 seeds also measures what
+   the precision moves. A choice's bf16 run, where it has finished, is the one reported.
 
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
 dev and test WER with split sizes, the paired-bootstrap interval of its test WER against
@@ -125,6 +131,7 @@ PRUNE1 = "chosen-prune1"  # `chosen` with 1 pruning + 2 fine-tuning epochs (the 
 PRUNE1_30 = "chosen-30-prune1"  # the same split at 30% of the parameters
 SCHEDULE = ["prune_epochs=1", "finetune_epochs=2"]
 UNDISTILLED = "chosen-without-distillation"  # `l0` with `chosen`'s other choices
+FP32 = "chosen-fp32"  # `chosen` in fp32: the base of the ablation runs trained where bf16 is not native
 RUN_NAMES = (  # every run's name, in the stages' order
     "base",
     "l0",
@@ -139,6 +146,8 @@ RUN_NAMES = (  # every run's name, in the stages' order
     PRUNE1,
     PRUNE1_30,
     *(f"chosen-without-{choice}" for choice in CHOICES),
+    FP32,
+    *(f"{FP32}-without-{choice}" for choice in CHOICES),
 )
 
 
@@ -177,6 +186,13 @@ def main() -> None:
         "without writing the record; a later stage's run needs every candidate finished",
     )
     parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="the ablation's runs not yet finished in bf16: fp32 trains them in fp32 against `chosen-fp32` "
+        "(`chosen` in fp32), on a CPU without native bf16, where bf16 runs refuse to train",
+    )
+    parser.add_argument(
         "--plan",
         action="store_true",
         help="list every run with where it stands (finished, restored from its record, WER alone from "
@@ -213,12 +229,21 @@ def main() -> None:
     targets: dict[str, Path] = {}  # each name's run directory
     old: set[str] = set()  # runs read from a record older than its recognitions: WERs alone
 
-    def run(name: str, extra: list[str], compared: bool = False) -> None:
-        """`compared`: a run the claims compare by paired bootstrap (its recognitions needed)."""
-        cfg = jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
+    def config(extra: list[str]) -> PruneConfig:
+        return jobs.config(load_config(PruneConfig, recipe_path("prune"), [*budget, *extra]), teacher, corpus)
+
+    def finished(extra: list[str]) -> bool:
+        return (run_dir(config(extra), teacher, corpus) / "eval.json").exists()
+
+    def run(name: str, extra: list[str], compared: bool = False, read: bool = False) -> None:
+        """`compared`: a run the claims compare by paired bootstrap (its recognitions needed).
+        `read`: read the run if it has finished, never train it."""
+        cfg = config(extra)
         target = run_dir(cfg, teacher, corpus)
         kept = None if compared or (args.only and name in args.only) else old_eval(cfg, teacher, corpus)
         finished = (target / "eval.json").exists()
+        if read and not finished:
+            return
         if args.plan:
             state, shown = (
                 ("WER alone, from an old record", target)
@@ -275,9 +300,17 @@ def main() -> None:
     if last >= 4 and not args.quick:  # the quick budget is 1 + 1 epochs
         run(PRUNE1, overrides(chosen, *SCHEDULE))
         run(PRUNE1_30, overrides(chosen, "target_params=0.3", *SCHEDULE))
-    if last >= 5:
+    if last >= 5:  # each choice's bf16 run; in fp32 (against chosen-fp32) where that has not finished
+        fp32 = [c for c in chosen if not finished(overrides([x for x in chosen if x != c]))]
         for choice in chosen:
-            run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
+            if choice not in fp32 or args.precision == "bf16":
+                run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
+        # trained only when asked (--precision fp32); read wherever they finished (their records)
+        read = args.precision == "bf16"
+        run(FP32, overrides(chosen, "precision=fp32"), compared=True, read=read)
+        for choice in fp32:
+            rest = [c for c in chosen if c != choice]
+            run(f"{FP32}-without-{choice}", overrides(rest, "precision=fp32"), compared=True, read=read)
     jobs.settle()
     if args.only or args.plan or not (args.record or jobs.last()):  # the last out of a full run writes
         return
@@ -310,6 +343,7 @@ def main() -> None:
         "commit": commit,
         "command": command_line(),
     }
+    record["ablation"] = ablation_rows(chosen, reports, targets, old)
     seeds: dict[str, list[float]] = {}
     for m in ("chosen", UNDISTILLED):
         names = (m, *(f"{m}-seed{seed}" for seed in SEEDS))
@@ -338,6 +372,13 @@ def main() -> None:
         record["seeds"]["below_0_at_every_seed"] = all(
             v["high"] < 0 for v in record["seeds"]["chosen_vs_undistilled"].values()
         )
+    if "seeds" in record and {"chosen", FP32} <= reports.keys() and not {"chosen", FP32} & old:
+        record["precision"] = {  # what training in fp32 instead of bf16 moves, beside the seed spread
+            "run": FP32,
+            "wer_test": reports[FP32]["pruned"]["wer_test"],
+            "chosen_bf16_seeds": record["seeds"]["chosen"],
+            "vs_chosen": versus(targets["chosen"], targets[FP32], "test"),
+        }
     if {"chosen", PRUNE1} <= set(reports):  # the split of the three epochs, chosen on dev at 50%
         dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in ("chosen", PRUNE1)}
         record["schedule"] = {
@@ -372,6 +413,31 @@ def main() -> None:
     print(json.dumps(record, indent=2))
     if not args.quick:
         update_doc_section("distill", section(record))
+
+
+def ablation_rows(
+    chosen: list[str], reports: dict[str, dict[str, Any]], targets: dict[str, Path], old: set[str]
+) -> list[dict[str, Any]]:
+    """Each choice of `chosen` switched off, against the base of its precision: its bf16 run against
+    `chosen`, else its fp32 run against `chosen-fp32` (trained where bf16 is not native)."""
+    rows = []
+    for choice in chosen:
+        for base, name in (("chosen", f"chosen-without-{choice}"), (FP32, f"{FP32}-without-{choice}")):
+            if {base, name} <= reports.keys() and not {base, name} & old:
+                wer = {n: reports[n]["pruned"] for n in (base, name)}
+                rows.append(
+                    {
+                        "choice": choice,
+                        "run": name,
+                        "base": base,
+                        "precision": "fp32" if base == FP32 else "bf16",
+                        **{f"wer_{s}": wer[name][f"wer_{s}"] for s in ("dev", "test")},
+                        **{f"wer_{s}_base": wer[base][f"wer_{s}"] for s in ("dev", "test")},
+                        "test_vs_base": versus(targets[base], targets[name], "test"),
+                    }
+                )
+                break
+    return rows
 
 
 def compared_runs(record: dict[str, Any], finished: set[str]) -> dict[str, str]:
@@ -438,38 +504,56 @@ def section(record: dict[str, Any]) -> str:
             "(benchmarks/results/runs/), on a machine whose cache is gone, so WER alone: no interval, "
             "no gradient norms.\n"
         )
-    by_run = {r["run"]: r for r in record["runs"]}
-    ablated = [
-        (c, by_run[f"chosen-without-{c}"]) for c in record["chosen"] if f"chosen-without-{c}" in by_run
-    ]
-    if ablated and "chosen" in by_run:
-        chosen = by_run["chosen"]
-        ablation = markdown_table(
-            ["switched off", "dev WER", "dev minus chosen", "test WER", "test minus chosen (95% CI)"],
+    if ablation := record.get("ablation"):
+        bases: dict[str, dict[str, Any]] = {}  # each base's row, in the order first used
+        for r in ablation:
+            bases.setdefault(r["base"], r)
+        table = markdown_table(
+            [
+                "switched off",
+                "precision",
+                "dev WER",
+                "dev minus its base",
+                "test WER",
+                "test minus its base (95% CI)",
+            ],
             [
                 [
-                    "nothing (chosen)",
-                    f"{100 * chosen['wer_dev']:.2f}%",
+                    f"nothing ({b})",
+                    r["precision"],
+                    f"{100 * r['wer_dev_base']:.2f}%",
                     "-",
-                    f"{100 * chosen['wer_test']:.2f}%",
+                    f"{100 * r['wer_test_base']:.2f}%",
                     "-",
                 ]
+                for b, r in bases.items()
             ]
             + [
                 [
-                    choice,
+                    r["choice"],
+                    r["precision"],
                     f"{100 * r['wer_dev']:.2f}%",
-                    f"{100 * (r['wer_dev'] - chosen['wer_dev']):+.2f}",
+                    f"{100 * (r['wer_dev'] - r['wer_dev_base']):+.2f}",
                     f"{100 * r['wer_test']:.2f}%",
-                    _interval(r.get("wer_test_vs_reference")),
+                    _interval(r["test_vs_base"]),
                 ]
-                for choice, r in ablated
+                for r in ablation
             ],
         )
         text += (
-            f"\nAblation: `chosen` with each of its choices switched off in turn ({len(ablated)} of "
-            f"{len(record['chosen'])} run so far), seed 0; a positive difference is what the choice is "
-            f"worth.\n\n{ablation}\n"
+            f"\nAblation: `chosen` with each of its choices switched off in turn ({len(ablation)} of "
+            f"{len(record['chosen'])} run so far), seed 0, against the base of its precision: a bf16 run "
+            f"against `chosen`, an fp32 run (trained where bf16 is not native) against `{FP32}`, `chosen` "
+            f"itself trained in fp32; a positive difference is what the choice is worth.\n\n{table}\n"
+        )
+    if "precision" in record:
+        p = record["precision"]
+        s = p["chosen_bf16_seeds"]
+        text += (
+            f"\nPrecision: `chosen` trained in fp32 ({p['run']}) {100 * p['wer_test']:.2f}% test WER, "
+            f"against {100 * s['mean']:.2f}% for its bf16 seeds 0-{len(SEEDS)} "
+            f"(spread {100 * s['spread']:.2f} points);"
+            f" {p['run']} minus chosen: {_interval(p['vs_chosen'])}.\n"
         )
     if "seeds" in record:
         s = record["seeds"]

@@ -43,6 +43,19 @@ def _record(prune1_dev: float) -> dict[str, Any]:
             _row("chosen-without-kl", 0.152, 0.142),
             _row(distill.PRUNE1, prune1_dev, 0.138),
         ],
+        "ablation": [
+            {
+                "choice": "kl",
+                "run": "chosen-without-kl",
+                "base": "chosen",
+                "precision": "bf16",
+                "wer_dev": 0.152,
+                "wer_test": 0.142,
+                "wer_dev_base": 0.15,
+                "wer_test_base": 0.14,
+                "test_vs_base": versus,
+            }
+        ],
         "schedule": {
             "wer_dev": {"chosen": 0.15, distill.PRUNE1: prune1_dev},
             "prune1_chosen_on_dev": prune1_dev < 0.15,
@@ -65,7 +78,7 @@ def test_the_schedule_taken_at_50_is_the_one_lower_on_dev_and_the_ablation_shows
     assert (
         f"takes **{distill.PRUNE1}**" in text and f"At 50% of the parameters: {distill.PRUNE1} 13.80%" in text
     )
-    assert "| kl | 15.20% | +0.20 | 14.20% |" in text  # switched off: what the choice was worth on dev
+    assert "| kl | bf16 | 15.20% | +0.20 | 14.20% |" in text  # switched off: its worth on dev
     assert "(1 of 2 run so far)" in text  # frontend's ablation is not in the record yet
     other = distill.section(_record(prune1_dev=0.151))
     assert "takes **chosen (2 + 1)**" in other and "At 50% of the parameters: chosen 13.80%" in other
@@ -77,7 +90,53 @@ def test_the_schedule_taken_at_50_is_the_one_lower_on_dev_and_the_ablation_shows
     assert f"At 30%: {distill.PRUNE1_30} 18.00% dev WER against chosen-30's 19.00%" in distill.section(at_30)
     unablated = copy.deepcopy(_record(0.148))
     unablated["runs"] = [r for r in unablated["runs"] if not r["run"].startswith("chosen-without-")]
+    unablated["ablation"] = []
     assert "Ablation" not in distill.section(unablated)
+
+
+def test_each_ablation_run_is_measured_against_the_base_of_its_own_precision(monkeypatch: Any) -> None:
+    def report(dev: float, test: float) -> dict[str, Any]:
+        return {"pruned": {"wer_dev": dev, "wer_test": test}}
+
+    interval = {"delta": 0.01, "low": 0.005, "high": 0.015}
+    monkeypatch.setattr(
+        distill, "versus", lambda a, b, split: {"a": a.name, "b": b.name, "split": split, **interval}
+    )
+    fp32 = distill.FP32
+    reports = {
+        "chosen": report(0.15, 0.14),
+        fp32: report(0.16, 0.15),
+        "chosen-without-kl": report(0.152, 0.142),  # bf16, preferred where both finished
+        f"{fp32}-without-kl": report(0.17, 0.16),
+        f"{fp32}-without-frontend": report(0.165, 0.155),  # fp32 alone: against chosen-fp32
+        "chosen-without-dynamic": report(0.151, 0.141),  # an old record's (WER alone): left out
+    }
+    targets = {name: Path(name) for name in reports}
+    rows = distill.ablation_rows(
+        ["kl", "frontend", "dynamic", "l1-cosine"], reports, targets, old={"chosen-without-dynamic"}
+    )
+    assert [(r["choice"], r["base"], r["precision"]) for r in rows] == [
+        ("kl", "chosen", "bf16"),
+        ("frontend", fp32, "fp32"),
+    ]
+    assert rows[1]["test_vs_base"] == {
+        "a": fp32,
+        "b": f"{fp32}-without-frontend",
+        "split": "test",
+        **interval,
+    }
+    assert (rows[1]["wer_dev_base"], rows[1]["wer_test"]) == (0.16, 0.155)
+    record = _record(prune1_dev=0.148) | {"ablation": rows}
+    record["precision"] = {
+        "run": fp32,
+        "wer_test": 0.15,
+        "chosen_bf16_seeds": {"mean": 0.1434, "spread": 0.0007},
+        "vs_chosen": interval,
+    }
+    text = distill.section(record)
+    assert f"| nothing ({fp32}) | fp32 | 16.00% | - | 15.00% | - |" in text
+    assert "| frontend | fp32 | 16.50% | +0.50 | 15.50% |" in text
+    assert f"Precision: `chosen` trained in fp32 ({fp32}) 15.00% test WER, against 14.34%" in text
 
 
 def test_the_claims_against_continued_take_the_split_chosen_at_50_at_both_targets() -> None:
