@@ -13,6 +13,8 @@ Usage:
     python benchmarks/distill.py --only l0 chosen       # train just these runs (reading the others)
     python benchmarks/distill.py --plan --jobs 2        # where every run stands; trains nothing
     python benchmarks/distill.py --precision fp32       # the ablation in fp32, where bf16 is not native
+    # (each 1-thread fp32 run holds about 11.5 GB resident, so two fill most of 24 GiB: run nothing
+    # heavy beside them, not even stopped; the test suite beside two was ended by the OOM killer)
     python benchmarks/distill.py --record --stage at-30  # the record of the runs finished so far
                                                         # (trains nothing, while others train)
     # (give the --jobs of the processes training: a run not started is named for that thread count)
