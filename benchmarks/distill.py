@@ -303,16 +303,21 @@ def main() -> None:
         run(PRUNE1, overrides(chosen, *SCHEDULE))
         run(PRUNE1_30, overrides(chosen, "target_params=0.3", *SCHEDULE))
     if last >= 5:  # each choice's bf16 run; in fp32 (against chosen-fp32) where that has not finished
-        fp32 = [c for c in chosen if not finished(overrides([x for x in chosen if x != c]))]
+        rest = {choice: [c for c in chosen if c != choice] for choice in chosen}
+        fp32 = [c for c in chosen if not finished(overrides(rest[c]))]
         for choice in chosen:
             if choice not in fp32 or args.precision == "bf16":
-                run(f"chosen-without-{choice}", overrides([c for c in chosen if c != choice]))
+                run(f"chosen-without-{choice}", overrides(rest[choice]))
         # trained only when asked (--precision fp32); read wherever they finished (their records)
         read = args.precision == "bf16"
         run(FP32, overrides(chosen, "precision=fp32"), compared=True, read=read)
         for choice in fp32:
-            rest = [c for c in chosen if c != choice]
-            run(f"{FP32}-without-{choice}", overrides(rest, "precision=fp32"), compared=True, read=read)
+            run(
+                f"{FP32}-without-{choice}",
+                overrides(rest[choice], "precision=fp32"),
+                compared=True,
+                read=read,
+            )
     jobs.settle()
     if args.only or args.plan or not (args.record or jobs.last()):  # the last out of a full run writes
         return
@@ -345,7 +350,8 @@ def main() -> None:
         "commit": commit,
         "command": command_line(),
     }
-    record["ablation"] = ablation_rows(chosen, reports, targets, old)
+    vs_reference = {r["run"]: r["wer_test_vs_reference"] for r in rows if "wer_test_vs_reference" in r}
+    record["ablation"] = ablation_rows(chosen, reports, targets, old, vs_reference)
     seeds: dict[str, list[float]] = {}
     for m in ("chosen", UNDISTILLED):
         names = (m, *(f"{m}-seed{seed}" for seed in SEEDS))
@@ -379,7 +385,7 @@ def main() -> None:
             "run": FP32,
             "wer_test": reports[FP32]["pruned"]["wer_test"],
             "chosen_bf16_seeds": record["seeds"]["chosen"],
-            "vs_chosen": versus(targets["chosen"], targets[FP32], "test"),
+            "vs_chosen": vs_reference[FP32],  # its row's: `chosen` is the reference
         }
     if {"chosen", PRUNE1} <= set(reports):  # the split of the three epochs, chosen on dev at 50%
         dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in ("chosen", PRUNE1)}
@@ -418,10 +424,16 @@ def main() -> None:
 
 
 def ablation_rows(
-    chosen: list[str], reports: dict[str, dict[str, Any]], targets: dict[str, Path], old: set[str]
+    chosen: list[str],
+    reports: dict[str, dict[str, Any]],
+    targets: dict[str, Path],
+    old: set[str],
+    vs_reference: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Each choice of `chosen` switched off, against the base of its precision: its bf16 run against
-    `chosen`, else its fp32 run against `chosen-fp32` (trained where bf16 is not native)."""
+    `chosen`, else its fp32 run against `chosen-fp32` (trained where bf16 is not native).
+    `vs_reference`: the intervals against `chosen` the record's rows already hold, not bootstrapped
+    again."""
     rows = []
     for choice in chosen:
         for base, name in (("chosen", f"chosen-without-{choice}"), (FP32, f"{FP32}-without-{choice}")):
@@ -435,7 +447,9 @@ def ablation_rows(
                         "precision": "fp32" if base == FP32 else "bf16",
                         **{f"wer_{s}": wer[name][f"wer_{s}"] for s in ("dev", "test")},
                         **{f"wer_{s}_base": wer[base][f"wer_{s}"] for s in ("dev", "test")},
-                        "test_vs_base": versus(targets[base], targets[name], "test"),
+                        "test_vs_base": vs_reference[name]
+                        if base == "chosen"
+                        else versus(targets[base], targets[name], "test"),
                     }
                 )
                 break

@@ -112,13 +112,19 @@ def test_each_ablation_run_is_measured_against_the_base_of_its_own_precision(mon
         "chosen-without-dynamic": report(0.151, 0.141),  # an old record's (WER alone): left out
     }
     targets = {name: Path(name) for name in reports}
+    bf16_kl = {"a": "chosen", "b": "chosen-without-kl", "split": "test", **interval}  # its row's
     rows = distill.ablation_rows(
-        ["kl", "frontend", "dynamic", "l1-cosine"], reports, targets, old={"chosen-without-dynamic"}
+        ["kl", "frontend", "dynamic", "l1-cosine"],
+        reports,
+        targets,
+        old={"chosen-without-dynamic"},
+        vs_reference={"chosen-without-kl": bf16_kl},
     )
     assert [(r["choice"], r["base"], r["precision"]) for r in rows] == [
         ("kl", "chosen", "bf16"),
         ("frontend", fp32, "fp32"),
     ]
+    assert rows[0]["test_vs_base"] == bf16_kl  # read from its row, not bootstrapped again
     assert rows[1]["test_vs_base"] == {
         "a": fp32,
         "b": f"{fp32}-without-frontend",
