@@ -193,6 +193,14 @@ def test_a_ceiling_names_another_run_and_no_ceiling_names_the_run_as_before(
     assert run("max_latency=null", "max_macs=null") == run()
 
 
+def test_the_measured_latency_correction_names_a_run_only_where_a_latency_limit_is_learned(
+    named_run: Callable[..., Path],
+) -> None:
+    run = named_run
+    assert run("latency_corrections=0") == run()  # nothing timed: the run named as before the field
+    assert run("max_latency=0.57", "latency_corrections=0") != run("max_latency=0.57")
+
+
 def test_the_ceiling_joins_the_method_only_when_dev_is_not_worse_and_the_latency_is_met() -> None:
     from ceiling import verdict
 

@@ -46,6 +46,14 @@ class PruneConfig:
             directory's latency_table.json, which a resumed run reuses).
         latency_runtime: "torch", "ort" or "ort-int8", for a table the run profiles.
         latency_threads: threads of that profile (batch 1, a 10 s utterance).
+        latency_corrections: where a latency target or ceiling binds, the masks fixed at the end of
+            pruning are checked by measurement: the sliced student is timed interleaved with the
+            teacher on the table's runtime, and while its measured fraction is off the target by
+            more than half the 5% tolerance (over the ceiling, for `max_latency`), the latency
+            budget given to the deterministic masks is rescaled by target / measured and the masks
+            chosen again, up to this many times; the closest is kept. 0 trusts the table alone.
+            Every try is logged (``latency_measured`` in log.jsonl). Time it on quiet cores: what
+            shares them skews the measurement.
         structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
         prune_epochs: epochs with learned gates and the budget.
         finetune_epochs: epochs with fixed masks afterwards.
@@ -112,6 +120,7 @@ class PruneConfig:
     latency_table: str | None = None
     latency_runtime: Runtime = "ort"
     latency_threads: int = 2
+    latency_corrections: int = 2
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])
     prune_epochs: int = 10
     finetune_epochs: int = 5
@@ -157,7 +166,7 @@ class PruneConfig:
                 raise ValueError(f"max_{metric}: the target is on {metric}; a ceiling caps another metric")
             if not 0 < ceiling < 1:
                 raise ValueError(f"max_{metric}: expected a kept fraction in (0, 1), found {ceiling}")
-        check_at_least(self, 0, "prune_epochs", "finetune_epochs")
+        check_at_least(self, 0, "prune_epochs", "finetune_epochs", "latency_corrections")
         if self.prune_epochs + self.finetune_epochs < 1:
             raise ValueError(
                 "prune_epochs + finetune_epochs: expected at least 1 epoch in all, found "

@@ -45,12 +45,13 @@ from conformer_prune.model.conformer import (
 )
 from conformer_prune.prune.cost import as_float
 
-__all__ = ["FORMAT", "PARTS", "RUNTIMES", "LatencyModel", "Runtime", "interpolate"]
+__all__ = ["FORMAT", "LATENCY_TOLERANCE", "PARTS", "RUNTIMES", "LatencyModel", "Runtime", "interpolate"]
 
 Runtime = Literal["torch", "ort", "ort-int8"]  # PyTorch eager; ONNX Runtime fp32; its dynamic int8
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 
 FORMAT = "conformer-prune latency table 1"
+LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
 PARTS = ("ffn", "heads", "conv")  # the module types of a block, by their Prunable.STRUCTURE
 # the fields of the profiled model that a model must share for the table to describe it
 _SHARED = ("n_mels", "head_dim", "conv_kernel", "subsampling", "subsampling_factor")

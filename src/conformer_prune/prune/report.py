@@ -21,7 +21,7 @@ from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import ConformerBlock, ConformerConfig, ConformerCTC
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float
-from conformer_prune.prune.latency import LatencyModel
+from conformer_prune.prune.latency import LATENCY_TOLERANCE, LatencyModel
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.run import run_pruning
 from conformer_prune.utils import write_json
@@ -34,8 +34,6 @@ __all__ = [
     "plot_layers",
     "prune_and_report",
 ]
-
-LATENCY_TOLERANCE = 0.05  # a latency target is met when the measured ratio is within 5% of it
 
 _LABELS = {"ffn1": "FFN 1", "attn": "heads", "conv": "conv", "ffn2": "FFN 2"}
 # (branch, the config field of its width, its label), in the block's order

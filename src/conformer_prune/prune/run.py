@@ -12,8 +12,9 @@ has moved to the compact student, that student and the masks it was sliced by):
 1. pruning (``prune_epochs``): the student (a copy of the teacher) carries hard-concrete gates;
    loss = distillation (+ CTC) + the Lagrangian budget; the target ramps up over a warm-up;
 2. at the boundary the masks become deterministic and are adjusted to meet the target exactly
-   (within one unit), the kept units' expected gate values are folded into the following weights
-   (``mask_switch: fold``), and the masks are frozen;
+   (within one unit; a latency target or ceiling is checked by timing the sliced student, and its
+   budget corrected, see `measured_masks`), the kept units' expected gate values are folded into
+   the following weights (``mask_switch: fold``), and the masks are frozen;
 3. fine-tuning (``finetune_epochs``): fixed masks, distillation continues, on the physically
    pruned student (``finetune_compact``; its AdamW state sliced with its weights, so it is the same
    training as the gated student's with fixed masks, without computing the removed units);
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ from conformer_prune.prune.config import PruneConfig, teacher_specaug, teacher_s
 from conformer_prune.prune.cost import Cost, Metric, as_float, conformer_cost
 from conformer_prune.prune.dense import dense_config_like
 from conformer_prune.prune.gates import ConformerGates
-from conformer_prune.prune.latency import LatencyModel
+from conformer_prune.prune.latency import LATENCY_TOLERANCE, LatencyModel
 from conformer_prune.prune.magnitude import magnitude_masks
 from conformer_prune.prune.methods import METHODS, Method
 from conformer_prune.prune.physical import physically_prune, without_gates
@@ -76,6 +78,7 @@ __all__ = [
     "PruneResult",
     "gated_student",
     "make_prune_optimizer",
+    "measured_masks",
     "one_shot_model",
     "run_pruning",
 ]
@@ -312,6 +315,12 @@ def _prune(
         optimizer, [weight_schedule, weight_schedule, lambda _: 1.0, lambda _: 1.0]
     )
     trained = {"student": student, "distiller": distiller, "lagrangian": lagrangian}
+    # the fixed masks of a latency budget are checked by timing them (`measured_masks`)
+    measure = (
+        _latency_meter(lambda: student, teacher, latency)
+        if latency is not None and method.learns_masks
+        else None
+    )
     compact_masks: dict[str, Tensor] | None = None  # once fine-tuning runs on the compact student
 
     def to_compact(masks: dict[str, Tensor]) -> None:
@@ -384,7 +393,7 @@ def _prune(
     for epoch in range(start_epoch, total_epochs):
         stage = "prune" if epoch < prune_epochs else "finetune"
         if stage == "finetune" and not all(g.frozen for _, g in gates):
-            _freeze(gates, target_abs, cfg, run, ceilings=ceilings)
+            _freeze(gates, target_abs, cfg, run, ceilings=ceilings, measure=measure, dist=dist)
         if stage == "finetune" and compact_masks is None and cfg.finetune_compact and compactable(gates):
             to_compact(gates.current_masks())
             epochs = make_epochs()
@@ -419,7 +428,7 @@ def _prune(
         )
         save_state(epoch + 1)
     if not all(g.frozen for _, g in gates):
-        _freeze(gates, target_abs, cfg, run, ceilings=ceilings)
+        _freeze(gates, target_abs, cfg, run, ceilings=ceilings, measure=measure, dist=dist)
     masks = compact_masks if compact_masks is not None else gates.current_masks()
     sliced = student if compact_masks is not None else physically_prune(student, masks)
     pruned = _save_compact(sliced, masks, gates, teacher_rec, teacher_path, teacher_cost, cfg, out, dist)
@@ -569,6 +578,78 @@ def _save_compact(
     return PruneResult(model_path, masks, teacher_cost, pruned_cost)
 
 
+LatencyMeter = Callable[[dict[str, Tensor]], float]  # masks -> measured fraction of the teacher's latency
+
+
+def _latency_meter(
+    student: Callable[[], ConformerCTC], teacher: ConformerCTC, table: LatencyModel
+) -> LatencyMeter:
+    """The measured latency of `student()` sliced by given masks, as a fraction of `teacher`'s,
+    timed interleaved in this process on the table's runtime, threads, batch and length."""
+
+    def measure(masks: dict[str, Tensor]) -> float:
+        from conformer_prune.evaluate.profile import measure_models_ms
+
+        with torch.random.fork_rng(devices=[]):  # the training's random stream is not consumed
+            sliced = physically_prune(student(), masks)
+            teacher_ms, ms = measure_models_ms(
+                [without_gates(teacher), sliced], table.runtime, table.threads, table.batch, table.seconds
+            )
+        return ms / teacher_ms
+
+    return measure
+
+
+def measured_masks(
+    gates: ConformerGates,
+    target_abs: float,
+    cfg: PruneConfig,
+    ceilings: dict[Metric, float],
+    measure: LatencyMeter,
+    log: Callable[[dict[str, Any]], None] = lambda record: None,
+) -> dict[str, Tensor]:
+    """The deterministic masks of a run whose latency target (or `max_latency` ceiling) is checked
+    by measurement: while the sliced model's measured fraction of the teacher's latency misses the
+    goal by more than half the tolerance (for a ceiling: exceeds it by more), the absolute latency
+    budget the masks are chosen under is rescaled by goal / measured (the table's error on this
+    shape, assumed proportional nearby), up to `cfg.latency_corrections` times, and stops early
+    when the new budget leaves the masks as they were. Returns the masks that came closest (the
+    first of equals). `target_abs` and `ceilings` are absolute costs, as
+    `ConformerGates.deterministic_masks` takes them; every try is passed to `log`."""
+    on_target = cfg.metric == "latency"
+    goal = cfg.ratio if on_target else cfg.ceilings["latency"]
+    budget = target_abs if on_target else ceilings["latency"]
+    teacher_predicted = budget / goal
+    tried: list[tuple[float, dict[str, Tensor]]] = []
+    for attempt in range(cfg.latency_corrections + 1):
+        if on_target:
+            masks = gates.deterministic_masks(target=budget, metric="latency", ceilings=ceilings)
+        else:
+            limits = {**ceilings, "latency": budget}
+            masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric, ceilings=limits)
+        ratio = measure(masks)
+        error = ratio / goal - 1
+        miss = abs(error) if on_target else max(error, 0.0)
+        predicted = as_float(gates.mask_cost(masks).value("latency"))
+        log(
+            {
+                "event": "latency_measured",
+                "try": attempt,
+                "kind": "target" if on_target else "ceiling",
+                "goal": goal,
+                "budget_ratio": budget / teacher_predicted,
+                "predicted_ratio": predicted / teacher_predicted,
+                "measured_ratio": ratio,
+            }
+        )
+        same = bool(tried) and all(torch.equal(masks[k], m) for k, m in tried[-1][1].items())
+        tried.append((miss, masks))
+        if miss <= LATENCY_TOLERANCE / 2 or same:  # met, or nothing left to move under the budget
+            break
+        budget *= goal / ratio
+    return min(tried, key=lambda t: t[0])[1]
+
+
 def _freeze(
     gates: ConformerGates,
     target_abs: float,
@@ -576,9 +657,22 @@ def _freeze(
     run: RunDir,
     masks: dict[str, Tensor] | None = None,
     ceilings: dict[Metric, float] | None = None,
+    measure: LatencyMeter | None = None,
+    dist: Distributed | None = None,
 ) -> None:
     """Fix the masks (the learned gates' deterministic ones, under the target and the `ceilings`
-    (absolute costs), unless `masks` is given) and log how close they come to each."""
+    (absolute costs), unless `masks` is given; checked by `measure` where it is given, on rank 0,
+    see `measured_masks`) and log how close they come to each."""
+    if masks is None and measure is not None and cfg.latency_corrections > 0:
+        check, limits = measure, ceilings or {}
+        device = next(gates.model.parameters()).device
+        chosen = (dist or Distributed()).from_main(  # sent from the CPU: ranks differ in device
+            lambda: {
+                name: mask.cpu()
+                for name, mask in measured_masks(gates, target_abs, cfg, limits, check, run.log).items()
+            }
+        )
+        masks = {name: mask.to(device) for name, mask in chosen.items()}
     if masks is None:
         masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric, ceilings=ceilings)
     gates.fold(masks)  # soft gates only (mask_switch "fold"): kept units keep their E[z]
