@@ -196,6 +196,26 @@ def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
     assert compare.matched_params("magnitude-distill", teacher, cache) == target and len(timed) == 2 * tries
 
 
+def test_the_latency_rows_masks_are_reported_with_the_measurements_that_checked_them(tmp_path: Path) -> None:
+    import compare
+
+    run = tmp_path / "l0-distill-lat50"
+    run.mkdir()
+    tries = [(0.5, 0.5, 0.566), (0.442, 0.44, 0.507)]
+    lines = [{"epoch": 1, "elapsed_seconds": 9.0}]
+    lines += [
+        {"event": "latency_measured", "try": i, "budget_ratio": b, "predicted_ratio": p, "measured_ratio": m}
+        for i, (b, p, m) in enumerate(tries)
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    found = compare.latency_tries(run)
+    assert [(t["budget_ratio"], t["predicted_ratio"], t["measured_ratio"]) for t in found] == tries
+    plane = [{"method": "magnitude-distill"}, {"method": "l0-distill", "mask_switch_tries": found}]
+    text = compare._tries_text(plane)
+    assert "2 tries: 0.566 measured for 0.500 predicted, then 0.507 measured for 0.440 predicted" in text
+    assert compare._tries_text([{"method": "l0-distill"}]) == ""  # a record from before the correction
+
+
 def test_a_method_whose_shapes_never_get_near_the_latency_target_is_unreachable_there(
     places: Any, monkeypatch: Any, tmp_path: Path
 ) -> None:
