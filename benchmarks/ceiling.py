@@ -41,7 +41,6 @@ from common import (
     ROOT,
     Jobs,
     command_line,
-    fresh_latency_ms,
     git_commit,
     markdown_table,
     plan_state,
@@ -56,8 +55,9 @@ from compare import LATENCY_RUNTIME, latency_table_path
 from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
-from conformer_prune.evaluate.profile import machine
+from conformer_prune.evaluate.profile import machine, measured_ratios
 from conformer_prune.evaluate.report import format_interval
+from conformer_prune.model import load_recognizer
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel
@@ -142,25 +142,34 @@ def make_record(
     teacher: Path, teacher_result: dict[str, Any], reports: dict[str, dict[str, Any]], work: Path, table: Path
 ) -> dict[str, Any]:
     """Both runs' WER and size, their paired differences, and their latency on the table's runtime,
-    measured (interleaved with the teacher's, in a new process) and predicted."""
+    measured (interleaved with the teacher's, in new processes: `measured_ratios`, as the
+    ceiling itself is checked when pruning ends) and predicted."""
     latency = LatencyModel.load(table)
-    timed = fresh_latency_ms([teacher, *(work / k for k in RUNS)], THREADS, ROUNDS, LATENCY_RUNTIME)
+    models = [load_recognizer(teacher).model, *(timing_model(work / k) for k in RUNS)]
+    timed = measured_ratios(models, LATENCY_RUNTIME, THREADS, rounds=ROUNDS)
     predicted_teacher = as_float(latency.predict(latency.config))
     record: dict[str, Any] = {
         "ceiling_latency": CEILING,
         "table": table.name,
         "table_machine": latency.cpu,  # the latencies here are this machine's
         "runtime": LATENCY_RUNTIME,
-        "timing": {"threads": THREADS, "rounds": ROUNDS, "batch": 1, "seconds": 10.0, "machine": machine()},
+        "timing": {
+            "threads": THREADS,
+            "rounds": ROUNDS,
+            "processes": len(timed.per_process),
+            "batch": 1,
+            "seconds": 10.0,
+            "machine": machine(),
+        },
         "splits": {s: split_sizes(work / "teacher", s, teacher_result[f"hours_{s}"]) for s in SPLITS},
         "teacher": {
             **{f"wer_{s}": teacher_result[f"wer_{s}"] for s in SPLITS},
             "params": teacher_result["params"],
             "macs_per_second": teacher_result["macs_per_second"],
-            "latency_ms": timed[0],
+            "latency_ms": timed.ms[0],
         },
     }
-    for k, ms in zip(RUNS, timed[1:], strict=True):
+    for i, k in enumerate(RUNS, start=1):
         pruned = reports[k]["pruned"]
         shape = timing_model(work / k).config
         record[k] = {
@@ -168,8 +177,9 @@ def make_record(
             "params": pruned["params"],
             "macs_per_second": pruned["macs_per_second"],
             "params_vs_teacher": pruned["params"] / teacher_result["params"],
-            "latency_ms": ms,
-            "latency_vs_teacher": ms / timed[0],
+            "latency_ms": timed.ms[i],
+            "latency_vs_teacher": timed.ratios[i],
+            "latency_vs_teacher_per_process": [r[i] for r in timed.per_process],
             "predicted_vs_teacher": as_float(latency.predict(shape)) / predicted_teacher,
             "architecture": {f: getattr(shape, f) for f in ("heads", "ffn1", "ffn2", "conv_channels")}
             | {"subsampling_channels": shape.subsampling_channels},
@@ -212,7 +222,8 @@ def section(record: dict[str, Any]) -> str:
         "## A latency ceiling beside the parameter target (`benchmarks/ceiling.py`)",
         "",
         f"Latency: ONNX Runtime fp32, {record['timing']['threads']} threads, batch 1, 10 s, the three models "
-        f"interleaved, median of {record['timing']['rounds']} rounds, on "
+        f"interleaved, the median over {record['timing'].get('processes', 1)} new processes of each one's "
+        f"median of {record['timing']['rounds']} rounds' ratios to the teacher, on "
         f"{record['timing']['machine']['cpu']} (the ceiling's table was profiled on "
         f"{record['table_machine']}). Splits: {sizes}.",
         "",

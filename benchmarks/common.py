@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import fcntl
 import gzip
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import statistics
@@ -26,7 +24,7 @@ from conformer_prune.config import from_dict, to_dict
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
-from conformer_prune.evaluate.profile import measure_models_ms
+from conformer_prune.evaluate.profile import in_new_process, measure_models_ms
 from conformer_prune.evaluate.run import recogs_path
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import (
@@ -50,7 +48,6 @@ RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
 STARTED = "started.json"  # the commit a run started from
 TO_TRAIN = "to train"  # `run_state` of a run nobody has started
-T = TypeVar("T")
 K = TypeVar("K")  # a timed runner's key
 RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
@@ -470,16 +467,6 @@ def _try_lock(run: Path) -> IO[str] | None:
         f.close()
         return None
     return f
-
-
-def in_new_process(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in a new (spawned) process, where every benchmark times its models: the process
-    that trained a run (a `Jobs` run on one thread) timed the same models 2.7x slower than a new
-    one at the same 2 threads (the reference teacher: 204 against 74 ms). `fn` is a module-level
-    function; its arguments and result are pickled."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def fresh_latency_ms(paths: list[Path], threads: int, rounds: int, runtime: Runtime = "torch") -> list[float]:

@@ -20,6 +20,7 @@ from common import Jobs, keep_run_result, old_eval, restore_run, run_dir, timing
 
 from conformer_prune.data.features import FeatureConfig, LogMelFeatures
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig
+from conformer_prune.evaluate.profile import MeasuredRatios
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 from conformer_prune.model import Recognizer, build_model, save_recognizer
 from conformer_prune.prune.budget import UnreachableTargetError
@@ -179,14 +180,14 @@ def test_a_latency_matched_target_is_read_only_for_the_teacher_it_matched(
     _, teacher, _ = places
     timed: list[float] = []
 
-    def measure(models: list[Any], runtime: str, **kwargs: Any) -> tuple[float, float]:
+    def measure(models: list[Any], runtime: str, **kwargs: Any) -> MeasuredRatios:
         timed.append(models[1])
-        return 100.0, 100.0 * models[1]  # a shape at target t measures t of the teacher's latency
+        # a shape at target t measures t of the teacher's latency
+        return MeasuredRatios([1.0, models[1]], [[1.0, models[1]]], [100.0, 100.0 * models[1]])
 
     monkeypatch.setattr(compare, "load_recognizer", lambda path: type("R", (), {"model": None}))
     monkeypatch.setattr(compare, "one_shot_model", lambda cfg, model: cfg.target_params)
-    monkeypatch.setattr(compare, "measure_models_ms", measure)
-    monkeypatch.setattr(compare, "in_new_process", lambda fn, *args: fn(*args))  # keep the patches
+    monkeypatch.setattr(compare, "measured_ratios", measure)
     cache = tmp_path / "matched.json"
     target = compare.matched_params("magnitude-distill", teacher, cache)
     assert abs(target / compare.LATENCY_TARGET - 1) <= 0.02
@@ -230,19 +231,19 @@ def test_a_method_whose_shapes_never_get_near_the_latency_target_is_unreachable_
     _, teacher, _ = places
     floor = 0.6  # no shape measures below this fraction of the teacher's latency
 
-    def measure(models: list[Any], runtime: str, **kwargs: Any) -> tuple[float, float]:
-        return 100.0, 100.0 * max(floor, models[1])
+    def measure(models: list[Any], runtime: str, **kwargs: Any) -> MeasuredRatios:
+        ratio = max(floor, models[1])
+        return MeasuredRatios([1.0, ratio], [[1.0, ratio]], [100.0, 100.0 * ratio])
 
     monkeypatch.setattr(compare, "load_recognizer", lambda path: type("R", (), {"model": None}))
     monkeypatch.setattr(compare, "one_shot_model", lambda cfg, model: cfg.target_params)
-    monkeypatch.setattr(compare, "measure_models_ms", measure)
-    monkeypatch.setattr(compare, "in_new_process", lambda fn, *args: fn(*args))
+    monkeypatch.setattr(compare, "measured_ratios", measure)
     cache = tmp_path / "matched.json"
     with pytest.raises(UnreachableTargetError, match=r"closest 0\.600 at"):
         compare.matched_params("torch-pruning", teacher, cache)
     assert json.loads(cache.read_text())["measured_ratio"] == pytest.approx(floor)  # the tries are kept
     with pytest.raises(UnreachableTargetError):  # and read again, not measured again
-        monkeypatch.setattr(compare, "measure_models_ms", None)
+        monkeypatch.setattr(compare, "measured_ratios", None)
         compare.matched_params("torch-pruning", teacher, cache)
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conformer_prune.cli import main
-from conformer_prune.evaluate.profile import measure_models_ms, profile_latency, write_table
+from conformer_prune.evaluate import profile as profiling
+from conformer_prune.evaluate.profile import measure_models_ms, measured_ratios, profile_latency, write_table
 from conformer_prune.model import ConformerConfig, build_model
 from conformer_prune.model.conformer import HIDDEN
 from conformer_prune.prune.budget import Budget, Lagrangian
@@ -155,6 +156,18 @@ def test_deterministic_masks_meet_a_parameter_target_under_a_latency_ceiling() -
 
 def _predicted_ratio(gates: ConformerGates, masks: dict[str, torch.Tensor], latency: float) -> float:
     return as_float(gates.mask_cost(masks).value("latency")) / latency
+
+
+def test_measured_ratios_are_each_new_processs_round_by_round_ratios_and_their_median() -> None:
+    cfg = hetero_config(heads=[4, 2, 1], ffn1=[64, 16, 32], ffn2=[32, 32, 8], conv_channels=[32, 8, 16])
+    small = hetero_config(heads=[1, 1, 1], ffn1=[8, 8, 8], ffn2=[8, 8, 8], conv_channels=[8, 8, 8])
+    models = [build_model(cfg), build_model(small)]
+    timed = measured_ratios(models, "torch", threads=1, seconds=1.0, rounds=3, processes=2)
+    assert len(timed.per_process) == 2 and all(len(p) == 2 and p[0] == 1.0 for p in timed.per_process)
+    assert timed.ratios[0] == 1.0 and timed.ratios[1] == pytest.approx(
+        sum(p[1] for p in timed.per_process) / 2
+    )
+    assert all(ms > 0 for ms in timed.ms)
 
 
 def test_masks_checked_by_measurement_move_until_the_measured_latency_meets_the_target() -> None:
@@ -334,10 +347,13 @@ def test_onnx_runtime_profiles(runtime: str) -> None:
     assert as_float(model.predict(cfg)) == pytest.approx(table["model_ms"][-1])
 
 
-def test_prune_to_a_latency_target_end_to_end(tiny_corpus: Path, tiny_run: Path, tmp_path: Path) -> None:
+def test_prune_to_a_latency_target_end_to_end(
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run budgeted by a given table (hand-made, so the predicted ratio does not depend on this
     machine's load) and told to trust it (no measured correction) meets the prediction and reports
     the measured latency beside it."""
+    monkeypatch.setattr(profiling, "MEASURE_PROCESSES", 1)  # one new process per measurement, for speed
     from conformer_prune.model import load_recognizer
 
     table_path = tmp_path / "table.json"
@@ -354,6 +370,7 @@ def test_prune_to_a_latency_target_end_to_end(tiny_corpus: Path, tiny_run: Path,
     assert check["runtime"] == "torch" and check["target_latency"] == 0.6
     assert 0.55 <= check["predicted_ratio"] <= 0.6  # the deterministic masks meet the prediction
     assert check["latency_ms_measured"] > 0 and check["latency_ms_teacher"] > 0
+    assert check["measured_ratio_per_process"] == [check["measured_ratio"]]  # the one process's
     assert isinstance(check["target_met"], bool)
     assert not (out / "latency_table.json").exists()  # given a table, the run does not profile
     # the profile command writes a table of the same model, and refuses to overwrite it
@@ -364,11 +381,12 @@ def test_prune_to_a_latency_target_end_to_end(tiny_corpus: Path, tiny_run: Path,
 
 
 def test_prune_to_a_parameter_target_under_a_latency_ceiling_end_to_end(
-    tiny_corpus: Path, tiny_run: Path, tmp_path: Path
+    tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--target-params 0.6 --max-latency 0.6`: the pruned model has 60% of the parameters at most
     and a predicted latency under the ceiling, measured beside it; the log shows the ceiling's
     multipliers, and the frozen masks record both limits."""
+    monkeypatch.setattr(profiling, "MEASURE_PROCESSES", 1)
     from conformer_prune.model import load_recognizer
 
     table_path = tmp_path / "table.json"

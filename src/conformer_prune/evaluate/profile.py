@@ -27,24 +27,27 @@ versions; `conformer_prune.prune.latency.LatencyModel` reads it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import multiprocessing
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from conformer_prune.config import to_dict
-from conformer_prune.evaluate.metrics import dummy_features, interleaved_medians_ms
+from conformer_prune.evaluate.metrics import dummy_features, interleaved_times_ms
 from conformer_prune.model.conformer import (
     HIDDEN,
     ConformerBlock,
@@ -56,7 +59,17 @@ from conformer_prune.model.conformer import (
 from conformer_prune.prune.latency import FORMAT, PARTS, RUNTIMES, LatencyModel, Runtime
 from conformer_prune.utils import atomic_write_text
 
-__all__ = ["RUNTIMES", "Runtime", "machine", "measure_models_ms", "profile_latency", "write_table"]
+__all__ = [
+    "RUNTIMES",
+    "MeasuredRatios",
+    "Runtime",
+    "in_new_process",
+    "machine",
+    "measure_models_ms",
+    "measured_ratios",
+    "profile_latency",
+    "write_table",
+]
 
 UNIT_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 HIDDEN_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -143,20 +156,27 @@ def _runners(
     return runners, workdir
 
 
-def _timed(
+def _timed_rounds(
     graphs: dict[Any, _Graph], runtime: Runtime, threads: int, rounds: int, progress: bool = False
-) -> dict[Any, float]:
+) -> dict[Any, list[float]]:
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         runners, workdir = _runners(graphs, runtime, threads, progress)
         try:
-            return interleaved_medians_ms(runners, rounds)
+            return interleaved_times_ms(runners, rounds)
         finally:
             if workdir is not None:
                 workdir.cleanup()
     finally:
         torch.set_num_threads(old)
+
+
+def _timed(
+    graphs: dict[Any, _Graph], runtime: Runtime, threads: int, rounds: int, progress: bool = False
+) -> dict[Any, float]:
+    times = _timed_rounds(graphs, runtime, threads, rounds, progress)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def measure_models_ms(
@@ -175,6 +195,86 @@ def measure_models_ms(
     }
     medians = _timed(graphs, runtime, threads, rounds)
     return [medians[k] for k in range(len(models))]
+
+
+T = TypeVar("T")
+
+
+def in_new_process(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a new (spawned) process, where every measured ratio is timed: a process that
+    has trained timed the same models differently from a new one (the benchmarks measured the
+    reference teacher 2.7x slower in a process that had trained a run on one thread, 204 against
+    74 ms; on the quick teacher a pruned model measured 0.494 of the teacher's latency in its
+    training process and 0.52-0.54 in new ones). `fn` is a module-level function; its arguments
+    and result are pickled."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+MEASURE_PROCESSES = 3  # new processes per measured ratio (`measured_ratios`)
+
+
+@dataclasses.dataclass
+class MeasuredRatios:
+    """Latencies measured as fractions of the first model's (see `measured_ratios`).
+
+    Attributes:
+        ratios: per model, the median over processes of its ratio (the first model's is 1).
+        per_process: per process, each model's ratio: the median over rounds of that round's
+            time over the first model's in the same round.
+        ms: per model, the median over processes of its median time (ms).
+    """
+
+    ratios: list[float]
+    per_process: list[list[float]]
+    ms: list[float]
+
+
+def measured_ratios(
+    models: Sequence[ConformerCTC],
+    runtime: Runtime,
+    threads: int = 2,
+    batch: int = 1,
+    seconds: float = 10.0,
+    rounds: int = 30,
+    processes: int | None = None,
+) -> MeasuredRatios:
+    """Each model's latency on `runtime` as a fraction of the first's: timed interleaved, round by
+    round, in each of `processes` new processes (`MEASURE_PROCESSES` when None), so that neither
+    this process's state nor one process's luck sets it. Compare latencies this way, not as
+    absolute times: a shared machine moves those from process to process."""
+    specs = [(m.config, {k: v.detach().cpu().float() for k, v in m.state_dict().items()}) for m in models]
+    runs = [
+        in_new_process(_rounds_in_process, specs, runtime, threads, batch, seconds, rounds)
+        for _ in range(processes or MEASURE_PROCESSES)
+    ]
+    per_process = [
+        [statistics.median(x / first for x, first in zip(t, times[0], strict=True)) for t in times]
+        for times in runs
+    ]
+    return MeasuredRatios(
+        ratios=[statistics.median(column) for column in zip(*per_process, strict=True)],
+        per_process=per_process,
+        ms=[statistics.median(statistics.median(t) for t in column) for column in zip(*runs, strict=True)],
+    )
+
+
+def _rounds_in_process(
+    specs: list[tuple[ConformerConfig, dict[str, Tensor]]],
+    runtime: Runtime,
+    threads: int,
+    batch: int,
+    seconds: float,
+    rounds: int,
+) -> list[list[float]]:
+    graphs = {}
+    for k, (cfg, state) in enumerate(specs):
+        model = build_model(cfg)
+        model.load_state_dict(state, strict=True)
+        graphs[k] = _Graph(model.eval(), dummy_features(cfg, seconds, batch))
+    times = _timed_rounds(graphs, runtime, threads, rounds)
+    return [times[k] for k in range(len(specs))]
 
 
 def _grid(n: int, fractions: Sequence[float], low: int = 1) -> list[int]:

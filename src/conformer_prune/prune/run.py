@@ -585,17 +585,16 @@ def _latency_meter(
     student: Callable[[], ConformerCTC], teacher: ConformerCTC, table: LatencyModel
 ) -> LatencyMeter:
     """The measured latency of `student()` sliced by given masks, as a fraction of `teacher`'s,
-    timed interleaved in this process on the table's runtime, threads, batch and length."""
+    on the table's runtime, threads, batch and length (`measured_ratios`: in new processes, not in
+    this one, whose training state would skew it)."""
 
     def measure(masks: dict[str, Tensor]) -> float:
-        from conformer_prune.evaluate.profile import measure_models_ms
+        from conformer_prune.evaluate.profile import measured_ratios
 
         with torch.random.fork_rng(devices=[]):  # the training's random stream is not consumed
             sliced = physically_prune(student(), masks)
-            teacher_ms, ms = measure_models_ms(
-                [without_gates(teacher), sliced], table.runtime, table.threads, table.batch, table.seconds
-            )
-        return ms / teacher_ms
+        models = [without_gates(teacher), sliced]
+        return measured_ratios(models, table.runtime, table.threads, table.batch, table.seconds).ratios[1]
 
     return measure
 
