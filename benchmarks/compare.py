@@ -508,6 +508,21 @@ def main() -> None:
         print(row, flush=True)
     latency_plane = []
     teacher_model = load_recognizer(teacher).model
+
+    def paired(name: str) -> dict[str, Any]:
+        """A run's ONNX Runtime latency as a fraction of the teacher's, the way every checked
+        ratio is measured (beside the teacher alone, in new processes: `measured_ratios`)."""
+        pair = measured_ratios(
+            [teacher_model, timing_model(work / name)], LATENCY_RUNTIME, threads=2, rounds=30
+        )
+        return {
+            "ort_vs_teacher": pair.ratios[1],
+            "ort_vs_teacher_per_process": [r[1] for r in pair.per_process],
+        }
+
+    for row in results:  # the row the latency check reads
+        if (row["method"], row["target_params"], row["seed"]) == ("l0-distill", 0.5, 0):
+            row |= paired(run_name("l0-distill", 0.5, 0))
     for method, report in latency_reports.items():
         name = f"{method}-{LATENCY_NAME}"
         matched = matched_json(work / name)
@@ -549,7 +564,9 @@ def main() -> None:
             **{k: report["pruned"][k] for k in KEYS},
             "d_model": timing_model(work / HIDDEN_RUN).config.d_model,
             "latency_ms_ort": ort[HIDDEN_RUN],
-            "ort_speedup_vs_teacher": ort["teacher"] / ort[HIDDEN_RUN],
+            "ort_speedup_among_all": ort["teacher"] / ort[HIDDEN_RUN],  # in the all-model timing
+            **(timed_pair := paired(HIDDEN_RUN)),
+            "ort_speedup_vs_teacher": 1 / timed_pair["ort_vs_teacher"],
             "latency_ms_10s": latency[HIDDEN_RUN],
             "wall_seconds": wall_seconds(work / HIDDEN_RUN),
         }
@@ -674,14 +691,18 @@ def checks(record: dict[str, Any]) -> list[dict[str, Any]]:
             [run_name("l0-distill", ratio, 0), run_name(CONTROL, 1.0, 0)],
         )
     timed = ref if ref is not None and "latency_ms_ort" in ref else None
+    # measured beside the teacher alone in new processes; a record from before: the all-model timing
+    ort_ratio = (
+        None if timed is None else timed.get("ort_vs_teacher", timed["latency_ms_ort"] / t["latency_ms_ort"])
+    )
     check(
         "l0-distill at 50% params: measured latency vs the teacher's",
         "at most 0.60x (ONNX Runtime fp32)",
         "-"
-        if timed is None
-        else f"{timed['latency_ms_ort'] / t['latency_ms_ort']:.3f}x ONNX Runtime fp32, "
+        if timed is None or ort_ratio is None
+        else f"{ort_ratio:.3f}x ONNX Runtime fp32, "
         f"{timed['latency_ms_10s'] / t['latency_ms_10s']:.3f}x PyTorch",
-        None if timed is None else timed["latency_ms_ort"] / t["latency_ms_ort"] <= 0.60,
+        None if ort_ratio is None else ort_ratio <= 0.60,
         [run_name("l0-distill", 0.5, 0)],
     )
     test_rank = [r["method"] for r in sorted(half, key=lambda r: r["wer_test"])]

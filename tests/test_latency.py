@@ -198,6 +198,25 @@ def test_masks_checked_by_measurement_move_until_the_measured_latency_meets_the_
     assert len(log) == 1 and all(torch.equal(none[k], m) for k, m in alone.items())
 
 
+def test_a_measured_latency_that_moves_faster_than_the_table_is_followed_along_its_slope() -> None:
+    """Measured latency moving twice as fast as the table's (as on the quick teacher: 0.589, then
+    0.444 after rescaling by goal / measured): the rescaled budget overshoots, and the next try
+    interpolates between the two, landing within half the tolerance."""
+    gates, _, latency = _gates_with_table()
+    cfg = PruneConfig(target_params=None, target_latency=0.75)
+
+    def meter(masks: dict[str, torch.Tensor]) -> float:
+        return 2 * _predicted_ratio(gates, masks, latency) - 0.7
+
+    log: list[dict[str, Any]] = []
+    masks = measured_masks(gates, 0.75 * latency, cfg, {}, meter, log.append)
+    assert len(log) == 3
+    first, second, third = (r["budget_ratio"] for r in log)
+    assert abs(log[1]["measured_ratio"] / 0.75 - 1) > LATENCY_TOLERANCE / 2  # the rescaling overshot
+    assert min(first, second) < third < max(first, second)  # between the tries on either side
+    assert abs(meter(masks) / 0.75 - 1) <= LATENCY_TOLERANCE / 2
+
+
 def test_of_the_masks_measured_the_closest_to_the_target_is_kept() -> None:
     """A noisy measurement that never meets the target: the tries stop at latency_corrections, and
     the masks kept are those whose measurement came closest, not the last."""

@@ -48,10 +48,11 @@ class PruneConfig:
         latency_threads: threads of that profile (batch 1, a 10 s utterance).
         latency_corrections: where a latency target or ceiling binds, the masks fixed at the end of
             pruning are checked by measurement: the sliced student is timed interleaved with the
-            teacher on the table's runtime, and while its measured fraction is off the target by
-            more than half the 5% tolerance (over the ceiling, for `max_latency`), the latency
-            budget given to the deterministic masks is rescaled by target / measured and the masks
-            chosen again, up to this many times; the closest is kept. 0 trusts the table alone.
+            teacher on the table's runtime, in new processes, and while its measured fraction is
+            off the target by more than half the 5% tolerance (over the ceiling, for
+            `max_latency`), the latency budget given to the deterministic masks is corrected
+            (`conformer_prune.prune.run.measured_masks`) and the masks chosen again, up to this
+            many times; the closest is kept. 0 trusts the table alone.
             Every try is logged (``latency_measured`` in log.jsonl). Time it on quiet cores: what
             shares them skews the measurement.
         structures: what may be pruned (see `conformer_prune.prune.gates.STRUCTURES`).
@@ -120,7 +121,7 @@ class PruneConfig:
     latency_table: str | None = None
     latency_runtime: Runtime = "ort"
     latency_threads: int = 2
-    latency_corrections: int = 2
+    latency_corrections: int = 3
     structures: list[str] = field(default_factory=lambda: ["heads", "ffn", "conv", "modules", "frontend"])
     prune_epochs: int = 10
     finetune_epochs: int = 5
