@@ -154,8 +154,8 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
         if config[key] is None:
             config.pop(key)
     method = METHODS[cfg.method]
-    if not (cfg.uses_latency and method.learns_masks):  # no masks measured, as before the field existed
-        config.pop("latency_corrections")
+    if not (cfg.uses_latency and method.learns_masks and cfg.latency_corrections):  # nothing timed:
+        config.pop("latency_corrections")  # trained as before the field existed, named as then
     if not method.distill:
         config["distill"] = {key: config["distill"][key] for key in CTC_ONLY_FIELDS}
     if not (method.distill and cfg.distill.probe_trains):  # the probe only logs: written as the

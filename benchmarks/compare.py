@@ -192,7 +192,7 @@ def _bisect(method: MethodName, teacher_path: Path, digest: str, cache: Path, tr
             log.append({"target_params": mid, "unreachable": True})
             lo = mid
             continue
-        timed = measured_ratios([teacher, shape], LATENCY_RUNTIME, threads=2, rounds=10)
+        timed = measured_ratios([teacher, shape], LATENCY_RUNTIME, threads=2, rounds=30)
         ratio, (teacher_ms, ms) = timed.ratios[1], timed.ms
         log.append({"target_params": mid, "measured_ratio": ratio, "teacher_ms": teacher_ms, "ms": ms})
         print(f"[{method} latency match] params {mid:.3f}: {ratio:.3f} of the teacher", flush=True)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import TO_TRAIN, Jobs, _try_lock, plan_state, run_dir, run_state
+from common import TO_TRAIN, Jobs, _try_lock, plan_state, run_dir, run_identity, run_state
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.prune.config import PruneConfig
@@ -194,11 +194,16 @@ def test_a_ceiling_names_another_run_and_no_ceiling_names_the_run_as_before(
 
 
 def test_the_measured_latency_correction_names_a_run_only_where_a_latency_limit_is_learned(
-    named_run: Callable[..., Path],
+    named_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     run = named_run
     assert run("latency_corrections=0") == run()  # nothing timed: the run named as before the field
     assert run("max_latency=0.57", "latency_corrections=0") != run("max_latency=0.57")
+    assert run("max_latency=0.57", "latency_corrections=2") != run("max_latency=0.57")
+    # trusting the table trains as before the field existed: the field is left out of the identity
+    trusting = load_config(PruneConfig, recipe_path("prune"), ["max_latency=0.57", "latency_corrections=0"])
+    identity = run_identity(trusting, tmp_path / "teacher.pt", tmp_path / "corpus")  # named_run's
+    assert "latency_corrections" not in identity["config"]
 
 
 def test_the_ceiling_joins_the_method_only_when_dev_is_not_worse_and_the_latency_is_met() -> None:

@@ -17,7 +17,7 @@ from conformer_prune.model import ConformerConfig, build_model
 from conformer_prune.model.conformer import HIDDEN
 from conformer_prune.prune.budget import Budget, Lagrangian
 from conformer_prune.prune.config import PruneConfig
-from conformer_prune.prune.cost import as_float, conformer_cost
+from conformer_prune.prune.cost import Metric, as_float, conformer_cost
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.latency import FORMAT, LATENCY_TOLERANCE, LatencyModel, interpolate
 from conformer_prune.prune.run import make_prune_optimizer, measured_masks
@@ -217,6 +217,38 @@ def test_a_measured_latency_that_moves_faster_than_the_table_is_followed_along_i
     assert abs(meter(masks) / 0.75 - 1) <= LATENCY_TOLERANCE / 2
 
 
+def test_the_next_budget_follows_a_line_only_where_the_line_can_be_trusted() -> None:
+    from conformer_prune.prune.run import _next_budget
+
+    assert _next_budget([(0.5, 0.6)], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)  # one try: rescaled
+    # tries on either side of the goal: the line between them
+    assert _next_budget([(0.5, 0.6), (0.4, 0.45)], 0.5) == pytest.approx(0.4 + 0.05 * 0.1 / 0.15)
+    # two nearly equal measurements on one side: their line would go to 0.281; rescaled instead
+    flat = [(0.5, 0.515), (0.4854, 0.514)]
+    assert _next_budget(flat, 0.5) == pytest.approx(0.4854 * 0.5 / 0.514)
+    # a line that falls as the budget rises (noise): rescaled
+    assert _next_budget([(0.5, 0.55), (0.45, 0.58)], 0.5) == pytest.approx(0.45 * 0.5 / 0.58)
+
+
+def test_a_ceiling_overshot_by_a_correction_is_corrected_back_towards_it() -> None:
+    """Over the ceiling, the correction tightens; when the measured latency moves twice as fast as
+    the table's, the rescaled budget falls far under the ceiling (more pruned than it asks), and
+    the next try comes back up to within the tolerance of it, still under it."""
+    gates, params, latency = _gates_with_table()
+    cfg = PruneConfig(target_params=0.6, max_latency=0.8)
+    ceilings: dict[Metric, float] = {"latency": 0.8 * latency}
+
+    def meter(masks: dict[str, torch.Tensor]) -> float:
+        return 2 * _predicted_ratio(gates, masks, latency) - 0.7
+
+    log: list[dict[str, Any]] = []
+    masks = measured_masks(gates, 0.6 * params, cfg, ceilings, meter, log.append)
+    measured = [r["measured_ratio"] for r in log]
+    assert measured[0] > 0.8 * (1 + LATENCY_TOLERANCE / 2) and measured[1] < 0.8 * (1 - LATENCY_TOLERANCE)
+    assert len(log) >= 3
+    assert 0.8 * (1 - 1.5 * LATENCY_TOLERANCE) <= meter(masks) <= 0.8 * (1 + LATENCY_TOLERANCE / 2)
+
+
 def test_of_the_masks_measured_the_closest_to_the_target_is_kept() -> None:
     """A noisy measurement that never meets the target: the tries stop at latency_corrections, and
     the masks kept are those whose measurement came closest, not the last."""
@@ -240,7 +272,7 @@ def test_a_latency_ceiling_is_corrected_only_when_measured_over_it() -> None:
     the masks of the table; one over it tightens the ceiling's budget, never loosens it."""
     gates, params, latency = _gates_with_table()
     cfg = PruneConfig(target_params=0.6, max_latency=0.8)
-    ceilings = {"latency": 0.8 * latency}
+    ceilings: dict[Metric, float] = {"latency": 0.8 * latency}
     table_masks = gates.deterministic_masks(target=0.6 * params, metric="params", ceilings=ceilings)
     log: list[dict[str, Any]] = []
     under = measured_masks(gates, 0.6 * params, cfg, ceilings, lambda m: 0.5, log.append)

@@ -46,7 +46,7 @@ class PruneConfig:
             directory's latency_table.json, which a resumed run reuses).
         latency_runtime: "torch", "ort" or "ort-int8", for a table the run profiles.
         latency_threads: threads of that profile (batch 1, a 10 s utterance).
-        latency_corrections: where a latency target or ceiling binds, the masks fixed at the end of
+        latency_corrections: for a latency target or ceiling, the masks fixed at the end of
             pruning are checked by measurement: the sliced student is timed interleaved with the
             teacher on the table's runtime, in new processes, and while its measured fraction is
             off the target by more than half the 5% tolerance (over the ceiling, for

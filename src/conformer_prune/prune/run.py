@@ -392,11 +392,14 @@ def _prune(
     epochs = make_epochs()
     for epoch in range(start_epoch, total_epochs):
         stage = "prune" if epoch < prune_epochs else "finetune"
-        if stage == "finetune" and not all(g.frozen for _, g in gates):
+        froze = stage == "finetune" and not all(g.frozen for _, g in gates)
+        if froze:
             _freeze(gates, target_abs, cfg, run, ceilings=ceilings, measure=measure, dist=dist)
         if stage == "finetune" and compact_masks is None and cfg.finetune_compact and compactable(gates):
             to_compact(gates.current_masks())
             epochs = make_epochs()
+        if froze and measure is not None:  # masks chosen by timing: a resumed run keeps them
+            save_state(epoch)
         if partial is None:
             distiller.probe_next()  # every epoch logs gradient norms measured in it
         else:  # within the epoch: the probe continues where it was
@@ -609,10 +612,11 @@ def measured_masks(
 ) -> dict[str, Tensor]:
     """The deterministic masks of a run whose latency target (or `max_latency` ceiling) is checked
     by measurement: while the sliced model's measured fraction of the teacher's latency misses the
-    goal by more than half the tolerance (for a ceiling: exceeds it by more), the absolute latency
-    budget the masks are chosen under is corrected (`_next_budget`: rescaled by goal / measured
-    after the first try, then along the line through two tries), up to `cfg.latency_corrections`
-    times, and stops early when the new budget leaves the masks as they were. Returns the masks
+    goal by more than half the tolerance (for a ceiling: exceeds it by more, or, once a try has
+    exceeded it, falls under it by more than 1.5 times the tolerance), the absolute latency budget
+    the masks are chosen under is corrected (`_next_budget`: rescaled by goal / measured after the
+    first try, then along the line through two tries), up to `cfg.latency_corrections` times; it
+    stops without timing them when the new budget gives masks already measured. Returns the masks
     that came closest (the first of equals). `target_abs` and `ceilings` are absolute costs, as
     `ConformerGates.deterministic_masks` takes them; every try is passed to `log`."""
     on_target = cfg.metric == "latency"
@@ -621,15 +625,21 @@ def measured_masks(
     teacher_predicted = budget / goal
     tried: list[tuple[float, dict[str, Tensor]]] = []
     points: list[tuple[float, float]] = []  # (budget, measured fraction) of each try
+    binding = on_target  # a ceiling binds once a try has measured over it
     for attempt in range(cfg.latency_corrections + 1):
         if on_target:
             masks = gates.deterministic_masks(target=budget, metric="latency", ceilings=ceilings)
         else:
             limits = {**ceilings, "latency": budget}
             masks = gates.deterministic_masks(target=target_abs, metric=cfg.metric, ceilings=limits)
+        if any(all(torch.equal(masks[k], m) for k, m in earlier.items()) for _, earlier in tried):
+            break  # masks measured already: the budget moved less than a unit
         ratio = measure(masks)
         error = ratio / goal - 1
-        miss = abs(error) if on_target else max(error, 0.0)
+        binding = binding or error > 0
+        # a target is missed either way; a ceiling when over it, or, once it binds, when a
+        # correction went further under it than the tolerance (more pruned than it asks)
+        miss = abs(error) if on_target else max(error, 0.0) + binding * max(-error - LATENCY_TOLERANCE, 0.0)
         predicted = as_float(gates.mask_cost(masks).value("latency"))
         log(
             {
@@ -642,10 +652,9 @@ def measured_masks(
                 "measured_ratio": ratio,
             }
         )
-        same = bool(tried) and all(torch.equal(masks[k], m) for k, m in tried[-1][1].items())
         tried.append((miss, masks))
         points.append((budget, ratio))
-        if miss <= LATENCY_TOLERANCE / 2 or same:  # met, or nothing left to move under the budget
+        if miss <= LATENCY_TOLERANCE / 2:
             break
         budget = _next_budget(points, goal)
     return min(tried, key=lambda t: t[0])[1]
@@ -654,9 +663,11 @@ def measured_masks(
 def _next_budget(points: list[tuple[float, float]], goal: float) -> float:
     """The next latency budget from the tries so far, (budget, measured fraction) each: the budget
     where the line through two tries meets `goal` (the two closest on either side of it, else the
-    last two), or, from one try or a line that does not rise, the last budget rescaled by goal /
-    measured. (Measured latency is not proportional to the table's: on the quick teacher it moved
-    about twice as fast, so the rescaling alone went from 0.589 to 0.444 of the teacher.)"""
+    last two); or the last budget rescaled by goal / measured, from one try, from a line that does
+    not rise, or where the line lands outside [2/3, 3/2] of that rescaling (a line through two
+    nearly equal measurements extrapolates their noise). Measured latency is not proportional to
+    the table's: on the quick teacher it moved about twice as fast, so the rescaling alone went
+    from 0.589 to 0.444 of the teacher."""
     budget, ratio = points[-1]
     proportional = budget * goal / ratio
     if len(points) < 2:
@@ -669,7 +680,8 @@ def _next_budget(points: list[tuple[float, float]], goal: float) -> float:
         (b0, r0), (b1, r1) = points[-2], points[-1]
     if (r1 - r0) * (b1 - b0) <= 0:  # noise, or masks that did not move: no slope to follow
         return proportional
-    return b0 + (goal - r0) * (b1 - b0) / (r1 - r0)
+    line = b0 + (goal - r0) * (b1 - b0) / (r1 - r0)
+    return line if 2 / 3 * proportional <= line <= 3 / 2 * proportional else proportional
 
 
 def _freeze(
