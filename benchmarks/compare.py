@@ -88,8 +88,15 @@ from prune import evaluated_splits, run_stage, teacher_eval, versus, versus_runs
 import conformer_prune
 from conformer_prune.config import from_dict, load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
-from conformer_prune.evaluate.profile import machine, measured_ratios, profile_latency, write_table
+from conformer_prune.evaluate.profile import (
+    MeasuredRatios,
+    machine,
+    measured_ratios,
+    profile_latency,
+    write_table,
+)
 from conformer_prune.model import load_recognizer
+from conformer_prune.model.conformer import ConformerCTC
 from conformer_prune.prune.budget import UnreachableTargetError
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.cost import as_float
@@ -509,12 +516,13 @@ def main() -> None:
     latency_plane = []
     teacher_model = load_recognizer(teacher).model
 
-    def paired(name: str) -> dict[str, Any]:
-        """A run's ONNX Runtime latency as a fraction of the teacher's, the way every checked
+    def paired(model: ConformerCTC) -> MeasuredRatios:
+        """A model's ONNX Runtime latency as a fraction of the teacher's, the way every checked
         ratio is measured (beside the teacher alone, in new processes: `measured_ratios`)."""
-        pair = measured_ratios(
-            [teacher_model, timing_model(work / name)], LATENCY_RUNTIME, threads=2, rounds=30
-        )
+        return measured_ratios([teacher_model, model], LATENCY_RUNTIME, threads=2, rounds=30)
+
+    def versus_teacher(name: str) -> dict[str, Any]:
+        pair = paired(timing_model(work / name))
         return {
             "ort_vs_teacher": pair.ratios[1],
             "ort_vs_teacher_per_process": [r[1] for r in pair.per_process],
@@ -522,14 +530,13 @@ def main() -> None:
 
     for row in results:  # the row the latency check reads
         if (row["method"], row["target_params"], row["seed"]) == ("l0-distill", 0.5, 0):
-            row |= paired(run_name("l0-distill", 0.5, 0))
+            row |= versus_teacher(run_name("l0-distill", 0.5, 0))
     for method, report in latency_reports.items():
         name = f"{method}-{LATENCY_NAME}"
         matched = matched_json(work / name)
         table = LatencyModel.load(latency_table_path(work))
         pruned = timing_model(work / name)
-        # as its match or its mask switch was measured: beside the teacher alone, in new processes
-        pair = measured_ratios([teacher_model, pruned], LATENCY_RUNTIME, threads=2, rounds=30)
+        pair = paired(pruned)  # as its match or its mask switch was measured
         row = {
             "method": method,
             "target_latency": LATENCY_TARGET,
@@ -565,7 +572,7 @@ def main() -> None:
             "d_model": timing_model(work / HIDDEN_RUN).config.d_model,
             "latency_ms_ort": ort[HIDDEN_RUN],
             "ort_speedup_among_all": ort["teacher"] / ort[HIDDEN_RUN],  # in the all-model timing
-            **(timed_pair := paired(HIDDEN_RUN)),
+            **(timed_pair := versus_teacher(HIDDEN_RUN)),
             "ort_speedup_vs_teacher": 1 / timed_pair["ort_vs_teacher"],
             "latency_ms_10s": latency[HIDDEN_RUN],
             "wall_seconds": wall_seconds(work / HIDDEN_RUN),
