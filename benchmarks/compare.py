@@ -47,21 +47,31 @@ The section opens with every target of issues 18 and 17 (`checks`), computed fro
 (also saved in it): met, not met, or not run.
 
 `--prepare` makes only the timed preparations and stops (run it alone on the cores, then start the
-training processes whenever: they read what it cached). `--methods a,b` runs only those methods'
-missing stages (the table then holds every stage cached so far; the rest are listed as not run).
-`--render` rewrites the table and plot from the saved JSON.
+training processes whenever: they read what it cached). The stages train in `TRAIN_ORDER`, what
+the checks read first (every method at 50% with `continued`, the second seeds, 30%), `scratch` (the
+teacher's 10 epochs) last; `--plan` lists them in that order with where each stands, and trains and
+times nothing.
+
+Every run of one table trains in one precision, a part of its identity: the recipe's bf16, or
+`--precision fp32` (on every command of that table) on a CPU without native bf16, where bf16 runs
+refuse to train (`chosen` in fp32 scored within its bf16 seeds' noise, distill.py, 2026-12-04). A
+bf16 table shares its runs with distill.py's and prune.py's; an fp32 one trains them again.
+
+`--methods a,b` runs only those methods' missing stages (the table then holds every stage cached
+so far; the rest are listed as not run). `--render` rewrites the table and plot from the saved JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -76,6 +86,7 @@ from common import (
     in_new_process,
     load_result,
     markdown_table,
+    plan_state,
     quick_inputs,
     reference_corpus,
     run_dir,
@@ -115,7 +126,8 @@ CONTROL: MethodName = "continued"  # prunes nothing: its one run keeps 100% of t
 RUNS: list[tuple[MethodName, float, int]] = [(m, 0.5, 0) for m in METHODS if m != CONTROL] + [
     (CONTROL, 1.0, 0)
 ]
-RUNS += [(m, r, 0) for r in (0.3, 0.7) for m in ("l0-distill", "l0", "magnitude-distill", "torch-pruning")]
+FAMILIES: tuple[MethodName, ...] = ("l0-distill", "l0", "magnitude-distill", "torch-pruning")
+RUNS += [(m, r, 0) for r in (0.3, 0.7) for m in FAMILIES]
 RUNS += [("l0-distill", 0.5, 1), ("l0", 0.5, 1)]
 KEYS = ("wer_dev", "wer_test", "cer_test", "wer_test_unseen", "params", "macs_per_second")
 LATENCY_TARGET = 0.5  # of the teacher's latency on LATENCY_RUNTIME
@@ -125,6 +137,34 @@ LATENCY_NAME = f"lat{round(100 * LATENCY_TARGET)}"  # runs are named e.g. l0-dis
 # issue 17: the method at 50% of the parameters with the model dimension prunable too
 HIDDEN_RUN = "l0-distill-50-hidden"
 MATCH_TOLERANCE = 0.05  # a latency match (and issue 17's latency target) holds within 5% of the target
+Precision = Literal["bf16", "fp32"]
+
+
+def run_name(method: MethodName, ratio: float, seed: int) -> str:
+    """A run's name in the work directory, e.g. l0-distill-50 (seed 0) or l0-50-seed1."""
+    return f"{method}-{round(100 * ratio)}" + (f"-seed{seed}" if seed else "")
+
+
+# The order the stages train in (the table keeps its own): first what issue 18's checks read (every
+# method at 50% with the control, the second seeds, 30%), then the latency plane, the model
+# dimension and 70%, and last `scratch`, which trains the teacher's 10 epochs (3x any other run's),
+# so a table still training for many sessions already answers the checks that matter most.
+TRAIN_ORDER: list[str] = [
+    run_name("l0-distill", 0.5, 0),
+    run_name(CONTROL, 1.0, 0),
+    *[  # the pruning families first
+        run_name(m, 0.5, 0)
+        for m in sorted(METHODS, key=lambda m: m not in FAMILIES)
+        if m not in ("l0-distill", CONTROL, "scratch")
+    ],
+    run_name("l0-distill", 0.5, 1),
+    run_name("l0", 0.5, 1),
+    *[run_name(m, 0.3, 0) for m in FAMILIES],
+    *[f"{m}-{LATENCY_NAME}" for m in LATENCY_METHODS],
+    HIDDEN_RUN,
+    *[run_name(m, 0.7, 0) for m in FAMILIES],
+    run_name("scratch", 0.5, 0),
+]
 
 
 def latency_table_path(work: Path) -> Path:
@@ -161,12 +201,10 @@ def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: i
     shape is more than MATCH_TOLERANCE from the target cannot be compared at that latency: it
     raises UnreachableTargetError (its stage records why), rather than train a shape that is not
     at the latency it is compared at."""
-    digest = file_digest(teacher_path)
-    found = json.loads(cache.read_text()) if cache.exists() else None
-    if found is None or found.get("teacher_sha256") != digest:
-        if found is not None:
+    if (found := cached_match(teacher_path, cache)) is None:
+        if cache.exists():
             print(f"{cache} matched another teacher's shapes: matching {method} again", flush=True)
-        _bisect(method, teacher_path, digest, cache, tries)
+        _bisect(method, teacher_path, file_digest(teacher_path), cache, tries)
         found = json.loads(cache.read_text())
     ratio = found["measured_ratio"]  # None: no parameter target gave a shape
     if ratio is None or abs(ratio / LATENCY_TARGET - 1) > MATCH_TOLERANCE:
@@ -183,6 +221,12 @@ def matched_params(method: MethodName, teacher_path: Path, cache: Path, tries: i
             + f"; {cache.name})"
         )
     return float(found["target_params"])
+
+
+def cached_match(teacher_path: Path, cache: Path) -> dict[str, Any] | None:
+    """The bisection `matched_params` cached in `cache` for this teacher's bytes, if any."""
+    found: dict[str, Any] | None = json.loads(cache.read_text()) if cache.exists() else None
+    return found if found is not None and found.get("teacher_sha256") == file_digest(teacher_path) else None
 
 
 def _bisect(method: MethodName, teacher_path: Path, digest: str, cache: Path, tries: int) -> None:
@@ -257,11 +301,6 @@ def write_unreachable(marker: Path, err: Exception, code: str) -> None:
     write_json(marker, {"error": str(err), "code": code})
 
 
-def run_name(method: MethodName, ratio: float, seed: int) -> str:
-    """A run's name in the work directory, e.g. l0-distill-50 (seed 0) or l0-50-seed1."""
-    return f"{method}-{round(100 * ratio)}" + (f"-seed{seed}" if seed else "")
-
-
 def matched_json(run: Path) -> Path:
     """Where a latency-matched run keeps its bisection: in git (results/compare-matched/) for the
     reference runs, since it decides the run's config and a later machine must find the same run;
@@ -281,21 +320,37 @@ def teacher_recipe(teacher: Path) -> TrainConfig:
     return from_dict(TrainConfig, meta["train_config"])
 
 
+def table_precision(asked: Precision | None, quick: bool) -> Precision:
+    """The one precision every run of the table trains in: `asked` (`--precision`), else the
+    recipe's (bf16) for the reference table, and for the quick one fp32 where bf16 is not native, so
+    that its code path runs on any machine (bf16 runs refuse to train there, `check_precision`)."""
+    if asked is not None:
+        return asked
+    recipe = load_config(PruneConfig, recipe_path("prune"))
+    if quick and not native_bf16(resolve_device(recipe.device)):
+        return "fp32"
+    return recipe.precision
+
+
 def overrides_for(
-    method: MethodName, ratio: float, teacher_epochs: int, quick: bool, recipe: TrainConfig | None = None
+    method: MethodName,
+    ratio: float,
+    teacher_epochs: int,
+    quick: bool,
+    recipe: TrainConfig | None = None,
+    precision: Precision = "bf16",
 ) -> list[str]:
     """The PruneConfig overrides of one run; SpecAugment is left to the default, the teacher's own,
     for every method (NeMo's 10 time masks kept a dense model from scratch at 96% dev WER for 16
     epochs on these short utterances). A dense model from random weights takes the teacher's own
     `recipe` (`teacher_recipe`): its learning rate, Adam betas and intermediate CTC, and for
-    `scratch` its warm-up and number of epochs."""
+    `scratch` its warm-up and number of epochs. `precision` other than the recipe's (bf16) is named,
+    so a bf16 run keeps the identity it had before the choice existed."""
     out = [f"method={method}"]
     if quick:  # the reference budget is the recipe's (issue 18); the quick path takes 1 + 1 epochs
         out += ["prune_epochs=1", "finetune_epochs=1"]
-        # and checks the code path on any machine: fp32 where bf16 is not native (the reference
-        # runs refuse to train there, `check_precision`)
-        if not native_bf16(resolve_device(load_config(PruneConfig, recipe_path("prune")).device)):
-            out.append("precision=fp32")
+    if precision != load_config(PruneConfig, recipe_path("prune")).precision:
+        out.append(f"precision={precision}")
     if method != CONTROL:  # the control has no target (the recipe's is ignored)
         out.append(f"target_params={ratio}")
     if REGISTRY[method].masks != "dense":
@@ -370,6 +425,19 @@ def main() -> None:
         default=1,
         help="processes sharing the runs (start this many), 1 thread each; the last out times and writes",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        help="the one precision every run trains in (a run's identity holds it): the recipe's bf16 by "
+        "default; fp32 for a table trained on a CPU without native bf16, where bf16 runs refuse to "
+        "train (fp32 scored within the seed noise of bf16 in distill.py, 2026-12-04); --quick takes "
+        "fp32 there by itself",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="list every stage, in the order they train, with where it stands, and train or time nothing",
+    )
     args = parser.parse_args()
     if args.render:
         name = "compare-quick" if args.quick else "compare"
@@ -380,11 +448,15 @@ def main() -> None:
         corpus, teacher = quick_inputs()
         teacher_epochs = 2
     else:
-        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
+        teacher = ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus = CACHE / "corpus-reference" if args.plan else reference_corpus()  # checked, or made
+        if not (corpus / "corpus.json").exists():  # a run's identity holds the corpus's record
+            raise SystemExit(f"{corpus} is not here: run compare.py without --plan to synthesise it")
         teacher_epochs = int(
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
         )
     recipe = teacher_recipe(teacher)  # a dense model from random weights is trained as the teacher
+    precision = table_precision(args.precision, args.quick)
     work = CACHE / ("compare-quick" if args.quick else "compare")
     evaluated = evaluated_splits(corpus)
     reports: dict[tuple[MethodName, float, int], dict[str, Any]] = {}
@@ -395,12 +467,14 @@ def main() -> None:
     latency_reports: dict[MethodName, dict[str, Any]] = {}
     jobs = Jobs(args.jobs, work)
     code = pruning_code(teacher)  # what decides whether a target is out of a method's reach
+    teacher_result: dict[str, Any] = {}
     with jobs.preparing():  # the timed preparations on a quiet machine, before any process trains
-        teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
-        if "l0-distill" in selected:
-            latency_table(teacher, work)
+        if not args.plan:
+            teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
+            if "l0-distill" in selected:
+                latency_table(teacher, work)
         for method in LATENCY_METHODS:
-            if method != "l0-distill" and method in selected:
+            if method != "l0-distill" and method in selected and not args.plan:
                 with contextlib.suppress(UnreachableTargetError):  # its stage records it
                     matched_params(method, teacher, matched_json(work / f"{method}-{LATENCY_NAME}"))
     if args.prepare:
@@ -414,6 +488,8 @@ def main() -> None:
         unreachable_txt = work / f"{run.name}.unreachable.txt"
         if (found := read_unreachable(unreachable_txt, code)) is not None:
             unreachable[run.name] = found
+            if args.plan:
+                print(f"{run.name:<28} out of reach: {found}", flush=True)
             return
         if method not in selected and not run.is_symlink():
             return
@@ -425,6 +501,10 @@ def main() -> None:
             return
         target = run_dir(cfg, teacher, corpus)
         if method not in selected and not (target / "eval.json").exists():
+            return
+        if args.plan:
+            state, shown = plan_state(cfg, teacher, corpus)
+            print(f"{run.name:<28} {state}  ({shown.name}: {label})", flush=True)
             return
 
         def train() -> None:
@@ -444,9 +524,14 @@ def main() -> None:
 
         jobs.run(label, target, train)
 
+    stages: dict[str, Callable[[], None]] = {}  # each stage by its run's name, trained in TRAIN_ORDER
     for method, ratio, seed in RUNS:
-        params_overrides = [*overrides_for(method, ratio, teacher_epochs, args.quick, recipe), f"seed={seed}"]
-        stage(
+        params_overrides = [
+            *overrides_for(method, ratio, teacher_epochs, args.quick, recipe, precision),
+            f"seed={seed}",
+        ]
+        stages[run_name(method, ratio, seed)] = functools.partial(
+            stage,
             reports,
             (method, ratio, seed),
             method,
@@ -456,7 +541,7 @@ def main() -> None:
         )
 
     def latency_cfg(method: MethodName, run: Path) -> PruneConfig:
-        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick, recipe)
+        overrides = overrides_for(method, LATENCY_TARGET, teacher_epochs, args.quick, recipe, precision)
         if method == "l0-distill":
             table = latency_table(teacher, work)
             overrides += ["target_params=null", f"target_latency={LATENCY_TARGET}", f"latency_table={table}"]
@@ -467,17 +552,29 @@ def main() -> None:
     for method in LATENCY_METHODS:
         run = work / f"{method}-{LATENCY_NAME}"
         label = f"{method} at {LATENCY_TARGET:.0%} latency"
-        stage(latency_reports, method, method, run, label, lambda m=method, r=run: latency_cfg(m, r))
+        if args.plan and method != "l0-distill" and cached_match(teacher, matched_json(run)) is None:
+            waits = f"{run.name:<28} waits for its latency match (--prepare)"
+            stages[run.name] = functools.partial(print, waits)
+            continue
+        stages[run.name] = functools.partial(
+            stage, latency_reports, method, method, run, label, lambda m=method, r=run: latency_cfg(m, r)
+        )
 
     def hidden_cfg() -> PruneConfig:
-        overrides = overrides_for("l0-distill", 0.5, teacher_epochs, args.quick)
+        overrides = overrides_for("l0-distill", 0.5, teacher_epochs, args.quick, precision=precision)
         structures = load_config(PruneConfig, recipe_path("prune"), overrides).structures
         hidden = f"structures=[{','.join([*structures, 'hidden'])}]"
         return load_config(PruneConfig, recipe_path("prune"), [*overrides, hidden])
 
     hidden_reports: dict[str, dict[str, Any]] = {}
     label = "l0-distill at 50% with the model dimension"
-    stage(hidden_reports, HIDDEN_RUN, "l0-distill", work / HIDDEN_RUN, label, hidden_cfg)
+    stages[HIDDEN_RUN] = functools.partial(
+        stage, hidden_reports, HIDDEN_RUN, "l0-distill", work / HIDDEN_RUN, label, hidden_cfg
+    )
+    for name in TRAIN_ORDER:
+        stages[name]()
+    if args.plan:
+        return
     jobs.settle()
     if not jobs.last():
         print("another process sharing the runs is still at work: the last one out writes the table")
@@ -589,7 +686,8 @@ def main() -> None:
         if all(len(runs) > 1 for runs in seed_runs.values())
         else None
     )
-    budget = load_config(PruneConfig, recipe_path("prune"), overrides_for("l0-distill", 0.5, 0, args.quick))
+    budget_overrides = overrides_for("l0-distill", 0.5, 0, args.quick, precision=precision)
+    budget = load_config(PruneConfig, recipe_path("prune"), budget_overrides)
     record = {
         "splits": split_sizes(evaluated),
         "teacher": teacher_row,
@@ -608,9 +706,12 @@ def main() -> None:
         "threads": 2,
         "machine": machine(),  # where the latencies were measured
         "epochs": {"prune": budget.prune_epochs, "finetune": budget.finetune_epochs},
+        "precision": precision,  # of every run's training (evaluation is fp32)
         "commit": commit,
         # the table holds every cached stage, whichever --methods this run had: the whole command
-        "command": "python benchmarks/compare.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/compare.py"
+        + (" --quick" if args.quick else "")
+        + (f" --precision {args.precision}" if args.precision else ""),
     }
     record["checks"] = checks(record)
     save_result("compare-quick" if args.quick else "compare", record)
@@ -946,6 +1047,7 @@ def write_docs(record: dict[str, Any], quick: bool) -> None:
         f"{' = '.join(best['dev']) or '-'}); the target, `l0-distill` lowest on test, is **{verdict}**. "
         f"Not run: {not_run}. {cannot}{seeds_md}"
         f"Every method trains {epochs['prune']} + {epochs['finetune']} epochs (pruning + fine-tuning) "
+        f"in {record.get('precision', 'bf16')} "
         f"after the teacher exists (`scratch`: the teacher's epochs; `scratch` and `dense-distill` "
         f"with the teacher's learning rate, betas and intermediate CTC), all under "
         f"the teacher's SpecAugment; `continued` is the equal-training control, the teacher unpruned "

@@ -418,3 +418,35 @@ def test_a_benchmark_refuses_to_train_a_bf16_run_where_it_would_compute_in_fp32(
     prune.check_precision(dataclasses.replace(cfg, precision="fp32"), tmp_path / "run")  # fp32: anywhere
     monkeypatch.setattr(prune, "native_bf16", lambda device: True)
     prune.check_precision(cfg, tmp_path / "run")
+
+
+def test_the_comparison_trains_every_stage_once_and_the_checked_rows_first() -> None:
+    """compare.py's training order holds each of its stages exactly once, the 50% rows with the
+    control before any other, and `scratch` (the teacher's epochs) last."""
+    import compare
+
+    stages = [compare.run_name(*key) for key in compare.RUNS]
+    stages += [f"{m}-{compare.LATENCY_NAME}" for m in compare.LATENCY_METHODS] + [compare.HIDDEN_RUN]
+    order = compare.TRAIN_ORDER
+    assert sorted(order) == sorted(stages) and len(set(order)) == len(order)
+    at_half = [compare.run_name(m, 0.5, 0) for m in compare.METHODS if m not in ("continued", "scratch")]
+    assert set(order[: len(at_half) + 1]) == {*at_half, compare.run_name("continued", 1.0, 0)}
+    assert order[0] == "l0-distill-50" and order[-1] == "scratch-50"
+
+
+def test_the_comparison_names_a_precision_only_where_it_is_not_the_recipes(monkeypatch: Any) -> None:
+    """A bf16 table keeps the run identities it had before `--precision` existed (the recipe's
+    bf16 is not named); fp32 is named in every run's overrides, so the two tables never share a run;
+    the quick table takes fp32 by itself where bf16 is not native."""
+    import compare
+
+    assert not any(o.startswith("precision") for o in compare.overrides_for("l0", 0.5, 10, quick=False))
+    fp32 = compare.overrides_for("l0", 0.5, 10, quick=False, precision="fp32")
+    assert "precision=fp32" in fp32
+    assert compare.table_precision("fp32", quick=False) == "fp32"
+    assert compare.table_precision(None, quick=False) == "bf16"
+    monkeypatch.setattr(compare, "native_bf16", lambda device: False)
+    assert compare.table_precision(None, quick=True) == "fp32"
+    assert compare.table_precision(None, quick=False) == "bf16"  # the reference asks for fp32 by name
+    monkeypatch.setattr(compare, "native_bf16", lambda device: True)
+    assert compare.table_precision(None, quick=True) == "bf16"
