@@ -467,16 +467,16 @@ def main() -> None:
     latency_reports: dict[MethodName, dict[str, Any]] = {}
     jobs = Jobs(args.jobs, work)
     code = pruning_code(teacher)  # what decides whether a target is out of a method's reach
-    teacher_result: dict[str, Any] = {}
-    with jobs.preparing():  # the timed preparations on a quiet machine, before any process trains
-        if not args.plan:
+    teacher_result: dict[str, Any] = {}  # (a plan needs none of the preparations)
+    if not args.plan:  # the timed preparations on a quiet machine, before any process trains
+        with jobs.preparing():
             teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
             if "l0-distill" in selected:
                 latency_table(teacher, work)
-        for method in LATENCY_METHODS:
-            if method != "l0-distill" and method in selected and not args.plan:
-                with contextlib.suppress(UnreachableTargetError):  # its stage records it
-                    matched_params(method, teacher, matched_json(work / f"{method}-{LATENCY_NAME}"))
+            for method in LATENCY_METHODS:
+                if method != "l0-distill" and method in selected:
+                    with contextlib.suppress(UnreachableTargetError):  # its stage records it
+                        matched_params(method, teacher, matched_json(work / f"{method}-{LATENCY_NAME}"))
     if args.prepare:
         return
 
