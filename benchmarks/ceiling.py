@@ -11,6 +11,8 @@ Usage:
     nohup python benchmarks/ceiling.py > benchmarks/cache/ceiling.log 2>&1 &
     python benchmarks/ceiling.py --plan       # where both runs stand; trains nothing
     python benchmarks/ceiling.py --quick      # same code path on the quick teacher (teacher.py --quick)
+    # where bf16 is not native: --precision fp32 on each command, as compare.py's (both runs in fp32;
+    # `recipe` is then compare.py --precision fp32's l0-distill at 50%)
 
 Two runs of the pruning engine, cached and resumable like every benchmark's (benchmarks/cache/runs/):
 - `recipe`: the reference recipe (`recipes/prune.yaml`), distill.py's `chosen-prune1` and
@@ -44,6 +46,7 @@ from common import (
     git_commit,
     markdown_table,
     plan_state,
+    precision_overrides,
     quick_inputs,
     reference_corpus,
     run_dir,
@@ -51,7 +54,7 @@ from common import (
     timing_model,
     update_doc_section,
 )
-from compare import LATENCY_RUNTIME, latency_table_path
+from compare import LATENCY_RUNTIME, latency_table_path, table_precision
 from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
@@ -96,6 +99,12 @@ def main() -> None:
         "--jobs", type=int, default=1, help="processes sharing the two runs (start this many), 1 thread each"
     )
     parser.add_argument("--plan", action="store_true", help="where both runs stand; trains nothing")
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        help="both runs' precision, as compare.py's: the recipe's bf16 by default; fp32 on a CPU without "
+        "native bf16 (then `recipe` is compare.py --precision fp32's l0-distill at 50%%)",
+    )
     args = parser.parse_args()
     commit = git_commit()
     if args.quick:
@@ -104,6 +113,8 @@ def main() -> None:
     else:
         corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
         overrides = []
+    precision = table_precision(args.precision, args.quick)
+    overrides += precision_overrides(precision)
     name = "ceiling-quick" if args.quick else "ceiling"
     work = CACHE / name
     table = latency_table_path(CACHE / ("compare-quick" if args.quick else "compare"))
@@ -131,7 +142,7 @@ def main() -> None:
     if not jobs.last():  # the last process out writes the record, once nothing else trains
         return
     record = make_record(teacher, teacher_result, reports, work, table)
-    record |= {"commit": commit, "command": command_line()}
+    record |= {"precision": precision, "commit": commit, "command": command_line()}
     print(json.dumps(record, indent=2))
     save_result(name, record)
     if not args.quick:

@@ -20,7 +20,7 @@ from typing import IO, Any, TypeVar
 
 import torch
 
-from conformer_prune.config import from_dict, to_dict
+from conformer_prune.config import from_dict, load_config, recipe_path, to_dict
 from conformer_prune.data.dataset import Batch
 from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
@@ -123,6 +123,13 @@ CEILINGS = ("max_params", "max_macs", "max_latency")
 def file_digest(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def precision_overrides(precision: str) -> list[str]:
+    """The override that trains a benchmark's runs in `precision`: none for the pruning recipe's
+    own (bf16), so such a run keeps the identity it had before benchmarks took a precision."""
+    recipe = load_config(PruneConfig, recipe_path("prune"))
+    return [] if precision == recipe.precision else [f"precision={precision}"]
 
 
 def quick_inputs() -> tuple[Path, Path]:

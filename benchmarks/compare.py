@@ -87,6 +87,7 @@ from common import (
     load_result,
     markdown_table,
     plan_state,
+    precision_overrides,
     quick_inputs,
     reference_corpus,
     run_dir,
@@ -349,8 +350,7 @@ def overrides_for(
     out = [f"method={method}"]
     if quick:  # the reference budget is the recipe's (issue 18); the quick path takes 1 + 1 epochs
         out += ["prune_epochs=1", "finetune_epochs=1"]
-    if precision != load_config(PruneConfig, recipe_path("prune")).precision:
-        out.append(f"precision={precision}")
+    out += precision_overrides(precision)
     if method != CONTROL:  # the control has no target (the recipe's is ignored)
         out.append(f"target_params={ratio}")
     if REGISTRY[method].masks != "dense":

@@ -215,3 +215,23 @@ def test_the_ceiling_joins_the_method_only_when_dev_is_not_worse_and_the_latency
     assert verdict(record(-0.002, 0.59))["adopt"]
     assert not verdict(record(0.001, 0.59))["adopt"]  # worse on dev beyond noise
     assert not verdict(record(-0.002, 0.61))["adopt"]  # not 40% faster
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_ceilings_recipe_run_is_the_comparisons_method_at_half_in_either_precision(
+    precision: str, tmp_path: Path
+) -> None:
+    """ceiling.py's `recipe` and compare.py's l0-distill at 50% (seed 0) are one run in a table of
+    either precision, so an fp32 table trains it once; the precisions never share a run."""
+    import ceiling
+    import compare
+    from common import precision_overrides
+
+    def half(p: str) -> PruneConfig:
+        overrides = [*compare.overrides_for("l0-distill", 0.5, 10, quick=False, precision=p), "seed=0"]
+        return load_config(PruneConfig, recipe_path("prune"), overrides)
+
+    recipe = ceiling.configs(tmp_path / "table.json", precision_overrides(precision))["recipe"]
+    assert recipe == half(precision) and recipe.precision == precision
+    other = "fp32" if precision == "bf16" else "bf16"
+    assert recipe != half(other)
