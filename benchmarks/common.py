@@ -363,11 +363,15 @@ def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) 
     )
 
 
-def reference_corpus() -> Path:
+def reference_corpus(make: bool = True) -> Path:
     """The reference corpus: synthesised deterministically when missing, checked otherwise (one
-    process at a time, without rewriting a byte of a finished corpus)."""
+    process at a time, without rewriting a byte of a finished corpus). `make=False` (a benchmark's
+    `--plan`, which names runs by the corpus's record) only requires that record to be there."""
     corpus = CACHE / "corpus-reference"
-    synthesize(corpus, workers=2, **REFERENCE_CORPUS)
+    if make:
+        synthesize(corpus, workers=2, **REFERENCE_CORPUS)
+    elif not (corpus / "corpus.json").exists():
+        raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
     return corpus
 
 

@@ -449,9 +449,7 @@ def main() -> None:
         teacher_epochs = 2
     else:
         teacher = ROOT / "benchmarks" / "models" / "teacher.pt"
-        corpus = CACHE / "corpus-reference" if args.plan else reference_corpus()  # checked, or made
-        if not (corpus / "corpus.json").exists():  # a run's identity holds the corpus's record
-            raise SystemExit(f"{corpus} is not here: run compare.py without --plan to synthesise it")
+        corpus = reference_corpus(make=not args.plan)  # a plan only names runs, by its record
         teacher_epochs = int(
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]
         )

@@ -214,11 +214,8 @@ def main() -> None:
         corpus, teacher = quick_inputs()
         budget = ["prune_epochs=1", "finetune_epochs=1"]
     else:
-        corpus, teacher = CACHE / "corpus-reference", ROOT / "benchmarks" / "models" / "teacher.pt"
-        if not args.plan:
-            reference_corpus()  # synthesised when missing, checked otherwise
-        elif not (corpus / "corpus.json").exists():  # a run's identity holds the corpus's record
-            raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
+        # a plan only names runs, by the corpus's record
+        corpus, teacher = reference_corpus(make=not args.plan), ROOT / "benchmarks" / "models" / "teacher.pt"
         budget = ["prune_epochs=2", "finetune_epochs=1"]  # PRUNE1's SCHEDULE overrides it
     work = CACHE / ("distill-quick" if args.quick else "distill")
     evaluated = evaluated_splits(corpus)
