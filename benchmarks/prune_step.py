@@ -76,12 +76,14 @@ class _OpTimes(TorchDispatchMode):
 
 class ReferenceStep:
     """The reference pruning recipe's step (see the module docstring) on `teacher`, on one seeded
-    random batch of the recipe's size; `step(k)` trains step k."""
+    random batch of the recipe's size; `step(k)` trains step k. On `device`, in `precision` when
+    given, else in the recipe's as a run resolves it there."""
 
-    def __init__(self, teacher: Path) -> None:
+    def __init__(self, teacher: Path, device: str = "cpu", precision: str | None = None) -> None:
         torch.manual_seed(0)
         self.cfg = cfg = load_config(PruneConfig, recipe_path("prune"), [])
-        model = load_recognizer(teacher).model.eval()
+        self.device = torch.device(device)
+        model = load_recognizer(teacher).model.to(self.device).eval()
         target_abs = cfg.ratio * as_float(conformer_cost(model.config).value(cfg.metric))
         self.student, self.gates, self.distiller = gated_student(cfg, model, target_abs)
         self.student.train()
@@ -89,9 +91,9 @@ class ReferenceStep:
         self.weights = _weights(self.student, self.distiller)
         self.optimizer = make_prune_optimizer(self.weights, self.gates, Lagrangian(), cfg)
         self.batch_size = max(1, cfg.max_frames // round(SECONDS * 100))
-        self.batch = random_batch(model.config, self.batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
-        self.device = torch.device("cpu")
-        self.precision = resolve_precision(cfg.precision, self.device)  # as a run computes it
+        batch = random_batch(model.config, self.batch_size, SECONDS, round(SECONDS * 100 / 4 / 3))
+        self.batch = batch.to(self.device)
+        self.precision = precision or resolve_precision(cfg.precision, self.device)  # as a run computes it
 
     def __call__(self, k: int) -> None:
         self.gates.set_step(self.cfg.seed, k)
