@@ -69,7 +69,8 @@ def test_pruning_on_cuda_meets_the_target_and_its_model_agrees_with_the_cpu(
     assert abs(pruned["params"] / (0.5 * teacher["params"]) - 1) <= 0.01
     assert 0 <= pruned["wer_test"] < float("inf")
     cpu = load_recognizer(out / "model.pt").model.eval()
-    gpu = load_recognizer(out / "model.pt", map_location="cuda").model.eval()
+    gpu = load_recognizer(out / "model.pt", device="cuda").model.eval()
+    assert {p.device.type for p in gpu.parameters()} == {"cuda"}
     feats = torch.randn(2, 300, cpu.config.n_mels)
     lengths = torch.tensor([300, 211])
     with torch.no_grad():

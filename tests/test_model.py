@@ -142,6 +142,16 @@ def test_save_load_round_trip_is_strict_and_exact(tmp_path: Path) -> None:
     assert loaded.tokenizer.encode("HELLO") == rec.tokenizer.encode("HELLO")
 
 
+def test_a_recognizer_loads_onto_the_device_it_is_asked_for(tmp_path: Path) -> None:
+    """The model and its front end land on `device` (on a GPU, the former `map_location` left the
+    model on the CPU; "meta" stands in here for a device CI does not have)."""
+    save_recognizer(tmp_path / "m.pt", _recognizer(hetero_config()))
+    loaded = load_recognizer(tmp_path / "m.pt", device="meta")
+    tensors = [*loaded.model.parameters(), *loaded.model.buffers(), *loaded.features.buffers()]
+    assert tensors and {t.device.type for t in tensors} == {"meta"}
+    assert {p.device.type for p in load_recognizer(tmp_path / "m.pt").model.parameters()} == {"cpu"}
+
+
 def test_heterogeneous_model_trains_one_step_and_round_trips(tmp_path: Path) -> None:
     rec = _recognizer(hetero_config())
     model = rec.model.train()

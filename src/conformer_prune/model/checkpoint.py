@@ -101,8 +101,9 @@ def save_recognizer(path: str | Path, rec: Recognizer, **meta: Any) -> None:
     atomic_save(ckpt, path)
 
 
-def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") -> Recognizer:
-    """Rebuild a recognizer from a checkpoint written by `save_recognizer`.
+def load_recognizer(path: str | Path, device: str | torch.device = "cpu") -> Recognizer:
+    """Rebuild a recognizer from a checkpoint written by `save_recognizer`, its model and front
+    end on `device` (read on the CPU, then moved).
 
     Raises:
         FileNotFoundError: no such file.
@@ -112,7 +113,7 @@ def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"checkpoint {path} could not be read ({err})") from err
     if not isinstance(ckpt, dict) or not {"config", "state_dict", "meta"} <= set(ckpt):
@@ -134,4 +135,4 @@ def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} does not hold a usable model ({type(err).__name__}: {detail[:300]}); "
             "expected a file written by conformer-prune"
         ) from err
-    return Recognizer(model.eval(), features.eval(), tokenizer, meta)
+    return Recognizer(model.to(device).eval(), features.to(device).eval(), tokenizer, meta)

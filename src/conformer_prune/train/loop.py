@@ -484,15 +484,20 @@ class Epochs:
         # the loader draws its base seed from the global generator as its iterator starts, so the
         # iterator starts here, before a resumed epoch puts the generators back where they were
         batches = iter(self.data.loader)
-        if partial is not None:
-            torch.set_rng_state(partial["rng"])
-            self.specaug_gen.set_state(partial["specaug_rng"])
+        device = self.dist.device
+        if partial is not None:  # a state loaded onto a GPU holds the CPU generators' states there
+            torch.set_rng_state(partial["rng"].cpu())
+            self.specaug_gen.set_state(partial["specaug_rng"].cpu())
+            if "cuda_rng" in partial and device.type == "cuda":  # dropout's stream on the GPU
+                torch.cuda.set_rng_state(partial["cuda_rng"].cpu(), device)
         save = None
         if self.checkpoint is not None and not self.dist.enabled:
             write = self.checkpoint
 
             def save(p: EpochProgress) -> None:
                 rng = {"rng": torch.get_rng_state(), "specaug_rng": self.specaug_gen.get_state()}
+                if device.type == "cuda":
+                    rng["cuda_rng"] = torch.cuda.get_rng_state(device)
                 write(epoch, {"progress": asdict(p), **rng})
 
         model = self.rec.model
