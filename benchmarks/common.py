@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -49,6 +50,7 @@ ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in p
 STARTED = "started.json"  # the commit a run started from
 TO_TRAIN = "to train"  # `run_state` of a run nobody has started
 K = TypeVar("K")  # a timed runner's key
+T = TypeVar("T")  # what a function run in a fresh process returns
 RUN_THREADS = (2, 1)  # the threads a benchmark's run trains on: alone, or sharing the cores (`Jobs`)
 
 
@@ -373,6 +375,29 @@ def reference_corpus(make: bool = True) -> Path:
     elif not (corpus / "corpus.json").exists():
         raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
     return corpus
+
+
+def in_fresh_process(fn: Callable[..., T], *args: Any, restarts: int = 2) -> T:
+    """`fn(*args)` in a new (spawned) process, its result returned and its exception raised here;
+    started again, up to `restarts` times, when the process dies without one (the kernel's
+    out-of-memory killer), so `fn` must resume whatever a dead process left. `fn` is a module-level
+    function; its arguments and result are pickled.
+
+    The benchmarks train each run so. A run's heap grows as its batch shapes vary (glibc's, which
+    `keep_freed_memory` never trims), and a process that went on to train a second run was killed
+    at 13 GB on 24 (2026-12-04): the memory a run leaves goes back with its process."""
+    for restart in range(restarts + 1):
+        try:
+            return in_new_process(fn, *args)
+        except BrokenProcessPool:
+            if restart == restarts:
+                raise
+            print(
+                f"[{getattr(fn, '__name__', fn)}] its process died (killed by the kernel for memory?): "
+                f"started again ({restart + 1} of {restarts})",
+                flush=True,
+            )
+    raise AssertionError("unreachable")
 
 
 class Jobs:

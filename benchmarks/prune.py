@@ -45,6 +45,7 @@ from common import (
     file_digest,
     fresh_latency_ms,
     git_commit,
+    in_fresh_process,
     keep_run_result,
     link_run,
     markdown_table,
@@ -128,9 +129,10 @@ def run_stage(
     """One pruning-engine run (resumable), skipped once its eval.json exists; `run` becomes a link
     to the run's shared directory (`common.link_run`), so another benchmark's identical run is reused.
     It evaluates on the run's own threads; `latency=False` leaves the timing out (other runs share
-    the cores). `weights`: the caller reads the run's model and files beyond its record, so a run
-    finished on another machine is trained again rather than restored from its record, and one
-    restored here before is refused."""
+    the cores). It trains in a fresh process (`in_fresh_process`: the memory goes back when it
+    ends), started again from the saved state if killed. `weights`: the caller reads the run's
+    model and files beyond its record, so a run finished on another machine is trained again
+    rather than restored from its record, and one restored here before is refused."""
     run = link_run(run, cfg, teacher, corpus, restore=not weights)
     _check_fresh(run / "eval.json")
     if weights and (run / "eval.json").exists() and not (run / "model.pt").exists():
@@ -141,24 +143,30 @@ def run_stage(
     else:
         if corpus.name != "corpus-quick":
             check_precision(cfg, run)
-        resume, train, dev = (run / "prune_state.pt").exists(), corpus / "train", corpus / "dev"
-        report = prune_and_report(
-            cfg,
-            teacher,
-            train,
-            dev,
-            evaluated,
-            run,
-            resume,
-            threads=cfg.threads or 2,
-            teacher_eval=teacher_result,
-            latency=latency,
-        )
+        report = in_fresh_process(_resumed, cfg, teacher, corpus, evaluated, run, teacher_result, latency)
     # a quick run is a smoke test, not a result for git; a run restored from its record (no
     # weights) has its record already
     if corpus.name != "corpus-quick" and (run / "model.pt").exists():
         keep_run_result(run)
     return report
+
+
+def _resumed(
+    cfg: PruneConfig,
+    teacher: Path,
+    corpus: Path,
+    evaluated: dict[str, Path],
+    run: Path,
+    teacher_result: dict[str, Any],
+    latency: bool,
+) -> dict[str, Any]:
+    """`prune_and_report` on `run`, resumed from its saved state when it has one (`run_stage`
+    calls it in a fresh process, and again if that process dies)."""
+    resume, threads = (run / "prune_state.pt").exists(), cfg.threads or 2
+    train, dev = corpus / "train", corpus / "dev"
+    return prune_and_report(
+        cfg, teacher, train, dev, evaluated, run, resume, threads, teacher_result, latency=latency
+    )
 
 
 def check_precision(cfg: PruneConfig, run: Path) -> None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import TO_TRAIN, Jobs, _try_lock, plan_state, run_dir, run_identity, run_state
+from common import TO_TRAIN, Jobs, _try_lock, in_fresh_process, plan_state, run_dir, run_identity, run_state
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.prune.config import PruneConfig
+from tests import _children
 
 
 def _train_or_read(run: Path, trained_by: str, seconds: float = 0.0) -> None:
@@ -235,3 +238,16 @@ def test_the_ceilings_recipe_run_is_the_comparisons_method_at_half_in_either_pre
     assert recipe == half(precision) and recipe.precision == precision
     other = "fp32" if precision == "bf16" else "bf16"
     assert recipe != half(other)
+
+
+def test_a_run_trains_in_a_fresh_process_started_again_when_it_is_killed(tmp_path: Path) -> None:
+    """What `run_stage` trains a run in: another process, whose result comes back; one killed (as
+    by the kernel for memory) is started again, up to `restarts` times; an error is raised here."""
+    marker = tmp_path / "deaths"
+    pid = in_fresh_process(_children.pid_after_dying, marker, 2, restarts=2)
+    assert pid != os.getpid() and marker.read_text().splitlines() == ["died", "died"]
+    marker.unlink()
+    with pytest.raises(BrokenProcessPool):
+        in_fresh_process(_children.pid_after_dying, marker, 2, restarts=1)
+    with pytest.raises(ValueError, match="no such split"):
+        in_fresh_process(_children.fails, "no such split")

@@ -450,3 +450,31 @@ def test_the_comparison_names_a_precision_only_where_it_is_not_the_recipes(monke
     assert compare.table_precision(None, quick=False) == "bf16"  # the reference asks for fp32 by name
     monkeypatch.setattr(compare, "native_bf16", lambda device: True)
     assert compare.table_precision(None, quick=True) == "bf16"
+
+
+def test_a_benchmark_run_trains_in_a_fresh_process_and_its_record_is_kept(
+    places: Any, tiny_corpus: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run_stage` trains, evaluates and reports a run in a spawned process (pruning here would
+    fail: the engine is replaced in this one), then keeps its record here."""
+    from prune import run_stage
+
+    from conformer_prune.config import load_config
+    from conformer_prune.evaluate import evaluate_recognizer
+    from conformer_prune.model import load_recognizer
+    from conformer_prune.prune import report as prune_report
+    from conformer_prune.prune.config import PruneConfig
+
+    def not_here(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("trained in the benchmark's own process")
+
+    monkeypatch.setattr(prune_report, "run_pruning", not_here)
+    settings = ["method=l0", "prune_epochs=1", "finetune_epochs=1", "max_frames=4000", "device=cpu"]
+    cfg = load_config(PruneConfig, None, [*settings, "threads=1"])
+    teacher, evaluated = tiny_run / "model.pt", {"test": tiny_corpus / "test"}
+    teacher_result = evaluate_recognizer(load_recognizer(teacher), evaluated, threads=1, latency=False)
+    work = tmp_path / "work" / "l0"
+    report = run_stage(cfg, teacher, tiny_corpus, evaluated, work, teacher_result, latency=False)
+    assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.01
+    record = json.loads((common.RUN_RECORDS / f"{run_dir(cfg, teacher, tiny_corpus).name}.json").read_text())
+    assert record["eval"] == report and [r["epoch"] for r in record["log"] if "epoch" in r] == [1, 2]
