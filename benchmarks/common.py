@@ -12,6 +12,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -380,15 +381,16 @@ def reference_corpus(make: bool = True) -> Path:
 def in_fresh_process(fn: Callable[..., T], *args: Any, restarts: int = 2) -> T:
     """`fn(*args)` in a new (spawned) process, its result returned and its exception raised here;
     started again, up to `restarts` times, when the process dies without one (the kernel's
-    out-of-memory killer), so `fn` must resume whatever a dead process left. `fn` is a module-level
-    function; its arguments and result are pickled.
+    out-of-memory killer), so `fn` must resume whatever a dead process left; the process ends
+    when this one does (`_watched`). `fn` is a module-level function; its arguments and result are
+    pickled.
 
     The benchmarks train each run so. A run's heap grows as its batch shapes vary (glibc's, which
     `keep_freed_memory` never trims), and a process that went on to train a second run was killed
     at 13 GB on 24 (2026-12-04): the memory a run leaves goes back with its process."""
     for restart in range(restarts + 1):
         try:
-            return in_new_process(fn, *args)
+            return in_new_process(_watched, os.getpid(), fn, *args)
         except BrokenProcessPool:
             if restart == restarts:
                 raise
@@ -398,6 +400,19 @@ def in_fresh_process(fn: Callable[..., T], *args: Any, restarts: int = 2) -> T:
                 flush=True,
             )
     raise AssertionError("unreachable")
+
+
+def _watched(parent: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a child that ends as soon as its parent does: a benchmark stopped (SIGTERM,
+    the session's end) leaves no run training on without the run's lock, which its parent held."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return fn(*args)
 
 
 class Jobs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -21,3 +22,19 @@ def pid_after_dying(marker: Path, deaths: int) -> int:
 
 def fails(message: str) -> None:
     raise ValueError(message)
+
+
+def sleeps(pid_file: Path) -> None:
+    """Writes its process id, then sleeps (a run that trains on)."""
+    pid_file.write_text(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":  # a benchmark whose run sleeps in a fresh process
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import in_fresh_process
+
+    in_fresh_process(sleeps, Path(sys.argv[1]))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -251,3 +253,28 @@ def test_a_run_trains_in_a_fresh_process_started_again_when_it_is_killed(tmp_pat
         in_fresh_process(_children.pid_after_dying, marker, 2, restarts=1)
     with pytest.raises(ValueError, match="no such split"):
         in_fresh_process(_children.fails, "no such split")
+
+
+def test_a_run_in_a_fresh_process_ends_with_the_benchmark_that_started_it(tmp_path: Path) -> None:
+    """A benchmark killed (SIGTERM, as at a session's end) takes its run's process with it: an
+    orphan would train on without the run's lock, beside whichever process trains it next."""
+    pid_file = tmp_path / "pid"
+    root = Path(__file__).resolve().parents[1]
+    benchmark = subprocess.Popen([sys.executable, "-m", "tests._children", str(pid_file)], cwd=root)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and benchmark.poll() is None
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(child, 0)  # alive
+    benchmark.terminate()
+    benchmark.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"process {child} outlived the benchmark that started it")
