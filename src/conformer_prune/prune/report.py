@@ -24,7 +24,7 @@ from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LATENCY_TOLERANCE, LatencyModel
 from conformer_prune.prune.methods import METHODS
 from conformer_prune.prune.run import run_pruning
-from conformer_prune.utils import write_json
+from conformer_prune.utils import resolve_device, write_json
 
 __all__ = [
     "format_comparison",
@@ -177,9 +177,10 @@ def prune_and_report(
     teacher_eval: dict[str, Any] | None = None,
     latency: bool = True,
 ) -> dict[str, Any]:
-    """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`,
-    and write eval.json, layers.md and layers.png into `out`. `teacher_eval`: the teacher's
-    evaluation on `evaluated` when already known (a benchmark prunes one teacher many times).
+    """Prune on `train` (validating on `dev`), evaluate teacher and pruned model on `evaluated`
+    (decoded on the run's device, costs and latency on the CPU), and write eval.json, layers.md
+    and layers.png into `out`. `teacher_eval`: the teacher's evaluation on `evaluated` when
+    already known (a benchmark prunes one teacher many times).
     `latency`: time teacher and pruned model (False where other work shares the cores, whose
     timings would mislead)."""
     start = time.perf_counter()
@@ -188,11 +189,12 @@ def prune_and_report(
     if not is_main_process():  # under torchrun, rank 0 evaluates and reports alone
         return {}
     teacher_rec = load_recognizer(teacher)
+    device = resolve_device(cfg.device)  # decoded where the run trained; the costs are the CPU's
     if teacher_eval is None:
-        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, threads=threads, latency=latency)
+        teacher_eval = evaluate_recognizer(teacher_rec, evaluated, device, threads, latency=latency)
     teacher_eval = dict(teacher_eval)
     pruned_rec = load_recognizer(result.model_path)
-    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, threads=threads, recogs_dir=out, latency=latency)
+    pruned_eval = evaluate_recognizer(pruned_rec, evaluated, device, threads, recogs_dir=out, latency=latency)
     prunes = METHODS[cfg.method].masks != "none"  # the control keeps every parameter
     report = {
         "target": {cfg.metric: cfg.ratio} if prunes else None,
