@@ -553,9 +553,11 @@ def section(record: dict[str, Any]) -> str:
                 for r in ablation
             ],
         )
+        done, total = len(ablation), len(record["chosen"])
+        runs = f"all {total} run" if done == total else f"{done} of {total} run so far"
         text += (
-            f"\nAblation: `chosen` with each of its choices switched off in turn ({len(ablation)} of "
-            f"{len(record['chosen'])} run so far), seed 0, against the base of its precision: a bf16 run "
+            f"\nAblation: `chosen` with each of its choices switched off in turn ({runs}), seed 0, "
+            "against the base of its precision: a bf16 run "
             f"against `chosen`, an fp32 run (trained where bf16 is not native) against `{FP32}`, `chosen` "
             f"itself trained in fp32; a positive difference is what the choice is worth.\n\n{table}\n"
         )
