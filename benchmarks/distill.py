@@ -125,7 +125,7 @@ CHOICES: dict[str, list[str]] = {
 CANDIDATES = ("base", *CHOICES)  # what the choice reads
 LAYERS = "structures=[heads,ffn,conv,modules,frontend,layers]"
 LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
-STAGES = ("candidates", "chosen", "seeds", "at-30", "schedule", "ablation")
+STAGES = ("candidates", "chosen", "seeds", "at-30", "schedule", "ablation", "pair")
 SEEDS = (1, 2)
 # record key -> (the pruned run compared with `continued`, the issues' ceiling on their test WER ratio)
 AGAINST_CONTINUED = {"at_50": ("chosen", 1.03), "at_30": ("chosen-30", 1.10)}
@@ -134,6 +134,10 @@ PRUNE1_30 = "chosen-30-prune1"  # the same split at 30% of the parameters
 SCHEDULE = ["prune_epochs=1", "finetune_epochs=2"]
 UNDISTILLED = "chosen-without-distillation"  # `l0` with `chosen`'s other choices
 FP32 = "chosen-fp32"  # `chosen` in fp32: the base of the ablation runs trained where bf16 is not native
+# the two candidates best on dev, together: `chosen` (every candidate that beat `base` on dev) scored
+# worse on dev than two of its parts alone, and the ablation found no part of it worth much but the
+# hard switch, so the choices interact; this is forward selection's second step
+PAIR = "best-pair"
 RUN_NAMES = (  # every run's name, in the stages' order
     "base",
     "l0",
@@ -150,6 +154,7 @@ RUN_NAMES = (  # every run's name, in the stages' order
     *(f"chosen-without-{choice}" for choice in CHOICES),
     FP32,
     *(f"{FP32}-without-{choice}" for choice in CHOICES),
+    PAIR,
 )
 
 
@@ -158,6 +163,14 @@ def chosen_choices(dev_wer: dict[str, float]) -> list[str]:
     better = [c for c in CHOICES if dev_wer[c] < dev_wer["base"]]
     losses = sorted((dev_wer[c], c) for c in better if c in LAYER_LOSSES)
     return [c for c in better if c not in LAYER_LOSSES] + [c for _, c in losses[:1]]
+
+
+def best_pair(dev_wer: dict[str, float]) -> list[str]:
+    """The two candidates with the lowest dev WER that can go together (one layer distance at most)."""
+    ranked = sorted(CHOICES, key=lambda c: dev_wer[c])
+    first = ranked[0]
+    second = next(c for c in ranked[1:] if not {first, c} <= set(LAYER_LOSSES))
+    return [first, second]
 
 
 def overrides(choices: list[str], *extra: str) -> list[str]:
@@ -315,6 +328,8 @@ def main() -> None:
                 compared=True,
                 read=read,
             )
+    if last >= 6:
+        run(PAIR, overrides(best_pair(dev)), compared=True)
     jobs.settle()
     if args.only or args.plan or not (args.record or jobs.last()):  # the last out of a full run writes
         return

@@ -167,3 +167,14 @@ def test_a_block_with_nothing_left_is_counted_empty_whichever_gates_emptied_it(t
         tmp_path / "model.pt", Recognizer(model, LogMelFeatures(FeatureConfig()).eval(), tokenizer)
     )
     assert distill.emptied_blocks(tmp_path) == [1]  # block 2 keeps two feed-forward modules
+
+
+def test_the_choice_takes_every_candidate_that_beat_base_and_the_pair_the_two_best() -> None:
+    """`chosen`: every candidate better than `base` on dev, of the layer distances the better one;
+    the pair: the two best on dev that can go together (never two layer distances)."""
+    dev = {"base": 0.15, **dict.fromkeys(distill.CHOICES, 0.16)}
+    dev |= {"l1-cosine": 0.140, "normalized-mse": 0.141, "dynamic": 0.142, "kl": 0.149}
+    assert sorted(distill.chosen_choices(dev)) == ["dynamic", "kl", "l1-cosine"]
+    assert distill.best_pair(dev) == ["l1-cosine", "dynamic"]
+    dev["hard-switch"] = 0.139
+    assert distill.best_pair(dev) == ["hard-switch", "l1-cosine"]
