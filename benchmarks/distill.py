@@ -60,7 +60,15 @@ epochs) differ. Stages:
    bf16. There, `--precision fp32` trains the ablation runs not yet finished in bf16 in fp32
    instead (`chosen-fp32-without-...`), each measured against `chosen-fp32`, `chosen` itself in
    fp32, never against a bf16 run; `chosen-fp32` against `chosen`'s bf16 seeds also measures what
-   the precision moves. A choice's bf16 run, where it has finished, is the one reported.
+   the precision moves. A choice's bf16 run, where it has finished, is the one reported; where
+   its fp32 run has finished, its bf16 run is read, never trained.
+7. forward: forward selection on dev, since `chosen` (every candidate that beat `base` on dev, all
+   together) scored worse on dev than two of its parts alone. It starts from the candidate best
+   on dev and tries adding each next one in the candidates' dev order (those that beat `base`;
+   never a second layer distance), one run each (named by its choices, `dynamic+hard-switch`),
+   keeping a choice when the combination's dev WER is below the best so far. The rule was fixed
+   before its runs. When it ends, its selection is trained at the recipe's 1 + 2 split
+   (`selected-prune1`) and compared on dev with `chosen-prune1`: the lower is the recipe's.
 
 Writes benchmarks/results/distill.json and the distill section of docs/benchmark.md: every run's
 dev and test WER with split sizes, the paired-bootstrap interval of its test WER against
@@ -75,6 +83,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +134,7 @@ CHOICES: dict[str, list[str]] = {
 CANDIDATES = ("base", *CHOICES)  # what the choice reads
 LAYERS = "structures=[heads,ffn,conv,modules,frontend,layers]"
 LAYER_LOSSES = ("normalized-mse", "l1-cosine")  # exclusive: at most one is chosen
-STAGES = ("candidates", "chosen", "seeds", "at-30", "schedule", "ablation", "pair")
+STAGES = ("candidates", "chosen", "seeds", "at-30", "schedule", "ablation", "forward")
 SEEDS = (1, 2)
 # record key -> (the pruned run compared with `continued`, the issues' ceiling on their test WER ratio)
 AGAINST_CONTINUED = {"at_50": ("chosen", 1.03), "at_30": ("chosen-30", 1.10)}
@@ -134,10 +143,7 @@ PRUNE1_30 = "chosen-30-prune1"  # the same split at 30% of the parameters
 SCHEDULE = ["prune_epochs=1", "finetune_epochs=2"]
 UNDISTILLED = "chosen-without-distillation"  # `l0` with `chosen`'s other choices
 FP32 = "chosen-fp32"  # `chosen` in fp32: the base of the ablation runs trained where bf16 is not native
-# the two candidates best on dev, together: `chosen` (every candidate that beat `base` on dev) scored
-# worse on dev than two of its parts alone, and the ablation found no part of it worth much but the
-# hard switch, so the choices interact; this is forward selection's second step
-PAIR = "best-pair"
+SELECTED_PRUNE1 = "selected-prune1"  # forward selection's result at the recipe's 1 + 2 split
 RUN_NAMES = (  # every run's name, in the stages' order
     "base",
     "l0",
@@ -154,8 +160,8 @@ RUN_NAMES = (  # every run's name, in the stages' order
     *(f"chosen-without-{choice}" for choice in CHOICES),
     FP32,
     *(f"{FP32}-without-{choice}" for choice in CHOICES),
-    PAIR,
-)
+    SELECTED_PRUNE1,
+)  # and forward selection's steps, named by their choices (`forward_name`)
 
 
 def chosen_choices(dev_wer: dict[str, float]) -> list[str]:
@@ -165,12 +171,38 @@ def chosen_choices(dev_wer: dict[str, float]) -> list[str]:
     return [c for c in better if c not in LAYER_LOSSES] + [c for _, c in losses[:1]]
 
 
-def best_pair(dev_wer: dict[str, float]) -> list[str]:
-    """The two candidates with the lowest dev WER that can go together (one layer distance at most)."""
-    ranked = sorted(CHOICES, key=lambda c: dev_wer[c])
-    first = ranked[0]
-    second = next(c for c in ranked[1:] if not {first, c} <= set(LAYER_LOSSES))
-    return [first, second]
+def forward_selection(
+    dev_wer: dict[str, float], combined: Callable[[list[str]], float | None]
+) -> tuple[list[str], list[tuple[list[str], float | None]]]:
+    """Forward selection on dev in the candidates' dev order: start from the best candidate, try
+    adding each next one that beat `base` (never a second layer distance), and keep it when the
+    combination's dev WER (`combined`; None: not trained yet) is below the best so far. Returns the
+    selection and each combination tried with its dev WER; the selection has ended unless the last
+    one tried has None."""
+    ranked = sorted((c for c in CHOICES if dev_wer[c] < dev_wer["base"]), key=lambda c: dev_wer[c])
+    if not ranked:
+        return [], []
+    selected, best = ranked[:1], dev_wer[ranked[0]]
+    tried: list[tuple[list[str], float | None]] = []
+    for choice in ranked[1:]:
+        if choice in LAYER_LOSSES and set(selected) & set(LAYER_LOSSES):
+            continue
+        trial = [*selected, choice]
+        tried.append((trial, wer := combined(trial)))
+        if wer is None:
+            break
+        if wer < best:
+            selected, best = trial, wer
+    return selected, tried
+
+
+def forward_name(choices: list[str]) -> str:
+    return "+".join(choices)
+
+
+def is_forward_name(name: str) -> bool:
+    parts = name.split("+")
+    return len(parts) > 1 and set(parts) <= CHOICES.keys()
 
 
 def overrides(choices: list[str], *extra: str) -> list[str]:
@@ -220,8 +252,11 @@ def main() -> None:
         "and train nothing (while other processes still train the rest)",
     )
     args = parser.parse_args()
-    if args.only and (unknown := set(args.only) - set(RUN_NAMES)):
-        parser.error(f"--only takes runs named {', '.join(RUN_NAMES)}; not {sorted(unknown)}")
+    if args.only and (unknown := {n for n in args.only if n not in RUN_NAMES and not is_forward_name(n)}):
+        parser.error(
+            f"--only takes runs named {', '.join(RUN_NAMES)} or forward selection's steps "
+            f"(choices joined by '+', `dynamic+hard-switch`); not {sorted(unknown)}"
+        )
     commit = git_commit()
     if args.quick:
         corpus, teacher = quick_inputs()
@@ -316,8 +351,9 @@ def main() -> None:
         rest = {choice: [c for c in chosen if c != choice] for choice in chosen}
         fp32 = [c for c in chosen if not finished(overrides(rest[c]))]
         for choice in chosen:
-            if choice not in fp32 or args.precision == "bf16":
-                run(f"chosen-without-{choice}", overrides(rest[choice]))
+            if choice not in fp32 or args.precision == "bf16":  # read only where its fp32 run finished
+                read = finished(overrides(rest[choice], "precision=fp32"))
+                run(f"chosen-without-{choice}", overrides(rest[choice]), read=read)
         # trained only when asked (--precision fp32); read wherever they finished (their records)
         read = args.precision == "bf16"
         run(FP32, overrides(chosen, "precision=fp32"), compared=True, read=read)
@@ -328,8 +364,18 @@ def main() -> None:
                 compared=True,
                 read=read,
             )
+    forward: dict[str, Any] = {}
     if last >= 6:
-        run(PAIR, overrides(best_pair(dev)), compared=True)
+
+        def combined(choices: list[str]) -> float | None:
+            run(forward_name(choices), overrides(choices), compared=True)
+            report = reports.get(forward_name(choices))
+            return None if report is None else report["pruned"]["wer_dev"]
+
+        selected, tried = forward_selection(dev, combined)
+        forward = {"selected": selected, "tried": tried, "ended": not tried or tried[-1][1] is not None}
+        if forward["ended"]:
+            run(SELECTED_PRUNE1, overrides(selected, *SCHEDULE), compared=True)
     jobs.settle()
     if args.only or args.plan or not (args.record or jobs.last()):  # the last out of a full run writes
         return
@@ -411,6 +457,8 @@ def main() -> None:
                 n: reports[n]["pruned"]["wer_dev"] for n in ("chosen-30", PRUNE1_30)
             }
             record["schedule"]["test_vs_chosen_30"] = versus(targets["chosen-30"], targets[PRUNE1_30], "test")
+    if forward:
+        record["forward"] = forward_record(forward, dev, reports, targets)
     for key, pruned in compared_runs(record, set(reports)).items():  # the equal-training control's claims
         if {pruned, "continued"} <= set(reports):
             record[key] = {
@@ -468,6 +516,48 @@ def ablation_rows(
     return rows
 
 
+def forward_record(
+    forward: dict[str, Any],
+    dev: dict[str, float],
+    reports: dict[str, dict[str, Any]],
+    targets: dict[str, Path],
+) -> dict[str, Any]:
+    """Forward selection's steps (each combination tried, its dev WER, whether it was kept, its test
+    WER), its selection, and the selection at 1 + 2 against `chosen-prune1`."""
+    record: dict[str, Any] = {
+        "rule": "start from the candidate best on dev; add each next candidate that beat base, in dev order "
+        "(never a second layer distance), when the combination's dev WER is below the best so far",
+        "selected": forward["selected"],
+        "ended": forward["ended"],
+        "steps": [],
+    }
+    if not forward["selected"]:
+        return record
+    start = forward["selected"][0]
+    record["start"] = {
+        "choice": start,
+        "wer_dev": dev[start],
+        "wer_test": reports[start]["pruned"]["wer_test"],
+    }
+    best = dev[start]
+    for choices, wer in forward["tried"]:
+        name = forward_name(choices)
+        step = {"choices": choices, "run": name, "wer_dev": wer, "kept": wer is not None and wer < best}
+        if wer is not None:
+            best = min(best, wer)
+            step["wer_test"] = reports[name]["pruned"]["wer_test"]
+        record["steps"].append(step)
+    if {SELECTED_PRUNE1, PRUNE1} <= reports.keys():
+        dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in (PRUNE1, SELECTED_PRUNE1)}
+        record["prune1"] = {
+            "wer_dev": dev_wer,
+            "wer_test": {n: reports[n]["pruned"]["wer_test"] for n in (PRUNE1, SELECTED_PRUNE1)},
+            "selected_on_dev": dev_wer[SELECTED_PRUNE1] < dev_wer[PRUNE1],
+            "test_vs_chosen_prune1": versus(targets[PRUNE1], targets[SELECTED_PRUNE1], "test"),
+        }
+    return record
+
+
 def compared_runs(record: dict[str, Any], finished: set[str]) -> dict[str, str]:
     """The pruned run each claim against `continued` takes: the split of the epochs chosen on dev at
     50% (the recipe's), at both targets; at 30% the 2 + 1 run until the 1 + 2 one has finished."""
@@ -489,6 +579,36 @@ def emptied_blocks(run: Path) -> list[int]:
 
 def _interval(v: dict[str, float] | None) -> str:
     return "-" if v is None else f"{100 * v['delta']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
+
+
+def forward_text(fwd: dict[str, Any]) -> str:
+    if not fwd["selected"]:
+        return "\nForward selection: no candidate beat `base` on dev, so it selects nothing.\n"
+    start = fwd["start"]
+    steps = "; ".join(
+        f"+ {s['choices'][-1]}: "
+        + (
+            "not trained yet"
+            if s["wer_dev"] is None
+            else f"{100 * s['wer_dev']:.2f}% ({'kept' if s['kept'] else 'dropped'})"
+        )
+        for s in fwd["steps"]
+    )
+    text = (
+        f"\nForward selection on dev (its rule: {fwd['rule']}): from `{start['choice']}` "
+        f"({100 * start['wer_dev']:.2f}% dev WER); {steps or 'nothing left to add'}. Selection "
+        f"{'' if fwd['ended'] else 'so far '}**{', '.join(fwd['selected'])}**"
+        f"{'' if fwd['ended'] else ' (not ended)'}.\n"
+    )
+    if p1 := fwd.get("prune1"):
+        text += (
+            f"At the recipe's 1 + 2 split: {SELECTED_PRUNE1} "
+            f"{100 * p1['wer_dev'][SELECTED_PRUNE1]:.2f}% dev WER against {PRUNE1}'s "
+            f"{100 * p1['wer_dev'][PRUNE1]:.2f}%, so the recipe takes "
+            f"**{SELECTED_PRUNE1 if p1['selected_on_dev'] else PRUNE1 + ' (chosen)'}** (test, "
+            f"{SELECTED_PRUNE1} minus {PRUNE1}: {_interval(p1['test_vs_chosen_prune1'])}).\n"
+        )
+    return text
 
 
 def section(record: dict[str, Any]) -> str:
@@ -576,6 +696,8 @@ def section(record: dict[str, Any]) -> str:
             f"against `chosen`, an fp32 run (trained where bf16 is not native) against `{FP32}`, `chosen` "
             f"itself trained in fp32; a positive difference is what the choice is worth.\n\n{table}\n"
         )
+    if fwd := record.get("forward"):
+        text += forward_text(fwd)
     if "precision" in record:
         p = record["precision"]
         s = p["chosen_bf16_seeds"]

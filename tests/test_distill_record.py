@@ -169,12 +169,61 @@ def test_a_block_with_nothing_left_is_counted_empty_whichever_gates_emptied_it(t
     assert distill.emptied_blocks(tmp_path) == [1]  # block 2 keeps two feed-forward modules
 
 
-def test_the_choice_takes_every_candidate_that_beat_base_and_the_pair_the_two_best() -> None:
-    """`chosen`: every candidate better than `base` on dev, of the layer distances the better one;
-    the pair: the two best on dev that can go together (never two layer distances)."""
+def test_the_choice_takes_every_candidate_that_beat_base() -> None:
+    """`chosen`: every candidate better than `base` on dev, of the layer distances the better one."""
     dev = {"base": 0.15, **dict.fromkeys(distill.CHOICES, 0.16)}
     dev |= {"l1-cosine": 0.140, "normalized-mse": 0.141, "dynamic": 0.142, "kl": 0.149}
     assert sorted(distill.chosen_choices(dev)) == ["dynamic", "kl", "l1-cosine"]
-    assert distill.best_pair(dev) == ["l1-cosine", "dynamic"]
-    dev["hard-switch"] = 0.139
-    assert distill.best_pair(dev) == ["hard-switch", "l1-cosine"]
+
+
+def test_forward_selection_adds_in_dev_order_what_lowers_dev_and_waits_for_each_run() -> None:
+    """From the best candidate, each next one that beat `base` in dev order (never a second layer
+    distance), kept only when the combination is below the best so far; it stops at the first
+    combination not trained yet."""
+    dev = {"base": 0.15, **dict.fromkeys(distill.CHOICES, 0.16)}
+    dev |= {"l1-cosine": 0.140, "normalized-mse": 0.141, "dynamic": 0.142, "kl": 0.149}
+    trained: dict[str, float] = {}
+    tried_names: list[str] = []
+
+    def combined(choices: list[str]) -> float | None:
+        tried_names.append(distill.forward_name(choices))
+        return trained.get(distill.forward_name(choices))
+
+    assert distill.forward_selection(dev, combined) == (["l1-cosine"], [(["l1-cosine", "dynamic"], None)])
+    trained["l1-cosine+dynamic"] = 0.1401  # not below l1-cosine's 0.140: dropped, kl tried on l1-cosine
+    selected, tried = distill.forward_selection(dev, combined)
+    assert selected == ["l1-cosine"]
+    assert tried == [(["l1-cosine", "dynamic"], 0.1401), (["l1-cosine", "kl"], None)]
+    trained["l1-cosine+kl"] = 0.135  # kept; nothing is left to add: the selection has ended
+    selected, tried = distill.forward_selection(dev, combined)
+    assert selected == ["l1-cosine", "kl"] and tried[-1] == (["l1-cosine", "kl"], 0.135)
+    assert "l1-cosine+normalized-mse" not in tried_names  # never two layer distances
+    assert all(distill.is_forward_name(n) for n in tried_names) and not distill.is_forward_name("chosen")
+    dev = {"base": 0.10, **dict.fromkeys(distill.CHOICES, 0.16)}  # nothing beat base
+    assert distill.forward_selection(dev, combined) == ([], [])
+
+
+def test_forward_selection_is_recorded_step_by_step() -> None:
+    dev = {
+        "base": 0.15,
+        **dict.fromkeys(distill.CHOICES, 0.16),
+        "dynamic": 0.141,
+        "kl": 0.145,
+        "frontend": 0.146,
+    }
+    runs = {"dynamic": (0.141, 0.14), "dynamic+kl": (0.143, 0.13), "dynamic+frontend": (0.139, 0.12)}
+    reports = {n: {"pruned": {"wer_dev": d, "wer_test": t}} for n, (d, t) in runs.items()}
+    forward = {
+        "selected": ["dynamic", "frontend"],
+        "tried": [(["dynamic", "kl"], 0.143), (["dynamic", "frontend"], 0.139)],
+        "ended": True,
+    }
+    record = distill.forward_record(forward, dev, reports, {})
+    assert record["start"] == {"choice": "dynamic", "wer_dev": 0.141, "wer_test": 0.14}
+    assert [(s["run"], s["kept"], s["wer_test"]) for s in record["steps"]] == [
+        ("dynamic+kl", False, 0.13),
+        ("dynamic+frontend", True, 0.12),
+    ]
+    assert "prune1" not in record  # the selection at 1 + 2 has not run
+    text = distill.forward_text(record)
+    assert "+ kl: 14.30% (dropped); + frontend: 13.90% (kept)" in text and "**dynamic, frontend**" in text
