@@ -173,25 +173,26 @@ def chosen_choices(dev_wer: dict[str, float]) -> list[str]:
 
 def forward_selection(
     dev_wer: dict[str, float], combined: Callable[[list[str]], float | None]
-) -> tuple[list[str], list[tuple[list[str], float | None]]]:
+) -> tuple[list[str], list[tuple[list[str], float | None, bool]]]:
     """Forward selection on dev in the candidates' dev order: start from the best candidate, try
     adding each next one that beat `base` (never a second layer distance), and keep it when the
     combination's dev WER (`combined`; None: not trained yet) is below the best so far. Returns the
-    selection and each combination tried with its dev WER; the selection has ended unless the last
-    one tried has None."""
+    selection and each combination tried with its dev WER and whether it was kept; the selection has
+    ended unless the last one tried has None."""
     ranked = sorted((c for c in CHOICES if dev_wer[c] < dev_wer["base"]), key=lambda c: dev_wer[c])
     if not ranked:
         return [], []
     selected, best = ranked[:1], dev_wer[ranked[0]]
-    tried: list[tuple[list[str], float | None]] = []
+    tried: list[tuple[list[str], float | None, bool]] = []
     for choice in ranked[1:]:
         if choice in LAYER_LOSSES and set(selected) & set(LAYER_LOSSES):
             continue
         trial = [*selected, choice]
-        tried.append((trial, wer := combined(trial)))
+        wer = combined(trial)
+        tried.append((trial, wer, kept := wer is not None and wer < best))
         if wer is None:
             break
-        if wer < best:
+        if kept:
             selected, best = trial, wer
     return selected, tried
 
@@ -539,12 +540,10 @@ def forward_record(
         "wer_dev": dev[start],
         "wer_test": reports[start]["pruned"]["wer_test"],
     }
-    best = dev[start]
-    for choices, wer in forward["tried"]:
+    for choices, wer, kept in forward["tried"]:
         name = forward_name(choices)
-        step = {"choices": choices, "run": name, "wer_dev": wer, "kept": wer is not None and wer < best}
+        step = {"choices": choices, "run": name, "wer_dev": wer, "kept": kept}
         if wer is not None:
-            best = min(best, wer)
             step["wer_test"] = reports[name]["pruned"]["wer_test"]
         record["steps"].append(step)
     if {SELECTED_PRUNE1, PRUNE1} <= reports.keys():

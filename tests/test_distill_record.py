@@ -189,14 +189,17 @@ def test_forward_selection_adds_in_dev_order_what_lowers_dev_and_waits_for_each_
         tried_names.append(distill.forward_name(choices))
         return trained.get(distill.forward_name(choices))
 
-    assert distill.forward_selection(dev, combined) == (["l1-cosine"], [(["l1-cosine", "dynamic"], None)])
+    assert distill.forward_selection(dev, combined) == (
+        ["l1-cosine"],
+        [(["l1-cosine", "dynamic"], None, False)],
+    )
     trained["l1-cosine+dynamic"] = 0.1401  # not below l1-cosine's 0.140: dropped, kl tried on l1-cosine
     selected, tried = distill.forward_selection(dev, combined)
     assert selected == ["l1-cosine"]
-    assert tried == [(["l1-cosine", "dynamic"], 0.1401), (["l1-cosine", "kl"], None)]
+    assert tried == [(["l1-cosine", "dynamic"], 0.1401, False), (["l1-cosine", "kl"], None, False)]
     trained["l1-cosine+kl"] = 0.135  # kept; nothing is left to add: the selection has ended
     selected, tried = distill.forward_selection(dev, combined)
-    assert selected == ["l1-cosine", "kl"] and tried[-1] == (["l1-cosine", "kl"], 0.135)
+    assert selected == ["l1-cosine", "kl"] and tried[-1] == (["l1-cosine", "kl"], 0.135, True)
     assert "l1-cosine+normalized-mse" not in tried_names  # never two layer distances
     assert all(distill.is_forward_name(n) for n in tried_names) and not distill.is_forward_name("chosen")
     dev = {"base": 0.10, **dict.fromkeys(distill.CHOICES, 0.16)}  # nothing beat base
@@ -215,7 +218,7 @@ def test_forward_selection_is_recorded_step_by_step() -> None:
     reports = {n: {"pruned": {"wer_dev": d, "wer_test": t}} for n, (d, t) in runs.items()}
     forward = {
         "selected": ["dynamic", "frontend"],
-        "tried": [(["dynamic", "kl"], 0.143), (["dynamic", "frontend"], 0.139)],
+        "tried": [(["dynamic", "kl"], 0.143, False), (["dynamic", "frontend"], 0.139, True)],
         "ended": True,
     }
     record = distill.forward_record(forward, dev, reports, {})
