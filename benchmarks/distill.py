@@ -524,7 +524,8 @@ def forward_record(
     targets: dict[str, Path],
 ) -> dict[str, Any]:
     """Forward selection's steps (each combination tried, its dev WER, whether it was kept, its test
-    WER), its selection, and the selection at 1 + 2 against `chosen-prune1`."""
+    WER, and its dev and test WER minus those of the selection it was added to, with the paired
+    bootstrap's interval), its selection, and the selection at 1 + 2 against `chosen-prune1`."""
     record: dict[str, Any] = {
         "rule": "start from the candidate best on dev; add each next candidate that beat base, in dev order "
         "(never a second layer distance), when the combination's dev WER is below the best so far",
@@ -543,8 +544,10 @@ def forward_record(
     for choices, wer, kept in forward["tried"]:
         name = forward_name(choices)
         step = {"choices": choices, "run": name, "wer_dev": wer, "kept": kept}
-        if wer is not None:
+        if wer is not None:  # against the selection it was added to
             step["wer_test"] = reports[name]["pruned"]["wer_test"]
+            added_to = targets[forward_name(choices[:-1])]
+            step |= {f"{s}_vs_selected": versus(added_to, targets[name], s) for s in ("dev", "test")}
         record["steps"].append(step)
     if {SELECTED_PRUNE1, PRUNE1} <= reports.keys():
         dev_wer = {n: reports[n]["pruned"]["wer_dev"] for n in (PRUNE1, SELECTED_PRUNE1)}
@@ -589,7 +592,9 @@ def forward_text(fwd: dict[str, Any]) -> str:
         + (
             "not trained yet"
             if s["wer_dev"] is None
-            else f"{100 * s['wer_dev']:.2f}% ({'kept' if s['kept'] else 'dropped'})"
+            else f"{100 * s['wer_dev']:.2f}% ({'kept' if s['kept'] else 'dropped'}; dev "
+            f"{_interval(s.get('dev_vs_selected'))}, test {_interval(s.get('test_vs_selected'))} against "
+            f"{forward_name(s['choices'][:-1])})"
         )
         for s in fwd["steps"]
     )

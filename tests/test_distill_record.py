@@ -206,7 +206,18 @@ def test_forward_selection_adds_in_dev_order_what_lowers_dev_and_waits_for_each_
     assert distill.forward_selection(dev, combined) == ([], [])
 
 
-def test_forward_selection_is_recorded_step_by_step() -> None:
+def _recognitions(run: Path, errors: int) -> Path:
+    """A run directory whose dev and test recognitions get `errors` of 20 one-word utterances wrong."""
+    run.mkdir()
+    for split in ("dev", "test"):
+        lines = [f"u{i}\tref=CAT\nu{i}\thyp={'DOG' if i < errors else 'CAT'}" for i in range(20)]
+        (run / f"recogs-{split}.txt").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_forward_selection_is_recorded_step_by_step(tmp_path: Path) -> None:
+    """Each step: its dev WER, kept or dropped, and its difference from the selection it was added
+    to, bootstrapped on that selection's recognitions."""
     dev = {
         "base": 0.15,
         **dict.fromkeys(distill.CHOICES, 0.16),
@@ -214,19 +225,24 @@ def test_forward_selection_is_recorded_step_by_step() -> None:
         "kl": 0.145,
         "frontend": 0.146,
     }
-    runs = {"dynamic": (0.141, 0.14), "dynamic+kl": (0.143, 0.13), "dynamic+frontend": (0.139, 0.12)}
-    reports = {n: {"pruned": {"wer_dev": d, "wer_test": t}} for n, (d, t) in runs.items()}
+    runs = {"dynamic": (0.141, 0.14, 4), "dynamic+kl": (0.143, 0.13, 6), "dynamic+frontend": (0.139, 0.12, 2)}
+    reports = {n: {"pruned": {"wer_dev": d, "wer_test": t}} for n, (d, t, _) in runs.items()}
+    targets = {n: _recognitions(tmp_path / n, errors) for n, (_, _, errors) in runs.items()}
     forward = {
         "selected": ["dynamic", "frontend"],
         "tried": [(["dynamic", "kl"], 0.143, False), (["dynamic", "frontend"], 0.139, True)],
         "ended": True,
     }
-    record = distill.forward_record(forward, dev, reports, {})
+    record = distill.forward_record(forward, dev, reports, targets)
     assert record["start"] == {"choice": "dynamic", "wer_dev": 0.141, "wer_test": 0.14}
     assert [(s["run"], s["kept"], s["wer_test"]) for s in record["steps"]] == [
         ("dynamic+kl", False, 0.13),
         ("dynamic+frontend", True, 0.12),
     ]
+    vs = [round(s["dev_vs_selected"]["delta"], 6) for s in record["steps"]]
+    assert vs == [0.1, -0.1]  # 6 and 2 errors against dynamic's 4, of 20 words
+    assert record["steps"][1]["test_vs_selected"]["words"] == 20
     assert "prune1" not in record  # the selection at 1 + 2 has not run
     text = distill.forward_text(record)
-    assert "+ kl: 14.30% (dropped); + frontend: 13.90% (kept)" in text and "**dynamic, frontend**" in text
+    assert "+ kl: 14.30% (dropped; dev +10.00 [" in text and "against dynamic)" in text
+    assert "+ frontend: 13.90% (kept" in text and "**dynamic, frontend**" in text
