@@ -158,6 +158,8 @@ def run_identity(cfg: PruneConfig, teacher: Path, corpus: Path) -> dict[str, Any
     for key in ("speeds", "betas"):  # the defaults, as before the fields existed: the same identity
         if config[key] is None:
             config.pop(key)
+    if config["pad_frames_to"] == 1:  # the batches as before the field existed
+        config.pop("pad_frames_to")
     if not config["inter_ctc"]["layers"]:  # none, as before the field existed
         config.pop("inter_ctc")
     for key in CEILINGS:  # no ceiling, as before the fields existed: the same identity

@@ -198,6 +198,17 @@ def test_a_ceiling_names_another_run_and_no_ceiling_names_the_run_as_before(
     assert run("max_latency=null", "max_macs=null") == run()
 
 
+def test_batches_padded_to_a_multiple_are_another_run_and_unpadded_ones_are_named_as_before(
+    named_run: Callable[..., Path], tmp_path: Path
+) -> None:
+    run = named_run
+    assert run("pad_frames_to=1") == run() and run("pad_frames_to=64") != run()
+    identity = run_identity(
+        load_config(PruneConfig, recipe_path("prune")), tmp_path / "teacher.pt", tmp_path / "corpus"
+    )
+    assert "pad_frames_to" not in identity["config"]
+
+
 def test_the_measured_latency_correction_names_a_run_only_where_a_latency_limit_is_learned(
     named_run: Callable[..., Path], tmp_path: Path
 ) -> None:

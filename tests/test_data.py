@@ -248,6 +248,26 @@ def test_collate_pads_with_zeros() -> None:
     batch = collate([(torch.ones(5, 80), torch.tensor([1, 2]), 0), (torch.ones(3, 80), torch.tensor([3]), 1)])
     assert batch.feats.shape == (2, 5, 80) and torch.all(batch.feats[1, 3:] == 0)
     assert batch.target_lengths.tolist() == [2, 1] and batch.feat_lengths.tolist() == [5, 3]
+    padded = collate([(torch.ones(5, 80), torch.tensor([1, 2]), 0)], pad_frames_to=4)
+    assert padded.feats.shape == (1, 8, 80) and torch.all(padded.feats[0, 5:] == 0)
+    assert padded.feat_lengths.tolist() == [5]  # the real frames, not the padding
+
+
+def test_batches_padded_to_a_multiple_budget_the_padded_frames_and_share_their_shapes() -> None:
+    """With `pad_frames_to`, the budget counts padded frames, so batches of one padded length hold
+    the same number of utterances (one input shape, whose CPU kernels are compiled once)."""
+    lengths = [(37 * i) % 900 + 30 for i in range(400)]
+    sampler = BucketBatchSampler(lengths, max_frames=4000, seed=1, pad_frames_to=64)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    padded = [-(-max(lengths[i] for i in b) // 64) * 64 for b in batches]
+    assert all(len(b) * p <= 4000 for b, p in zip(batches, padded, strict=True))
+    shapes = {(len(b), p) for b, p in zip(batches, padded, strict=True)}
+    assert len(shapes) <= 2 * len(set(padded))  # a full batch per length, and at most one leftover
+    unpadded = {(len(b), max(lengths[i] for i in b)) for b in BucketBatchSampler(lengths, 4000, seed=1)}
+    assert len(unpadded) > 2 * len(shapes)
+    with pytest.raises(ValueError, match="padded to a multiple of 64"):
+        BucketBatchSampler([1000], max_frames=1000, pad_frames_to=64)
 
 
 def test_paired_bootstrap_wer_separates_a_real_difference_from_luck() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,23 @@ print(mapped_alone(), keep_freed_memory(), mapped_alone(), mallinfo2().arena)
     assert before >= block  # mapped on its own, and unmapped when freed
     assert after == 0  # from the heap
     assert heap >= block  # which keeps it once freed
+
+
+def test_a_run_of_padded_batches_keeps_every_lengths_compiled_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Padded batches meet few lengths, so their CPU kernels are worth keeping: the run raises
+    oneDNN's cache unless the user set it; unpadded batches leave oneDNN's default alone."""
+    from conformer_prune.train.loop import PADDED_KERNEL_CACHE, start_run
+
+    key = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    environ = {k: v for k, v in os.environ.items() if k != key}
+    monkeypatch.setattr(os, "environ", environ)  # this process's own stays as it is
+    threads = torch.get_num_threads()
+    start_run(threads, 0)
+    assert key not in environ
+    start_run(threads, 0, pad_frames_to=64)
+    assert environ[key] == str(PADDED_KERNEL_CACHE)
+    environ[key] = "100"
+    start_run(threads, 0, pad_frames_to=64)
+    assert environ[key] == "100"

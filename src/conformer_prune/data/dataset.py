@@ -168,13 +168,21 @@ class SpeechDataset(Dataset[tuple[Tensor, Tensor, int]]):
         return self.load_features(index), self.tokens[index], index
 
 
-def collate(samples: list[tuple[Tensor, Tensor, int]]) -> Batch:
-    """Pad features with zeros and targets with zeros (ignored beyond target_lengths)."""
+def padded_frames(frames: int, multiple: int) -> int:
+    """`frames` rounded up to a multiple of `multiple`."""
+    return -(-frames // multiple) * multiple
+
+
+def collate(samples: list[tuple[Tensor, Tensor, int]], pad_frames_to: int = 1) -> Batch:
+    """Pad features with zeros, the frame axis to a multiple of `pad_frames_to` (lengths unchanged),
+    and targets with zeros (ignored beyond target_lengths)."""
     feats = [s[0] for s in samples]
     targets = [s[1] for s in samples]
     feat_lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
     target_lengths = torch.tensor([t.numel() for t in targets], dtype=torch.long)
     padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    if extra := padded_frames(padded.shape[1], pad_frames_to) - padded.shape[1]:
+        padded = torch.nn.functional.pad(padded, (0, 0, 0, extra))
     padded_targets = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True)
     indices = torch.tensor([s[2] for s in samples], dtype=torch.long)
     return Batch(padded, feat_lengths, padded_targets, target_lengths, indices)
@@ -199,6 +207,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: data-parallel world size.
         rank: this process's rank.
         sorted_epochs: epochs (from 0) whose batches run from shortest to longest.
+        pad_frames_to: batches are padded to a multiple of this many frames (`collate`), and the
+            budget counts the padded frames, so a batch's shape follows its padded length.
     """
 
     def __init__(
@@ -210,12 +220,17 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         sorted_epochs: int = 0,
+        pad_frames_to: int = 1,
     ) -> None:
-        if max_frames < max(lengths):
+        if pad_frames_to < 1:
+            raise ValueError(f"pad_frames_to: expected a positive number of frames, found {pad_frames_to}")
+        if max_frames < (longest := padded_frames(max(lengths), pad_frames_to)):
             raise ValueError(
-                f"max_frames {max_frames} is smaller than the longest utterance ({max(lengths)} frames)"
+                f"max_frames {max_frames} is smaller than the longest utterance ({longest} frames"
+                f"{f', padded to a multiple of {pad_frames_to}' if pad_frames_to > 1 else ''})"
             )
         self.lengths = lengths
+        self.pad_frames_to = pad_frames_to
         self.max_frames = max_frames
         self.shuffle = shuffle
         self.seed = seed
@@ -238,7 +253,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:
-            if current and (len(current) + 1) * self.lengths[i] > self.max_frames:
+            if (
+                current
+                and (len(current) + 1) * padded_frames(self.lengths[i], self.pad_frames_to) > self.max_frames
+            ):
                 batches.append(current)
                 current = []
             current.append(i)

@@ -103,6 +103,7 @@ class PruneConfig:
             takes the teacher's (`teacher_speeds`), as for SpecAugment. The resolved one is
             written to prune_config.yaml.
         max_frames: padded feature frames per batch.
+        pad_frames_to: the multiple a batch's frame axis is padded to (`TrainConfig.pad_frames_to`).
         seed: seeds batching, augmentation, dropout and gate sampling.
         device: "auto", "cpu" or "cuda[:N]".
         precision: "bf16" autocast or "fp32".
@@ -144,6 +145,7 @@ class PruneConfig:
     specaug: SpecAugmentConfig | None = None
     speeds: tuple[float, ...] | None = None
     max_frames: int = 10000
+    pad_frames_to: int = 1
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -168,6 +170,7 @@ class PruneConfig:
             if not 0 < ceiling < 1:
                 raise ValueError(f"max_{metric}: expected a kept fraction in (0, 1), found {ceiling}")
         check_at_least(self, 0, "prune_epochs", "finetune_epochs", "latency_corrections")
+        check_at_least(self, 1, "pad_frames_to")
         if self.prune_epochs + self.finetune_epochs < 1:
             raise ValueError(
                 "prune_epochs + finetune_epochs: expected at least 1 epoch in all, found "

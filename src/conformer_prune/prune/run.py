@@ -253,7 +253,7 @@ def _prune(
 ) -> PruneResult:
     run = RunDir(out, "prune_state.pt", "pruning", resume)
     device = dist.device
-    start_run(cfg.threads, cfg.seed)
+    start_run(cfg.threads, cfg.seed, cfg.pad_frames_to)
 
     teacher_rec = load_recognizer(teacher_path)
     teacher = teacher_rec.model.to(device).eval()
@@ -294,6 +294,7 @@ def _prune(
         world_size=dist.world_size,
         subsampling_factor=teacher_rec.model.config.subsampling_factor,
         speeds=speeds,
+        pad_frames_to=cfg.pad_frames_to,
     )
     steps_per_epoch = len(data.sampler)
     budget = Budget.for_stage(

@@ -81,6 +81,12 @@ class TrainConfig:
         epochs: passes over the training data (the schedule spans all of them).
         max_frames: padded feature frames per batch (100 frames = 1 s of audio).
         sorted_epochs: the first epochs that run short utterances first (SortaGrad).
+        pad_frames_to: pad each training batch's frame axis to a multiple of this many frames (1:
+            to its longest utterance), the batch budget counting the padded frames. On a CPU, bf16
+            kernels (oneDNN) are compiled for every new input shape, and a batch of a length not
+            seen before compiles them all again; a multiple such as 64 leaves few lengths, whose
+            kernels are then reused (`benchmarks/padding.py`). More padded frames change what
+            BatchNorm sees, so a run with another multiple is another run.
         inter_ctc: intermediate CTC losses on earlier blocks (none by default).
         speeds: speed perturbation: every training utterance is used once at each of these tempo
             factors (resampled, so pitch and formants move too, as another speaker's would);
@@ -103,6 +109,7 @@ class TrainConfig:
     epochs: int = 30
     max_frames: int = 20000
     sorted_epochs: int = 0
+    pad_frames_to: int = 1
     inter_ctc: InterCTCConfig = field(default_factory=InterCTCConfig)
     speeds: tuple[float, ...] = (1.0,)
     seed: int = 0
@@ -118,6 +125,7 @@ class TrainConfig:
             raise ValueError(f"epochs: expected at least 1, found {self.epochs}")
         check_at_least(self, 0, "checkpoint_minutes", "time_budget_minutes", meaning="none")
         check_at_least(self, 0, "sorted_epochs")
+        check_at_least(self, 1, "pad_frames_to")
         check_speeds(self.speeds)
         if any(not 1 <= k < self.model.n_layers for k in self.inter_ctc.layers):
             raise ValueError(

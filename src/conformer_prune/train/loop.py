@@ -28,8 +28,10 @@ validates and writes the run directory (see `conformer_prune.distributed`):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -110,10 +112,12 @@ def make_data(
     subsampling_factor: int = SUBSAMPLING,
     sorted_epochs: int = 0,
     speeds: tuple[float, ...] = (1.0,),
+    pad_frames_to: int = 1,
 ) -> TrainData:
     """Datasets and a loader of this rank's batches (every `world_size`-th of the epoch's list);
     `subsampling_factor`: the model's, which decides which utterances are too short for CTC;
-    `speeds`: the training set's speed perturbation (see `SpeechDataset`)."""
+    `speeds`: the training set's speed perturbation (see `SpeechDataset`); `pad_frames_to`: the
+    multiple a batch's frame axis is padded to (`BucketBatchSampler`)."""
     train_set = SpeechDataset(
         train_utts,
         tokenizer,
@@ -131,13 +135,15 @@ def make_data(
         num_replicas=world_size,
         rank=rank,
         sorted_epochs=sorted_epochs,
+        pad_frames_to=pad_frames_to,
     )
     if len(sampler) == 0:
         raise ValueError(
             f"the training set makes fewer batches of {max_frames} frames than the {world_size} "
             "ranks; lower max_frames"
         )
-    return TrainData(sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=collate), dev_set)
+    pad = functools.partial(collate, pad_frames_to=pad_frames_to)
+    return TrainData(sampler, DataLoader(train_set, batch_sampler=sampler, collate_fn=pad), dev_set)
 
 
 def seed_epoch(
@@ -424,10 +430,20 @@ class RunDir:
         return state["epoch"], state["elapsed"]
 
 
-def start_run(threads: int, seed: int) -> None:
+# oneDNN's cache of compiled CPU kernels, in entries, where batches are padded to a multiple: a
+# few dozen lengths of about 260 kernels each (a compact student's; oneDNN's default keeps 1024)
+PADDED_KERNEL_CACHE = 16384
+
+
+def start_run(threads: int, seed: int, pad_frames_to: int = 1) -> None:
     """CPU threads (0 keeps PyTorch's default), an allocator that reuses freed memory
-    (`keep_freed_memory`) and the seed of everything built before epoch 1."""
+    (`keep_freed_memory`), the seed of everything built before epoch 1, and, where batches are
+    padded to a multiple (`TrainConfig.pad_frames_to`), a cache of compiled CPU kernels that holds
+    every length's (unless ONEDNN_PRIMITIVE_CACHE_CAPACITY says otherwise; oneDNN reads it when it
+    first compiles a kernel, so a process that has already computed keeps its own)."""
     keep_freed_memory()
+    if pad_frames_to > 1:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(PADDED_KERNEL_CACHE))
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -553,7 +569,7 @@ def _train(
 ) -> Path:
     run = RunDir(out, "train_state.pt", "training", resume)
     device = dist.device
-    start_run(cfg.threads, cfg.seed)
+    start_run(cfg.threads, cfg.seed, cfg.pad_frames_to)
 
     state = run.load_state(_STATE_KEYS, "cpu") if resume else None
     tokenizer = Tokenizer(  # trained on rank 0 only, so every rank has the same pieces
@@ -578,6 +594,7 @@ def _train(
         subsampling_factor=cfg.model.subsampling_factor,
         sorted_epochs=cfg.sorted_epochs,
         speeds=cfg.speeds,
+        pad_frames_to=cfg.pad_frames_to,
     )
 
     model = build_model(cfg.model).to(device)

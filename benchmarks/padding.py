@@ -1,0 +1,184 @@
+"""What padding each batch's frame axis to a multiple saves on a CPU (`pad_frames_to`).
+
+Usage:
+    python benchmarks/padding.py                         # multiple 64, 2 pairs of processes
+    python benchmarks/padding.py --multiple 128 --pairs 3
+
+On a CPU, PyTorch's bf16 kernels come from oneDNN, which compiles them for every new input shape
+and keeps them in a per-process cache. The pruning engine's batches are cut by length, so nearly
+every batch has a length not seen before, and its step compiles every kernel again: the compact
+student, whose blocks all have different widths, needs about 260 of them per new length against
+the gated student's 47 (counted with ONEDNN_VERBOSE=profile_create). Padded to a multiple, the
+batches of an epoch have a few dozen lengths, whose kernels are compiled once and then reused.
+
+A step here is a fine-tuning step of the compact student (the committed 50% model's masks, on the
+reference teacher), with the recipe's distillation, precision (bf16 where native) and 2 threads,
+on random features shaped as the engine's own sampler cuts an epoch of the reference corpus's
+training lengths (`BucketBatchSampler`, `collate`, the recipe's max_frames). Each process first
+takes `--warm` batches of the epoch (the kernels an epoch has met by then), then times the next
+`--steps`. Each variant runs in its own new process, as runs do, the two alternating, because in
+one process a variant that meets a new length every step evicts the other's kernels from the
+cache. The speed-up is the median of the pairs' ratios of mean step times. The padded variant sets
+oneDNN's cache capacity as the engine does (`start_run`). Writes benchmarks/results/padding.json
+and a section of docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, command_line, git_commit, markdown_table, save_result, update_doc_section
+from compact_finetune import MODELS, _step
+
+from conformer_prune.config import load_config, recipe_path
+from conformer_prune.data.corpus import read_corpus
+from conformer_prune.data.dataset import Batch, BucketBatchSampler, collate
+from conformer_prune.model import load_recognizer
+from conformer_prune.model.conformer import ConformerConfig, feature_frames
+from conformer_prune.prune.config import PruneConfig
+from conformer_prune.prune.gates import ConformerGates
+from conformer_prune.prune.physical import physically_prune
+from conformer_prune.train.loop import resolve_precision, start_run
+
+TRAIN = ROOT / "benchmarks" / "cache" / "corpus-reference" / "train"
+
+
+def training_lengths(rate: float) -> list[int]:
+    """Feature frames of the training utterances: the reference corpus's where it has been
+    synthesised, else 20,000 lengths drawn uniformly from its range (1.5-16 s)."""
+    if TRAIN.exists():
+        return [feature_frames(u.duration, rate) for u in read_corpus(TRAIN)]
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(150, 1600, (20000,), generator=gen).tolist()
+
+
+def batches(cfg: PruneConfig, multiple: int, model: ConformerConfig, count: int) -> list[Batch]:
+    """The first `count` batches of an epoch as the engine cuts them, with random features."""
+    lengths = training_lengths(model.feature_rate)
+    sampler = BucketBatchSampler(lengths, cfg.max_frames, seed=cfg.seed, pad_frames_to=multiple)
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for indices in list(sampler)[:count]:
+        samples = [
+            (
+                torch.randn(lengths[i], model.n_mels, generator=gen),
+                torch.randint(1, model.vocab_size, (max(2, lengths[i] // 40),), generator=gen),
+                i,
+            )
+            for i in indices
+        ]
+        out.append(collate(samples, pad_frames_to=multiple))
+    return out
+
+
+def child(multiple: int, warm: int, steps: int) -> dict[str, Any]:
+    """One variant in this process: the mean time of `steps` steps after `warm` of them."""
+    cfg = load_config(PruneConfig, recipe_path("prune"), [f"pad_frames_to={multiple}"])
+    start_run(2, 0, cfg.pad_frames_to)
+    cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
+    teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
+    masks = load_recognizer(MODELS / "pruned-50.pt").meta["masks"]
+    gated = copy.deepcopy(teacher)
+    gates = ConformerGates.attach(gated, cfg.structures)
+    gates.freeze({k: torch.tensor(v) for k, v in masks.items()})
+    student = physically_prune(gated, gates.current_masks())
+    epoch = batches(cfg, multiple, teacher.config, warm + steps)
+    times = []
+    for i, batch in enumerate(epoch):
+        step = _step(student, teacher, cfg, batch)
+        start = time.perf_counter()
+        step()
+        if i >= warm:
+            times.append(time.perf_counter() - start)
+    return {
+        "mean_step_s": statistics.mean(times),
+        "lengths_timed": len({b.feats.shape[1] for b in epoch[warm:]}),
+        "shapes_timed": len({tuple(b.feats.shape[:2]) for b in epoch[warm:]}),
+        "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "precision": cfg.precision,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--multiple", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--warm", type=int, default=40, help="untimed steps first (the epoch so far)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per process")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one variant: its multiple
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.warm, args.steps)))
+        return
+    commit = git_commit()
+    runs: dict[str, list[dict[str, Any]]] = {"unpadded": [], "padded": []}
+    for pair in range(args.pairs):
+        for name, multiple in (("unpadded", 1), ("padded", args.multiple)):
+            command = [sys.executable, __file__, "--child", str(multiple), "--warm", str(args.warm)]
+            out = subprocess.run(
+                [*command, "--steps", str(args.steps)], check=True, capture_output=True, text=True
+            )
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"pair {pair} {name}: {runs[name][-1]}", flush=True)
+    ratios = [
+        u["mean_step_s"] / p["mean_step_s"] for u, p in zip(runs["unpadded"], runs["padded"], strict=True)
+    ]
+    record = {
+        "multiple": args.multiple,
+        "speedup": statistics.median(ratios),
+        "ratios": ratios,
+        "runs": runs,
+        "warm": args.warm,
+        "steps": args.steps,
+        "threads": 2,
+        "machine": subprocess.run(["lscpu"], capture_output=True, text=True)
+        .stdout.split("Model name:")[-1]
+        .splitlines()[0]
+        .strip(),
+        "commit": commit,
+        "command": command_line(),
+    }
+    save_result("padding", record)
+    rows = [
+        [
+            name,
+            ", ".join(f"{1000 * r['mean_step_s']:.0f}" for r in rs),
+            str(rs[0]["lengths_timed"]),
+            str(rs[0]["shapes_timed"]),
+            ", ".join(f"{r['max_rss_gb']:.2f}" for r in rs),
+        ]
+        for name, rs in runs.items()
+    ]
+    update_doc_section(
+        "padding",
+        "## Batches padded to a multiple (`benchmarks/padding.py`)\n\n"
+        f"Fine-tuning steps of the compact 50% student ({runs['padded'][0]['precision']}, 2 threads, "
+        f"{record['machine']}) on an epoch's batches as the engine cuts them, unpadded against padded to a "
+        f"multiple of {args.multiple} frames, each variant in its own new process ({args.warm} steps "
+        f"untimed, then {args.steps} timed), alternating. Padded steps are **{record['speedup']:.2f}x** "
+        f"faster (median of {args.pairs} pairs' ratios: {', '.join(f'{r:.2f}' for r in ratios)}). "
+        f"Commit `{commit}`.\n\n"
+        + markdown_table(
+            ["batches", "mean step (ms), each process", "lengths timed", "shapes timed", "peak RSS (GB)"],
+            rows,
+        )
+        + f"\n\nReproduce: `{record['command']}`.\n",
+    )
+
+
+if __name__ == "__main__":
+    main()
