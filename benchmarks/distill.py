@@ -120,6 +120,7 @@ BASE = [
     "distill.frontend_weight=0.0",
     "distill.balance=fixed",
     "mask_switch=fold",
+    "pad_frames_to=1",  # unpadded batches, as every run here trained, whatever the recipe says later
 ]
 # each choice: the overrides that switch it on over BASE
 CHOICES: dict[str, list[str]] = {

@@ -3,6 +3,8 @@
 Usage:
     python benchmarks/padding.py                         # multiple 64, 2 pairs of processes
     python benchmarks/padding.py --multiple 128 --pairs 3
+    nohup python benchmarks/padding.py --check > benchmarks/cache/padding.log 2>&1 &
+    python benchmarks/padding.py --check --plan          # where its two runs stand; trains nothing
 
 On a CPU, PyTorch's bf16 kernels come from oneDNN, which compiles them for every new input shape
 and keeps them in a per-process cache. The pruning engine's batches are cut by length, so nearly
@@ -21,6 +23,14 @@ one process a variant that meets a new length every step evicts the other's kern
 cache. The speed-up is the median of the pairs' ratios of mean step times. The padded variant sets
 oneDNN's cache capacity as the engine does (`start_run`). Writes benchmarks/results/padding.json
 and a section of docs/benchmark.md.
+
+`--check`: whether padding joins the recipe. Two runs of the pruning engine, cached and resumable
+like every benchmark's: `recipe` (the reference recipe, compare.py's `l0-distill` at 50%, read
+where it has finished) and `padded` (the same with `pad_frames_to` 64). The rule, fixed before the
+run, as ceiling.py's: padding joins the recipe if the paired-bootstrap 95% interval of the padded
+run's dev WER minus the recipe's reaches 0 or lies below it (padding is for speed; what it must
+show is no harm on dev beyond noise). Test and test-unseen are reported, not chosen on. Writes
+benchmarks/results/padding-check.json and the padding-check section of docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -39,8 +49,23 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, command_line, git_commit, markdown_table, save_result, update_doc_section
+from common import (
+    CACHE,
+    ROOT,
+    Jobs,
+    command_line,
+    git_commit,
+    markdown_table,
+    plan_state,
+    precision_overrides,
+    reference_corpus,
+    run_dir,
+    save_result,
+    update_doc_section,
+)
 from compact_finetune import MODELS, _step
+from compare import table_precision
+from prune import SPLITS, evaluated_splits, run_stage, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
@@ -53,6 +78,8 @@ from conformer_prune.prune.physical import physically_prune
 from conformer_prune.train.loop import resolve_precision, start_run
 
 TRAIN = ROOT / "benchmarks" / "cache" / "corpus-reference" / "train"
+MULTIPLE = 64  # --check's
+CHECK_RUNS = {"recipe": [], "padded": [f"pad_frames_to={MULTIPLE}"]}
 
 
 def training_lengths(rate: float) -> list[int]:
@@ -111,6 +138,93 @@ def child(multiple: int, warm: int, steps: int) -> dict[str, Any]:
     }
 
 
+def check(plan: bool, precision: str | None) -> None:
+    """The two runs of `--check`, and the record once both have finished."""
+    commit = git_commit()
+    corpus, teacher = reference_corpus(make=not plan), MODELS / "teacher.pt"
+    work = CACHE / "padding"
+    overrides = precision_overrides(table_precision(precision, quick=False))  # type: ignore[arg-type]
+    jobs = Jobs(1, work)
+    cfgs = {
+        name: jobs.config(
+            load_config(PruneConfig, recipe_path("prune"), [*overrides, *extra]), teacher, corpus
+        )
+        for name, extra in CHECK_RUNS.items()
+    }
+    if plan:
+        for name, cfg in cfgs.items():
+            state, shown = plan_state(cfg, teacher, corpus)
+            print(f"{name:<8} {state}  ({shown.name})", flush=True)
+        return
+    evaluated = evaluated_splits(corpus)
+    with jobs.preparing():
+        teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
+    reports: dict[str, dict[str, Any]] = {}
+    for name, cfg in cfgs.items():
+
+        def train(name: str = name, cfg: PruneConfig = cfg) -> None:
+            reports[name] = run_stage(
+                cfg, teacher, corpus, evaluated, work / name, teacher_result, latency=False
+            )
+
+        jobs.run(name, run_dir(cfg, teacher, corpus), train)
+    jobs.settle()
+    if not jobs.last():
+        return
+    record: dict[str, Any] = {
+        name: {f"wer_{s}": reports[name]["pruned"][f"wer_{s}"] for s in SPLITS} for name in CHECK_RUNS
+    }
+    record["padded_vs_recipe"] = {s: versus(work / "recipe", work / "padded", s) for s in SPLITS}
+    record["joins_the_recipe"] = record["padded_vs_recipe"]["dev"]["low"] <= 0
+    record["seconds_per_step"] = {name: step_seconds(work / name) for name in CHECK_RUNS}
+    record |= {"multiple": MULTIPLE, "commit": commit, "command": command_line()}
+    print(json.dumps(record, indent=2))
+    save_result("padding-check", record)
+    update_doc_section("padding-check", check_section(record))
+
+
+def step_seconds(run: Path) -> dict[str, float]:
+    """Seconds per step of each stage, from the run's log (one line per epoch). The two runs may
+    have trained on other machines, threads or company: `benchmarks/padding.py`'s steps are the
+    comparison; these say what the runs took."""
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    stages: dict[str, list[float]] = {}
+    for epoch in (e for e in log if "train_seconds" in e):
+        stages.setdefault(epoch["stage"], []).append(epoch["train_seconds"] / epoch["steps"])
+    return {stage: statistics.mean(v) for stage, v in stages.items()}
+
+
+def check_section(record: dict[str, Any]) -> str:
+    vs = record["padded_vs_recipe"]
+    rows = []
+    for name in CHECK_RUNS:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in record["seconds_per_step"][name].items())
+        rows.append([name, *(f"{100 * record[name][f'wer_{s}']:.2f}%" for s in SPLITS), steps])
+    rows.append(
+        [
+            "padded minus recipe",
+            *(
+                f"{100 * vs[s]['delta']:+.2f} [{100 * vs[s]['low']:+.2f}, {100 * vs[s]['high']:+.2f}]"
+                for s in SPLITS
+            ),
+            "-",
+        ]
+    )
+    sizes = "; ".join(
+        f"{s.replace('_', '-')} {vs[s]['utterances']:,} utterances, {vs[s]['words']:,} words" for s in SPLITS
+    )
+    verdict = "joins" if record["joins_the_recipe"] else "does not join"
+    return (
+        "## Padding in the recipe (`benchmarks/padding.py --check`)\n\n"
+        f"The reference recipe against the same with `pad_frames_to` {record['multiple']}. Padding "
+        f"**{verdict}** the recipe (rule: the dev interval of padded minus recipe reaches 0 or lies "
+        f"below it). Intervals: the paired bootstrap's 95%. Splits: {sizes}. Seconds per step are "
+        f"each run's own, possibly on other machines or beside other runs. Commit `{record['commit']}`.\n\n"
+        + markdown_table(["run", *(f"{s.replace('_', '-')} WER" for s in SPLITS), "seconds per step"], rows)
+        + f"\n\nReproduce: `{record['command']}`.\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,7 +234,19 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=40, help="untimed steps first (the epoch so far)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per process")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one variant: its multiple
+    parser.add_argument(
+        "--check", action="store_true", help="train the recipe padded to 64 frames: does padding join it?"
+    )
+    parser.add_argument("--plan", action="store_true", help="with --check: where its runs stand")
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        help="with --check: both runs' precision, as compare.py's (fp32 where bf16 is not native)",
+    )
     args = parser.parse_args()
+    if args.check:
+        check(args.plan, args.precision)
+        return
     if args.child is not None:
         print(json.dumps(child(args.child, args.warm, args.steps)))
         return
