@@ -22,6 +22,7 @@ import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,6 +69,17 @@ def _step(student: ConformerCTC, teacher: ConformerCTC, cfg: PruneConfig, batch:
     return step
 
 
+def students(
+    teacher: ConformerCTC, cfg: PruneConfig, masks: dict[str, Any]
+) -> tuple[ConformerCTC, ConformerCTC]:
+    """A copy of `teacher` gated with `masks` fixed (a pruned model's `meta["masks"]`), and that
+    student physically pruned."""
+    gated = copy.deepcopy(teacher)
+    gates = ConformerGates.attach(gated, cfg.structures)
+    gates.freeze({k: torch.tensor(v) for k, v in masks.items()})
+    return gated, physically_prune(gated, gates.current_masks())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,10 +95,7 @@ def main() -> None:
     cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
     teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
     pruned = load_recognizer(MODELS / "pruned-50.pt")
-    gated = copy.deepcopy(teacher)
-    gates = ConformerGates.attach(gated, cfg.structures)
-    gates.freeze({k: torch.tensor(v) for k, v in pruned.meta["masks"].items()})
-    compact = physically_prune(gated, gates.current_masks())
+    gated, compact = students(teacher, cfg, pruned.meta["masks"])
     assert count_params(compact) == count_params(pruned.model)
     frames = feature_frames(args.seconds, teacher.config.feature_rate)
     batch = random_batch(teacher.config, args.batch, args.seconds, teacher.config.encoder_frames(frames) // 3)

@@ -36,11 +36,9 @@ benchmarks/results/padding-check.json and the padding-check section of docs/benc
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,18 +61,17 @@ from common import (
     save_result,
     update_doc_section,
 )
-from compact_finetune import MODELS, _step
+from compact_finetune import MODELS, _step, students
 from compare import table_precision
 from prune import SPLITS, evaluated_splits, run_stage, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.dataset import Batch, BucketBatchSampler, collate
+from conformer_prune.evaluate.profile import in_new_process, machine
 from conformer_prune.model import load_recognizer
 from conformer_prune.model.conformer import ConformerConfig, feature_frames
 from conformer_prune.prune.config import PruneConfig
-from conformer_prune.prune.gates import ConformerGates
-from conformer_prune.prune.physical import physically_prune
 from conformer_prune.train.loop import resolve_precision, start_run
 
 TRAIN = ROOT / "benchmarks" / "cache" / "corpus-reference" / "train"
@@ -116,11 +113,7 @@ def child(multiple: int, warm: int, steps: int) -> dict[str, Any]:
     start_run(2, 0, cfg.pad_frames_to)
     cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
     teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
-    masks = load_recognizer(MODELS / "pruned-50.pt").meta["masks"]
-    gated = copy.deepcopy(teacher)
-    gates = ConformerGates.attach(gated, cfg.structures)
-    gates.freeze({k: torch.tensor(v) for k, v in masks.items()})
-    student = physically_prune(gated, gates.current_masks())
+    _, student = students(teacher, cfg, load_recognizer(MODELS / "pruned-50.pt").meta["masks"])
     epoch = batches(cfg, multiple, teacher.config, warm + steps)
     times = []
     for i, batch in enumerate(epoch):
@@ -233,7 +226,6 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--warm", type=int, default=40, help="untimed steps first (the epoch so far)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per process")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one variant: its multiple
     parser.add_argument(
         "--check", action="store_true", help="train the recipe padded to 64 frames: does padding join it?"
     )
@@ -247,18 +239,11 @@ def main() -> None:
     if args.check:
         check(args.plan, args.precision)
         return
-    if args.child is not None:
-        print(json.dumps(child(args.child, args.warm, args.steps)))
-        return
     commit = git_commit()
     runs: dict[str, list[dict[str, Any]]] = {"unpadded": [], "padded": []}
     for pair in range(args.pairs):
         for name, multiple in (("unpadded", 1), ("padded", args.multiple)):
-            command = [sys.executable, __file__, "--child", str(multiple), "--warm", str(args.warm)]
-            out = subprocess.run(
-                [*command, "--steps", str(args.steps)], check=True, capture_output=True, text=True
-            )
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[name].append(in_new_process(child, multiple, args.warm, args.steps))
             print(f"pair {pair} {name}: {runs[name][-1]}", flush=True)
     ratios = [
         u["mean_step_s"] / p["mean_step_s"] for u, p in zip(runs["unpadded"], runs["padded"], strict=True)
@@ -271,10 +256,7 @@ def main() -> None:
         "warm": args.warm,
         "steps": args.steps,
         "threads": 2,
-        "machine": subprocess.run(["lscpu"], capture_output=True, text=True)
-        .stdout.split("Model name:")[-1]
-        .splitlines()[0]
-        .strip(),
+        "machine": machine(),
         "commit": commit,
         "command": command_line(),
     }
@@ -293,10 +275,11 @@ def main() -> None:
         "padding",
         "## Batches padded to a multiple (`benchmarks/padding.py`)\n\n"
         f"Fine-tuning steps of the compact 50% student ({runs['padded'][0]['precision']}, 2 threads, "
-        f"{record['machine']}) on an epoch's batches as the engine cuts them, unpadded against padded to a "
-        f"multiple of {args.multiple} frames, each variant in its own new process ({args.warm} steps "
-        f"untimed, then {args.steps} timed), alternating. Padded steps are **{record['speedup']:.2f}x** "
-        f"faster (median of {args.pairs} pairs' ratios: {', '.join(f'{r:.2f}' for r in ratios)}). "
+        f"{record['machine']['cpu']}) on an epoch's batches as the engine cuts them, unpadded against "
+        f"padded to a multiple of {args.multiple} frames, each variant in its own new process "
+        f"({args.warm} steps untimed, then {args.steps} timed), alternating. Padded steps are "
+        f"**{record['speedup']:.2f}x** faster (median of {args.pairs} pairs' ratios: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}). "
         f"Commit `{commit}`.\n\n"
         + markdown_table(
             ["batches", "mean step (ms), each process", "lengths timed", "shapes timed", "peak RSS (GB)"],
