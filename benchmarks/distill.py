@@ -526,7 +526,8 @@ def forward_record(
 ) -> dict[str, Any]:
     """Forward selection's steps (each combination tried, its dev WER, whether it was kept, its test
     WER, and its dev and test WER minus those of the selection it was added to, with the paired
-    bootstrap's interval), its selection, and the selection at 1 + 2 against `chosen-prune1`."""
+    bootstrap's interval), its selection, and the selection at 1 + 2 against `chosen-prune1` (dev and
+    test WER, and their differences with the paired bootstrap's interval)."""
     record: dict[str, Any] = {
         "rule": "start from the candidate best on dev; add each next candidate that beat base, in dev order "
         "(never a second layer distance), when the combination's dev WER is below the best so far",
@@ -556,7 +557,9 @@ def forward_record(
             "wer_dev": dev_wer,
             "wer_test": {n: reports[n]["pruned"]["wer_test"] for n in (PRUNE1, SELECTED_PRUNE1)},
             "selected_on_dev": dev_wer[SELECTED_PRUNE1] < dev_wer[PRUNE1],
-            "test_vs_chosen_prune1": versus(targets[PRUNE1], targets[SELECTED_PRUNE1], "test"),
+        } | {
+            f"{s}_vs_chosen_prune1": versus(targets[PRUNE1], targets[SELECTED_PRUNE1], s)
+            for s in ("dev", "test")
         }
     return record
 
@@ -610,8 +613,9 @@ def forward_text(fwd: dict[str, Any]) -> str:
             f"At the recipe's 1 + 2 split: {SELECTED_PRUNE1} "
             f"{100 * p1['wer_dev'][SELECTED_PRUNE1]:.2f}% dev WER against {PRUNE1}'s "
             f"{100 * p1['wer_dev'][PRUNE1]:.2f}%, so the recipe takes "
-            f"**{SELECTED_PRUNE1 if p1['selected_on_dev'] else PRUNE1 + ' (chosen)'}** (test, "
-            f"{SELECTED_PRUNE1} minus {PRUNE1}: {_interval(p1['test_vs_chosen_prune1'])}).\n"
+            f"**{SELECTED_PRUNE1 if p1['selected_on_dev'] else PRUNE1 + ' (chosen)'}** ({SELECTED_PRUNE1} "
+            f"minus {PRUNE1}: dev {_interval(p1['dev_vs_chosen_prune1'])}, test "
+            f"{_interval(p1['test_vs_chosen_prune1'])}).\n"
         )
     return text
 

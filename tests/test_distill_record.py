@@ -246,3 +246,27 @@ def test_forward_selection_is_recorded_step_by_step(tmp_path: Path) -> None:
     text = distill.forward_text(record)
     assert "+ kl: 14.30% (dropped; dev +10.00 [" in text and "against dynamic)" in text
     assert "+ frontend: 13.90% (kept" in text and "**dynamic, frontend**" in text
+
+
+def test_the_selection_at_the_recipes_split_is_compared_on_dev_and_test(tmp_path: Path) -> None:
+    """`selected-prune1` against `chosen-prune1`: the lower dev WER takes the recipe, and both
+    differences carry their paired-bootstrap interval."""
+    dev = {"base": 0.15, **dict.fromkeys(distill.CHOICES, 0.16), "dynamic": 0.141}
+    runs = {
+        "dynamic": (0.141, 0.14, 4),
+        distill.PRUNE1: (0.144, 0.13, 5),
+        distill.SELECTED_PRUNE1: (0.142, 0.12, 3),
+    }
+    reports = {n: {"pruned": {"wer_dev": d, "wer_test": t}} for n, (d, t, _) in runs.items()}
+    targets = {n: _recognitions(tmp_path / n, errors) for n, (_, _, errors) in runs.items()}
+    forward = {"selected": ["dynamic"], "tried": [], "ended": True}
+    p1 = distill.forward_record(forward, dev, reports, targets)["prune1"]
+    assert p1["selected_on_dev"]
+    assert [round(p1[f"{s}_vs_chosen_prune1"]["delta"], 6) for s in ("dev", "test")] == [-0.1, -0.1]
+    text = distill.forward_text(distill.forward_record(forward, dev, reports, targets))
+    assert (
+        f"takes **{distill.SELECTED_PRUNE1}** ({distill.SELECTED_PRUNE1} minus {distill.PRUNE1}: dev -10.00 ["
+        in text
+    )
+    reports[distill.SELECTED_PRUNE1]["pruned"]["wer_dev"] = 0.144  # a tie keeps the recipe's
+    assert not distill.forward_record(forward, dev, reports, targets)["prune1"]["selected_on_dev"]
