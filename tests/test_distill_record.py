@@ -260,10 +260,11 @@ def test_the_selection_at_the_recipes_split_is_compared_on_dev_and_test(tmp_path
     reports = {n: {"pruned": {"wer_dev": d, "wer_test": t}} for n, (d, t, _) in runs.items()}
     targets = {n: _recognitions(tmp_path / n, errors) for n, (_, _, errors) in runs.items()}
     forward = {"selected": ["dynamic"], "tried": [], "ended": True}
-    p1 = distill.forward_record(forward, dev, reports, targets)["prune1"]
+    record = distill.forward_record(forward, dev, reports, targets)
+    p1 = record["prune1"]
     assert p1["selected_on_dev"]
     assert [round(p1[f"{s}_vs_chosen_prune1"]["delta"], 6) for s in ("dev", "test")] == [-0.1, -0.1]
-    text = distill.forward_text(distill.forward_record(forward, dev, reports, targets))
+    text = distill.forward_text(record)
     assert (
         f"takes **{distill.SELECTED_PRUNE1}** ({distill.SELECTED_PRUNE1} minus {distill.PRUNE1}: dev -10.00 ["
         in text
