@@ -15,9 +15,9 @@ Usage:
     # `recipe` is then compare.py --precision fp32's l0-distill at 50%)
 
 Two runs of the pruning engine, cached and resumable like every benchmark's (benchmarks/cache/runs/):
-- `recipe`: the reference recipe (`recipes/prune.yaml`), distill.py's `chosen-prune1` and
-  compare.py's `l0-distill` at 50% (restored from its record when it finished elsewhere: its
-  latency is measured on its shape);
+- `recipe`: the reference recipe (`recipes/prune.yaml`, batches padded to 64 frames since
+  2026-12-05), padding.py's `padded` and compare.py's `l0-distill` at 50% (restored from its
+  record when it finished elsewhere: its latency is measured on its shape);
 - `ceiling`: the same with ``max_latency`` CEILING, on the latency table compare.py profiles
   (ONNX Runtime fp32, 2 threads, batch 1, a 10 s utterance).
 

@@ -13,9 +13,10 @@ Usage:
 
 Each (method, target) is a cached, resumable stage named in benchmarks/cache/compare[-quick]/: a
 link to the pruning engine's run directory in benchmarks/cache/runs/ (shared with the other
-benchmarks' identical runs: prune.py's two runs and distill.py's `chosen-prune1`, `chosen-30-prune1`
-and `continued` are this table's l0-distill at 50% and 30% and continued, since its choices and
-its split of the epochs are the package's defaults), skipped once its eval.json exists. All
+benchmarks' identical runs: prune.py's two runs and padding.py's `padded` are this table's
+l0-distill at 50% and 30% and continued, and ceiling.py's `recipe` its l0-distill at 50%, since
+their choices, split of the epochs and padded batches are the package's defaults; distill.py's
+runs keep unpadded batches and are not shared since 2026-12-05), skipped once its eval.json exists. All
 methods at 50% of the teacher's parameters; l0-distill, l0, magnitude-distill and torch-pruning
 also at 30% and 70%; and the equal-training control `continued` (the teacher,
 unpruned, trained as long with distillation from its frozen copy), against which every method's test

@@ -25,12 +25,14 @@ oneDNN's cache capacity as the engine does (`start_run`). Writes benchmarks/resu
 and a section of docs/benchmark.md.
 
 `--check`: whether padding joins the recipe. Two runs of the pruning engine, cached and resumable
-like every benchmark's: `recipe` (the reference recipe, compare.py's `l0-distill` at 50%, read
-where it has finished) and `padded` (the same with `pad_frames_to` 64). The rule, fixed before the
-run, as ceiling.py's: padding joins the recipe if the paired-bootstrap 95% interval of the padded
-run's dev WER minus the recipe's reaches 0 or lies below it (padding is for speed; what it must
-show is no harm on dev beyond noise). Test and test-unseen are reported, not chosen on. Writes
-benchmarks/results/padding-check.json and the padding-check section of docs/benchmark.md.
+like every benchmark's: `recipe` (the reference recipe as it was before padding joined it, with
+`pad_frames_to` 1: distill.py's `chosen-prune1`, read where it has finished) and `padded` (the same
+with `pad_frames_to` 64, the recipe's since 2026-12-05 and compare.py's `l0-distill` at 50%). The
+rule, fixed before the run, as ceiling.py's: padding joins the recipe if the paired-bootstrap 95%
+interval of the padded run's dev WER minus the recipe's reaches 0 or lies below it (padding is for
+speed; what it must show is no harm on dev beyond noise). Test and test-unseen are reported, not
+chosen on. Writes benchmarks/results/padding-check.json and the padding-check section of
+docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ from conformer_prune.train.loop import resolve_precision, start_run
 
 TRAIN = ROOT / "benchmarks" / "cache" / "corpus-reference" / "train"
 MULTIPLE = 64  # --check's
-CHECK_RUNS = {"recipe": [], "padded": [f"pad_frames_to={MULTIPLE}"]}
+CHECK_RUNS = {"recipe": ["pad_frames_to=1"], "padded": [f"pad_frames_to={MULTIPLE}"]}
 
 
 def training_lengths(rate: float) -> list[int]:

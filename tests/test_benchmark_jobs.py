@@ -202,11 +202,15 @@ def test_batches_padded_to_a_multiple_are_another_run_and_unpadded_ones_are_name
     named_run: Callable[..., Path], tmp_path: Path
 ) -> None:
     run = named_run
-    assert run("pad_frames_to=1") == run() and run("pad_frames_to=64") != run()
-    identity = run_identity(
-        load_config(PruneConfig, recipe_path("prune")), tmp_path / "teacher.pt", tmp_path / "corpus"
-    )
-    assert "pad_frames_to" not in identity["config"]
+    assert run() == run("pad_frames_to=64")  # the recipe pads to 64 frames since 2026-12-05
+    assert run("pad_frames_to=1") != run() and run("pad_frames_to=1") != run("pad_frames_to=128")
+
+    def identity(*overrides: str) -> dict:
+        cfg = load_config(PruneConfig, recipe_path("prune"), list(overrides))
+        return run_identity(cfg, tmp_path / "teacher.pt", tmp_path / "corpus")["config"]
+
+    assert "pad_frames_to" not in identity("pad_frames_to=1")  # unpadded: named as before the field
+    assert identity()["pad_frames_to"] == 64
 
 
 def test_the_measured_latency_correction_names_a_run_only_where_a_latency_limit_is_learned(
