@@ -238,23 +238,32 @@ def test_the_ceiling_joins_the_method_only_when_dev_is_not_worse_and_the_latency
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_the_ceilings_recipe_run_is_the_comparisons_method_at_half_in_either_precision(
+def test_the_ceilings_run_is_the_comparisons_method_at_half_in_either_precision(
     precision: str, tmp_path: Path
 ) -> None:
-    """ceiling.py's `recipe` and compare.py's l0-distill at 50% (seed 0) are one run in a table of
-    either precision, so an fp32 table trains it once; the precisions never share a run."""
+    """ceiling.py's `ceiling` run (the recipe with the latency ceiling, which joined the method) and
+    compare.py's l0-distill at 50% (seed 0) are one run in a table of either precision, so an fp32
+    table trains it once; the precisions never share a run. The ceiling holds for the learned-mask
+    methods at 50% alone."""
     import ceiling
     import compare
     from common import precision_overrides
 
-    def half(p: str) -> PruneConfig:
-        overrides = [*compare.overrides_for("l0-distill", 0.5, 10, quick=False, precision=p), "seed=0"]
+    table = tmp_path / "table.json"
+
+    def run(method: str, ratio: float, p: str = precision, seed: int = 0) -> PruneConfig:
+        overrides = compare.run_overrides(method, ratio, seed, 10, False, table, precision=p)  # type: ignore[arg-type]
         return load_config(PruneConfig, recipe_path("prune"), overrides)
 
-    recipe = ceiling.configs(tmp_path / "table.json", precision_overrides(precision))["recipe"]
-    assert recipe == half(precision) and recipe.precision == precision
+    runs = ceiling.configs(table, precision_overrides(precision))
+    assert runs["ceiling"] == run("l0-distill", 0.5) and runs["ceiling"].precision == precision
+    assert runs["recipe"] != run("l0-distill", 0.5)
     other = "fp32" if precision == "bf16" else "bf16"
-    assert recipe != half(other)
+    assert runs["ceiling"] != run("l0-distill", 0.5, other)
+    assert run("l0", 0.5, seed=1).max_latency == compare.CEILING and run("l0", 0.5).latency_table == str(
+        table
+    )
+    assert run("l0-distill", 0.3).max_latency is None and run("magnitude-distill", 0.5).max_latency is None
 
 
 def test_a_run_trains_in_a_fresh_process_started_again_when_it_is_killed(tmp_path: Path) -> None:
