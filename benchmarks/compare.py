@@ -561,8 +561,8 @@ def main() -> None:
         jobs.run(label, target, train)
 
     stages: dict[str, Callable[[], None]] = {}  # each stage by its run's name, trained in TRAIN_ORDER
+    ceiling_table = latency_table_path(work)
     for method, ratio, seed in RUNS:
-        ceiling_table = latency_table_path(work)
         params_overrides = run_overrides(
             method, ratio, seed, teacher_epochs, args.quick, ceiling_table, recipe, precision
         )
