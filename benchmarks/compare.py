@@ -63,6 +63,11 @@ bf16 table shares its runs with distill.py's and prune.py's; an fp32 one trains 
 
 `--methods a,b` runs only those methods' missing stages (the table then holds every stage cached
 so far; the rest are listed as not run). `--render` rewrites the table and plot from the saved JSON.
+`--record` writes the record, table and plot from the stages finished so far while another process
+still trains the rest (which otherwise writes them only when every stage is done, many sessions
+later): it trains and waits for nothing, but it times every finished model, so stop the training
+processes, with the children that train, while it runs (`kill -STOP`, then `kill -CONT`: the
+README's command; a few minutes).
 """
 
 from __future__ import annotations
@@ -472,6 +477,12 @@ def main() -> None:
         "fp32 there by itself",
     )
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the record and docs from the stages finished so far, training and waiting for "
+        "nothing (ignores --methods); it times the finished models, so pause any training process",
+    )
+    parser.add_argument(
         "--plan",
         action="store_true",
         help="list every stage, in the order they train, with where it stands, and train or time nothing",
@@ -500,6 +511,8 @@ def main() -> None:
     selected = set(args.methods.split(","))
     if unknown := selected - set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
+    if args.record:  # every stage is read if finished, and none is trained or waited for
+        selected = set()
     latency_reports: dict[MethodName, dict[str, Any]] = {}
     jobs = Jobs(args.jobs, work)
     code = pruning_code(teacher)  # what decides whether a target is out of a method's reach
@@ -611,8 +624,9 @@ def main() -> None:
         stages[name]()
     if args.plan:
         return
-    jobs.settle()
-    if not jobs.last():
+    if not args.record:  # (a stage another process holds is not finished: left out of the record)
+        jobs.settle()
+    if not (args.record or jobs.last()):
         print("another process sharing the runs is still at work: the last one out writes the table")
         return
     # in the table's order, whichever process trained what
