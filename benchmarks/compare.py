@@ -805,7 +805,7 @@ def checks(record: dict[str, Any]) -> list[dict[str, Any]]:
     not_run = set(record.get("not_run", []))
 
     def check(name: str, target: str, measured: str, met: bool | None, needs: Sequence[str] = ()) -> None:
-        if missing := [n for n in needs if n in not_run]:
+        if missing := [n for n in dict.fromkeys(needs) if n in not_run]:  # once each, in order
             measured, met = f"{measured}; not run: {', '.join(missing)}", None
         out.append({"check": name, "target": target, "measured": measured, "met": met})
 

@@ -332,6 +332,10 @@ def test_a_check_whose_runs_are_missing_is_not_run_rather_than_met() -> None:
     assert (
         rivals["met"] is None and "magnitude-distill measured at 0.560x, off the target" in rivals["measured"]
     )
+    lat_runs = [f"{m}-{compare.LATENCY_NAME}" for m in compare.LATENCY_METHODS]
+    waiting = {c["check"].split(":")[0]: c for c in compare.checks({**record, "not_run": lat_runs})}
+    names = waiting["test WER at the same measured latency"]["measured"].split("not run: ")[1].split(", ")
+    assert names == lat_runs  # each missing run named once, though the check needs l0-distill's twice
     record["not_run"] = []  # every run there and timed at the target: the same rows decide
     plane[1]["measured_ratio"] = 0.51
     met = {c["check"].split(":")[0]: c for c in compare.checks(record)}
