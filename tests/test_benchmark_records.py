@@ -502,3 +502,25 @@ def test_a_benchmark_run_trains_in_a_fresh_process_and_its_record_is_kept(
     assert abs(report["pruned"]["params"] / (0.5 * report["teacher"]["params"]) - 1) <= 0.01
     record = json.loads((common.RUN_RECORDS / f"{run_dir(cfg, teacher, tiny_corpus).name}.json").read_text())
     assert record["eval"] == report and [r["epoch"] for r in record["log"] if "epoch" in r] == [1, 2]
+
+
+def test_the_learning_rate_rule_changes_the_recipe_only_on_evidence_from_dev() -> None:
+    """lr.py's rule: the lowest-dev rate replaces the recipe's only when its dev interval against
+    it lies below 0; until every rate has run, nothing is chosen."""
+    import lr
+
+    base, mid, high = lr.LRS
+    better = {"delta": -0.01, "low": -0.02, "high": -0.001}
+    noisy = {"delta": -0.01, "low": -0.02, "high": 0.001}
+    rows: dict[float, dict[str, Any]] = {
+        base: {"wer_dev": 0.15},
+        mid: {"wer_dev": 0.14, "dev_vs_recipe": better},
+        high: {"wer_dev": 0.145, "dev_vs_recipe": better},
+    }
+    assert lr.choose(rows, base)["chosen"] == mid
+    rows[mid]["dev_vs_recipe"] = noisy
+    assert lr.choose(rows, base) | {"reason": ""} == {"chosen": base, "lowest_dev": mid, "reason": ""}
+    rows[base]["wer_dev"] = 0.13
+    assert lr.choose(rows, base)["chosen"] == base
+    del rows[high]
+    assert lr.choose(rows, base)["chosen"] is None
