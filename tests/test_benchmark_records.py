@@ -524,3 +524,39 @@ def test_the_learning_rate_rule_changes_the_recipe_only_on_evidence_from_dev() -
     assert lr.choose(rows, base)["chosen"] == base
     del rows[high]
     assert lr.choose(rows, base)["chosen"] is None
+
+
+def test_the_learning_rate_record_compares_the_chosen_rates(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """lr.py's record: each finished run's WER, the rule per kind, the pruned/continued test ratio
+    at each rate both ran at, and at the chosen rates with their paired interval; the docs section
+    says what was chosen and what has not run."""
+    import lr
+
+    better = {"utterances": 10, "words": 100, "delta": -0.02, "low": -0.03, "high": -0.01}
+    monkeypatch.setattr(lr, "versus", lambda a, b, split: better)
+    monkeypatch.setattr(lr, "split_sizes", lambda d, s, h: {"utterances": 10, "words": 100, "hours": h})
+    wers = {"pruned": {5e-4: 0.15, 1e-3: 0.14, 2e-3: 0.16}, "continued": {5e-4: 0.13, 1e-3: 0.135}}
+    finished = {
+        lr.run_key(kind, rate): {
+            "pruned": {"wer_dev": w, "wer_test": w, "wer_test_unseen": 3 * w, "params": 1}
+        }
+        for kind, by_rate in wers.items()
+        for rate, w in by_rate.items()
+    }
+    teacher = {f"{k}_{s}": 0.1 for k in ("wer", "hours") for s in ("dev", "test", "test_unseen")}
+    record = lr.make_record(teacher, tmp_path, finished, 5e-4) | {"commit": "abc"}
+    assert record["choice_pruned"]["chosen"] == 1e-3  # lowest dev, interval below 0
+    assert record["choice_continued"]["chosen"] is None  # 2e-3 has not run
+    assert record["not_run"] == ["continued-lr0.002"]
+    assert record["ratio_by_lr"] == pytest.approx({"0.0005": 0.15 / 0.13, "0.001": 0.14 / 0.135})
+    assert "chosen" not in record
+    finished[lr.run_key("continued", 2e-3)] = {
+        "pruned": {**finished["continued-lr0.0005"]["pruned"], "wer_dev": 0.2}
+    }
+    record = lr.make_record(teacher, tmp_path, finished, 5e-4) | {"commit": "abc"}
+    assert record["chosen"]["continued_lr"] == 5e-4 and record["chosen"]["pruned_lr"] == 1e-3
+    assert record["chosen"]["test_ratio"] == pytest.approx(0.14 / 0.13)
+    text = lr.section(record)
+    assert "- pruned: **0.001**" in text and "**1.077**" in text and "Not run" not in text
