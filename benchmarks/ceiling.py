@@ -45,8 +45,8 @@ from common import (
     command_line,
     git_commit,
     markdown_table,
-    plan_state,
     precision_overrides,
+    print_plan,
     quick_inputs,
     reference_corpus,
     run_dir,
@@ -54,7 +54,7 @@ from common import (
     timing_model,
     update_doc_section,
 )
-from compare import CEILING, LATENCY_RUNTIME, ceiling_overrides, latency_table_path, table_precision
+from compare import CEILING, LATENCY_RUNTIME, ceiling_overrides, profiled_table, table_precision
 from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
@@ -116,15 +116,11 @@ def main() -> None:
     overrides += precision_overrides(precision)
     name = "ceiling-quick" if args.quick else "ceiling"
     work = CACHE / name
-    table = latency_table_path(CACHE / ("compare-quick" if args.quick else "compare"))
-    if not table.exists():
-        raise SystemExit(f"{table}: no latency table; make it first on quiet cores: compare.py --prepare")
+    table = profiled_table(CACHE / ("compare-quick" if args.quick else "compare"))
     cfgs = configs(table, overrides)
     jobs = Jobs(args.jobs, work)
     if args.plan:
-        for k, cfg in cfgs.items():
-            state, shown = plan_state(jobs.config(cfg, teacher, corpus), teacher, corpus)
-            print(f"{k:<10} {state}  ({shown.name})", flush=True)
+        print_plan(jobs, cfgs, teacher, corpus)
         return
     evaluated = evaluated_splits(corpus)
     with jobs.preparing():

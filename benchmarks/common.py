@@ -341,6 +341,15 @@ def plan_state(cfg: PruneConfig, teacher: Path, corpus: Path) -> tuple[str, Path
     return TO_TRAIN, run_dir(cfg, teacher, corpus, restore=False)
 
 
+def print_plan(jobs: Jobs, cfgs: dict[str, PruneConfig], teacher: Path, corpus: Path) -> None:
+    """A benchmark's `--plan`: each named run (as `jobs` would train it), where it stands, and its
+    directory; trains nothing."""
+    width = max(map(len, cfgs)) + 3
+    for name, cfg in cfgs.items():
+        state, shown = plan_state(jobs.config(cfg, teacher, corpus), teacher, corpus)
+        print(f"{name:<{width}} {state}  ({shown.name})", flush=True)
+
+
 def timing_model(run: Path) -> ConformerCTC:
     """A finished run's compact model for timing: its model.pt, or, for a run restored from its
     record without weights, a model of the same shape with fresh weights (a dense fp32 model's

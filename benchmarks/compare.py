@@ -193,6 +193,15 @@ def latency_table_path(work: Path) -> Path:
     return RESULTS / f"compare-latency-{LATENCY_RUNTIME}.json"
 
 
+def profiled_table(work: Path) -> Path:
+    """`latency_table_path(work)`, which `compare.py --prepare` must have made already (on quiet
+    cores): for a benchmark that reuses the comparison's table rather than profiling on busy ones."""
+    table = latency_table_path(work)
+    if not table.exists():
+        raise SystemExit(f"{table}: no latency table; make it first on quiet cores: compare.py --prepare")
+    return table
+
+
 def latency_table(teacher: Path, work: Path) -> Path:
     """The teacher's profile on LATENCY_RUNTIME (a cached stage)."""
     path = latency_table_path(work)

@@ -41,14 +41,14 @@ from common import (
     command_line,
     git_commit,
     markdown_table,
-    plan_state,
+    print_plan,
     quick_inputs,
     reference_corpus,
     run_dir,
     save_result,
     update_doc_section,
 )
-from compare import CONTROL, Precision, latency_table_path, run_overrides, table_precision
+from compare import CONTROL, Precision, profiled_table, run_overrides, table_precision
 from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
 
 from conformer_prune.config import load_config, recipe_path
@@ -63,6 +63,11 @@ KINDS: dict[str, tuple[MethodName, float]] = {"pruned": ("l0-distill", 0.5), "co
 def run_key(kind: str, lr: float) -> str:
     """A run's name here, e.g. pruned-lr0.001."""
     return f"{kind}-lr{lr:g}"
+
+
+def configs_names() -> list[str]:
+    """Every run's name, in the order `configs` trains them."""
+    return [run_key(kind, lr) for kind in KINDS for lr in LRS]
 
 
 def recipe_lr() -> float:
@@ -147,10 +152,6 @@ def make_record(
     return record
 
 
-def configs_names() -> list[str]:
-    return [run_key(kind, lr) for kind in KINDS for lr in LRS]
-
-
 def _percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -227,15 +228,11 @@ def main() -> None:
     name = "lr-quick" if args.quick else "lr"
     work = CACHE / name
     compared = CACHE / ("compare-quick" if args.quick else "compare")  # its teacher and table are ours
-    table = latency_table_path(compared)
-    if not table.exists():
-        raise SystemExit(f"{table}: no latency table; make it first on quiet cores: compare.py --prepare")
+    table = profiled_table(compared)
     cfgs = configs(table, args.quick, precision)
     jobs = Jobs(args.jobs, work)
     if args.plan:
-        for k, cfg in cfgs.items():
-            state, shown = plan_state(jobs.config(cfg, teacher, corpus), teacher, corpus)
-            print(f"{k:<22} {state}  ({shown.name})", flush=True)
+        print_plan(jobs, cfgs, teacher, corpus)
         return
     evaluated = evaluated_splits(corpus)
     with jobs.preparing():
@@ -260,9 +257,10 @@ def main() -> None:
     record = make_record(teacher_result, work, finished, recipe_lr())
     record |= {"precision": precision, "commit": commit, "command": command_line()}
     save_result(name, record)
+    text = section(record)
     if not args.quick:
-        update_doc_section("lr", section(record))
-    print(section(record), flush=True)
+        update_doc_section("lr", text)
+    print(text, flush=True)
 
 
 if __name__ == "__main__":
