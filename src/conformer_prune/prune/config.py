@@ -63,7 +63,10 @@ class PruneConfig:
             quadratic Lagrange multiplier and the gates' learning rate, so that a short stage
             neither lags nor overshoots its target (`Budget.for_stage`); longer stages are
             unaffected.
-        lr: peak learning rate of the weights (and distillation projections).
+        lr: peak learning rate of the weights (and distillation projections). The reference
+            recipe (recipes/prune.yaml) takes 2e-3, the reference teacher's own peak rate, chosen
+            on dev over 5e-4 and 1e-3 (benchmarks/lr.py); this default stays at 5e-4, a quarter of
+            a typical from-scratch peak, for models whose own rate is not known.
         gate_lr: learning rate of the gates' log_alpha (no weight decay).
         lambda_lr: learning rate of the Lagrange multipliers (gradient ascent).
         clamp_log_alpha: clamp every gate's log_alpha to CoFiPruning's range [ln 0.01, ln 100]
