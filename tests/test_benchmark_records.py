@@ -387,7 +387,8 @@ def test_a_stage_found_out_of_reach_by_other_code_is_tried_again(tmp_path: Path)
 def test_a_dense_model_from_random_weights_is_trained_with_the_teachers_own_recipe(tmp_path: Path) -> None:
     """compare.py's `scratch` and `dense-distill`: the learning rate, Adam betas and intermediate
     CTC of the recipe the teacher's checkpoint records (and `scratch` its warm-up); the pruning
-    methods keep the pruning recipe's."""
+    methods keep the pruning recipe's, and the control `continued` its own rate (chosen on dev by
+    lr.py), whatever the recipe's."""
     import compare
 
     from conformer_prune.config import load_config, recipe_path, to_dict
@@ -402,12 +403,15 @@ def test_a_dense_model_from_random_weights_is_trained_with_the_teachers_own_reci
     save_recognizer(teacher, _finish(tmp_path / "run"), train_config=to_dict(trained))
     recipe = compare.teacher_recipe(teacher)
     pruning = load_config(PruneConfig, recipe_path("prune"))
-    for method in ("scratch", "dense-distill", "l0-distill"):
+    for method in ("scratch", "dense-distill", "l0-distill", "continued"):
         cfg = load_config(
             PruneConfig, recipe_path("prune"), compare.overrides_for(method, 0.5, 9, False, recipe)
         )
         if method == "l0-distill":
             assert (cfg.lr, cfg.betas, cfg.inter_ctc.layers) == (pruning.lr, None, [])
+            continue
+        if method == "continued":
+            assert (cfg.lr, cfg.betas, cfg.inter_ctc.layers) == (compare.CONTROL_LR, None, [])
             continue
         assert (cfg.lr, cfg.betas) == (3e-3, (0.85, 0.97))
         assert (cfg.inter_ctc.layers, cfg.inter_ctc.weights) == ([6], [0.3])
