@@ -508,59 +508,93 @@ def test_a_benchmark_run_trains_in_a_fresh_process_and_its_record_is_kept(
     assert record["eval"] == report and [r["epoch"] for r in record["log"] if "epoch" in r] == [1, 2]
 
 
-def test_the_learning_rate_rule_changes_the_recipe_only_on_evidence_from_dev() -> None:
-    """lr.py's rule: the lowest-dev rate replaces the recipe's only when its dev interval against
-    it lies below 0; until every rate has run, nothing is chosen."""
+def test_a_sweep_changes_the_recipe_only_on_evidence_from_dev() -> None:
+    """sweep.py's rule: the lowest-dev value replaces the recipe's only when its dev interval
+    against it lies below 0; until every value has run, nothing is chosen."""
     import lr
+    import sweep
 
-    base, mid, high = lr.LRS
-    better = {"delta": -0.01, "low": -0.02, "high": -0.001}
-    noisy = {"delta": -0.01, "low": -0.02, "high": 0.001}
+    values = lr.LRS
+    base, mid, high = values
+    better = {"dev": {"delta": -0.01, "low": -0.02, "high": -0.001}}
+    noisy = {"dev": {"delta": -0.01, "low": -0.02, "high": 0.001}}
     rows: dict[float, dict[str, Any]] = {
         base: {"wer_dev": 0.15},
-        mid: {"wer_dev": 0.14, "dev_vs_recipe": better},
-        high: {"wer_dev": 0.145, "dev_vs_recipe": better},
+        mid: {"wer_dev": 0.14, "vs_recipe": better},
+        high: {"wer_dev": 0.145, "vs_recipe": better},
     }
-    assert lr.choose(rows, base)["chosen"] == mid
-    rows[mid]["dev_vs_recipe"] = noisy
-    assert lr.choose(rows, base) | {"reason": ""} == {"chosen": base, "lowest_dev": mid, "reason": ""}
+    assert sweep.choose(values, rows)["chosen"] == mid
+    rows[mid]["vs_recipe"] = noisy
+    assert sweep.choose(values, rows) | {"reason": ""} == {"chosen": base, "lowest_dev": mid, "reason": ""}
     rows[base]["wer_dev"] = 0.13
-    assert lr.choose(rows, base)["chosen"] == base
+    assert sweep.choose(values, rows)["chosen"] == base
     del rows[high]
-    assert lr.choose(rows, base)["chosen"] is None
+    assert sweep.choose(values, rows)["chosen"] is None
+
+
+def _sweep_finished(chosen: Any, wers: dict[str, dict[float, float]]) -> dict[str, dict[str, Any]]:
+    return {
+        chosen.key(kind, v): {"pruned": {"wer_dev": w, "wer_test": w, "wer_test_unseen": 3 * w, "params": 1}}
+        for kind, by_value in wers.items()
+        for v, w in by_value.items()
+    }
+
+
+def _patch_sweep(monkeypatch: pytest.MonkeyPatch) -> Any:
+    import sweep
+
+    better = {"utterances": 10, "words": 100, "delta": -0.02, "low": -0.03, "high": -0.01}
+    monkeypatch.setattr(sweep, "versus", lambda a, b, split: better)
+    monkeypatch.setattr(sweep, "split_sizes", lambda d, s, h: {"utterances": 10, "words": 100, "hours": h})
+    return sweep
+
+
+TEACHER = {f"{k}_{s}": 0.1 for k in ("wer", "hours") for s in ("dev", "test", "test_unseen")}
 
 
 def test_the_learning_rate_record_compares_the_chosen_rates(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """lr.py's record: each finished run's WER, the rule per kind, the pruned/continued test ratio
-    at each rate both ran at, and at the chosen rates with their paired interval; the docs section
-    says what was chosen and what has not run."""
+    """lr.py's record: each finished run's WER with its intervals against the recipe's rate, the
+    rule per kind, the pruned/continued test ratio at each rate both ran at, and at the chosen rates
+    with their paired interval; the docs section says what was chosen and what has not run."""
     import lr
 
-    better = {"utterances": 10, "words": 100, "delta": -0.02, "low": -0.03, "high": -0.01}
-    monkeypatch.setattr(lr, "versus", lambda a, b, split: better)
-    monkeypatch.setattr(lr, "split_sizes", lambda d, s, h: {"utterances": 10, "words": 100, "hours": h})
+    sweep = _patch_sweep(monkeypatch)
     wers = {"pruned": {5e-4: 0.15, 1e-3: 0.14, 2e-3: 0.16}, "continued": {5e-4: 0.13, 1e-3: 0.135}}
-    finished = {
-        lr.run_key(kind, rate): {
-            "pruned": {"wer_dev": w, "wer_test": w, "wer_test_unseen": 3 * w, "params": 1}
-        }
-        for kind, by_rate in wers.items()
-        for rate, w in by_rate.items()
-    }
-    teacher = {f"{k}_{s}": 0.1 for k in ("wer", "hours") for s in ("dev", "test", "test_unseen")}
-    record = lr.make_record(teacher, tmp_path, finished, 5e-4) | {"commit": "abc"}
+    finished = _sweep_finished(lr.SWEEP, wers)
+    record = sweep.make_record(lr.SWEEP, TEACHER, tmp_path, finished) | {"commit": "abc"}
     assert record["choice_pruned"]["chosen"] == 1e-3  # lowest dev, interval below 0
     assert record["choice_continued"]["chosen"] is None  # 2e-3 has not run
     assert record["not_run"] == ["continued-lr0.002"]
-    assert record["ratio_by_lr"] == pytest.approx({"0.0005": 0.15 / 0.13, "0.001": 0.14 / 0.135})
+    assert set(record["runs"]["pruned-lr0.001"]["vs_recipe"]) == {"dev", "test", "test_unseen"}
+    ratios = {v: r["test_ratio"] for v, r in record["versus_continued"].items()}
+    assert ratios == pytest.approx({"0.0005": 0.15 / 0.13, "0.001": 0.14 / 0.135})
     assert "chosen" not in record
-    finished[lr.run_key("continued", 2e-3)] = {
+    finished[lr.SWEEP.key("continued", 2e-3)] = {
         "pruned": {**finished["continued-lr0.0005"]["pruned"], "wer_dev": 0.2}
     }
-    record = lr.make_record(teacher, tmp_path, finished, 5e-4) | {"commit": "abc"}
-    assert record["chosen"]["continued_lr"] == 5e-4 and record["chosen"]["pruned_lr"] == 1e-3
+    record = sweep.make_record(lr.SWEEP, TEACHER, tmp_path, finished) | {"commit": "abc"}
+    assert record["chosen"]["values"] == {"pruned": 1e-3, "continued": 5e-4}
     assert record["chosen"]["test_ratio"] == pytest.approx(0.14 / 0.13)
-    text = lr.section(record)
+    text = sweep.section(lr.SWEEP, record)
     assert "- pruned: **0.001**" in text and "**1.077**" in text and "Not run" not in text
+
+
+def test_the_budget_gives_continued_the_pruned_models_epochs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """budget.py chooses for the pruned model only: `continued` (the equal-training control) is
+    compared at the pruned model's chosen number of epochs, even where another was its best; each
+    budget trains one pruning epoch, the rest fine-tuning."""
+    import budget
+
+    sweep = _patch_sweep(monkeypatch)
+    assert budget.SWEEP.overrides(5) == ["prune_epochs=1", "finetune_epochs=4"]
+    finished = _sweep_finished(budget.SWEEP, {"pruned": {3: 0.15, 5: 0.14}, "continued": {3: 0.12, 5: 0.13}})
+    record = sweep.make_record(budget.SWEEP, TEACHER, tmp_path, finished) | {"commit": "abc"}
+    assert "choice_continued" not in record
+    assert record["chosen"]["values"] == {"pruned": 5, "continued": 5}
+    assert record["chosen"]["test_ratio"] == pytest.approx(0.14 / 0.13)
+    text = sweep.section(budget.SWEEP, record)
+    assert "- pruned: **5 epochs (1 + 4)**" in text and "continued takes the pruned model's value" in text
