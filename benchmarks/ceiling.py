@@ -49,13 +49,12 @@ from common import (
     print_plan,
     quick_inputs,
     reference_corpus,
-    run_dir,
     save_result,
     timing_model,
     update_doc_section,
 )
 from compare import CEILING, LATENCY_RUNTIME, ceiling_overrides, profiled_table, table_precision
-from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
+from prune import SPLITS, evaluated_splits, split_sizes, teacher_eval, train_runs, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.evaluate.profile import machine, measured_ratios
@@ -125,15 +124,7 @@ def main() -> None:
     evaluated = evaluated_splits(corpus)
     with jobs.preparing():
         teacher_result = teacher_eval(teacher, evaluated, work / "teacher")
-    reports: dict[str, dict[str, Any]] = {}
-    for k, cfg in cfgs.items():
-        c = jobs.config(cfg, teacher, corpus)
-
-        def train(k: str = k, c: PruneConfig = c) -> None:
-            reports[k] = run_stage(c, teacher, corpus, evaluated, work / k, teacher_result, latency=False)
-
-        jobs.run(k, run_dir(c, teacher, corpus), train)
-    jobs.settle()
+    reports = train_runs(jobs, cfgs, teacher, corpus, evaluated, work, teacher_result)
     if not jobs.last():  # the last process out writes the record, once nothing else trains
         return
     record = make_record(teacher, teacher_result, reports, work, table)

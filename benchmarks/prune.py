@@ -151,6 +151,35 @@ def run_stage(
     return report
 
 
+def train_runs(
+    jobs: Jobs,
+    cfgs: dict[str, PruneConfig],
+    teacher: Path,
+    corpus: Path,
+    evaluated: dict[str, Path],
+    work: Path,
+    teacher_result: dict[str, Any],
+    read_only: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each named run of `cfgs` (`run_stage` without timing, linked as work/<name>) trained through
+    `jobs` and settled, and its report; `read_only` (a benchmark's ``--record``): only the runs
+    finished already, read, none trained."""
+    reports: dict[str, dict[str, Any]] = {}
+    for k, cfg in cfgs.items():
+        c = jobs.config(cfg, teacher, corpus)
+
+        def train(k: str = k, c: PruneConfig = c) -> None:
+            reports[k] = run_stage(c, teacher, corpus, evaluated, work / k, teacher_result, latency=False)
+
+        if not read_only:
+            jobs.run(k, run_dir(c, teacher, corpus), train)
+        elif (run_dir(c, teacher, corpus) / "eval.json").exists():
+            train()
+    if not read_only:
+        jobs.settle()
+    return reports
+
+
 def _resumed(
     cfg: PruneConfig,
     teacher: Path,

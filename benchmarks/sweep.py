@@ -31,12 +31,11 @@ from common import (
     print_plan,
     quick_inputs,
     reference_corpus,
-    run_dir,
     save_result,
     update_doc_section,
 )
 from compare import CONTROL, Precision, profiled_table, run_overrides, table_precision
-from prune import SPLITS, evaluated_splits, run_stage, split_sizes, teacher_eval, versus
+from prune import SPLITS, evaluated_splits, split_sizes, teacher_eval, train_runs, versus
 
 from conformer_prune.config import load_config, recipe_path
 from conformer_prune.evaluate.report import format_interval
@@ -270,21 +269,9 @@ def main(sweep: Sweep, description: str) -> None:
     evaluated = evaluated_splits(corpus)
     with jobs.preparing():
         teacher_result = teacher_eval(teacher, evaluated, compared / "teacher")
-    finished: dict[str, dict[str, Any]] = {}
-    for k, cfg in cfgs.items():
-        c = jobs.config(cfg, teacher, corpus)
-
-        def train(k: str = k, c: PruneConfig = c) -> None:
-            finished[k] = run_stage(c, teacher, corpus, evaluated, work / k, teacher_result, latency=False)
-
-        if not args.record:
-            jobs.run(k, run_dir(c, teacher, corpus), train)
-        elif (run_dir(c, teacher, corpus) / "eval.json").exists():  # read, never trained
-            train()
-    if not args.record:
-        jobs.settle()
-        if not jobs.last():  # the last process out writes the record
-            return
+    finished = train_runs(jobs, cfgs, teacher, corpus, evaluated, work, teacher_result, args.record)
+    if not args.record and not jobs.last():  # the last process out writes the record
+        return
     if not finished:
         raise SystemExit("no run has finished yet: nothing to record")
     record = make_record(sweep, teacher_result, work, finished)
