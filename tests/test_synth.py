@@ -85,6 +85,34 @@ def test_held_out_voices_are_no_voice_of_the_main_splits() -> None:
     assert len({v.speaker for v in held}) == len(held)
 
 
+def test_the_wide_voice_set_adds_espeak_variants_and_holds_out_the_same_voices() -> None:
+    """`voice_set="wide"` trains on 63 espeak-ng variants (the reference's 13 among them) with the
+    same flite and festival voices; no training variant of either set is one of test-unseen's or
+    dev-unseen's, and every speaker id stays in its engine's range."""
+    pair = lambda v: (v.engine, v.voice.split("+")[-1])  # noqa: E731
+    reference, wide = voices(seed=3), voices(seed=3, voice_set="wide")
+    variants = {v.voice.split("+")[1] for v in wide if v.engine == "espeak-ng"}
+    assert variants == set(synth._WIDE_ESPEAK_VARIANTS) and len(variants) == 63
+    assert set(synth._ESPEAK_VARIANTS) < variants
+    assert {pair(v) for v in wide if v.engine != "espeak-ng"} == {
+        pair(v) for v in reference if v.engine != "espeak-ng"
+    }
+    held = {pair(v) for v in voices(seed=3, held_out=True) + synth.dev_unseen_voices(seed=3)}
+    assert held.isdisjoint({pair(v) for v in wide}) and held.isdisjoint({pair(v) for v in reference})
+    ids = [v.speaker for v in wide + synth.dev_unseen_voices(seed=3) + voices(seed=3, held_out=True)]
+    assert len(set(ids)) == len(ids)
+    assert all(synth._ID_BASE[v.engine] < v.speaker < synth._ID_BASE[v.engine] + 1000 for v in wide)
+    with pytest.raises(ValueError, match="voice_set"):
+        voices(voice_set="many")  # type: ignore[arg-type]
+
+
+def test_the_dev_unseen_voices_are_espeak_variants_no_other_split_uses() -> None:
+    dev = synth.dev_unseen_voices(seed=3)
+    assert {v.voice.split("+")[1] for v in dev} == set(synth._DEV_UNSEEN_ESPEAK_VARIANTS)
+    assert {v.engine for v in dev} == {"espeak-ng"} and synth.dev_unseen_voices(3, ["flite"]) == []
+    assert synth.dev_unseen_voices(seed=3) == dev != synth.dev_unseen_voices(seed=4)
+
+
 def test_unseen_text_is_its_own_source_and_not_in_the_main_text() -> None:
     unseen = set(synth._unseen_sentences(synth._FORTUNE_DIR))
     main = synth._speakable_sentences(synth._FORTUNE_DIR)
@@ -108,6 +136,69 @@ def test_unseen_split_uses_held_out_voices_and_unseen_text(tmp_path: Path) -> No
     again = synthesize(tmp_path, **_TINY, workers=2, progress=False)
     assert synth.UNSEEN_SPLIT not in again and not (tmp_path / synth.UNSEEN_SPLIT).exists()
     assert {s: again[s] for s in SPLITS} == {s: stats[s] for s in SPLITS}
+
+
+def test_dev_unseen_split_speaks_devs_text_in_voices_no_other_split_uses(
+    tiny: tuple[Path, dict[str, dict[str, float]]], tmp_path: Path
+) -> None:
+    """dev-unseen: dev's sentences in the held-out espeak-ng variants, named in corpus.json; the
+    other splits are those of the corpus without it, and a corpus built without it (or with the
+    reference voices) has the corpus.json it had before the options existed."""
+    root, stats = tiny
+    out = tmp_path / "corpus"
+    got = synthesize(out, **_TINY, dev_unseen_hours=0.003, workers=2, progress=False)
+    dev_unseen = _transcripts(out / synth.DEV_UNSEEN_SPLIT)
+    assert got[synth.DEV_UNSEEN_SPLIT]["utterances"] == len(dev_unseen) > 0
+    held = {str(v.speaker) for v in synth.dev_unseen_voices(seed=_TINY["seed"])}
+    assert {u.split("-")[0] for u in dev_unseen} <= held
+    for split in SPLITS:
+        assert not {u.split("-")[0] for u in _transcripts(out / split)} & held
+    dev_sentences = synth._sentences(synth._FORTUNE_DIR, _TINY["dev_fraction"], _TINY["test_fraction"])["dev"]
+    assert set(dev_unseen.values()) <= set(dev_sentences)
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["dev_unseen_hours"] == 0.003 and len(meta["dev_unseen_voices"]) == len(held)
+    assert {s: got[s] for s in SPLITS} == {s: stats[s] for s in SPLITS}
+    again = synthesize(out, **_TINY, workers=2, progress=False)  # without it: as the tiny corpus
+    assert again == stats and _tree(out) == _tree(root)
+    assert "voice_set" not in json.loads((root / "corpus.json").read_text())
+
+
+def test_a_corpus_of_one_voice_set_is_not_resumed_with_the_other(tmp_path: Path) -> None:
+    args = {"hours": 0.002, "seed": 2, "progress": False, "engines": ["espeak-ng"]}
+    synthesize(tmp_path / "wide", **args, voice_set="wide")
+    assert json.loads((tmp_path / "wide" / "corpus.json").read_text())["voice_set"] == "wide"
+    with pytest.raises(ValueError, match="voice_set: 'wide' there, 'reference' asked"):
+        synthesize(tmp_path / "wide", **args)
+    synthesize(tmp_path / "reference", **args)
+    with pytest.raises(ValueError, match="voice_set: 'reference' there, 'wide' asked"):
+        synthesize(tmp_path / "reference", **args, voice_set="wide")
+
+
+def test_the_command_line_makes_the_unseen_splits_with_the_wide_voices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conformer_prune.cli import main
+
+    args = ["synth", str(tmp_path), "--hours", "0.002", "--seed", "2", "--voice-set", "wide"]
+    assert main([*args, "--unseen-hours", "0.001", "--dev-unseen-hours", "0.001"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats[synth.UNSEEN_SPLIT]["utterances"] > 0 and stats[synth.DEV_UNSEEN_SPLIT]["utterances"] > 0
+    assert json.loads((tmp_path / "corpus.json").read_text())["voice_set"] == "wide"
+
+
+def test_every_new_voice_renders() -> None:
+    """One utterance per variant of the wide set and of dev-unseen, through the engine."""
+    seen = set(synth._ESPEAK_VARIANTS)
+    new = [
+        v
+        for v in voices(seed=0, engines=["espeak-ng"], voice_set="wide") + synth.dev_unseen_voices(seed=0)
+        if v.voice.split("+")[1] not in seen
+    ]
+    for voice in {v.voice.split("+")[1]: v for v in new}.values():
+        job = synth._Job("train", voice, "THE CAT SAT ON THE MAT", 1000, 0, -3.0, None, "pink", 7)
+        samples = synth._render(job)
+        assert 0.5 < samples.shape[0] / synth.SAMPLE_RATE < 5.0, voice
+        assert np.abs(samples).max() > 1000, voice
 
 
 def test_missing_unseen_text_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -262,6 +353,9 @@ def test_engine_failure_names_text_and_command(monkeypatch: pytest.MonkeyPatch) 
         {"hours": 1.0, "engines": ["say"]},
         {"hours": 1.0, "workers": 0},
         {"hours": 1.0, "unseen_hours": -1.0},
+        {"hours": 1.0, "dev_unseen_hours": -1.0},
+        {"hours": 1.0, "dev_unseen_hours": 0.1, "engines": ["flite"]},
+        {"hours": 1.0, "voice_set": "many"},
     ],
 )
 def test_bad_arguments(kwargs: dict, tmp_path: Path) -> None:

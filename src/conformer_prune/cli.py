@@ -103,6 +103,24 @@ def _add_synth(sub: _Subparsers) -> None:
         metavar=("LO", "HI"),
         help="add noise at an SNR (dB) drawn in [LO, HI]",
     )
+    p.add_argument(
+        "--unseen-hours",
+        type=float,
+        default=0.0,
+        help="hours of a test-unseen split: voices and text no other split has (default: none)",
+    )
+    p.add_argument(
+        "--dev-unseen-hours",
+        type=float,
+        default=0.0,
+        help="hours of a dev-unseen split: dev's text in voices no other split has (default: none)",
+    )
+    p.add_argument(
+        "--voice-set",
+        choices=("reference", "wide"),
+        default="reference",
+        help="the training voices: the reference corpus's 13 espeak-ng variants or the wide set's 63",
+    )
     p.add_argument("--workers", type=int, default=2)
 
 
@@ -110,7 +128,16 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from conformer_prune.data.synth import synthesize
 
     snr = tuple(args.snr) if args.snr else None
-    stats = synthesize(args.out, args.hours, seed=args.seed, snr_db=snr, workers=args.workers)
+    stats = synthesize(
+        args.out,
+        args.hours,
+        seed=args.seed,
+        snr_db=snr,
+        unseen_hours=args.unseen_hours,
+        dev_unseen_hours=args.dev_unseen_hours,
+        voice_set=args.voice_set,
+        workers=args.workers,
+    )
     print(json.dumps(stats, indent=2))
 
 

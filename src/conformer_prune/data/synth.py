@@ -10,13 +10,20 @@ directory and skips the utterances already written.
 An optional ``test-unseen`` split measures generalisation as a new user's audio would: it is
 spoken only by voices (engine plus voice or variant) that no other split uses, and its text comes
 from another source (Debian's ``fortune-anarchism`` quotes), minus any sentence the main text
-also holds.
+also holds. An optional ``dev-unseen`` split is where choices about such generalisation are made
+without looking at test-unseen: dev's sentences, spoken by espeak-ng variants that neither the
+main splits nor test-unseen use (Debian's English voices of flite and festival are all taken).
+
+``voice_set="wide"`` trains on many more espeak-ng variants (about 60 instead of 13, each with
+two accents): the "reference" set's voices are few, and the reference teacher's WER on the
+held-out voices was 2.9x its test WER.
 
 Usage:
     from conformer_prune.data.synth import synthesize
     stats = synthesize("data/synth", hours=0.05, seed=0, snr_db=(10.0, 30.0), workers=2)
     # data/synth/{train,dev,test}/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
     stats = synthesize("data/synth", hours=0.05, unseen_hours=0.01)  # and data/synth/test-unseen
+    stats = synthesize("data/synth", hours=0.05, dev_unseen_hours=0.01)  # and data/synth/dev-unseen
     # data/synth/{train,dev,test}/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
     # data/synth/corpus.json
 
@@ -51,23 +58,30 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 __all__ = [
+    "DEV_UNSEEN_SPLIT",
     "ENGINES",
     "REFERENCE_CORPUS",
     "SAMPLE_RATE",
     "SPLITS",
     "UNSEEN_SPLIT",
     "Voice",
+    "VoiceSet",
+    "dev_unseen_voices",
     "normalize_text",
     "synthesize",
     "voices",
 ]
 
 Engine = Literal["espeak-ng", "flite", "festival"]
-Split = Literal["train", "dev", "test", "test-unseen"]
+Split = Literal["train", "dev", "test", "test-unseen", "dev-unseen"]
+VoiceSet = Literal["reference", "wide"]
 
 ENGINES: tuple[Engine, ...] = ("espeak-ng", "flite", "festival")
 SPLITS: tuple[Split, ...] = ("train", "dev", "test")  # same voices, disjoint sentences
 UNSEEN_SPLIT: Split = "test-unseen"  # other voices, other text
+DEV_UNSEEN_SPLIT: Split = "dev-unseen"  # other voices again, dev's text
+# every split, in the order they are built (and their index seeds their plans)
+_ALL_SPLITS: tuple[Split, ...] = (*SPLITS, UNSEEN_SPLIT, DEV_UNSEEN_SPLIT)
 SAMPLE_RATE = 16000
 
 _FORTUNE_DIR = Path("/usr/share/games/fortunes")
@@ -118,6 +132,23 @@ _ESPEAK_VARIANTS = (
     "f1", "f2", "f4", "f5",
     "Annie", "klatt", "klatt3",
 )  # fmt: skip
+# The training variants of `voice_set="wide"`: the reference's, then the rest of
+# `espeak-ng --voices=variant` but the held-out ones (test-unseen's and dev-unseen's and their
+# near-copies steph2, steph3, AnxiousAndy), the robots (UniversalRobot, anikaRobot, robosoft1-8),
+# the whispers, croak, Demonic, the announcer, Tweaky, fast, Mr serious (a space in its name),
+# kaukovalta, and near-copies of kept ones (Gene2, iven2-4, edward2, klatt5-6, RicishayMax2-3).
+# Chosen by name and voice file, not by listening to each.
+_WIDE_ESPEAK_VARIANTS = (
+    "m1", "m2", "m3", "m5", "m6", "m7",
+    "f1", "f2", "f4", "f5",
+    "Annie", "klatt", "klatt3",
+    "Alex", "Andrea", "Denis", "Diogo", "Gene", "Henrique", "Hugo", "Jacky", "Lee", "Marco",
+    "Mario", "Michael", "Mike", "Nguyen", "RicishayMax", "Storm", "adam", "anika", "antonio",
+    "aunty", "benjamin", "boris", "caleb", "david", "ed", "edward", "grandma", "grandpa",
+    "gustave", "iven", "john", "klatt2", "klatt4", "linda", "marcelo", "max", "michel", "miguel",
+    "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby", "travis",
+    "victor", "zac",
+)  # fmt: skip
 _ESPEAK_PER_VARIANT = 2
 _FLITE_VOICES = ("kal16", "awb", "rms")
 _FESTIVAL_VOICES = ("kal_diphone", "cmu_us_slt_arctic_hts")
@@ -127,13 +158,22 @@ _FESTIVAL_VOICES = ("kal_diphone", "cmu_us_slt_arctic_hts")
 _UNSEEN_ESPEAK_VARIANTS = ("m4", "f3", "Alicia")
 _UNSEEN_FLITE_VOICES = ("slt",)
 _UNSEEN_FESTIVAL_VOICES = ("ked_diphone",)
+# Held out for dev-unseen: in no other split of either voice set; two female, two male
+_DEV_UNSEEN_ESPEAK_VARIANTS = ("m8", "belinda", "steph", "Andy")
 _SPEAKERS_PER_VOICE = 2  # flite and festival: two tempo/pitch settings per voice
 # Speaker ids: engine prefix plus slot, so an id names the same slot under every seed; held-out
 # voices count from 500 above their engine's prefix.
 _ID_BASE: dict[Engine, int] = {"espeak-ng": 1000, "flite": 2000, "festival": 3000}
 _HELD_OUT_ID_OFFSET = 500
+_DEV_UNSEEN_ID_OFFSET = 700
 # Chapter ids: one range per split, a new chapter every `_UTTS_PER_CHAPTER` utterances of a speaker.
-_CHAPTER_BASE: dict[Split, int] = {"train": 1000, "dev": 2000, "test": 3000, "test-unseen": 4000}
+_CHAPTER_BASE: dict[Split, int] = {
+    "train": 1000,
+    "dev": 2000,
+    "test": 3000,
+    "test-unseen": 4000,
+    "dev-unseen": 5000,
+}
 _UTTS_PER_CHAPTER = 100
 _MAX_CHAPTERS = 1000
 
@@ -337,7 +377,12 @@ def _unseen_sentences(fortune_dir: Path) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def voices(seed: int = 0, engines: Sequence[str] = ENGINES, held_out: bool = False) -> list[Voice]:
+def voices(
+    seed: int = 0,
+    engines: Sequence[str] = ENGINES,
+    held_out: bool = False,
+    voice_set: VoiceSet = "reference",
+) -> list[Voice]:
     """The speakers of a corpus built with `seed`: every espeak-ng accent and variant, every
     flite and festival voice, each with a seeded tempo and pitch.
 
@@ -348,27 +393,21 @@ def voices(seed: int = 0, engines: Sequence[str] = ENGINES, held_out: bool = Fal
         seed: chooses accents, tempi and pitches.
         engines: which of ``espeak-ng``, ``flite``, ``festival`` to use.
         held_out: the voices of test-unseen instead (variants and voices no other split uses).
+        voice_set: the main splits' espeak-ng variants: the reference corpus's 13 or the "wide"
+            set's (test-unseen's voices are the same in both).
 
     Raises:
-        ValueError: an unknown or no engine.
+        ValueError: an unknown or no engine, or an unknown voice set.
     """
     chosen = _validate_engines(engines)
+    if voice_set not in ("reference", "wide"):
+        raise ValueError(f"voice_set: expected 'reference' or 'wide', found {voice_set!r}")
     rng = np.random.default_rng([seed, 0] if not held_out else [seed, 0, 1])
-    variants = _UNSEEN_ESPEAK_VARIANTS if held_out else _ESPEAK_VARIANTS
+    variants = _ESPEAK_VARIANTS if voice_set == "reference" else _WIDE_ESPEAK_VARIANTS
+    if held_out:
+        variants = _UNSEEN_ESPEAK_VARIANTS
     id_offset = _HELD_OUT_ID_OFFSET if held_out else 0
-
-    def speed_pitch() -> tuple[float, float]:
-        # Rounded so that the values written to corpus.json and the command line agree.
-        return round(float(rng.uniform(*_SPEED_RANGE)), 3), round(float(rng.uniform(*_PITCH_RANGE)), 2)
-
-    out: list[Voice] = []
-    # Draw for every engine even when it is not chosen, so that a voice's setting does not depend
-    # on which other engines were asked for.
-    accents = [_ESPEAK_ACCENTS[i] for i in rng.permutation(len(_ESPEAK_ACCENTS))]
-    for slot in range(len(variants) * _ESPEAK_PER_VARIANT):
-        voice = f"{accents[slot % len(accents)]}+{variants[slot % len(variants)]}"
-        speaker = _ID_BASE["espeak-ng"] + id_offset + slot + 1
-        out.append(Voice(speaker, "espeak-ng", voice, *speed_pitch()))
+    out = _espeak_voices(rng, variants, id_offset)
     others: tuple[tuple[Engine, tuple[str, ...]], ...] = (
         ("flite", _UNSEEN_FLITE_VOICES if held_out else _FLITE_VOICES),
         ("festival", _UNSEEN_FESTIVAL_VOICES if held_out else _FESTIVAL_VOICES),
@@ -376,11 +415,40 @@ def voices(seed: int = 0, engines: Sequence[str] = ENGINES, held_out: bool = Fal
     for engine, names in others:
         for slot in range(len(names) * _SPEAKERS_PER_VOICE):
             name = names[slot % len(names)]
-            speed, pitch = speed_pitch()
+            speed, pitch = _speed_pitch(rng)
             if name == "rms":  # a unit-selection voice: flite cannot shift its pitch
                 pitch = 0.0
             out.append(Voice(_ID_BASE[engine] + id_offset + slot + 1, engine, name, speed, pitch))
     return [v for v in out if v.engine in chosen]
+
+
+def dev_unseen_voices(seed: int = 0, engines: Sequence[str] = ENGINES) -> list[Voice]:
+    """The speakers of dev-unseen: espeak-ng variants that no other split of either voice set
+    uses, two accents each (none when espeak-ng is not among `engines`)."""
+    chosen = _validate_engines(engines)
+    if "espeak-ng" not in chosen:
+        return []
+    return _espeak_voices(
+        np.random.default_rng([seed, 0, 2]), _DEV_UNSEEN_ESPEAK_VARIANTS, _DEV_UNSEEN_ID_OFFSET
+    )
+
+
+def _speed_pitch(rng: np.random.Generator) -> tuple[float, float]:
+    # Rounded so that the values written to corpus.json and the command line agree.
+    return round(float(rng.uniform(*_SPEED_RANGE)), 3), round(float(rng.uniform(*_PITCH_RANGE)), 2)
+
+
+def _espeak_voices(rng: np.random.Generator, variants: Sequence[str], id_offset: int) -> list[Voice]:
+    """Two speakers per variant, accents dealt round-robin from a permutation drawn first (drawn
+    for every engine even when espeak-ng is not chosen, so that a voice's setting does not depend
+    on which other engines were asked for)."""
+    accents = [_ESPEAK_ACCENTS[i] for i in rng.permutation(len(_ESPEAK_ACCENTS))]
+    out: list[Voice] = []
+    for slot in range(len(variants) * _ESPEAK_PER_VARIANT):
+        voice = f"{accents[slot % len(accents)]}+{variants[slot % len(variants)]}"
+        speaker = _ID_BASE["espeak-ng"] + id_offset + slot + 1
+        out.append(Voice(speaker, "espeak-ng", voice, *_speed_pitch(rng)))
+    return out
 
 
 def _validate_engines(engines: Sequence[str]) -> tuple[Engine, ...]:
@@ -576,7 +644,7 @@ def _plan(
     """The endless, seeded sequence of a split's utterances. Sentences are drawn without
     replacement (reshuffled once all are used) and speakers round-robin in seeded order, so a
     larger `hours` extends a smaller corpus rather than changing it."""
-    rng = np.random.default_rng([seed, 1 + (*SPLITS, UNSEEN_SPLIT).index(split)])
+    rng = np.random.default_rng([seed, 1 + _ALL_SPLITS.index(split)])
     counts: dict[int, int] = defaultdict(int)
     speaker_queue: deque[Voice] = deque()
     while True:
@@ -705,6 +773,8 @@ def synthesize(
     snr_db: tuple[float, float] | None = None,
     engines: Sequence[str] = ENGINES,
     unseen_hours: float = 0.0,
+    dev_unseen_hours: float = 0.0,
+    voice_set: VoiceSet = "reference",
     workers: int = 2,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -731,6 +801,9 @@ def synthesize(
             from ``(low, high)`` dB.
         engines: which of ``espeak-ng``, ``flite``, ``festival`` to use.
         unseen_hours: hours of the ``test-unseen`` split (none when 0), on top of `hours`.
+        dev_unseen_hours: hours of the ``dev-unseen`` split (none when 0), on top of `hours`:
+            dev's sentences, spoken by espeak-ng variants no other split uses.
+        voice_set: the main splits' espeak-ng variants: "reference" (13) or "wide" (63).
         workers: utterances synthesized in parallel (each runs an engine process).
         progress: show a tqdm progress bar.
 
@@ -750,6 +823,10 @@ def synthesize(
         raise ValueError(f"hours must be positive; found {hours}")
     if not unseen_hours >= 0:
         raise ValueError(f"unseen_hours must be >= 0; found {unseen_hours}")
+    if not dev_unseen_hours >= 0:
+        raise ValueError(f"dev_unseen_hours must be >= 0; found {dev_unseen_hours}")
+    if dev_unseen_hours > 0 and "espeak-ng" not in chosen:
+        raise ValueError("dev_unseen_hours: dev-unseen's voices are espeak-ng's; add it to engines")
     if not (dev_fraction >= 0 and test_fraction >= 0 and dev_fraction + test_fraction < 1):
         raise ValueError(
             "dev_fraction and test_fraction must be >= 0 with a sum below 1; "
@@ -761,17 +838,25 @@ def synthesize(
         raise ValueError(f"workers must be at least 1; found {workers}")
     _check_engines(chosen)
 
-    speakers = voices(seed, chosen)
+    speakers = voices(seed, chosen, voice_set=voice_set)
     held_out = voices(seed, chosen, held_out=True)
+    speakers_of: dict[Split, list[Voice]] = {
+        **{s: speakers for s in SPLITS},
+        UNSEEN_SPLIT: held_out,
+        DEV_UNSEEN_SPLIT: dev_unseen_voices(seed, chosen),
+    }
+    main_sentences = _sentences(_FORTUNE_DIR, float(dev_fraction), float(test_fraction))
     sentences: dict[Split, tuple[str, ...]] = {
-        **_sentences(_FORTUNE_DIR, float(dev_fraction), float(test_fraction)),
+        **main_sentences,
         UNSEEN_SPLIT: _unseen_sentences(_FORTUNE_DIR) if unseen_hours > 0 else (),
+        DEV_UNSEEN_SPLIT: main_sentences["dev"],
     }
     targets: dict[Split, float] = {
         "train": hours * 3600.0 * (1.0 - dev_fraction - test_fraction),
         "dev": hours * 3600.0 * dev_fraction,
         "test": hours * 3600.0 * test_fraction,
         UNSEEN_SPLIT: unseen_hours * 3600.0,
+        DEV_UNSEEN_SPLIT: dev_unseen_hours * 3600.0,
     }
     for split, target in targets.items():
         if target > 0 and not sentences[split]:
@@ -787,19 +872,25 @@ def synthesize(
         # which voices the main splits leave to test-unseen (a corpus from before there was one
         # used them all, and is refused rather than extended with other voices)
         "held_out_voices": sorted({v.voice.split("+")[-1] for v in held_out}),
+        "voice_set": voice_set,
     }
     with _exclusive(out):
         _check_resumable(out / "corpus.json", settings)
         out.mkdir(parents=True, exist_ok=True)
         meta = {
-            **settings,
+            **_without_defaults(settings),
             "hours": hours,
             "sample_rate": SAMPLE_RATE,
             "unseen_hours": unseen_hours,
-            "sentences": {s: len(v) for s, v in sentences.items()},
+            "sentences": {s: len(v) for s, v in sentences.items() if s != DEV_UNSEEN_SPLIT},
             "voices": [asdict(v) for v in speakers],
             "unseen_voices": [asdict(v) for v in held_out] if unseen_hours > 0 else [],
         }
+        if dev_unseen_hours > 0:  # written only where asked for: a corpus without it is named as before
+            meta |= {
+                "dev_unseen_hours": dev_unseen_hours,
+                "dev_unseen_voices": [asdict(v) for v in speakers_of[DEV_UNSEEN_SPLIT]],
+            }
         # Written first (without stats) so that a resumed run can check it continues the same corpus;
         # a corpus.json of this very corpus (a finished one being checked) is left as it is.
         if _meta_of(out / "corpus.json") != json.loads(json.dumps(meta)):
@@ -818,18 +909,17 @@ def synthesize(
                 disable=not progress,
             ) as bar,
         ):
-            for split in (*SPLITS, UNSEEN_SPLIT):
+            for split in _ALL_SPLITS:
                 split_dir = out / split
                 done: list[tuple[_Job, float]] = []
                 if targets[split] > 0:
-                    who = held_out if split == UNSEEN_SPLIT else speakers
-                    plan = _plan(split, sentences[split], who, seed, snr_db)
+                    plan = _plan(split, sentences[split], speakers_of[split], seed, snr_db)
                     done = _build_split(plan, targets[split], out, pool, 4 * workers, bar)
                 keep = {job.path(out) for job, _ in done} | _write_transcripts(split_dir, done)
                 _remove_stale(split_dir, keep)
-                if split == UNSEEN_SPLIT and not done:
+                if split not in SPLITS and not done:
                     if split_dir.is_dir():
-                        split_dir.rmdir()  # emptied by _remove_stale: this corpus has no test-unseen
+                        split_dir.rmdir()  # emptied by _remove_stale: this corpus has no such split
                     continue
                 stats[split] = {
                     "utterances": len(done),
@@ -849,16 +939,28 @@ def _meta_of(meta_path: Path) -> dict | None:
     return dict(meta)
 
 
+# Settings written to corpus.json only where they differ from these, the values every corpus had
+# before the setting existed: such a corpus.json stays byte for byte what it was.
+_SETTING_DEFAULTS = {"voice_set": "reference"}
+
+
+def _without_defaults(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in _SETTING_DEFAULTS or v != _SETTING_DEFAULTS[k]}
+
+
 def _check_resumable(meta_path: Path, settings: dict) -> None:
     """Refuse to mix two corpora: an existing corpus.json must have the same settings (`hours`
-    may differ: a corpus of other size is a prefix or an extension of this one)."""
+    may differ: a corpus of other size is a prefix or an extension of this one; a setting it does
+    not name has its default, `_SETTING_DEFAULTS`)."""
     if not meta_path.is_file():
         return
     try:
         old = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path} is not a readable corpus.json ({err})") from err
-    differing = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    differing = {
+        k: (found, v) for k, v in settings.items() if (found := old.get(k, _SETTING_DEFAULTS.get(k))) != v
+    }
     if differing:
         details = ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differing.items())
         raise ValueError(
