@@ -403,7 +403,7 @@ def voices(
     if voice_set not in ("reference", "wide"):
         raise ValueError(f"voice_set: expected 'reference' or 'wide', found {voice_set!r}")
     rng = np.random.default_rng([seed, 0] if not held_out else [seed, 0, 1])
-    variants = _ESPEAK_VARIANTS if voice_set == "reference" else _WIDE_ESPEAK_VARIANTS
+    variants: tuple[str, ...] = _ESPEAK_VARIANTS if voice_set == "reference" else _WIDE_ESPEAK_VARIANTS
     if held_out:
         variants = _UNSEEN_ESPEAK_VARIANTS
     id_offset = _HELD_OUT_ID_OFFSET if held_out else 0
