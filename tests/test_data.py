@@ -17,6 +17,7 @@ from conformer_prune.data.features import (
     LogMelFeatures,
     SpecAugment,
     SpecAugmentConfig,
+    warp_frequencies,
 )
 from conformer_prune.data.tokenizer import Tokenizer, TokenizerConfig, TokenizerError
 from conformer_prune.train.config import TrainConfig
@@ -67,6 +68,40 @@ def test_specaugment_masks_only_in_training() -> None:
     assert torch.equal(aug.eval()(x, lengths), x)
     y = aug.train()(x, lengths, generator=torch.Generator().manual_seed(0))
     assert (y == 0).any() and (y == 1).any()
+
+
+def test_the_frequency_warp_moves_a_formant_and_keeps_the_axis_ends() -> None:
+    """VTLP: factor 1 is the identity; a peak below the boundary moves to about factor x its bin;
+    the lowest and the top bin stay where they are; values stay within the input's range."""
+    f = 80
+    peak = torch.zeros(3, 5, f)
+    peak[..., 20] = 1.0
+    assert torch.equal(warp_frequencies(peak, torch.ones(3)), peak)
+    warped = warp_frequencies(peak, torch.tensor([0.9, 1.0, 1.1]))
+    assert warped.argmax(-1)[:, 0].tolist() == [18, 20, 22]
+    ramp = torch.arange(f, dtype=torch.float32).expand(2, 4, f)
+    moved = warp_frequencies(ramp, torch.tensor([0.85, 1.15]))
+    assert torch.allclose(moved[..., 0], ramp[..., 0]) and torch.allclose(moved[..., -1], ramp[..., -1])
+    assert bool((moved.diff(dim=-1) >= 0).all())  # the map is monotone: a ramp stays a ramp
+    assert moved[0, 0, 40] > 40 > moved[1, 0, 40]  # 0.85 reads higher bins, 1.15 lower
+
+
+def test_specaugment_warps_each_training_utterance_and_nothing_at_zero() -> None:
+    """`warp` 0 draws nothing (the masks are those of a config without the field); above 0 each
+    training utterance has its own factor, and evaluation is untouched."""
+    x = torch.randn(3, 50, 80)
+    lengths = torch.tensor([50, 40, 30])
+    plain = SpecAugment(SpecAugmentConfig(time_masks=2)).train()
+    zero = SpecAugment(SpecAugmentConfig(time_masks=2, warp=0.0)).train()
+    same = [m(x, lengths, generator=torch.Generator().manual_seed(1)) for m in (plain, zero)]
+    assert torch.equal(*same)
+    warp = SpecAugment(SpecAugmentConfig(freq_masks=0, time_masks=0, warp=0.2))
+    assert torch.equal(warp.eval()(x, lengths), x)
+    y = warp.train()(x, lengths, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(y, x) and y.shape == x.shape
+    assert len({round(float((y[i] - x[i]).abs().mean()), 4) for i in range(3)}) == 3
+    with pytest.raises(ValueError, match="warp"):
+        SpecAugmentConfig(warp=0.6)
 
 
 def test_audio_resampled_and_downmixed(tmp_path: Path) -> None:

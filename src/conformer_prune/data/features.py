@@ -29,6 +29,7 @@ __all__ = [
     "SpecAugment",
     "SpecAugmentConfig",
     "mel_filterbank",
+    "warp_frequencies",
 ]
 
 
@@ -261,19 +262,29 @@ def _normalize_per_feature(feats: Tensor, mask: Tensor, lengths: Tensor) -> Tens
 
 @dataclass
 class SpecAugmentConfig:
-    """SpecAugment (Park et al. 2019) with the masks NeMo's Conformer recipes use.
+    """SpecAugment (Park et al. 2019) with the masks NeMo's Conformer recipes use, and an optional
+    frequency warp of each utterance (VTLP, Jaitly and Hinton 2013), which moves formants as
+    another speaker's vocal tract would.
 
     Args:
         freq_masks: number of frequency masks.
         freq_width: largest frequency mask in bins.
         time_masks: number of time masks.
         time_width: largest time mask as a fraction of the utterance.
+        warp: largest frequency warp: each training utterance's mel axis is scaled by a factor
+            drawn uniformly in [1 - warp, 1 + warp] (piecewise linear, so that the top bin stays
+            the top bin); 0 (the default) warps nothing and draws no random number.
     """
 
     freq_masks: int = 2
     freq_width: int = 27
     time_masks: int = 10
     time_width: float = 0.05
+    warp: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warp < 0.5:
+            raise ValueError(f"specaug.warp: expected a fraction in [0, 0.5), found {self.warp}")
 
 
 class SpecAugment(nn.Module):
@@ -288,6 +299,9 @@ class SpecAugment(nn.Module):
             return feats
         cfg = self.config
         b, t, f = feats.shape
+        if cfg.warp > 0:
+            factors = 1.0 + cfg.warp * (2.0 * torch.rand(b, generator=generator) - 1.0)
+            feats = warp_frequencies(feats, factors.to(feats.device))
         keep = torch.ones(b, t, f, dtype=torch.bool)
         time_idx = torch.arange(t)
         freq_idx = torch.arange(f)
@@ -303,3 +317,23 @@ class SpecAugment(nn.Module):
                 start = int(torch.randint(0, max(1, length - width), (1,), generator=generator))
                 keep[i] &= ~((time_idx >= start) & (time_idx < start + width))[:, None]
         return feats * keep.to(feats.device, feats.dtype)
+
+
+def warp_frequencies(feats: Tensor, factors: Tensor, boundary: float = 0.8) -> Tensor:
+    """VTLP's piecewise-linear warp of (B, T, F) features along F: utterance i's bin j takes the
+    value at source position j / factors[i] (linearly interpolated) up to `boundary` of the axis
+    (times min(1, factor)), and above it a straight line to the top bin, so that the axis maps onto
+    itself. A factor above 1 moves spectral content up (a shorter vocal tract)."""
+    f = feats.shape[-1]
+    top = float(f - 1)
+    j = torch.arange(f, dtype=torch.float32, device=feats.device)[None, :]  # (1, F)
+    a = factors.float()[:, None]  # (B, 1)
+    cut = boundary * top * torch.clamp(a, max=1.0)  # below it the plain scaling
+    low = j / a
+    high = cut / a + (j - cut) * (top - cut / a) / (top - cut)
+    src = torch.where(j <= cut, low, high).clamp(0.0, top)  # (B, F)
+    lo = src.floor().long().clamp(max=f - 2)
+    frac = (src - lo.float()).to(feats.dtype)[:, None, :]  # (B, 1, F)
+    index = lo[:, None, :].expand(-1, feats.shape[1], -1)
+    below, above = feats.gather(-1, index), feats.gather(-1, index + 1)
+    return below + frac * (above - below)
