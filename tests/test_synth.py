@@ -86,9 +86,9 @@ def test_held_out_voices_are_no_voice_of_the_main_splits() -> None:
 
 
 def test_the_wide_voice_set_adds_espeak_variants_and_holds_out_the_same_voices() -> None:
-    """`voice_set="wide"` trains on 63 espeak-ng variants (the reference's 13 among them) with the
-    same flite and festival voices; no training variant of either set is one of test-unseen's or
-    dev-unseen's, and every speaker id stays in its engine's range."""
+    """`voice_set="wide"` trains on 63 espeak-ng variants (the reference's 13 among them) and the
+    same flite and festival voices at five times the settings; no training variant of either set
+    is one of test-unseen's or dev-unseen's, and every speaker id stays in its engine's range."""
     pair = lambda v: (v.engine, v.voice.split("+")[-1])  # noqa: E731
     reference, wide = voices(seed=3), voices(seed=3, voice_set="wide")
     variants = {v.voice.split("+")[1] for v in wide if v.engine == "espeak-ng"}
@@ -97,6 +97,10 @@ def test_the_wide_voice_set_adds_espeak_variants_and_holds_out_the_same_voices()
     assert {pair(v) for v in wide if v.engine != "espeak-ng"} == {
         pair(v) for v in reference if v.engine != "espeak-ng"
     }
+    # each engine keeps about its share of the speakers: espeak-ng 126 of 176, 26 of 36 before
+    count = lambda vs, e: sum(v.engine == e for v in vs)  # noqa: E731
+    assert [count(wide, e) for e in synth.ENGINES] == [126, 30, 20]
+    assert [count(reference, e) for e in synth.ENGINES] == [26, 6, 4]
     held = {pair(v) for v in voices(seed=3, held_out=True) + synth.dev_unseen_voices(seed=3)}
     assert held.isdisjoint({pair(v) for v in wide}) and held.isdisjoint({pair(v) for v in reference})
     ids = [v.speaker for v in wide + synth.dev_unseen_voices(seed=3) + voices(seed=3, held_out=True)]

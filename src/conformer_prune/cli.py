@@ -119,7 +119,8 @@ def _add_synth(sub: _Subparsers) -> None:
         "--voice-set",
         choices=("reference", "wide"),
         default="reference",
-        help="the training voices: the reference corpus's 13 espeak-ng variants or the wide set's 63",
+        help="the training voices: the reference corpus's (13 espeak-ng variants, 2 settings of each "
+        "other voice) or the wide set's (63 variants, 10 settings of each other voice)",
     )
     p.add_argument("--workers", type=int, default=2)
 

@@ -14,9 +14,10 @@ also holds. An optional ``dev-unseen`` split is where choices about such general
 without looking at test-unseen: dev's sentences, spoken by espeak-ng variants that neither the
 main splits nor test-unseen use (Debian's English voices of flite and festival are all taken).
 
-``voice_set="wide"`` trains on many more espeak-ng variants (about 60 instead of 13, each with
-two accents): the "reference" set's voices are few, and the reference teacher's WER on the
-held-out voices was 2.9x its test WER.
+``voice_set="wide"`` trains on many more voices: 63 espeak-ng variants instead of 13 (each with
+two accents), and ten tempo and pitch settings of each flite and festival voice instead of two, so
+that each engine keeps its share. The reference set's voices are few, and the reference teacher's
+WER on the held-out voices was 2.9x its test WER.
 
 Usage:
     from conformer_prune.data.synth import synthesize
@@ -64,6 +65,7 @@ __all__ = [
     "SAMPLE_RATE",
     "SPLITS",
     "UNSEEN_SPLIT",
+    "WIDE_CORPUS",
     "Voice",
     "VoiceSet",
     "dev_unseen_voices",
@@ -98,6 +100,9 @@ REFERENCE_CORPUS: dict = {
     "test_fraction": 0.08,
     "unseen_hours": 0.8,
 }
+# The same corpus with the wide voice set and a dev-unseen split (about 500 utterances): where a
+# teacher for voices the reference set lacks is chosen (benchmarks/teacher.py --corpus wide).
+WIDE_CORPUS: dict = {**REFERENCE_CORPUS, "voice_set": "wide", "dev_unseen_hours": 0.5}
 
 # The text of test-unseen (package fortune-anarchism), never read for the other splits.
 _UNSEEN_TEXT = "anarchism"
@@ -161,6 +166,9 @@ _UNSEEN_FESTIVAL_VOICES = ("ked_diphone",)
 # Held out for dev-unseen: in no other split of either voice set; two female, two male
 _DEV_UNSEEN_ESPEAK_VARIANTS = ("m8", "belinda", "steph", "Andy")
 _SPEAKERS_PER_VOICE = 2  # flite and festival: two tempo/pitch settings per voice
+# ... and ten in the wide set, so that each engine keeps its share of the speakers (and of the
+# audio): espeak-ng 126 of 176 against 26 of 36 in the reference set
+_WIDE_SPEAKERS_PER_VOICE = 10
 # Speaker ids: engine prefix plus slot, so an id names the same slot under every seed; held-out
 # voices count from 500 above their engine's prefix.
 _ID_BASE: dict[Engine, int] = {"espeak-ng": 1000, "flite": 2000, "festival": 3000}
@@ -393,8 +401,10 @@ def voices(
         seed: chooses accents, tempi and pitches.
         engines: which of ``espeak-ng``, ``flite``, ``festival`` to use.
         held_out: the voices of test-unseen instead (variants and voices no other split uses).
-        voice_set: the main splits' espeak-ng variants: the reference corpus's 13 or the "wide"
-            set's (test-unseen's voices are the same in both).
+        voice_set: the main splits' voices: the reference corpus's (13 espeak-ng variants, two
+            settings of each flite and festival voice) or the "wide" set's (63 variants, ten
+            settings of each other voice, so that each engine keeps its share); test-unseen's
+            voices are the same in both.
 
     Raises:
         ValueError: an unknown or no engine, or an unknown voice set.
@@ -407,13 +417,14 @@ def voices(
     if held_out:
         variants = _UNSEEN_ESPEAK_VARIANTS
     id_offset = _HELD_OUT_ID_OFFSET if held_out else 0
+    per_voice = _WIDE_SPEAKERS_PER_VOICE if voice_set == "wide" and not held_out else _SPEAKERS_PER_VOICE
     out = _espeak_voices(rng, variants, id_offset)
     others: tuple[tuple[Engine, tuple[str, ...]], ...] = (
         ("flite", _UNSEEN_FLITE_VOICES if held_out else _FLITE_VOICES),
         ("festival", _UNSEEN_FESTIVAL_VOICES if held_out else _FESTIVAL_VOICES),
     )
     for engine, names in others:
-        for slot in range(len(names) * _SPEAKERS_PER_VOICE):
+        for slot in range(len(names) * per_voice):
             name = names[slot % len(names)]
             speed, pitch = _speed_pitch(rng)
             if name == "rms":  # a unit-selection voice: flite cannot shift its pitch
