@@ -148,7 +148,8 @@ def make_record(
     }
     chosen = {kind: record[f"choice_{kind}"]["chosen"] for kind in sweep.chooses}
     chosen |= {kind: chosen["pruned"] for kind in KINDS if kind not in chosen}
-    if None not in chosen.values():
+    ran = None not in chosen.values() and all(sweep.key(k, v) in finished for k, v in chosen.items())
+    if ran:  # every kind's chosen run has finished (one that follows the pruned model's may not)
         record["chosen"] = {
             "values": chosen,
             **_versus_continued(sweep, work, finished, chosen["pruned"], chosen["continued"]),

@@ -591,6 +591,10 @@ def test_the_budget_gives_continued_the_pruned_models_epochs(
 
     sweep = _patch_sweep(monkeypatch)
     assert budget.SWEEP.overrides(5) == ["prune_epochs=1", "finetune_epochs=4"]
+    finished = _sweep_finished(budget.SWEEP, {"pruned": {3: 0.15, 5: 0.14}, "continued": {3: 0.12}})
+    record = sweep.make_record(budget.SWEEP, TEACHER, tmp_path, finished)
+    assert record["choice_pruned"]["chosen"] == 5 and "chosen" not in record  # continued's 5: not run
+    assert record["not_run"] == ["continued-epochs5"]
     finished = _sweep_finished(budget.SWEEP, {"pruned": {3: 0.15, 5: 0.14}, "continued": {3: 0.12, 5: 0.13}})
     record = sweep.make_record(budget.SWEEP, TEACHER, tmp_path, finished) | {"commit": "abc"}
     assert "choice_continued" not in record
