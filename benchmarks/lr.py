@@ -43,7 +43,8 @@ SWEEP = Sweep(
     name="lr",
     setting="lr",
     values=LRS,
-    overrides=lambda lr: [f"lr={lr}"],
+    # at the budget every run of the rule trained (1 + 2 epochs), whatever the recipe's since
+    overrides=lambda lr: [f"lr={lr}", "prune_epochs=1", "finetune_epochs=2"],
     show=lambda lr: f"{lr:g}",
     title="The pruning recipe's learning rate",
     what="peak learning rate of the weights",

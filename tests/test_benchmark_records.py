@@ -416,7 +416,8 @@ def test_a_dense_model_from_random_weights_is_trained_with_the_teachers_own_reci
         assert (cfg.lr, cfg.betas) == (3e-3, (0.85, 0.97))
         assert (cfg.inter_ctc.layers, cfg.inter_ctc.weights) == ([6], [0.3])
         epochs = (cfg.prune_epochs + cfg.finetune_epochs, cfg.warmup_steps)
-        assert epochs == ((9, 250) if method == "scratch" else (3, pruning.warmup_steps))
+        budget = pruning.prune_epochs + pruning.finetune_epochs
+        assert epochs == ((9, 250) if method == "scratch" else (budget, pruning.warmup_steps))
     save_recognizer(teacher, _finish(tmp_path / "run"))  # as one imported from NeMo
     with pytest.raises(SystemExit, match="keeps no training recipe"):
         compare.teacher_recipe(teacher)
