@@ -117,8 +117,9 @@ def main() -> None:
     parser.add_argument(
         "--pilot",
         metavar="NAME",
-        help="a short run on the reference corpus to choose a lever: evaluated on dev only (test is "
-        "for the chosen recipe), written to results/teacher-pilot-NAME.json",
+        help="a short run on --corpus to choose a lever: evaluated on dev (and dev-unseen) only (test "
+        "is for the chosen recipe), written to results/teacher-pilot-NAME.json "
+        "(teacher-pilot-wide-NAME.json on the wide corpus)",
     )
     parser.add_argument(
         "--corpus",
