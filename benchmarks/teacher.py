@@ -224,14 +224,12 @@ def main() -> None:
     }
     print(json.dumps(record, indent=2))
     save_result("teacher" if tag == "reference" else f"teacher-{tag}", record)
-    models = ROOT / "benchmarks" / "models"
-    if tag == "wide":  # beside the reference teacher, not in its place
+    if tag in CORPORA:  # a full run; the wide teacher beside the reference one, not in its place
+        models = ROOT / "benchmarks" / "models"
         models.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "model.pt", models / "teacher-wide.pt")
+        shutil.copyfile(run / "model.pt", models / ("teacher.pt" if reference else f"teacher-{tag}.pt"))
     if tag != "reference":
         return
-    models.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.pt", models / "teacher.pt")
     plot_training(log, DOCS / "teacher_training.png")
     sizes = markdown_table(
         ["split", "utterances", "words", "hours", "voices", "WER", "CER"],
