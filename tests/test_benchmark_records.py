@@ -603,3 +603,48 @@ def test_the_budget_gives_continued_the_pruned_models_epochs(
     assert record["chosen"]["test_ratio"] == pytest.approx(0.14 / 0.13)
     text = sweep.section(budget.SWEEP, record)
     assert "- pruned: **5 epochs (1 + 4)**" in text and "continued takes the pruned model's value" in text
+
+
+def _write_recogs(directory: Path, split: str, refs: list[str], hyps: list[str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["# run_id test"]
+    for i, (ref, hyp) in enumerate(zip(refs, hyps, strict=True)):
+        lines += [f"u{i}\tref={ref}", f"u{i}\thyp={hyp}"]
+    recogs_path(directory, split).write_text("\n".join(lines) + "\n")
+
+
+def test_the_wide_teacher_replaces_the_reference_one_only_on_dev_unseen_evidence(tmp_path: Path) -> None:
+    """teacher_choice.py's fixed rule: the wide teacher is chosen where its dev-unseen WER is lower
+    with the interval below 0 and it is not measurably worse on dev; a better test-unseen alone
+    does not choose it, and without a wide teacher the record is the reference's baseline."""
+    import teacher_choice
+
+    refs = [f"THE CAT SAT ON MAT {i}" for i in range(200)]
+    wrong = [" ".join(["X"] * 5) + f" {i}" for i in range(200)]  # five errors of six words
+    report = {"params": 10, **{f"utterances_{s}": 200 for s in teacher_choice.SPLITS}}
+    report |= {f"words_{s}": 1200 for s in teacher_choice.SPLITS}
+
+    def teacher(directory: Path, bad: set[str]) -> dict[str, Any]:
+        for s in teacher_choice.SPLITS:  # wrong on every 4th utterance of the splits in `bad`
+            pairs = enumerate(zip(refs, wrong, strict=True))
+            hyps = [w if s in bad and i % 4 == 0 else r for i, (r, w) in pairs]
+            _write_recogs(directory, s, refs, hyps)
+        return report | {f"wer_{s}": (5 / 24 if s in bad else 0.0) for s in teacher_choice.SPLITS}
+
+    reference = teacher(tmp_path / "reference", {"dev_unseen", "test_unseen"})
+    record = teacher_choice.make_record({"reference": reference}, tmp_path)
+    assert record["chosen"] == "reference" and record["not_run"] == ["wide"]
+    assert "baseline" in teacher_choice.section(record | {"command": "c", "commit": "x"})
+
+    wide = teacher(tmp_path / "wide", set())
+    record = teacher_choice.make_record({"reference": reference, "wide": wide}, tmp_path)
+    assert record["wide_minus_reference"]["dev_unseen"]["high"] < 0
+    assert record["chosen"] == "wide"
+
+    wide = teacher(tmp_path / "wide", {"dev", "dev_unseen"})  # no better on dev-unseen, worse on dev
+    record = teacher_choice.make_record({"reference": reference, "wide": wide}, tmp_path)
+    assert record["wide_minus_reference"]["test_unseen"]["high"] < 0  # better where it is not chosen
+    assert record["chosen"] == "reference"
+    wide = teacher(tmp_path / "wide", {"dev"})  # better on dev-unseen, but worse on dev
+    record = teacher_choice.make_record({"reference": reference, "wide": wide}, tmp_path)
+    assert record["wide_minus_reference"]["dev"]["low"] > 0 and record["chosen"] == "reference"
