@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    ROOT,
+    TEACHER,
     command_line,
     git_commit,
     in_new_process,
@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--teacher", default=str(ROOT / "benchmarks" / "models" / "teacher.pt"))
+    parser.add_argument("--teacher", default=str(TEACHER))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--pairs", type=int, default=6)

@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    ROOT,
+    TEACHER,
     Jobs,
     command_line,
     git_commit,
@@ -109,7 +109,7 @@ def main() -> None:
         corpus, teacher = quick_inputs()
         overrides = ["prune_epochs=1", "finetune_epochs=1"]
     else:
-        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = reference_corpus(), TEACHER
         overrides = []
     precision = table_precision(args.precision, args.quick)
     overrides += precision_overrides(precision)

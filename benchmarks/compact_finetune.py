@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    ROOT,
+    MODELS,
+    TEACHER,
     command_line,
     git_commit,
     markdown_table,
@@ -47,8 +48,6 @@ from conformer_prune.prune.config import PruneConfig
 from conformer_prune.prune.gates import ConformerGates
 from conformer_prune.prune.physical import physically_prune
 from conformer_prune.train.loop import autocast, resolve_precision
-
-MODELS = ROOT / "benchmarks" / "models"
 
 
 def _step(student: ConformerCTC, teacher: ConformerCTC, cfg: PruneConfig, batch: Batch) -> Callable[[], None]:
@@ -93,7 +92,7 @@ def main() -> None:
     cfg = load_config(PruneConfig, recipe_path("prune"), [])
     # the precision as a run resolves it (fp32 on a CPU without native bf16)
     cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
-    teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
+    teacher = load_recognizer(TEACHER).model.eval()
     pruned = load_recognizer(MODELS / "pruned-50.pt")
     gated, compact = students(teacher, cfg, pruned.meta["masks"])
     assert count_params(compact) == count_params(pruned.model)

@@ -88,6 +88,7 @@ from common import (
     DOCS,
     RESULTS,
     ROOT,
+    TEACHER,
     Jobs,
     file_digest,
     fresh_latency_ms,
@@ -513,7 +514,7 @@ def main() -> None:
         corpus, teacher = quick_inputs()
         teacher_epochs = 2
     else:
-        teacher = ROOT / "benchmarks" / "models" / "teacher.pt"
+        teacher = TEACHER
         corpus = reference_corpus(make=not args.plan)  # a plan only names runs, by its record
         teacher_epochs = int(
             json.loads((ROOT / "benchmarks/results/teacher.json").read_text())["epochs_done"]

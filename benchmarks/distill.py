@@ -90,7 +90,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    ROOT,
+    TEACHER,
     Jobs,
     command_line,
     git_commit,
@@ -265,7 +265,7 @@ def main() -> None:
         budget = ["prune_epochs=1", "finetune_epochs=1"]
     else:
         # a plan only names runs, by the corpus's record
-        corpus, teacher = reference_corpus(make=not args.plan), ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = reference_corpus(make=not args.plan), TEACHER
         budget = ["prune_epochs=2", "finetune_epochs=1"]  # PRUNE1's SCHEDULE overrides it
     work = CACHE / ("distill-quick" if args.quick else "distill")
     evaluated = evaluated_splits(corpus)

@@ -32,7 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    MODELS,
     ROOT,
+    TEACHER,
     command_line,
     git_commit,
     load_result,
@@ -47,7 +49,6 @@ from conformer_prune.model import load_recognizer
 from conformer_prune.prune.cost import as_float, conformer_cost
 from conformer_prune.train.loop import autocast
 
-MODELS = ROOT / "benchmarks" / "models"
 SECONDS = 10.0  # utterance length of the inference batches
 PRECISIONS = ("bf16", "fp32")
 BATCHES = (1, 32, 256)
@@ -126,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--teacher", default=str(MODELS / "teacher.pt"))
+    parser.add_argument("--teacher", default=str(TEACHER))
     parser.add_argument("--pruned", default=str(MODELS / "pruned-50.pt"))
     parser.add_argument("--steps", type=int, default=20, help="timed pruning steps per precision")
     parser.add_argument("--rounds", type=int, default=15)

@@ -39,6 +39,7 @@ from common import (
     CACHE,
     DOCS,
     ROOT,
+    TEACHER,
     command_line,
     git_commit,
     load_result,
@@ -166,7 +167,7 @@ def main() -> None:
         dict(m.split("=", 1) for m in args.models)
         if args.models
         else {
-            "teacher": str(ROOT / "benchmarks" / "models" / "teacher.pt"),
+            "teacher": str(TEACHER),
             "pruned-50": str(ROOT / "benchmarks" / "models" / "pruned-50.pt"),
         }
     )

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     ROOT,
     RUN_RECORDS,
+    TEACHER,
     command_line,
     file_digest,
     git_commit,
@@ -45,7 +46,7 @@ from conformer_prune.model import ConformerConfig, build_model, load_recognizer
 from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel, Runtime
 
-TEACHER = ROOT / "benchmarks" / "models" / "teacher.pt"
+TEACHER = TEACHER
 PRUNED = ROOT / "benchmarks" / "models" / "pruned-50.pt"
 
 

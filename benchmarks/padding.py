@@ -51,7 +51,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
+    MODELS,
     ROOT,
+    TEACHER,
     Jobs,
     command_line,
     git_commit,
@@ -63,7 +65,7 @@ from common import (
     save_result,
     update_doc_section,
 )
-from compact_finetune import MODELS, _step, students
+from compact_finetune import _step, students
 from compare import table_precision
 from prune import SPLITS, evaluated_splits, run_stage, teacher_eval, versus
 
@@ -114,7 +116,7 @@ def child(multiple: int, warm: int, steps: int) -> dict[str, Any]:
     cfg = load_config(PruneConfig, recipe_path("prune"), [f"pad_frames_to={multiple}"])
     start_run(2, 0, cfg.pad_frames_to)
     cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
-    teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
+    teacher = load_recognizer(TEACHER).model.eval()
     _, student = students(teacher, cfg, load_recognizer(MODELS / "pruned-50.pt").meta["masks"])
     epoch = batches(cfg, multiple, teacher.config, warm + steps)
     times = []
@@ -136,7 +138,7 @@ def child(multiple: int, warm: int, steps: int) -> dict[str, Any]:
 def check(plan: bool, precision: str | None) -> None:
     """The two runs of `--check`, and the record once both have finished."""
     commit = git_commit()
-    corpus, teacher = reference_corpus(make=not plan), MODELS / "teacher.pt"
+    corpus, teacher = reference_corpus(make=not plan), TEACHER
     work = CACHE / "padding"
     overrides = precision_overrides(table_precision(precision, quick=False))  # type: ignore[arg-type]
     jobs = Jobs(1, work)

@@ -40,6 +40,7 @@ from common import (
     CACHE,
     DOCS,
     ROOT,
+    TEACHER,
     Jobs,
     command_line,
     file_digest,
@@ -257,7 +258,7 @@ def main() -> None:
         corpus, teacher = quick_inputs()
         overrides = ["prune_epochs=1", "finetune_epochs=1", *args.set]
     else:
-        corpus, teacher = reference_corpus(), ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = reference_corpus(), TEACHER
         overrides = list(args.set)
     if not (corpus / UNSEEN_SPLIT).is_dir():
         raise SystemExit(f"{corpus} has no {UNSEEN_SPLIT} split; synthesize it again")

@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     ROOT,
+    TEACHER,
     command_line,
     git_commit,
     load_result,
@@ -109,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--teacher", default=str(ROOT / "benchmarks" / "models" / "teacher.pt"))
+    parser.add_argument("--teacher", default=str(TEACHER))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=15, help="operators listed")

@@ -23,7 +23,7 @@ from typing import Any
 
 from common import (
     CACHE,
-    ROOT,
+    TEACHER,
     Jobs,
     command_line,
     git_commit,
@@ -256,7 +256,7 @@ def main(sweep: Sweep, description: str) -> None:
     if args.quick:
         corpus, teacher = quick_inputs()
     else:
-        corpus, teacher = reference_corpus(make=not args.plan), ROOT / "benchmarks" / "models" / "teacher.pt"
+        corpus, teacher = reference_corpus(make=not args.plan), TEACHER
     precision = table_precision(args.precision, args.quick)
     name = f"{sweep.name}-quick" if args.quick else sweep.name
     work = CACHE / name

@@ -29,7 +29,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    ROOT,
+    MODELS,
+    TEACHER,
     command_line,
     git_commit,
     markdown_table,
@@ -43,8 +44,7 @@ from conformer_prune.data.synth import DEV_UNSEEN_SPLIT, UNSEEN_SPLIT, WIDE_CORP
 from conformer_prune.evaluate.report import format_interval
 from conformer_prune.evaluate.run import compare_recogs, recogs_path
 
-MODELS = ROOT / "benchmarks" / "models"
-TEACHERS = {"reference": MODELS / "teacher.pt", "wide": MODELS / "teacher-wide.pt"}
+TEACHERS = {"reference": TEACHER, "wide": MODELS / "teacher-wide.pt"}
 # record name -> (corpus, split directory); the rule reads the first two
 SPLITS = {
     "dev": ("reference", "dev"),

@@ -27,13 +27,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, git_commit, markdown_table, random_batch, save_result, update_doc_section
+from common import (
+    TEACHER,
+    command_line,
+    git_commit,
+    markdown_table,
+    random_batch,
+    save_result,
+    update_doc_section,
+)
 
 
 def _worker(threads: int, steps: int) -> None:
     """Time `steps` steps (after a warm-up) and print their seconds as JSON."""
     import torch
-    from compact_finetune import MODELS, _step
+    from compact_finetune import _step
 
     from conformer_prune.config import load_config, recipe_path
     from conformer_prune.model import load_recognizer
@@ -43,7 +51,7 @@ def _worker(threads: int, steps: int) -> None:
 
     torch.set_num_threads(threads)
     cfg = load_config(PruneConfig, recipe_path("prune"), [])
-    teacher = load_recognizer(MODELS / "teacher.pt").model.eval()
+    teacher = load_recognizer(TEACHER).model.eval()
     student = copy.deepcopy(teacher)
     ConformerGates.attach(student, cfg.structures)
     frames = feature_frames(9.9, teacher.config.feature_rate)
