@@ -7,6 +7,7 @@ Usage:
     conformer-prune train --data corpus/train --dev corpus/dev --out runs/teacher --config teacher
     conformer-prune evaluate runs/teacher/model.pt --data corpus/dev corpus/test --json eval.json
     conformer-prune errors runs/eval/recogs-test.txt --train corpus/train   # by speaker, seen words
+    conformer-prune compare runs/eval-a runs/eval-b   # B minus A per split, paired-bootstrap 95%
     conformer-prune transcribe runs/teacher/model.pt corpus/test/*/*/*.flac
     conformer-prune export runs/pruned-50/model.pt --onnx pruned.onnx --int8 --data corpus/test
     conformer-prune transcribe --onnx pruned.onnx corpus/test/*/*/*.flac   # no PyTorch needed
@@ -261,6 +262,62 @@ def cmd_errors(args: argparse.Namespace) -> None:
     print("\n\n".join(format_breakdown(path, result) for path, result in results.items()))
     if args.json:
         write_json(Path(args.json), results)
+
+
+def _add_compare(sub: _Subparsers) -> None:
+    p = _subcommand(
+        sub,
+        "compare",
+        cmd_compare,
+        "Two systems' WER on the same utterances, and B's minus A's with its paired-bootstrap 95% "
+        "interval, from the recogs-NAME.txt files that `evaluate --json` writes: two files, or two "
+        "directories (every split whose recogs both hold).",
+        "conformer-prune compare runs/eval-a runs/eval-b --json a-vs-b.json",
+    )
+    p.add_argument("a", help="system A: a recogs-NAME.txt file, or a directory of them")
+    p.add_argument("b", help="system B: the same for the same utterances")
+    p.add_argument("--json", help="write the comparison here, one entry per split")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json")
+
+
+def _recogs_pairs(a: Path, b: Path) -> dict[str, tuple[Path, Path]]:
+    """Split name -> (A's, B's) recogs file: the two files, or the splits two directories share."""
+    if a.is_dir() != b.is_dir():
+        raise ValueError(f"expected two recogs files or two directories, found {a} and {b}")
+    if not a.is_dir():
+        return {a.name.removeprefix("recogs-").removesuffix(".txt"): (a, b)}
+    names = {path.name for path in a.glob("recogs-*.txt")} & {path.name for path in b.glob("recogs-*.txt")}
+    if not names:
+        raise ValueError(f"expected recogs-NAME.txt files of the same split in {a} and {b}; found none")
+    return {n.removeprefix("recogs-").removesuffix(".txt"): (a / n, b / n) for n in sorted(names)}
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from conformer_prune.evaluate.metrics import error_rates
+    from conformer_prune.evaluate.report import format_interval
+    from conformer_prune.evaluate.run import compare_recognitions, read_recogs
+    from conformer_prune.utils import check_output_file, write_json
+
+    if args.json:
+        check_output_file(args.json, force=args.force)
+    results = {}
+    for split, (path_a, path_b) in _recogs_pairs(Path(args.a), Path(args.b)).items():
+        rec_a, rec_b = read_recogs(path_a), read_recogs(path_b)
+        versus = compare_recognitions(rec_a, rec_b, f"{path_a} and {path_b}")  # checks they match
+        wers = {
+            f"wer_{name}": error_rates([r for r, _ in rec.values()], [h for _, h in rec.values()])["wer"]
+            for name, rec in (("a", rec_a), ("b", rec_b))
+        }
+        results[split] = {"utterances": versus.pop("utterances"), "words": versus.pop("words"), **wers}
+        results[split]["b_minus_a"] = versus
+    for split, r in results.items():
+        print(
+            f"{split}: {r['utterances']:,} utterances, {r['words']:,} words; WER A {100 * r['wer_a']:.2f}%, "
+            f"B {100 * r['wer_b']:.2f}%; B minus A {format_interval(r['b_minus_a'])} points "
+            "(paired bootstrap, 95%)"
+        )
+    if args.json:
+        write_json(Path(args.json), {"a": args.a, "b": args.b, "splits": results})
 
 
 def _add_transcribe(sub: _Subparsers) -> None:
@@ -661,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_errors(sub)
+    _add_compare(sub)
     _add_transcribe(sub)
     _add_export(sub)
     _add_lm(sub)
