@@ -106,5 +106,6 @@ def test_compare_command_gives_each_shared_split_both_wers_and_the_paired_interv
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(out)]) == 2  # kept
     one = tmp_path / "a" / "recogs-dev.txt"
     assert main(["compare", str(one), str(tmp_path / "b")]) == 2  # a file against a directory
+    assert main(["compare", str(tmp_path / "missing"), str(tmp_path / "b")]) == 2
     _recogs(tmp_path / "c" / "recogs-dev.txt", list(zip(refs[:-1], refs[:-1], strict=True)))
     assert main(["compare", str(one), str(tmp_path / "c" / "recogs-dev.txt")]) == 2  # other utterances

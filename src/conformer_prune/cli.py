@@ -282,6 +282,9 @@ def _add_compare(sub: _Subparsers) -> None:
 
 def _recogs_pairs(a: Path, b: Path) -> dict[str, tuple[Path, Path]]:
     """Split name -> (A's, B's) recogs file: the two files, or the splits two directories share."""
+    for path in (a, b):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: expected a recogs-NAME.txt file or a directory of them")
     if a.is_dir() != b.is_dir():
         raise ValueError(f"expected two recogs files or two directories, found {a} and {b}")
     if not a.is_dir():
