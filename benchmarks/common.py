@@ -48,6 +48,7 @@ DOC = DOCS / "benchmark.md"
 MODELS = ROOT / "benchmarks" / "models"  # the models in git that later benchmarks start from
 # the teacher every compression benchmark starts from (the corpus it trained on: `reference_corpus`)
 TEACHER = MODELS / "teacher.pt"
+PRUNED = MODELS / "pruned-50.pt"  # the reference pruning run's compact model (benchmarks/prune.py)
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
 RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt

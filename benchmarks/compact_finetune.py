@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    MODELS,
+    PRUNED,
     TEACHER,
     command_line,
     git_commit,
@@ -93,7 +93,7 @@ def main() -> None:
     # the precision as a run resolves it (fp32 on a CPU without native bf16)
     cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
     teacher = load_recognizer(TEACHER).model.eval()
-    pruned = load_recognizer(MODELS / "pruned-50.pt")
+    pruned = load_recognizer(PRUNED)
     gated, compact = students(teacher, cfg, pruned.meta["masks"])
     assert count_params(compact) == count_params(pruned.model)
     frames = feature_frames(args.seconds, teacher.config.feature_rate)

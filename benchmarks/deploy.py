@@ -48,7 +48,8 @@ from conformer_prune.utils import write_json
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    ROOT,
+    PRUNED,
+    TEACHER,
     command_line,
     file_digest,
     git_commit,
@@ -57,7 +58,7 @@ from common import (
     update_doc_section,
 )
 
-MODELS = {"teacher": "teacher.pt", "pruned-50": "pruned-50.pt"}
+DEPLOYED = {"teacher": TEACHER, "pruned-50": PRUNED}
 BEAM = 50
 LM_WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0)
 WORD_SCORES = (-3.0, -2.0, -1.0, 0.0)
@@ -152,8 +153,7 @@ def main() -> None:
         "models": {},
     }
     hyps: dict[str, dict[str, list[str]]] = {}
-    for name, file in MODELS.items():
-        path = ROOT / "benchmarks" / "models" / file
+    for name, path in DEPLOYED.items():
         # a finished model's stage, so an interrupted run resumes (redone when the model changes)
         stage, digest = work / f"{name}.json", file_digest(path)
         cached = json.loads(stage.read_text(encoding="utf-8")) if stage.exists() else {}
@@ -201,7 +201,7 @@ def main() -> None:
     }
 
     # sherpa-onnx: the pruned model through its own runtime and front end
-    rec = load_recognizer(ROOT / "benchmarks" / "models" / "pruned-50.pt")
+    rec = load_recognizer(PRUNED)
     files = export_sherpa(rec, work / "sherpa-pruned-50")
     ours = hyps["pruned-50"]["greedy"]
     on_knf = greedy(rec, log_probs(rec, waves["test"], frontend="sherpa"))

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    MODELS,
+    PRUNED,
     ROOT,
     TEACHER,
     command_line,
@@ -128,7 +128,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--teacher", default=str(TEACHER))
-    parser.add_argument("--pruned", default=str(MODELS / "pruned-50.pt"))
+    parser.add_argument("--pruned", default=str(PRUNED))
     parser.add_argument("--steps", type=int, default=20, help="timed pruning steps per precision")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=20, help="forward passes per model and round")

@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
+    PRUNED,
     ROOT,
     command_line,
     git_commit,
@@ -82,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(ROOT / "benchmarks" / "models" / "pruned-50.pt"))
+    parser.add_argument("--model", default=str(PRUNED))
     parser.add_argument("--corpus", default=str(CACHE / "corpus-quick"), help="with train and test")
     parser.add_argument("--calibration-utterances", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)

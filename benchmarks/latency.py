@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
-    ROOT,
+    PRUNED,
     TEACHER,
     command_line,
     git_commit,
@@ -168,7 +168,7 @@ def main() -> None:
         if args.models
         else {
             "teacher": str(TEACHER),
-            "pruned-50": str(ROOT / "benchmarks" / "models" / "pruned-50.pt"),
+            "pruned-50": str(PRUNED),
         }
     )
     work = CACHE / "latency"

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    ROOT,
+    PRUNED,
     RUN_RECORDS,
     TEACHER,
     command_line,
@@ -45,9 +45,6 @@ from conformer_prune.evaluate.profile import machine, measure_models_ms
 from conformer_prune.model import ConformerConfig, build_model, load_recognizer
 from conformer_prune.prune.cost import as_float
 from conformer_prune.prune.latency import LatencyModel, Runtime
-
-TEACHER = TEACHER
-PRUNED = ROOT / "benchmarks" / "models" / "pruned-50.pt"
 
 
 def run_shapes(teacher: Path) -> dict[str, dict[str, Any]]:

@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
-    MODELS,
+    PRUNED,
     ROOT,
     TEACHER,
     Jobs,
@@ -117,7 +117,7 @@ def child(multiple: int, warm: int, steps: int) -> dict[str, Any]:
     start_run(2, 0, cfg.pad_frames_to)
     cfg.precision = resolve_precision(cfg.precision, torch.device("cpu"))  # type: ignore[assignment]
     teacher = load_recognizer(TEACHER).model.eval()
-    _, student = students(teacher, cfg, load_recognizer(MODELS / "pruned-50.pt").meta["masks"])
+    _, student = students(teacher, cfg, load_recognizer(PRUNED).meta["masks"])
     epoch = batches(cfg, multiple, teacher.config, warm + steps)
     times = []
     for i, batch in enumerate(epoch):

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
-    ROOT,
+    PRUNED,
     TEACHER,
     Jobs,
     command_line,
@@ -88,10 +88,12 @@ def stage_seconds(log_path: Path) -> tuple[float, float]:
     return prune_end, epochs[-1]["elapsed_seconds"] - prune_end
 
 
-def teacher_eval(teacher: Path, evaluated: dict[str, Path], out: Path) -> dict[str, Any]:
-    """The teacher's WER and cost, with its recognitions in `out`, cached in out/eval.json for this
-    teacher's bytes and these splits (`scored` in it): a directory that outlived the teacher or
-    corpus it scored is evaluated again, not read."""
+def teacher_eval(
+    teacher: Path, evaluated: dict[str, Path], out: Path, latency: bool = True
+) -> dict[str, Any]:
+    """The teacher's WER and cost (timed only with `latency`), with its recognitions in `out`,
+    cached in out/eval.json for this teacher's bytes and these splits (`scored` in it): a directory
+    that outlived the teacher or corpus it scored is evaluated again, not read."""
     cache = out / "eval.json"
     scored = _scored(teacher, evaluated)
     result: dict[str, Any] | None = json.loads(cache.read_text()) if cache.exists() else None
@@ -100,7 +102,9 @@ def teacher_eval(teacher: Path, evaluated: dict[str, Path], out: Path) -> dict[s
         result = None
     if result is None:
         out.mkdir(parents=True, exist_ok=True)
-        result = evaluate_recognizer(load_recognizer(teacher), evaluated, threads=2, recogs_dir=out)
+        result = evaluate_recognizer(
+            load_recognizer(teacher), evaluated, threads=2, recogs_dir=out, latency=latency
+        )
         write_json(cache, {**result, "scored": scored})
     _check_splits(result, cache)
     return result
@@ -335,7 +339,7 @@ def main() -> None:
         return
     shutil.copyfile(work["pruned"] / "layers.png", DOCS / "prune-50-layers.png")
     # the compact model, for latency.py
-    shutil.copyfile(work["pruned"] / "model.pt", ROOT / "benchmarks" / "models" / "pruned-50.pt")
+    shutil.copyfile(work["pruned"] / "model.pt", PRUNED)
     update_doc_section("prune", section(record, cfg, (work["pruned"] / "layers.md").read_text()))
 
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
-    ROOT,
+    MODELS,
     command_line,
     git_commit,
     markdown_table,
@@ -225,9 +225,8 @@ def main() -> None:
     print(json.dumps(record, indent=2))
     save_result("teacher" if tag == "reference" else f"teacher-{tag}", record)
     if tag in CORPORA:  # a full run; the wide teacher beside the reference one, not in its place
-        models = ROOT / "benchmarks" / "models"
-        models.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "model.pt", models / ("teacher.pt" if reference else f"teacher-{tag}.pt"))
+        MODELS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "model.pt", MODELS / ("teacher.pt" if reference else f"teacher-{tag}.pt"))
     if tag != "reference":
         return
     plot_training(log, DOCS / "teacher_training.png")

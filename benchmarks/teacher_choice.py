@@ -148,7 +148,10 @@ def main() -> None:
     evaluated = splits()
     work = CACHE / "teacher-choice"
     results = {
-        name: teacher_eval(path, evaluated, work / name) for name, path in TEACHERS.items() if path.exists()
+        # WER only: the choice reads no latency
+        name: teacher_eval(path, evaluated, work / name, latency=False)
+        for name, path in TEACHERS.items()
+        if path.exists()
     }
     record = make_record(results, work) | {"command": command_line(), "commit": commit}
     save_result("teacher_choice", record)
