@@ -54,6 +54,16 @@ def tiny_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+def write_recogs(path: Path, pairs: list[tuple[str, str]]) -> None:
+    """A recogs-NAME.txt as `evaluate_recognizer` writes it: (reference, hypothesis) per utterance,
+    with LibriSpeech-style ids (speaker 1)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# run_id test"]
+    for i, (ref, hyp) in enumerate(pairs):
+        lines += [f"1-1-{i:04d}\tref={ref}", f"1-1-{i:04d}\thyp={hyp}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def hetero_config(**overrides: object) -> ConformerConfig:
     """A small config with different sizes in every layer and absent modules."""
     fields: dict[str, object] = dict(

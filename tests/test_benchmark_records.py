@@ -24,7 +24,7 @@ from conformer_prune.evaluate.profile import MeasuredRatios
 from conformer_prune.evaluate.run import read_recogs, recogs_path
 from conformer_prune.model import Recognizer, build_model, save_recognizer
 from conformer_prune.prune.budget import UnreachableTargetError
-from tests.conftest import hetero_config
+from tests.conftest import hetero_config, write_recogs
 
 PRUNED = dict(heads=[4, 0, 1], ffn1=[64, 16, 0], ffn2=[0, 32, 8], conv_channels=[32, 8, 0])
 
@@ -605,14 +605,6 @@ def test_the_budget_gives_continued_the_pruned_models_epochs(
     assert "- pruned: **5 epochs (1 + 4)**" in text and "continued takes the pruned model's value" in text
 
 
-def _write_recogs(directory: Path, split: str, refs: list[str], hyps: list[str]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = ["# run_id test"]
-    for i, (ref, hyp) in enumerate(zip(refs, hyps, strict=True)):
-        lines += [f"u{i}\tref={ref}", f"u{i}\thyp={hyp}"]
-    recogs_path(directory, split).write_text("\n".join(lines) + "\n")
-
-
 def test_the_wide_teacher_replaces_the_reference_one_only_on_dev_unseen_evidence(tmp_path: Path) -> None:
     """teacher_choice.py's fixed rule: the wide teacher is chosen where its dev-unseen WER is lower
     with the interval below 0 and it is not measurably worse on dev; a better test-unseen alone
@@ -628,7 +620,7 @@ def test_the_wide_teacher_replaces_the_reference_one_only_on_dev_unseen_evidence
         for s in teacher_choice.SPLITS:  # wrong on every 4th utterance of the splits in `bad`
             pairs = enumerate(zip(refs, wrong, strict=True))
             hyps = [w if s in bad and i % 4 == 0 else r for i, (r, w) in pairs]
-            _write_recogs(directory, s, refs, hyps)
+            write_recogs(recogs_path(directory, s), list(zip(refs, hyps, strict=True)))
         return report | {f"wer_{s}": (5 / 24 if s in bad else 0.0) for s in teacher_choice.SPLITS}
 
     reference = teacher(tmp_path / "reference", {"dev_unseen", "test_unseen"})

@@ -10,6 +10,7 @@ import pytest
 
 from conformer_prune.evaluate.breakdown import breakdown, by_speaker, by_vocabulary, count_errors, speaker_of
 from conformer_prune.evaluate.metrics import error_rates
+from tests.conftest import write_recogs
 
 RECOGS = {
     "11-2-0001": ("THE CAT SAT", "THE HAT SAT"),  # speaker 11: one substitution
@@ -75,14 +76,6 @@ def test_errors_command_prints_and_writes_the_breakdown(tiny_corpus: Path, tmp_p
     assert main(["errors", str(tmp_path / "missing.txt")]) == 2
 
 
-def _recogs(path: Path, pairs: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# run_id x"]
-    for i, (ref, hyp) in enumerate(pairs):
-        lines += [f"1-1-{i:04d}\tref={ref}", f"1-1-{i:04d}\thyp={hyp}"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def test_compare_command_gives_each_shared_split_both_wers_and_the_paired_interval(tmp_path: Path) -> None:
     """`conformer-prune compare A B`: per split both directories hold, each system's WER, the split's
     size and B minus A with its paired-bootstrap interval; mismatched utterances are an error."""
@@ -91,9 +84,9 @@ def test_compare_command_gives_each_shared_split_both_wers_and_the_paired_interv
     refs = [f"THE CAT SAT ON THE MAT {i}" for i in range(40)]  # 7 words each
     worse = [r if i % 2 else r.replace("CAT", "HAT") for i, r in enumerate(refs)]  # 20 substitutions
     for split in ("dev", "test"):
-        _recogs(tmp_path / "a" / f"recogs-{split}.txt", list(zip(refs, refs, strict=True)))
-        _recogs(tmp_path / "b" / f"recogs-{split}.txt", list(zip(refs, worse, strict=True)))
-    _recogs(tmp_path / "a" / "recogs-only-a.txt", [("A", "A")])  # not in b: not compared
+        write_recogs(tmp_path / "a" / f"recogs-{split}.txt", list(zip(refs, refs, strict=True)))
+        write_recogs(tmp_path / "b" / f"recogs-{split}.txt", list(zip(refs, worse, strict=True)))
+    write_recogs(tmp_path / "a" / "recogs-only-a.txt", [("A", "A")])  # not in b: not compared
     out = tmp_path / "cmp.json"
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(out)]) == 0
     splits = json.loads(out.read_text())["splits"]
@@ -107,5 +100,5 @@ def test_compare_command_gives_each_shared_split_both_wers_and_the_paired_interv
     one = tmp_path / "a" / "recogs-dev.txt"
     assert main(["compare", str(one), str(tmp_path / "b")]) == 2  # a file against a directory
     assert main(["compare", str(tmp_path / "missing"), str(tmp_path / "b")]) == 2
-    _recogs(tmp_path / "c" / "recogs-dev.txt", list(zip(refs[:-1], refs[:-1], strict=True)))
+    write_recogs(tmp_path / "c" / "recogs-dev.txt", list(zip(refs[:-1], refs[:-1], strict=True)))
     assert main(["compare", str(one), str(tmp_path / "c" / "recogs-dev.txt")]) == 2  # other utterances
