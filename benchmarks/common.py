@@ -24,7 +24,7 @@ import torch
 
 from conformer_prune.config import from_dict, load_config, recipe_path, to_dict
 from conformer_prune.data.dataset import Batch
-from conformer_prune.data.synth import REFERENCE_CORPUS, synthesize
+from conformer_prune.data.synth import NARROW_CORPUS, REFERENCE_CORPUS, synthesize
 from conformer_prune.distill.layerwise import CTC_ONLY_FIELDS
 from conformer_prune.evaluate.profile import in_new_process, measure_models_ms
 from conformer_prune.evaluate.run import recogs_path
@@ -49,6 +49,8 @@ MODELS = ROOT / "benchmarks" / "models"  # the models in git that later benchmar
 # the teacher every compression benchmark starts from (the corpus it trained on: `reference_corpus`)
 TEACHER = MODELS / "teacher.pt"
 PRUNED = MODELS / "pruned-50.pt"  # the reference pruning run's compact model (benchmarks/prune.py)
+# where `reference_corpus()` synthesises the reference corpus (teacher.py's name for it: by voice set)
+REFERENCE_CORPUS_DIR = CACHE / "corpus-wide"
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
 RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
@@ -382,14 +384,24 @@ def random_batch(cfg: ConformerConfig, batch: int, seconds: float, tokens: int) 
 
 
 def reference_corpus(make: bool = True) -> Path:
-    """The reference corpus: synthesised deterministically when missing, checked otherwise (one
-    process at a time, without rewriting a byte of a finished corpus). `make=False` (a benchmark's
-    `--plan`, which names runs by the corpus's record) only requires that record to be there."""
-    corpus = CACHE / "corpus-reference"
+    """The reference corpus (`REFERENCE_CORPUS`, the wide voice set): synthesised deterministically
+    when missing, checked otherwise (one process at a time, without rewriting a byte of a finished
+    corpus). `make=False` (a benchmark's `--plan`, which names runs by the corpus's record) only
+    requires that record to be there."""
+    return _corpus(REFERENCE_CORPUS_DIR, REFERENCE_CORPUS, make)
+
+
+def narrow_corpus(make: bool = True) -> Path:
+    """The narrow voice set's corpus (`NARROW_CORPUS`), the first reference teacher's; as
+    `reference_corpus`."""
+    return _corpus(CACHE / "corpus-narrow", NARROW_CORPUS, make)
+
+
+def _corpus(corpus: Path, spec: dict[str, Any], make: bool) -> Path:
     if make:
-        synthesize(corpus, workers=2, **REFERENCE_CORPUS)
+        synthesize(corpus, workers=2, **spec)
     elif not (corpus / "corpus.json").exists():
-        raise SystemExit(f"{corpus} is not here: synthesise it first (`reference_corpus()`, 13 minutes)")
+        raise SystemExit(f"{corpus} is not here: synthesise it first (about 15 minutes on 2 cores)")
     return corpus
 
 

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     PRUNED,
+    REFERENCE_CORPUS_DIR,
     TEACHER,
     command_line,
     file_digest,
@@ -129,7 +130,7 @@ def main() -> None:
         return
     commit = git_commit()
     torch.set_num_threads(2)
-    corpus = CACHE / "corpus-reference"
+    corpus = REFERENCE_CORPUS_DIR
     work = CACHE / "deploy"
     utts: dict[str, list[Utterance]] = {s: read_corpus(corpus / s) for s in ("train", "dev", "test")}
     train_texts = [u.text for u in utts["train"]]

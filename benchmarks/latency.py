@@ -39,6 +39,7 @@ from common import (
     CACHE,
     DOCS,
     PRUNED,
+    REFERENCE_CORPUS_DIR,
     TEACHER,
     command_line,
     git_commit,
@@ -144,7 +145,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="*", help="NAME=checkpoint (default: teacher and pruned-50)")
-    parser.add_argument("--test", default=str(CACHE / "corpus-reference" / "test"), help="corpus for WER")
+    parser.add_argument("--test", default=str(REFERENCE_CORPUS_DIR / "test"), help="corpus for WER")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument(
         "--frontend-only",

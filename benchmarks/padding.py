@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     PRUNED,
-    ROOT,
+    REFERENCE_CORPUS_DIR,
     TEACHER,
     Jobs,
     command_line,
@@ -78,7 +78,7 @@ from conformer_prune.model.conformer import ConformerConfig, feature_frames
 from conformer_prune.prune.config import PruneConfig
 from conformer_prune.train.loop import resolve_precision, start_run
 
-TRAIN = ROOT / "benchmarks" / "cache" / "corpus-reference" / "train"
+TRAIN = REFERENCE_CORPUS_DIR / "train"
 MULTIPLE = 64  # --check's
 CHECK_RUNS = {"recipe": ["pad_frames_to=1"], "padded": [f"pad_frames_to={MULTIPLE}"]}
 

@@ -8,22 +8,20 @@ Usage:
     torchrun --standalone --nproc_per_node 2 benchmarks/teacher.py --set threads=1 max_frames=4000
                                                   # data-parallel: 2 processes of 1 thread, the
                                                   # same global batch (max_frames is per process)
-    python benchmarks/teacher.py --corpus wide --pilot wide-e4 --minutes 60 --set epochs=4
-                                                  # a pilot on the wide voice set (WIDE_CORPUS):
-                                                  # dev and dev-unseen
+    python benchmarks/teacher.py --corpus narrow  # the teacher of the narrow voice set (NARROW_CORPUS)
 
-Stages are cached under benchmarks/cache/: the synthetic reference corpus (`REFERENCE_CORPUS`:
-train, dev, test and test-unseen), the training run (one run within `--minutes` of training on
-2 cores; it resumes at an epoch boundary if interrupted, and the result then says it was not one
-uninterrupted run), then the evaluation. Writes benchmarks/results/teacher.json, the teacher's
-section of docs/benchmark.md, docs/teacher_training.png, and copies the model (weights, config and
-tokenizer; no optimizer state) to benchmarks/models/teacher.pt.
+Stages are cached under benchmarks/cache/: the synthetic reference corpus (`REFERENCE_CORPUS`, the
+wide voice set: train, dev, test, test-unseen and dev-unseen), the training run (one run within
+`--minutes` of training on 2 cores; it resumes at an epoch boundary if interrupted, and the result
+then says it was not one uninterrupted run), then the evaluation. Writes
+benchmarks/results/teacher.json, the teacher's section of docs/benchmark.md,
+docs/teacher_training.png, and copies the model (weights, config and tokenizer; no optimizer
+state) to benchmarks/models/teacher.pt.
 
-`--corpus wide` trains on `WIDE_CORPUS` instead (benchmarks/cache/corpus-wide: 63 espeak-ng
-variants and more settings of the other voices, plus a dev-unseen split of held-out voices, where
-choices about unseen voices are made without looking at test-unseen). Its full run writes
-teacher-wide.json and benchmarks/models/teacher-wide.pt beside the reference teacher, which it
-replaces only by a commit that says why.
+`--corpus narrow` trains on `NARROW_CORPUS` instead (13 espeak-ng variants and two settings of each
+other voice; no dev-unseen): the first reference teacher's corpus, which the wide one replaced by
+the rule of benchmarks/teacher_choice.py. Its full run writes teacher-narrow.json and
+benchmarks/models/teacher-narrow.pt.
 """
 
 from __future__ import annotations
@@ -58,9 +56,9 @@ from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import (
     DEV_UNSEEN_SPLIT,
+    NARROW_CORPUS,
     REFERENCE_CORPUS,
     UNSEEN_SPLIT,
-    WIDE_CORPUS,
     synthesize,
 )
 from conformer_prune.distributed import is_main_process
@@ -69,7 +67,9 @@ from conformer_prune.model import load_recognizer
 from conformer_prune.train import TrainConfig, run_training
 
 EVALUATED = ("dev", "test", UNSEEN_SPLIT)
-CORPORA = {"reference": REFERENCE_CORPUS, "wide": WIDE_CORPUS}
+# by voice set; the first is the reference corpus (benchmarks/cache/corpus-<name>)
+CORPORA = {"wide": REFERENCE_CORPUS, "narrow": NARROW_CORPUS}
+REFERENCE = next(iter(CORPORA))
 
 
 def plot_training(log: list[dict[str, float]], path: Path) -> None:
@@ -119,13 +119,14 @@ def main() -> None:
         metavar="NAME",
         help="a short run on --corpus to choose a lever: evaluated on dev (and dev-unseen) only (test "
         "is for the chosen recipe), written to results/teacher-pilot-NAME.json "
-        "(teacher-pilot-wide-NAME.json on the wide corpus)",
+        "(teacher-pilot-narrow-NAME.json on the narrow corpus)",
     )
     parser.add_argument(
         "--corpus",
         choices=tuple(CORPORA),
-        default="reference",
-        help="REFERENCE_CORPUS, or WIDE_CORPUS (more training voices, and dev-unseen)",
+        default=REFERENCE,
+        help="the wide voice set (REFERENCE_CORPUS), or the narrow one (NARROW_CORPUS: the first "
+        "reference teacher's)",
     )
     parser.add_argument("--recipe", default="reference-teacher", help="training recipe (name or YAML)")
     parser.add_argument("--minutes", type=float, default=150.0, help="training wall-time budget")
@@ -133,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     # each corpus's runs their own names (a quick run's ends in "-quick", which .gitignore keeps out)
-    reference = args.corpus == "reference"
+    reference = args.corpus == REFERENCE
     if args.quick:
         tag = "quick" if reference else f"{args.corpus}-quick"
     elif args.pilot:
@@ -223,11 +224,12 @@ def main() -> None:
         "command": command_line(),
     }
     print(json.dumps(record, indent=2))
-    save_result("teacher" if tag == "reference" else f"teacher-{tag}", record)
-    if tag in CORPORA:  # a full run; the wide teacher beside the reference one, not in its place
+    full_reference = tag == REFERENCE
+    save_result("teacher" if full_reference else f"teacher-{tag}", record)
+    if tag in CORPORA:  # a full run; the narrow teacher beside the reference one, not in its place
         MODELS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "model.pt", MODELS / ("teacher.pt" if reference else f"teacher-{tag}.pt"))
-    if tag != "reference":
+        shutil.copyfile(run / "model.pt", MODELS / ("teacher.pt" if full_reference else f"teacher-{tag}.pt"))
+    if not full_reference:
         return
     plot_training(log, DOCS / "teacher_training.png")
     sizes = markdown_table(
@@ -238,11 +240,11 @@ def main() -> None:
                 f"{results[f'utterances_{s}']:,}",
                 f"{results[f'words_{s}']:,}",
                 f"{results[f'hours_{s}']:.2f}",
-                f"{stats[s]['speakers']}" + (" (held out)" if s == UNSEEN_SPLIT else ""),
+                f"{stats[s]['speakers']}" + (" (held out)" if s in (UNSEEN_SPLIT, DEV_UNSEEN_SPLIT) else ""),
                 f"{100 * results[f'wer_{s}']:.2f}%",
                 f"{100 * results[f'cer_{s}']:.2f}%",
             ]
-            for s in EVALUATED
+            for s in evaluated
         ]
         + [
             [
@@ -286,7 +288,8 @@ def main() -> None:
         f"trained with {cfg.precision} autocast on the synthetic reference corpus "
         f"(`REFERENCE_CORPUS`, {record['corpus_hours']:.1f} h, seed 0) on 2 CPU cores. Test-unseen "
         "is spoken only by voices no training utterance uses, with text from another source "
-        f"(`fortune-anarchism`). Commit `{record['commit']}`.\n\n{sizes}\n\n"
+        "(`fortune-anarchism`); dev-unseen is dev's text in four other held-out voices (eight speakers). "
+        f"Commit `{record['commit']}`.\n\n{sizes}\n\n"
         f"Test-unseen WER / test WER: {record['unseen_over_test']:.2f}.\n\n{costs}\n\n"
         f"Dev WER fell {record['dev_wer_drop_last_epoch_points']:.2f} points over the last epoch and "
         f"{drop:.2f} points over the last {record['epochs_in_last_quarter']} epochs.\n\n"

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
     DOCS,
+    REFERENCE_CORPUS_DIR,
     TEACHER,
     command_line,
     git_commit,
@@ -218,7 +219,7 @@ def main() -> None:
     parser.add_argument("--run", default="chosen", help="distill.py's run to break down beside the teacher")
     args = parser.parse_args()
     commit = git_commit()
-    corpus, teacher = CACHE / "corpus-reference", TEACHER
+    corpus, teacher = REFERENCE_CORPUS_DIR, TEACHER
     if not (corpus / "corpus.json").exists():
         reference_corpus()
     work = CACHE / "distill"

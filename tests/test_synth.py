@@ -86,23 +86,23 @@ def test_held_out_voices_are_no_voice_of_the_main_splits() -> None:
 
 
 def test_the_wide_voice_set_adds_espeak_variants_and_holds_out_the_same_voices() -> None:
-    """`voice_set="wide"` trains on 63 espeak-ng variants (the reference's 13 among them) and the
+    """`voice_set="wide"` trains on 63 espeak-ng variants (the narrow set's 13 among them) and the
     same flite and festival voices at five times the settings; no training variant of either set
     is one of test-unseen's or dev-unseen's, and every speaker id stays in its engine's range."""
     pair = lambda v: (v.engine, v.voice.split("+")[-1])  # noqa: E731
-    reference, wide = voices(seed=3), voices(seed=3, voice_set="wide")
+    narrow, wide = voices(seed=3), voices(seed=3, voice_set="wide")
     variants = {v.voice.split("+")[1] for v in wide if v.engine == "espeak-ng"}
     assert variants == set(synth._WIDE_ESPEAK_VARIANTS) and len(variants) == 63
     assert set(synth._ESPEAK_VARIANTS) < variants
     assert {pair(v) for v in wide if v.engine != "espeak-ng"} == {
-        pair(v) for v in reference if v.engine != "espeak-ng"
+        pair(v) for v in narrow if v.engine != "espeak-ng"
     }
     # each engine keeps about its share of the speakers: espeak-ng 126 of 176, 26 of 36 before
     count = lambda vs, e: sum(v.engine == e for v in vs)  # noqa: E731
     assert [count(wide, e) for e in synth.ENGINES] == [126, 30, 20]
-    assert [count(reference, e) for e in synth.ENGINES] == [26, 6, 4]
+    assert [count(narrow, e) for e in synth.ENGINES] == [26, 6, 4]
     held = {pair(v) for v in voices(seed=3, held_out=True) + synth.dev_unseen_voices(seed=3)}
-    assert held.isdisjoint({pair(v) for v in wide}) and held.isdisjoint({pair(v) for v in reference})
+    assert held.isdisjoint({pair(v) for v in wide}) and held.isdisjoint({pair(v) for v in narrow})
     ids = [v.speaker for v in wide + synth.dev_unseen_voices(seed=3) + voices(seed=3, held_out=True)]
     assert len(set(ids)) == len(ids)
     assert all(synth._ID_BASE[v.engine] < v.speaker < synth._ID_BASE[v.engine] + 1000 for v in wide)
@@ -171,11 +171,11 @@ def test_a_corpus_of_one_voice_set_is_not_resumed_with_the_other(tmp_path: Path)
     args = {"hours": 0.002, "seed": 2, "progress": False, "engines": ["espeak-ng"]}
     synthesize(tmp_path / "wide", **args, voice_set="wide")
     assert json.loads((tmp_path / "wide" / "corpus.json").read_text())["voice_set"] == "wide"
-    with pytest.raises(ValueError, match="voice_set: 'wide' there, 'reference' asked"):
+    with pytest.raises(ValueError, match="voice_set: 'wide' there, 'narrow' asked"):
         synthesize(tmp_path / "wide", **args)
-    synthesize(tmp_path / "reference", **args)
-    with pytest.raises(ValueError, match="voice_set: 'reference' there, 'wide' asked"):
-        synthesize(tmp_path / "reference", **args, voice_set="wide")
+    synthesize(tmp_path / "narrow", **args)
+    with pytest.raises(ValueError, match="voice_set: 'narrow' there, 'wide' asked"):
+        synthesize(tmp_path / "narrow", **args, voice_set="wide")
 
 
 def test_the_command_line_makes_the_unseen_splits_with_the_wide_voices(

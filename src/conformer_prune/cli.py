@@ -118,10 +118,10 @@ def _add_synth(sub: _Subparsers) -> None:
     )
     p.add_argument(
         "--voice-set",
-        choices=("reference", "wide"),  # synth.VoiceSet (not imported: the CLI starts light)
-        default="reference",
-        help="the training voices: the reference corpus's (13 espeak-ng variants, 2 settings of each "
-        "other voice) or the wide set's (63 variants, 10 settings of each other voice)",
+        choices=("narrow", "wide"),  # synth.VoiceSet (not imported: the CLI starts light)
+        default="narrow",
+        help="the training voices: the narrow set (13 espeak-ng variants, 2 settings of each other "
+        "voice) or the wide set, the reference corpus's (63 variants, 10 settings of each other voice)",
     )
     p.add_argument("--workers", type=int, default=2)
 

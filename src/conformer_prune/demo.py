@@ -134,7 +134,8 @@ def run_demo(
     identity = _check_teacher(teacher, work)
     corpus = work / "corpus"
     print(f"[1/5] {hours} h + {unseen_hours} h test-unseen of the reference corpus in {corpus}")
-    subset = {**REFERENCE_CORPUS, "hours": hours, "unseen_hours": unseen_hours}
+    # no dev-unseen: the demo chooses nothing
+    subset = {**REFERENCE_CORPUS, "hours": hours, "unseen_hours": unseen_hours, "dev_unseen_hours": 0.0}
     stats = synthesize(corpus, **subset, workers=workers)
     splits = {name: corpus / name for name in _EVALUATED}
     teacher_dir = work / "teacher"

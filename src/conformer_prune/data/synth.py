@@ -14,10 +14,11 @@ also holds. An optional ``dev-unseen`` split is where choices about such general
 without looking at test-unseen: dev's sentences, spoken by espeak-ng variants that neither the
 main splits nor test-unseen use (Debian's English voices of flite and festival are all taken).
 
-``voice_set="wide"`` trains on many more voices: 63 espeak-ng variants instead of 13 (each with
-two accents), and ten tempo and pitch settings of each flite and festival voice instead of two, so
-that each engine keeps its share. The reference set's voices are few, and the reference teacher's
-WER on the held-out voices was 2.9x its test WER.
+``voice_set="wide"`` (the reference corpus's) trains on many more voices than ``"narrow"`` (the
+default): 63 espeak-ng variants instead of 13 (each with two accents), and ten tempo and pitch
+settings of each flite and festival voice instead of two, so that each engine keeps its share.
+The teacher trained on the narrow set had 2.9x its test WER on the held-out voices; the one
+trained on the wide set replaced it by a rule fixed beforehand (benchmarks/teacher_choice.py).
 
 Usage:
     from conformer_prune.data.synth import synthesize
@@ -61,11 +62,11 @@ from tqdm import tqdm
 __all__ = [
     "DEV_UNSEEN_SPLIT",
     "ENGINES",
+    "NARROW_CORPUS",
     "REFERENCE_CORPUS",
     "SAMPLE_RATE",
     "SPLITS",
     "UNSEEN_SPLIT",
-    "WIDE_CORPUS",
     "Voice",
     "VoiceSet",
     "dev_unseen_voices",
@@ -76,7 +77,7 @@ __all__ = [
 
 Engine = Literal["espeak-ng", "flite", "festival"]
 Split = Literal["train", "dev", "test", "test-unseen", "dev-unseen"]
-VoiceSet = Literal["reference", "wide"]
+VoiceSet = Literal["narrow", "wide"]
 
 ENGINES: tuple[Engine, ...] = ("espeak-ng", "flite", "festival")
 SPLITS: tuple[Split, ...] = ("train", "dev", "test")  # same voices, disjoint sentences
@@ -88,21 +89,23 @@ SAMPLE_RATE = 16000
 
 _FORTUNE_DIR = Path("/usr/share/games/fortunes")
 
-# The reference corpus of the benchmarks and the demo (`synthesize(out, **REFERENCE_CORPUS)`;
-# the demo takes a smaller `hours`, whose splits are prefixes of these), sized to separate two
-# methods. Seed 0 gives: train 20,899 utterances (19.6 h), dev 687 utterances (8,114 words),
-# test 1,863 utterances (21,629 words), test-unseen 626 utterances (9,160 words). 8% of the
-# sentences go to test, so that a test sentence is heard at most twice.
-REFERENCE_CORPUS: dict = {
+# The first reference corpus, on the narrow voice set: its teacher (benchmarks/models/teacher-narrow.pt)
+# was the benchmarks' until 2026-12-05. Seed 0 gives: train 20,899 utterances (19.6 h), dev 687
+# utterances (8,114 words), test 1,863 utterances (21,629 words), test-unseen 626 utterances
+# (9,160 words). 8% of the sentences go to test, so that a test sentence is heard at most twice.
+NARROW_CORPUS: dict = {
     "hours": 22.0,
     "seed": 0,
     "dev_fraction": 0.03,
     "test_fraction": 0.08,
     "unseen_hours": 0.8,
 }
-# The same corpus with the wide voice set and a dev-unseen split (about 500 utterances): where a
-# teacher for voices the reference set lacks is chosen (benchmarks/teacher.py --corpus wide).
-WIDE_CORPUS: dict = {**REFERENCE_CORPUS, "voice_set": "wide", "dev_unseen_hours": 0.5}
+# The reference corpus of the benchmarks and the demo (`synthesize(out, **REFERENCE_CORPUS)`;
+# the demo takes a smaller `hours`, whose splits are prefixes of these): the same sentences and
+# test-unseen in the wide voice set, and a dev-unseen split where choices about held-out voices are
+# made. Seed 0 gives: train 21,118 utterances (19.6 h), dev 687 utterances (8,182 words), test
+# 1,881 utterances (FILL words), test-unseen the narrow corpus's 626, dev-unseen 564 (6,675 words).
+REFERENCE_CORPUS: dict = {**NARROW_CORPUS, "voice_set": "wide", "dev_unseen_hours": 0.5}
 
 # The text of test-unseen (package fortune-anarchism), never read for the other splits.
 _UNSEEN_TEXT = "anarchism"
@@ -137,7 +140,7 @@ _ESPEAK_VARIANTS = (
     "f1", "f2", "f4", "f5",
     "Annie", "klatt", "klatt3",
 )  # fmt: skip
-# The training variants of `voice_set="wide"`: the reference's, then the rest of
+# The training variants of `voice_set="wide"`: the narrow set's, then the rest of
 # `espeak-ng --voices=variant` but the held-out ones (test-unseen's and dev-unseen's and their
 # near-copies steph2, steph3, AnxiousAndy), the robots (UniversalRobot, anikaRobot, robosoft1-8),
 # the whispers, croak, Demonic, the announcer, Tweaky, fast, Mr serious (a space in its name),
@@ -167,7 +170,7 @@ _UNSEEN_FESTIVAL_VOICES = ("ked_diphone",)
 _DEV_UNSEEN_ESPEAK_VARIANTS = ("m8", "belinda", "steph", "Andy")
 _SPEAKERS_PER_VOICE = 2  # flite and festival: two tempo/pitch settings per voice
 # ... and ten in the wide set, so that each engine keeps its share of the speakers (and of the
-# audio): espeak-ng 126 of 176 against 26 of 36 in the reference set
+# audio): espeak-ng 126 of 176 against 26 of 36 in the narrow set
 _WIDE_SPEAKERS_PER_VOICE = 10
 # Speaker ids: engine prefix plus slot, so an id names the same slot under every seed; held-out
 # voices count from 500 above their engine's prefix.
@@ -389,7 +392,7 @@ def voices(
     seed: int = 0,
     engines: Sequence[str] = ENGINES,
     held_out: bool = False,
-    voice_set: VoiceSet = "reference",
+    voice_set: VoiceSet = "narrow",
 ) -> list[Voice]:
     """The speakers of a corpus built with `seed`: every espeak-ng accent and variant, every
     flite and festival voice, each with a seeded tempo and pitch.
@@ -401,19 +404,19 @@ def voices(
         seed: chooses accents, tempi and pitches.
         engines: which of ``espeak-ng``, ``flite``, ``festival`` to use.
         held_out: the voices of test-unseen instead (variants and voices no other split uses).
-        voice_set: the main splits' voices: the reference corpus's (13 espeak-ng variants, two
-            settings of each flite and festival voice) or the "wide" set's (63 variants, ten
-            settings of each other voice, so that each engine keeps its share); test-unseen's
-            voices are the same in both.
+        voice_set: the main splits' voices: the "narrow" set (13 espeak-ng variants, two
+            settings of each flite and festival voice) or the "wide" set, the reference corpus's
+            (63 variants, ten settings of each other voice, so that each engine keeps its share);
+            test-unseen's voices are the same in both.
 
     Raises:
         ValueError: an unknown or no engine, or an unknown voice set.
     """
     chosen = _validate_engines(engines)
-    if voice_set not in ("reference", "wide"):
-        raise ValueError(f"voice_set: expected 'reference' or 'wide', found {voice_set!r}")
+    if voice_set not in ("narrow", "wide"):
+        raise ValueError(f"voice_set: expected 'narrow' or 'wide', found {voice_set!r}")
     rng = np.random.default_rng([seed, 0] if not held_out else [seed, 0, 1])
-    variants: tuple[str, ...] = _ESPEAK_VARIANTS if voice_set == "reference" else _WIDE_ESPEAK_VARIANTS
+    variants: tuple[str, ...] = _ESPEAK_VARIANTS if voice_set == "narrow" else _WIDE_ESPEAK_VARIANTS
     if held_out:
         variants = _UNSEEN_ESPEAK_VARIANTS
     id_offset = _HELD_OUT_ID_OFFSET if held_out else 0
@@ -785,7 +788,7 @@ def synthesize(
     engines: Sequence[str] = ENGINES,
     unseen_hours: float = 0.0,
     dev_unseen_hours: float = 0.0,
-    voice_set: VoiceSet = "reference",
+    voice_set: VoiceSet = "narrow",
     workers: int = 2,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -814,7 +817,7 @@ def synthesize(
         unseen_hours: hours of the ``test-unseen`` split (none when 0), on top of `hours`.
         dev_unseen_hours: hours of the ``dev-unseen`` split (none when 0), on top of `hours`:
             dev's sentences, spoken by espeak-ng variants no other split uses.
-        voice_set: the main splits' espeak-ng variants: "reference" (13) or "wide" (63).
+        voice_set: the main splits' espeak-ng variants: "narrow" (13) or "wide" (63).
         workers: utterances synthesized in parallel (each runs an engine process).
         progress: show a tqdm progress bar.
 
@@ -952,7 +955,7 @@ def _meta_of(meta_path: Path) -> dict | None:
 
 # Settings written to corpus.json only where they differ from these, the values every corpus had
 # before the setting existed: such a corpus.json stays byte for byte what it was.
-_SETTING_DEFAULTS = {"voice_set": "reference"}
+_SETTING_DEFAULTS = {"voice_set": "narrow"}
 
 
 def _without_defaults(settings: dict) -> dict:
