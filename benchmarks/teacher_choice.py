@@ -12,11 +12,13 @@ once, here, by a rule fixed before the wide teacher trained (2026-12-05):
     interval not above 0).
 
 Both teachers are scored on the same audio: the reference corpus's dev, test and test-unseen, and
-the wide corpus's dev-unseen. The wide teacher was chosen (FILL), and the names here are those of
-the choice: "reference" is the narrow voice set's teacher (now benchmarks/models/teacher-narrow.pt)
-and its corpus (`NARROW_CORPUS`); "wide" is the reference teacher and corpus since. Test and
-test-unseen are reported, not chosen on. A teacher not trained yet is left out; the record then
-holds the reference teacher's baseline alone.
+the wide corpus's dev-unseen. Test and test-unseen are reported, not chosen on. A teacher not
+trained yet is left out; the record then holds the reference teacher's baseline alone.
+
+The wide teacher was chosen (2026-12-05: wide minus reference, dev-unseen -4.40 [-5.58, -3.22],
+dev +0.32 [-0.49, +1.10]). The names here are those of the choice: "reference" is the narrow voice
+set's teacher (now benchmarks/models/teacher-narrow.pt) and its corpus (`NARROW_CORPUS`); "wide" is
+the reference teacher and corpus since.
 
 Usage:
     python benchmarks/teacher_choice.py      # evaluates what is not cached (about 5 min a teacher)
