@@ -49,8 +49,17 @@ MODELS = ROOT / "benchmarks" / "models"  # the models in git that later benchmar
 # the teacher every compression benchmark starts from (the corpus it trained on: `reference_corpus`)
 TEACHER = MODELS / "teacher.pt"
 PRUNED = MODELS / "pruned-50.pt"  # the reference pruning run's compact model (benchmarks/prune.py)
-# where `reference_corpus()` synthesises the reference corpus (teacher.py's name for it: by voice set)
-REFERENCE_CORPUS_DIR = CACHE / "corpus-wide"
+# the synthetic corpora by voice set, each in benchmarks/cache/corpus-<name>; the first is the
+# reference corpus, which the reference teacher trained on (benchmarks/teacher.py)
+CORPORA = {"wide": REFERENCE_CORPUS, "narrow": NARROW_CORPUS}
+REFERENCE_VOICES = next(iter(CORPORA))
+
+
+def corpus_dir(voice_set: str) -> Path:
+    return CACHE / f"corpus-{voice_set}"
+
+
+REFERENCE_CORPUS_DIR = corpus_dir(REFERENCE_VOICES)
 RUNS = CACHE / "runs"  # every pruning-engine run, named by what it trains (see `link_run`)
 RUN_RECORDS = RESULTS / "runs"  # each finished run's record, in git (`keep_run_result`)
 ARCHITECTURE = "architecture.json"  # a restored run's compact model shape, in place of its model.pt
@@ -388,18 +397,20 @@ def reference_corpus(make: bool = True) -> Path:
     when missing, checked otherwise (one process at a time, without rewriting a byte of a finished
     corpus). `make=False` (a benchmark's `--plan`, which names runs by the corpus's record) only
     requires that record to be there."""
-    return _corpus(REFERENCE_CORPUS_DIR, REFERENCE_CORPUS, make)
+    return voice_set_corpus(REFERENCE_VOICES, make)
 
 
 def narrow_corpus(make: bool = True) -> Path:
     """The narrow voice set's corpus (`NARROW_CORPUS`), the first reference teacher's; as
     `reference_corpus`."""
-    return _corpus(CACHE / "corpus-narrow", NARROW_CORPUS, make)
+    return voice_set_corpus("narrow", make)
 
 
-def _corpus(corpus: Path, spec: dict[str, Any], make: bool) -> Path:
+def voice_set_corpus(voice_set: str, make: bool = True) -> Path:
+    """`CORPORA[voice_set]` in `corpus_dir(voice_set)`; as `reference_corpus`."""
+    corpus = corpus_dir(voice_set)
     if make:
-        synthesize(corpus, workers=2, **spec)
+        synthesize(corpus, workers=2, **CORPORA[voice_set])
     elif not (corpus / "corpus.json").exists():
         raise SystemExit(f"{corpus} is not here: synthesise it first (about 15 minutes on 2 cores)")
     return corpus

@@ -43,9 +43,12 @@ import matplotlib.pyplot as plt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE,
+    CORPORA,
     DOCS,
     MODELS,
+    REFERENCE_VOICES,
     command_line,
+    corpus_dir,
     git_commit,
     markdown_table,
     save_result,
@@ -56,8 +59,6 @@ from conformer_prune.config import load_config, recipe_path
 from conformer_prune.data.corpus import read_corpus
 from conformer_prune.data.synth import (
     DEV_UNSEEN_SPLIT,
-    NARROW_CORPUS,
-    REFERENCE_CORPUS,
     UNSEEN_SPLIT,
     synthesize,
 )
@@ -67,9 +68,6 @@ from conformer_prune.model import load_recognizer
 from conformer_prune.train import TrainConfig, run_training
 
 EVALUATED = ("dev", "test", UNSEEN_SPLIT)
-# by voice set; the first is the reference corpus (benchmarks/cache/corpus-<name>)
-CORPORA = {"wide": REFERENCE_CORPUS, "narrow": NARROW_CORPUS}
-REFERENCE = next(iter(CORPORA))
 
 
 def plot_training(log: list[dict[str, float]], path: Path) -> None:
@@ -124,7 +122,7 @@ def main() -> None:
     parser.add_argument(
         "--corpus",
         choices=tuple(CORPORA),
-        default=REFERENCE,
+        default=REFERENCE_VOICES,
         help="the wide voice set (REFERENCE_CORPUS), or the narrow one (NARROW_CORPUS: the first "
         "reference teacher's)",
     )
@@ -134,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     commit = git_commit()  # the code this run starts with (HEAD may move while it runs)
     # each corpus's runs their own names (a quick run's ends in "-quick", which .gitignore keeps out)
-    reference = args.corpus == REFERENCE
+    reference = args.corpus == REFERENCE_VOICES
     if args.quick:
         tag = "quick" if reference else f"{args.corpus}-quick"
     elif args.pilot:
@@ -142,7 +140,7 @@ def main() -> None:
     else:
         tag = args.corpus
     spec = dict(CORPORA[args.corpus])
-    corpus = CACHE / f"corpus-{args.corpus}"
+    corpus = corpus_dir(args.corpus)
     if args.quick:
         spec.update(hours=0.3, unseen_hours=0.03)
         if spec.get("dev_unseen_hours"):
@@ -224,7 +222,7 @@ def main() -> None:
         "command": command_line(),
     }
     print(json.dumps(record, indent=2))
-    full_reference = tag == REFERENCE
+    full_reference = tag == REFERENCE_VOICES
     save_result("teacher" if full_reference else f"teacher-{tag}", record)
     if tag in CORPORA:  # a full run; the narrow teacher beside the reference one, not in its place
         MODELS.mkdir(parents=True, exist_ok=True)
